@@ -1,0 +1,342 @@
+#include <errno.h>
+#include <libconfig.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "area.h"
+#include "caps.h"
+#include "config.h"
+
+static void free_strv(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void free_channels(struct mm_chan_decl *ch, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(ch[i].name);
+		free(ch[i].read_file);
+		free(ch[i].write_file);
+	}
+	free(ch);
+}
+
+void mm_config_free(struct mm_config *c)
+{
+	free(c->mmap_dir);
+	free_strv(c->allow_dirs, c->n_allow_dirs);
+	free_channels(c->channels, c->n_channels);
+	memset(c, 0, sizeof(*c));
+}
+
+int mm_config_set_str(char **slot, const char *value)
+{
+	char *s = strdup(value);
+
+	if (!s)
+		return -ENOMEM;
+	free(*slot);
+	*slot = s;
+	return 0;
+}
+
+int mm_config_defaults(struct mm_config *c)
+{
+	char dir[64];
+
+	memset(c, 0, sizeof(*c));
+	snprintf(dir, sizeof(dir), "/dev/shm/mmapfs-%u", (unsigned)geteuid());
+	c->size = MM_DEFAULT_SIZE;
+	if (mm_config_set_str(&c->mmap_dir, dir) < 0)
+		return -ENOMEM;
+	/* allow_dirs stays empty: it then means "the mmap_dir" */
+	return 0;
+}
+
+int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err)
+{
+	char num[32];
+	size_t n = strlen(s);
+	uint64_t v, mult = 1;
+	int r;
+
+	if (n > 0 && n < sizeof(num)) {
+		switch (s[n - 1]) {
+		case 'k': case 'K': mult = UINT64_C(1) << 10; n--; break;
+		case 'm': case 'M': mult = UINT64_C(1) << 20; n--; break;
+		case 'g': case 'G': mult = UINT64_C(1) << 30; n--; break;
+		}
+	}
+	if (n == 0 || n >= sizeof(num))
+		return mm_fail(err, -EINVAL, "size '%.40s' is not a number with K, M or G", s);
+	memcpy(num, s, n);
+	num[n] = '\0';
+	r = mm_parse_u64(num, UINT32_MAX, &v);
+	if (r < 0 && r != -ERANGE)
+		return mm_fail(err, -EINVAL, "size '%.40s' is not a number with K, M or G", s);
+	if (r < 0 || v > MM_AREA_MAX / mult || v * mult < MM_AREA_MIN ||
+	    mm_area_size_for(v * mult) == 0)
+		return mm_fail(err, -EINVAL, "size '%.40s' is outside 64K..4G", s);
+	*out = v * mult;
+	return 0;
+}
+
+static int check_dir_path(const char *d, struct mm_err *err)
+{
+	if (d[0] != '/')
+		return mm_fail(err, -EINVAL, "directory '%.200s' is not an absolute path", d);
+	return 0;
+}
+
+int mm_config_set_allow_dirs(struct mm_config *c, const char *s, struct mm_err *err)
+{
+	char *copy = strdup(s), *save = NULL, **v = NULL;
+	size_t n = 0;
+	int r = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+		char **nv;
+
+		r = check_dir_path(d, err);
+		if (r < 0)
+			break;
+		nv = realloc(v, (n + 1) * sizeof(*v));
+		if (!nv || !(nv[n] = strdup(d))) {
+			v = nv ? nv : v;
+			r = -ENOMEM;
+			break;
+		}
+		v = nv;
+		n++;
+	}
+	free(copy);
+	if (r == 0 && n == 0)
+		r = mm_fail(err, -EINVAL, "allow_dirs '%.200s' names no directory", s);
+	if (r < 0) {
+		free_strv(v, n);
+		return r;
+	}
+	free_strv(c->allow_dirs, c->n_allow_dirs);
+	c->allow_dirs = v;
+	c->n_allow_dirs = n;
+	return 0;
+}
+
+/* Every reason about a setting names its file, line and key. */
+static int bad(struct mm_err *err, const char *path, const config_setting_t *s,
+	       const char *key, const char *why)
+{
+	return mm_fail(err, -EINVAL, "%s:%d: %s: %s", path,
+		       config_setting_source_line(s), key, why);
+}
+
+static int get_string(const config_setting_t *s, const char *path,
+		      const char *key, const char **out, struct mm_err *err)
+{
+	if (config_setting_type(s) != CONFIG_TYPE_STRING)
+		return bad(err, path, s, key, "expected a string");
+	*out = config_setting_get_string(s);
+	return 0;
+}
+
+static int get_abs_path(const config_setting_t *s, const char *path,
+			const char *key, const char **out, struct mm_err *err)
+{
+	int r = get_string(s, path, key, out, err);
+
+	if (r == 0 && (*out)[0] != '/')
+		return bad(err, path, s, key, "not an absolute path");
+	return r;
+}
+
+static int load_size(struct mm_config *c, const config_setting_t *s,
+		     const char *path, struct mm_err *err)
+{
+	char num[32];
+	const char *text = num;
+	struct mm_err why;
+
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64:
+		snprintf(num, sizeof(num), "%lld", config_setting_get_int64(s));
+		if (num[0] == '-')
+			return bad(err, path, s, "size", "negative");
+		break;
+	case CONFIG_TYPE_STRING:
+		text = config_setting_get_string(s);
+		break;
+	default:
+		return bad(err, path, s, "size", "expected a string such as \"64M\" or an integer");
+	}
+	if (mm_config_parse_size(text, &c->size, &why) < 0)
+		return bad(err, path, s, "size", why.msg);
+	return 0;
+}
+
+static int load_allow_dirs(struct mm_config *c, const config_setting_t *s,
+			   const char *path, struct mm_err *err)
+{
+	int n = config_setting_length(s);
+	char **v;
+
+	if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
+	    config_setting_type(s) != CONFIG_TYPE_LIST)
+		return bad(err, path, s, "allow_dirs", "expected a list of directories");
+	if (n == 0)
+		return bad(err, path, s, "allow_dirs", "names no directory");
+	v = calloc((size_t)n, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		const char *d;
+		int r = get_abs_path(config_setting_get_elem(s, (unsigned)i), path,
+				     "allow_dirs", &d, err);
+
+		if (r == 0 && !(v[i] = strdup(d)))
+			r = -ENOMEM;
+		if (r < 0) {
+			free_strv(v, (size_t)n);
+			return r;
+		}
+	}
+	free_strv(c->allow_dirs, c->n_allow_dirs);
+	c->allow_dirs = v;
+	c->n_allow_dirs = (size_t)n;
+	return 0;
+}
+
+/* A channel name is one path component a user can type. */
+static bool valid_name(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > 255 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return false;
+	for (const char *p = name; *p; p++)
+		if (*p == '/' || (unsigned char)*p < 0x20 || *p == 0x7f)
+			return false;
+	return true;
+}
+
+static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
+			const struct mm_chan_decl *prev, size_t nprev,
+			const char *path, struct mm_err *err)
+{
+	const char *str;
+	int r;
+
+	d->line = config_setting_source_line(g);
+	if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+		return bad(err, path, g, "channels", "expected a group { name = ...; }");
+	for (int i = 0; i < config_setting_length(g); i++) {
+		const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+		const char *key = config_setting_name(s);
+		char **slot = NULL;
+
+		if (strcmp(key, "name") == 0) {
+			if ((r = get_string(s, path, key, &str, err)) < 0)
+				return r;
+			if (!valid_name(str))
+				return bad(err, path, s, key, "not a valid channel name");
+			for (size_t j = 0; j < nprev; j++)
+				if (strcmp(prev[j].name, str) == 0)
+					return bad(err, path, s, key, "duplicate channel name");
+			slot = &d->name;
+		} else if (strcmp(key, "role") == 0) {
+			if ((r = get_string(s, path, key, &str, err)) < 0)
+				return r;
+			if (strcmp(str, "creator") == 0)
+				d->role = MM_ROLE_CREATOR;
+			else if (strcmp(str, "attacher") == 0)
+				d->role = MM_ROLE_ATTACHER;
+			else
+				return bad(err, path, s, key, "expected \"creator\" or \"attacher\"");
+		} else if (strcmp(key, "read_file") == 0 || strcmp(key, "write_file") == 0) {
+			if ((r = get_abs_path(s, path, key, &str, err)) < 0)
+				return r;
+			slot = key[0] == 'r' ? &d->read_file : &d->write_file;
+		} else {
+			return bad(err, path, s, key, "unknown key");
+		}
+		if (slot && mm_config_set_str(slot, str) < 0)
+			return -ENOMEM;
+	}
+	if (!d->name)
+		return bad(err, path, g, "name", "missing in this channel");
+	return 0;
+}
+
+static int load_channels(struct mm_config *c, const config_setting_t *s,
+			 const char *path, struct mm_err *err)
+{
+	int n = config_setting_length(s);
+	struct mm_chan_decl *ch;
+
+	if (config_setting_type(s) != CONFIG_TYPE_LIST)
+		return bad(err, path, s, "channels", "expected a list ( { ... }, ... )");
+	ch = calloc((size_t)n + 1, sizeof(*ch));
+	if (!ch)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		int r = load_channel(&ch[i], config_setting_get_elem(s, (unsigned)i),
+				     ch, (size_t)i, path, err);
+
+		if (r < 0) {
+			free_channels(ch, (size_t)i + 1);
+			return r;
+		}
+	}
+	free_channels(c->channels, c->n_channels);
+	c->channels = ch;
+	c->n_channels = (size_t)n;
+	return 0;
+}
+
+int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
+{
+	config_t cf;
+	config_setting_t *root;
+	FILE *f;
+	int r = 0;
+
+	f = fopen(path, "re");
+	if (!f)
+		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	config_init(&cf);
+	if (!config_read(&cf, f)) {
+		r = mm_fail(err, -EINVAL, "%s:%d: %s", path, config_error_line(&cf),
+			    config_error_text(&cf));
+		goto out;
+	}
+	root = config_root_setting(&cf);
+	for (int i = 0; r == 0 && i < config_setting_length(root); i++) {
+		config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
+		const char *key = config_setting_name(s), *str;
+
+		if (strcmp(key, "mmap_dir") == 0) {
+			r = get_abs_path(s, path, key, &str, err);
+			if (r == 0)
+				r = mm_config_set_str(&c->mmap_dir, str);
+		} else if (strcmp(key, "size") == 0) {
+			r = load_size(c, s, path, err);
+		} else if (strcmp(key, "allow_dirs") == 0) {
+			r = load_allow_dirs(c, s, path, err);
+		} else if (strcmp(key, "channels") == 0) {
+			r = load_channels(c, s, path, err);
+		} else {
+			r = bad(err, path, s, key, "unknown key");
+		}
+	}
+out:
+	config_destroy(&cf);
+	fclose(f);
+	return r;
+}

@@ -1,0 +1,58 @@
+/* mmapfs configuration: every default in one place, then the libconfig file
+ * (-c), then -o options, each overriding the one before. */
+#ifndef MMAPFS_CONFIG_H
+#define MMAPFS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define MM_DEFAULT_SIZE (UINT64_C(64) * 1024 * 1024)
+
+enum mm_role {
+	MM_ROLE_CREATOR,
+	MM_ROLE_ATTACHER,
+};
+
+/* A channel declared in the configuration file. */
+struct mm_chan_decl {
+	char *name;
+	enum mm_role role;
+	char *read_file;		/* administrator's paths, or NULL */
+	char *write_file;
+	int line;			/* where it was declared */
+};
+
+struct mm_config {
+	char *mmap_dir;			/* where created areas live */
+	uint64_t size;			/* ring bytes of a new area */
+	char **allow_dirs;		/* where offered files may be opened */
+	size_t n_allow_dirs;
+	struct mm_chan_decl *channels;
+	size_t n_channels;
+};
+
+/* Fill c with the embedded defaults (mmap_dir /dev/shm/mmapfs-UID, 64M, the
+ * mmap_dir as the only allowed directory). 0 or -ENOMEM. */
+int mm_config_defaults(struct mm_config *c);
+
+/* Read a libconfig file over c. On error c may hold some of the file's
+ * values; err names the file, line and key. 0 or -errno. */
+int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err);
+
+/* Parse a size: a number with an optional K, M or G suffix (powers of 1024),
+ * from 64K to below 4G. 0 or -EINVAL, err names the value. */
+int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err);
+
+/* Replace the allowed directories with the ':'-separated list in s. */
+int mm_config_set_allow_dirs(struct mm_config *c, const char *s,
+			     struct mm_err *err);
+
+/* Replace a string setting. 0 or -ENOMEM. */
+int mm_config_set_str(char **slot, const char *value);
+
+void mm_config_free(struct mm_config *c);
+
+#endif

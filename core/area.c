@@ -1,0 +1,275 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "area.h"
+
+void mm_area_init(struct mm_area *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->fd = -1;
+}
+
+uint64_t mm_area_size_for(uint64_t ring_bytes)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t size;
+
+	if (ring_bytes > MM_AREA_MAX)
+		return 0;
+	size = (ring_bytes + 8 + page - 1) / page * page;
+	return size > MM_AREA_MAX ? 0 : size;
+}
+
+int mm_fd_length(int fd, uint64_t *len)
+{
+	struct stat st;
+	off_t end;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISREG(st.st_mode)) {
+		*len = (uint64_t)st.st_size;
+		return 0;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		uint64_t n;
+
+		if (ioctl(fd, BLKGETSIZE64, &n) < 0)
+			return -errno;
+		*len = n;
+		return 0;
+	}
+	end = lseek(fd, 0, SEEK_END);
+	if (end < 0)
+		return -errno;
+	*len = (uint64_t)end;
+	return 0;
+}
+
+static int map_area(struct mm_area *a, int fd, uint64_t size, const char *path,
+		    struct mm_err *err)
+{
+	void *p;
+
+	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
+		return mm_fail(err, -EINVAL, "%s: size %llu is outside %llu..%llu",
+			       path, (unsigned long long)size,
+			       (unsigned long long)MM_AREA_MIN,
+			       (unsigned long long)MM_AREA_MAX);
+	p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return mm_fail(err, -errno, "%s: mmap: %s", path, strerror(errno));
+	a->fd = fd;
+	a->base = p;
+	a->size = size;
+	snprintf(a->path, sizeof(a->path), "%s", path);
+	return 0;
+}
+
+int mm_area_dir_prepare(const char *dir, struct mm_err *err)
+{
+	struct stat st;
+
+	if (dir[0] != '/')
+		return mm_fail(err, -EINVAL, "%s: not an absolute path", dir);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return mm_fail(err, -errno, "%s: mkdir: %s", dir, strerror(errno));
+	if (lstat(dir, &st) < 0)
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return mm_fail(err, -ENOTDIR, "%s: not a directory", dir);
+	if (st.st_uid != geteuid())
+		return mm_fail(err, -EACCES, "%s: owned by uid %u, not by us", dir,
+			       (unsigned)st.st_uid);
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return mm_fail(err, -EACCES, "%s: writable by group or others", dir);
+	return 0;
+}
+
+int mm_area_create(struct mm_area *a, const char *dir, uint64_t size,
+		   struct mm_err *err)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int fd, r;
+
+	if (snprintf(path, sizeof(path), "%s/mmapfs.XXXXXX.mmap", dir) >= (int)sizeof(path))
+		return mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
+	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
+		return mm_fail(err, -EINVAL, "area size %llu is outside %llu..%llu",
+			       (unsigned long long)size,
+			       (unsigned long long)MM_AREA_MIN,
+			       (unsigned long long)MM_AREA_MAX);
+	fd = mkostemps(path, 5, O_CLOEXEC);
+	if (fd < 0)
+		return mm_fail(err, -errno, "%s: cannot create a file: %s", dir, strerror(errno));
+	if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0) {
+		r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	r = map_area(a, fd, size, path, err);
+	if (r < 0)
+		goto fail;
+	a->created = true;
+	a->dev = st.st_dev;
+	a->ino = st.st_ino;
+	return 0;
+fail:
+	unlink(path);
+	close(fd);
+	return r;
+}
+
+static int dir_allowed(int dfd, const char *dir, struct mm_err *err)
+{
+	struct stat st;
+
+	if (fstat(dfd, &st) < 0)
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+		return mm_fail(err, -EACCES,
+			       "%s: writable by everyone without the sticky bit", dir);
+	return 0;
+}
+
+static bool owner_allowed(uid_t uid, const struct mm_attach_rules *rules)
+{
+	if (uid == geteuid())
+		return true;
+	for (size_t i = 0; i < rules->nuids; i++)
+		if (rules->uids[i] == uid)
+			return true;
+	return false;
+}
+
+/* Check what fd (name, found in dir) is, against the attach rules. */
+static int file_allowed(int fd, const char *dir, const char *name, uint64_t size,
+			const struct mm_attach_rules *rules, struct mm_err *err)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return mm_fail(err, -errno, "%s/%s: %s", dir, name, strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return mm_fail(err, -EACCES, "%s/%s: not a regular file", dir, name);
+	if (st.st_nlink != 1)
+		return mm_fail(err, -EACCES, "%s/%s: has %lu links, expected 1", dir,
+			       name, (unsigned long)st.st_nlink);
+	if (!owner_allowed(st.st_uid, rules))
+		return mm_fail(err, -EACCES, "%s/%s: owned by uid %u, not an allowed owner",
+			       dir, name, (unsigned)st.st_uid);
+	if (size > (uint64_t)st.st_size)
+		return mm_fail(err, -EINVAL, "%s/%s: size %llu is beyond the file's %lld bytes",
+			       dir, name, (unsigned long long)size, (long long)st.st_size);
+	return 0;
+}
+
+int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
+			 const struct mm_attach_rules *rules, struct mm_err *err)
+{
+	const char *name = strrchr(file, '/');
+	int r = -EACCES;
+
+	name = name ? name + 1 : file;
+	if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return mm_fail(err, -EINVAL, "%s: no file name", file);
+	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
+		return mm_fail(err, -EINVAL, "%s: size %llu is outside %llu..%llu", file,
+			       (unsigned long long)size, (unsigned long long)MM_AREA_MIN,
+			       (unsigned long long)MM_AREA_MAX);
+	mm_fail(err, -EACCES, "%s: not found in the allowed directories", name);
+	for (size_t i = 0; i < rules->ndirs; i++) {
+		const char *dir = rules->dirs[i];
+		int dfd, fd;
+
+		dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0)
+			continue;
+		fd = openat(dfd, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+		if (fd < 0 && errno == ENOENT) {
+			close(dfd);
+			continue;
+		}
+		if (fd < 0) {
+			if (errno == ELOOP)
+				r = mm_fail(err, -EACCES, "%s/%s: is a symbolic link", dir, name);
+			else
+				r = mm_fail(err, -EACCES, "%s/%s: %s", dir, name, strerror(errno));
+			close(dfd);
+			return r;
+		}
+		r = dir_allowed(dfd, dir, err);
+		close(dfd);
+		if (r == 0)
+			r = file_allowed(fd, dir, name, size, rules, err);
+		if (r == 0) {
+			char path[PATH_MAX];
+
+			snprintf(path, sizeof(path), "%s/%s", dir, name);
+			r = map_area(a, fd, size, path, err);
+		}
+		if (r < 0)
+			close(fd);
+		return r;
+	}
+	return r;
+}
+
+int mm_area_open_path(struct mm_area *a, const char *path, bool create,
+		      uint64_t create_size, uint64_t size, struct mm_err *err)
+{
+	uint64_t len;
+	int fd, r;
+
+	fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && create) {
+		fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC, 0600);
+		if (fd >= 0 && ftruncate(fd, (off_t)create_size) < 0) {
+			r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+			close(fd);
+			return r;
+		}
+	}
+	if (fd < 0)
+		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	r = mm_fd_length(fd, &len);
+	if (r < 0) {
+		mm_fail(err, r, "%s: cannot tell its size: %s", path, strerror(-r));
+		goto fail;
+	}
+	if (size == 0)
+		size = len;
+	if (size > len) {
+		r = mm_fail(err, -EINVAL, "%s: size %llu is beyond its %llu bytes", path,
+			    (unsigned long long)size, (unsigned long long)len);
+		goto fail;
+	}
+	r = map_area(a, fd, size > MM_AREA_MAX ? MM_AREA_MAX : size, path, err);
+	if (r == 0)
+		return 0;
+fail:
+	close(fd);
+	return r;
+}
+
+void mm_area_close(struct mm_area *a)
+{
+	struct stat st;
+
+	if (a->base)
+		munmap(a->base, (size_t)a->size);
+	if (a->created && lstat(a->path, &st) == 0 &&
+	    st.st_dev == a->dev && st.st_ino == a->ino)
+		unlink(a->path);
+	if (a->fd >= 0)
+		close(a->fd);
+	mm_area_init(a);
+}

@@ -1,0 +1,81 @@
+/* mmapfs core: shared memory areas.
+ *
+ * An area is one file mapped MAP_SHARED by both ends: a tmpfs file this
+ * process created, a file a peer offered (opened under the attach rules of
+ * DESIGN.md), or a path an administrator chose (an ivshmem BAR, a device, a
+ * symlink), used as given. */
+#ifndef MMAPFS_AREA_H
+#define MMAPFS_AREA_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+
+#define MM_AREA_MIN (UINT64_C(64) * 1024)
+#define MM_AREA_MAX (UINT64_C(4) * 1024 * 1024 * 1024 - 1)	/* below 4 GiB */
+
+struct mm_area {
+	int fd;				/* -1 when closed */
+	uint8_t *base;			/* MAP_SHARED mapping of size bytes */
+	uint64_t size;
+	bool created;			/* made by us: deleted on close */
+	dev_t dev;			/* identity of what we created, */
+	ino_t ino;			/* checked before deleting it */
+	char path[PATH_MAX];
+};
+
+/* Where a peer's offered files may be opened from. */
+struct mm_attach_rules {
+	const char *const *dirs;	/* allowed directories */
+	size_t ndirs;
+	const uid_t *uids;		/* owners accepted besides our euid */
+	size_t nuids;
+};
+
+void mm_area_init(struct mm_area *a);
+
+/* The area size that holds a ring of at least ring_bytes: xpra's rule,
+ * ring_bytes + the 8-byte header, rounded up to a page. 0 if it would reach
+ * 4 GiB. */
+uint64_t mm_area_size_for(uint64_t ring_bytes);
+
+/* Make sure dir exists as a private directory of ours: create it (mode 0700)
+ * if missing; refuse a symlink, a non-directory, another owner, or one that
+ * group or others may write. 0 or -errno, err names the path. */
+int mm_area_dir_prepare(const char *dir, struct mm_err *err);
+
+/* Create a new file "mmapfs.XXXXXX.mmap" in dir, mode 0600, size bytes,
+ * mapped shared and zero-filled. */
+int mm_area_create(struct mm_area *a, const char *dir, uint64_t size,
+		   struct mm_err *err);
+
+/* Open a file a peer offered: only the basename of file is used, looked up
+ * in rules->dirs with openat(O_NOFOLLOW); the descriptor must be a regular
+ * file with one link owned by us (or rules->uids), in a directory that is
+ * not writable by everyone without the sticky bit; size must be within
+ * [MM_AREA_MIN, MM_AREA_MAX] and not beyond the file. The first size bytes
+ * are mapped. -EACCES for a refused file, -EINVAL for a bad size. */
+int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
+			 const struct mm_attach_rules *rules, struct mm_err *err);
+
+/* Open an administrator's path as given (symlinks, devices, sysfs files
+ * allowed). If it is missing and create is set, it is created (mode 0600,
+ * create_size bytes). size 0 maps the file's own length; otherwise size
+ * bytes, which must not exceed it. Such a file is never deleted. */
+int mm_area_open_path(struct mm_area *a, const char *path, bool create,
+		      uint64_t create_size, uint64_t size, struct mm_err *err);
+
+/* Unmap and close; delete the file if we created it and it is still ours.
+ * Accepts a closed area. */
+void mm_area_close(struct mm_area *a);
+
+/* The usable length of what fd refers to: st_size for a regular file (which
+ * includes sysfs resource files), the device size for a block device, else
+ * what lseek(SEEK_END) says. 0 or -errno. */
+int mm_fd_length(int fd, uint64_t *len);
+
+#endif

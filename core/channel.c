@@ -1,0 +1,900 @@
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "channel.h"
+#include "ext.h"
+#include "guard.h"
+
+/* The direction names used in capabilities, from this end's side. */
+#define RD_NAME "read"
+#define WR_NAME "write"
+
+const char *mm_state_name(enum mm_state s)
+{
+	static const char *const names[] = {
+		[MM_STATE_OFFERED] = "offered",
+		[MM_STATE_ATTACHED] = "attached",
+		[MM_STATE_READY] = "ready",
+		[MM_STATE_ERROR] = "error",
+		[MM_STATE_CLOSED] = "closed",
+	};
+
+	return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+static enum mm_state get_state(const struct mm_channel *ch)
+{
+	return __atomic_load_n(&ch->state, __ATOMIC_ACQUIRE);
+}
+
+static void set_state(struct mm_channel *ch, enum mm_state s)
+{
+	__atomic_store_n(&ch->state, s, __ATOMIC_RELEASE);
+}
+
+void mm_channel_set_error(struct mm_channel *ch, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(ch->error, sizeof(ch->error), fmt, ap);
+	va_end(ap);
+	__atomic_store_n(&ch->fail, errnum, __ATOMIC_RELEASE);
+	set_state(ch, MM_STATE_ERROR);
+}
+
+static uint64_t random_below(uint64_t n)
+{
+	uint64_t v = 0;
+
+	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
+		v = (uint64_t)time(NULL) * 2654435761u;
+	return n ? v % n : 0;
+}
+
+static void dir_init(struct mm_dir *d)
+{
+	*d = (struct mm_dir){ .area.fd = -1 };
+}
+
+static void dir_close(struct mm_dir *d)
+{
+	mm_area_close(&d->area);
+	dir_init(d);
+}
+
+/* Where the ring stops in an area, with or without the trailer. */
+static uint64_t ring_end(uint64_t size, bool ext)
+{
+	return ext ? mm_ext_offset(size) : size;
+}
+
+static int dir_setup_ring(struct mm_dir *d, bool ext)
+{
+	int r = mm_ring_init(&d->ring, d->area.base, d->area.size,
+			     ring_end(d->area.size, ext));
+
+	d->ext = ext ? d->area.base + mm_ext_offset(d->area.size) : NULL;
+	return r;
+}
+
+/* Write a fresh token of ours into d: at a random place in the ring, or at
+ * its very end (where our own writer reaches last) when `at_end`. */
+static int dir_new_token(struct mm_dir *d, bool at_end, struct mm_err *err,
+			 const char *name)
+{
+	uint64_t end = d->ring.end, bytes = MM_TOKEN_DEFAULT_BYTES;
+	int r;
+
+	r = mm_token_random(&d->token, bytes);
+	if (r < 0)
+		return mm_fail(err, r, "%s: no random token: %s", name, strerror(-r));
+	d->token_bytes = bytes;
+	d->token_index = at_end ? end - bytes
+			 : MM_RING_HEADER + random_below(end - bytes - MM_RING_HEADER + 1);
+	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &d->token);
+	if (r < 0)
+		return mm_fail(err, r, "%s: cannot write the token: %s", d->area.path,
+			       strerror(-r));
+	return 0;
+}
+
+static void publish_session(struct mm_channel *ch, struct mm_dir *d);
+
+static int ext_init(struct mm_dir *d)
+{
+	int r = mm_ext_store(d->ext, MM_EXT_W_VERSION, MM_EXT_VERSION);
+
+	if (r == 0)
+		r = mm_ext_store(d->ext, MM_EXT_W_MAGIC, MM_EXT_MAGIC);
+	return r;
+}
+
+static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_opts *o,
+		      const char *name, struct mm_err *err)
+{
+	uint64_t size = mm_area_size_for(o->size);
+	int r;
+
+	dir_init(d);
+	if (admin)
+		r = mm_area_open_path(&d->area, admin, true, size, 0, err);
+	else
+		r = mm_area_create(&d->area, o->mmap_dir, size, err);
+	if (r < 0)
+		return r;
+	d->present = true;
+	r = dir_setup_ring(d, true);
+	if (r < 0)
+		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
+	r = ext_init(d);
+	if (r == 0)
+		r = dir_new_token(d, false, err, name);
+	return r < 0 && !err ? r : r;
+}
+
+int mm_channel_open(struct mm_channel *ch, enum mm_chan_role role, bool declared,
+		    const struct mm_chan_opts *opts, struct mm_err *err)
+{
+	int r = 0;
+
+	memset(ch, 0, sizeof(*ch));
+	dir_init(&ch->rd);
+	dir_init(&ch->wr);
+	ch->role = role;
+	ch->declared = declared;
+	ch->opts = *opts;
+	if ((opts->read_file && !(ch->read_file = strdup(opts->read_file))) ||
+	    (opts->write_file && !(ch->write_file = strdup(opts->write_file)))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	ch->opts.read_file = ch->read_file;
+	ch->opts.write_file = ch->write_file;
+	set_state(ch, MM_STATE_OFFERED);
+	if (role == MM_ATTACHER)
+		return 0;
+	/* A channel naming one administrator's file carries that direction only. */
+	if (ch->read_file || !ch->write_file)
+		r = create_dir(&ch->rd, ch->read_file, opts, RD_NAME, err);
+	if (r == 0 && (ch->write_file || !ch->read_file))
+		r = create_dir(&ch->wr, ch->write_file, opts, WR_NAME, err);
+	if (r == 0) {
+		publish_session(ch, &ch->rd);
+		publish_session(ch, &ch->wr);
+		return 0;
+	}
+fail:
+	mm_channel_close(ch);
+	return r;
+}
+
+void mm_channel_close(struct mm_channel *ch)
+{
+	dir_close(&ch->rd);
+	dir_close(&ch->wr);
+	free(ch->read_file);
+	free(ch->write_file);
+	ch->read_file = ch->write_file = NULL;
+	set_state(ch, MM_STATE_CLOSED);
+}
+
+/* ---- texts ---- */
+
+static void caps_of_dir(const struct mm_dir *d, bool offer, struct mm_caps_area *c)
+{
+	memset(c, 0, sizeof(*c));
+	if (!d->present)
+		return;
+	c->have = MM_CAP_TOKEN_ALL;
+	c->token = d->token;
+	c->token_index = d->token_index;
+	c->token_bytes = d->token_bytes;
+	if (offer) {
+		c->have |= MM_CAP_FILE | MM_CAP_SIZE;
+		snprintf(c->file, sizeof(c->file), "%s", d->area.path);
+		c->size = d->area.size;
+	}
+}
+
+int mm_channel_caps_text(const struct mm_channel *ch, char *buf, size_t len)
+{
+	struct mm_caps *c = calloc(1, sizeof(*c));
+	bool offer = ch->role == MM_CREATOR;
+	int r;
+
+	if (!c)
+		return -ENOMEM;
+	caps_of_dir(&ch->rd, offer, &c->read);
+	caps_of_dir(&ch->wr, offer, &c->write);
+	/* A creator always offers the extension; an attacher answers with it
+	 * only if the creator offered it. */
+	c->mmapfs = (offer || ch->ext) ? MM_EXT_VERSION : 0;
+	if (!ch->rd.present && !ch->wr.present)
+		c->mmapfs = 0;
+	r = mm_caps_format(c, buf, len);
+	free(c);
+	return r;
+}
+
+static int token_line(const char *name, const struct mm_dir *d, char *buf,
+		      size_t len, size_t *pos)
+{
+	char hex[MM_TOKEN_HEX_MAX];
+	int n;
+
+	if (!d->present)
+		return 0;
+	mm_token_format(&d->token, hex);
+	n = snprintf(buf + *pos, len - *pos, "%s %s %llu %llu\n", name, hex,
+		     (unsigned long long)d->token_index,
+		     (unsigned long long)d->token_bytes);
+	if (n < 0 || (size_t)n >= len - *pos)
+		return -ENOSPC;
+	*pos += (size_t)n;
+	return 0;
+}
+
+int mm_channel_token_text(const struct mm_channel *ch, char *buf, size_t len)
+{
+	size_t pos = 0;
+	int r;
+
+	if (len == 0)
+		return -ENOSPC;
+	buf[0] = '\0';
+	r = token_line(RD_NAME, &ch->rd, buf, len, &pos);
+	if (r == 0)
+		r = token_line(WR_NAME, &ch->wr, buf, len, &pos);
+	return r < 0 ? r : (int)pos;
+}
+
+int mm_channel_peer_text(const struct mm_channel *ch, char *buf, size_t len)
+{
+	if (!ch->have_accepted) {
+		if (len == 0)
+			return -ENOSPC;
+		buf[0] = '\0';
+		return 0;
+	}
+	return mm_caps_format(&ch->accepted, buf, len);
+}
+
+static const char *peer_name(int p)
+{
+	return p == MM_PEER_ALIVE ? "alive" : p == MM_PEER_DEAD ? "dead" : "unknown";
+}
+
+static int status_dir(const char *name, const struct mm_dir *d, char *buf,
+		      size_t len, size_t *pos)
+{
+	struct mm_ring_pos p = { 0, 0 };
+	uint32_t s = 0, e = 0;
+	unsigned long long used = 0, fr = 0;
+	int n;
+
+	if (!d->present)
+		return 0;
+	if (mm_ring_raw(&d->ring, &s, &e) == 0 && mm_ring_load(&d->ring, &p) == 0) {
+		used = mm_ring_used(&d->ring, &p);
+		fr = mm_ring_free(&d->ring, &p);
+	}
+	n = snprintf(buf + *pos, len - *pos,
+		     "%s.size=%llu\n%s.data_start=%u\n%s.data_end=%u\n"
+		     "%s.used=%llu\n%s.free=%llu\n%s.bytes=%llu\n",
+		     name, (unsigned long long)d->area.size, name, s, name, e,
+		     name, used, name, fr, name,
+		     (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
+	if (n < 0 || (size_t)n >= len - *pos)
+		return -ENOSPC;
+	*pos += (size_t)n;
+	return 0;
+}
+
+int mm_channel_status_text(const struct mm_channel *ch, char *buf, size_t len)
+{
+	size_t pos = 0;
+	int n, r;
+
+	n = snprintf(buf, len, "state=%s\nrole=%s\npeer=%s\nerror=%s\n",
+		     mm_state_name(get_state(ch)),
+		     ch->role == MM_CREATOR ? "creator" : "attacher",
+		     peer_name(__atomic_load_n(&ch->peer, __ATOMIC_RELAXED)),
+		     ch->error);
+	if (n < 0 || (size_t)n >= len)
+		return -ENOSPC;
+	pos = (size_t)n;
+	r = status_dir(RD_NAME, &ch->rd, buf, len, &pos);
+	if (r == 0)
+		r = status_dir(WR_NAME, &ch->wr, buf, len, &pos);
+	return r < 0 ? r : (int)pos;
+}
+
+/* ---- the handshake ---- */
+
+static bool is_offer(const struct mm_caps *c)
+{
+	return (c->read.have | c->write.have) & MM_CAP_FILE;
+}
+
+static int need_keys(const struct mm_caps_area *a, unsigned keys, const char *name,
+		     struct mm_err *err)
+{
+	static const char *const key_names[] = {
+		"file", "size", "token", "token_index", "token_bytes",
+	};
+
+	for (unsigned i = 0; i < 5; i++)
+		if ((keys & (1u << i)) && !(a->have & (1u << i)))
+			return mm_fail(err, -EINVAL, "%s.%s: missing", name, key_names[i]);
+	return 0;
+}
+
+/* Check the peer's token (described by c, key prefix name) in area d. */
+static int check_token(const struct mm_dir *d, const struct mm_caps_area *c,
+		       const char *name, struct mm_err *err)
+{
+	char hex[MM_TOKEN_HEX_MAX];
+	int r;
+
+	if (mm_token_len(&c->token) == 0)
+		return mm_fail(err, -EINVAL, "%s.token: zero is not a token", name);
+	if (mm_token_len(&c->token) > c->token_bytes)
+		return mm_fail(err, -EINVAL, "%s.token: does not fit in %llu bytes", name,
+			       (unsigned long long)c->token_bytes);
+	r = mm_token_place_check(d->area.size, c->token_index, c->token_bytes);
+	if (r < 0)
+		return mm_fail(err, -EINVAL,
+			       "%s.token_index: %llu + %llu bytes is outside the %llu-byte area",
+			       name, (unsigned long long)c->token_index,
+			       (unsigned long long)c->token_bytes,
+			       (unsigned long long)d->area.size);
+	r = mm_token_check(d->area.base, d->area.size, c->token_index, c->token_bytes,
+			   &c->token);
+	if (r == -EBADMSG) {
+		mm_token_format(&c->token, hex);
+		return mm_fail(err, -EBADMSG, "%s.token: %.24s%s not found at index %llu of %s",
+			       name, hex, strlen(hex) > 24 ? "..." : "",
+			       (unsigned long long)c->token_index, d->area.path);
+	}
+	if (r < 0)
+		return mm_fail(err, r, "%s: %s", d->area.path, strerror(-r));
+	return 0;
+}
+
+/* Open one offered area (c, named `name` in the offer) as our direction d. */
+static int attach_dir(struct mm_channel *ch, struct mm_dir *d, const char *admin,
+		      const struct mm_caps_area *c, const char *name, bool ext,
+		      bool ours_to_write, struct mm_err *err)
+{
+	struct mm_err why;
+	uint32_t magic = 0;
+	int r;
+
+	r = need_keys(c, MM_CAP_ALL, name, err);
+	if (r < 0)
+		return r;
+	if (admin)
+		r = mm_area_open_path(&d->area, admin, false, 0, c->size, &why);
+	else
+		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, &why);
+	if (r < 0)
+		return mm_fail(err, r, "%s.file: %s", name, why.msg);
+	d->present = true;
+	if (dir_setup_ring(d, ext) < 0)
+		return mm_fail(err, -EINVAL, "%s.size: too small", name);
+	r = check_token(d, c, name, err);
+	if (r < 0)
+		return r;
+	if (ext && (mm_ext_load(d->ext, MM_EXT_W_MAGIC, &magic) < 0 || magic != MM_EXT_MAGIC))
+		return mm_fail(err, -EBADMSG, "%s: mmapfs=1 offered but %s has no mmapfs trailer",
+			       name, d->area.path);
+	/* Without the extension nothing tells us when the creator has checked
+	 * our token: put the one in the area we write at the ring's far end,
+	 * which our own data reaches last. */
+	return dir_new_token(d, ours_to_write && !ext, err, name);
+}
+
+static void publish_session(struct mm_channel *ch, struct mm_dir *d)
+{
+	unsigned w = MM_EXT_W_SESSION + 2 * (ch->role == MM_ATTACHER);
+
+	if (d->present && d->ext) {
+		mm_ext_store(d->ext, w, ch->opts.session);
+		mm_ext_store(d->ext, w + 1, ch->beat);
+	}
+}
+
+static struct mm_dir *ext_dir(struct mm_channel *ch)
+{
+	if (ch->rd.present && ch->rd.ext)
+		return &ch->rd;
+	if (ch->wr.present && ch->wr.ext)
+		return &ch->wr;
+	return NULL;
+}
+
+/* Remember the peer's session and heartbeat as they are now. */
+static void note_peer(struct mm_channel *ch, uint64_t now_ms)
+{
+	struct mm_dir *d = ext_dir(ch);
+	unsigned w = MM_EXT_W_SESSION + 2 * (ch->role == MM_CREATOR);
+
+	if (!d) {
+		__atomic_store_n(&ch->peer, MM_PEER_UNKNOWN, __ATOMIC_RELAXED);
+		return;
+	}
+	mm_ext_load(d->ext, w, &ch->peer_session);
+	mm_ext_load(d->ext, w + 1, &ch->peer_beat);
+	ch->peer_beat_ms = now_ms;
+	__atomic_store_n(&ch->peer, MM_PEER_ALIVE, __ATOMIC_RELAXED);
+}
+
+static int take_offer(struct mm_channel *ch, const struct mm_caps *c, uint64_t now_ms,
+		      struct mm_err *err)
+{
+	struct mm_dir rd, wr;
+	bool ext = c->mmapfs >= 1;
+	int r = 0;
+
+	if (ch->declared && ch->role == MM_CREATOR)
+		return mm_fail(err, -EINVAL,
+			       "this channel is declared as creator: write an answer, not an offer");
+	dir_init(&rd);
+	dir_init(&wr);
+	/* The offer's read area is the one the creator reads: we write it. */
+	if ((c->read.have & MM_CAP_FILE) || (c->read.have && ch->write_file))
+		r = attach_dir(ch, &wr, ch->write_file, &c->read, RD_NAME, ext, true, err);
+	if (r == 0 && ((c->write.have & MM_CAP_FILE) || (c->write.have && ch->read_file)))
+		r = attach_dir(ch, &rd, ch->read_file, &c->write, WR_NAME, ext, false, err);
+	if (r < 0) {
+		dir_close(&rd);
+		dir_close(&wr);
+		return r;
+	}
+	dir_close(&ch->rd);
+	dir_close(&ch->wr);
+	rd.usable = rd.present;
+	wr.usable = wr.present;
+	ch->rd = rd;
+	ch->wr = wr;
+	ch->role = MM_ATTACHER;
+	ch->ext = ext;
+	ch->error[0] = '\0';
+	if (ext && ch->rd.present) {
+		/* take over the reading end: earlier ends of stream are gone */
+		mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &ch->rd.eof_ack);
+		mm_ext_store(ch->rd.ext, MM_EXT_W_EOF_ACK, ch->rd.eof_ack);
+	}
+	publish_session(ch, &ch->rd);
+	publish_session(ch, &ch->wr);
+	note_peer(ch, now_ms);
+	set_state(ch, ext ? MM_STATE_ATTACHED : MM_STATE_READY);
+	return 0;
+}
+
+static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t now_ms,
+		       struct mm_err *err)
+{
+	/* The answer's read area is the attacher's: our write area. */
+	struct { struct mm_dir *d; const struct mm_caps_area *a; const char *name; } m[2] = {
+		{ &ch->wr, &c->read, RD_NAME },
+		{ &ch->rd, &c->write, WR_NAME },
+	};
+	bool answered[2] = { false, false };
+	bool ext = c->mmapfs >= 1 && (ch->rd.ext || ch->wr.ext);
+	int r;
+
+	if (ch->role != MM_CREATOR)
+		return mm_fail(err, -EINVAL,
+			       "this end is the attacher: the peer's half must be an offer with file keys");
+	for (int i = 0; i < 2; i++) {
+		if (!m[i].a->have)
+			continue;
+		if (!m[i].d->present)
+			return mm_fail(err, -EINVAL, "%s: this end offered no such area",
+				       m[i].name);
+		r = need_keys(m[i].a, MM_CAP_TOKEN_ALL, m[i].name, err);
+		if (r == 0)
+			r = check_token(m[i].d, m[i].a, m[i].name, err);
+		if (r < 0)
+			return r;
+		answered[i] = true;
+	}
+	if (!answered[0] && !answered[1])
+		return mm_fail(err, -EINVAL, "the answer holds no token");
+	for (int i = 0; i < 2; i++) {
+		struct mm_dir *d = m[i].d;
+
+		d->usable = answered[i];
+		if (d->present && !ext) {
+			/* An xpra attacher: the whole area is ring. */
+			dir_setup_ring(d, false);
+		}
+		if (d->usable && ext) {
+			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
+			if (d == &ch->rd) {
+				mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &d->eof_ack);
+				mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack);
+			}
+		}
+	}
+	ch->ext = ext;
+	ch->error[0] = '\0';
+	publish_session(ch, &ch->rd);
+	publish_session(ch, &ch->wr);
+	note_peer(ch, now_ms);
+	set_state(ch, MM_STATE_READY);
+	return 0;
+}
+
+int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
+		    uint64_t now_ms, struct mm_err *err)
+{
+	struct mm_err why;
+	struct mm_caps *c;
+	int r;
+
+	if (get_state(ch) == MM_STATE_CLOSED)
+		return mm_fail(err, -ENOTCONN, "the channel is closed");
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	r = mm_caps_parse(text, len, c, &why);
+	if (r == 0)
+		r = is_offer(c) ? take_offer(ch, c, now_ms, &why)
+				: take_answer(ch, c, now_ms, &why);
+	if (r == 0) {
+		ch->accepted = *c;
+		ch->have_accepted = true;
+	} else {
+		snprintf(ch->error, sizeof(ch->error), "%s", why.msg);
+		if (err)
+			*err = why;
+	}
+	free(c);
+	return r;
+}
+
+/* ---- liveness ---- */
+
+bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
+{
+	enum mm_state st = get_state(ch), was = st;
+	int peer_was = __atomic_load_n(&ch->peer, __ATOMIC_RELAXED);
+	unsigned w = MM_EXT_W_SESSION + 2 * (ch->role == MM_CREATOR);
+	uint32_t session, beat, flags;
+	struct mm_dir *d;
+
+	if (!ch->ext || (st != MM_STATE_ATTACHED && st != MM_STATE_READY))
+		return false;
+	ch->beat++;
+	publish_session(ch, &ch->rd);
+	publish_session(ch, &ch->wr);
+	d = ext_dir(ch);
+	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
+	    mm_ext_load(d->ext, w + 1, &beat) < 0) {
+		mm_channel_set_error(ch, EIO, "%s: the area faulted (truncated?)",
+				     d ? d->area.path : "?");
+		return true;
+	}
+	if (ch->peer_session == 0) {
+		ch->peer_session = session;	/* it had not started when we looked */
+	} else if (session != ch->peer_session) {
+		__atomic_store_n(&ch->peer, MM_PEER_DEAD, __ATOMIC_RELAXED);
+		mm_channel_set_error(ch, ECONNRESET,
+				     "the peer restarted (session %08x, was %08x)",
+				     session, ch->peer_session);
+		mm_channel_wake(ch);
+		return true;
+	}
+	if (beat != ch->peer_beat) {
+		ch->peer_beat = beat;
+		ch->peer_beat_ms = now_ms;
+		__atomic_store_n(&ch->peer, MM_PEER_ALIVE, __ATOMIC_RELAXED);
+	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS) {
+		__atomic_store_n(&ch->peer, MM_PEER_DEAD, __ATOMIC_RELAXED);
+	}
+	if (st == MM_STATE_ATTACHED && mm_ext_load(d->ext, MM_EXT_W_FLAGS, &flags) == 0 &&
+	    (flags & MM_EXT_VERIFIED))
+		set_state(ch, MM_STATE_READY);
+	if (__atomic_load_n(&ch->peer, __ATOMIC_RELAXED) != peer_was)
+		mm_channel_wake(ch);
+	return get_state(ch) != was || __atomic_load_n(&ch->peer, __ATOMIC_RELAXED) != peer_was;
+}
+
+/* ---- the stream ---- */
+
+/* Why data cannot flow right now, or 0. */
+static int data_check(struct mm_channel *ch, struct mm_dir *d, int dead_errno)
+{
+	enum mm_state st = get_state(ch);
+
+	if (st == MM_STATE_ERROR)
+		return -__atomic_load_n(&ch->fail, __ATOMIC_ACQUIRE);
+	if (st != MM_STATE_READY)
+		return -ENOTCONN;
+	if (!d->usable)
+		return -ENXIO;
+	if (__atomic_load_n(&ch->peer, __ATOMIC_RELAXED) == MM_PEER_DEAD)
+		return -dead_errno;
+	return 0;
+}
+
+static int ring_fail(struct mm_channel *ch, struct mm_dir *d, const char *name, int r)
+{
+	uint32_t s = 0, e = 0;
+
+	if (r == -EFAULT) {
+		mm_channel_set_error(ch, EIO, "%s area %s: the mapping faulted (file truncated?)",
+				     name, d->area.path);
+		return -EIO;
+	}
+	mm_ring_raw(&d->ring, &s, &e);
+	mm_channel_set_error(ch, EPROTO,
+			     "%s area: corrupt pointers data_start=%u data_end=%u (ring 8..%u)",
+			     name, s, e, d->ring.end);
+	return -EPROTO;
+}
+
+static uint32_t *word_of(const struct mm_dir *d, unsigned i)
+{
+	return (uint32_t *)(void *)(d->area.base + 4 * i);
+}
+
+/* The raw value of a pointer word, for a later futex wait. */
+static uint32_t raw_word(const struct mm_dir *d, unsigned i)
+{
+	return __atomic_load_n(word_of(d, i), __ATOMIC_ACQUIRE);
+}
+
+int mm_channel_writer_begin(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->wr;
+	uint32_t cs, ack;
+	int r = data_check(ch, d, EPIPE);
+
+	if (r < 0 || !d->ext)
+		return r;
+	if (mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) < 0)
+		return ring_fail(ch, d, WR_NAME, -EFAULT);
+	d->seen = raw_word(d, 0);
+	if (cs - ack > MM_EXT_EOF_SLOTS)
+		return ring_fail(ch, d, WR_NAME, -EPROTO);
+	return cs - ack == MM_EXT_EOF_SLOTS ? -EAGAIN : 0;
+}
+
+void mm_channel_writer_end(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->wr;
+	struct mm_ring_pos p;
+	uint32_t cs;
+
+	if (!d->usable || !d->ext || get_state(ch) != MM_STATE_READY)
+		return;
+	if (mm_ring_load(&d->ring, &p) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
+		return;
+	mm_ext_store(d->ext, MM_EXT_W_EOF_POS + cs % MM_EXT_EOF_SLOTS, p.end);
+	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
+	mm_futex_wake(word_of(d, 1));
+}
+
+/* With an end of stream pending, how many bytes remain before it. */
+static int eof_distance(struct mm_channel *ch, struct mm_dir *d, size_t used,
+			size_t *dist)
+{
+	uint32_t cs, b;
+	size_t len = d->ring.end - MM_RING_HEADER;
+
+	if (mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
+		return -EFAULT;
+	if (cs == d->eof_ack)
+		return 1;
+	if (cs - d->eof_ack > MM_EXT_EOF_SLOTS)
+		return -EPROTO;
+	if (mm_ext_load(d->ext, MM_EXT_W_EOF_POS + d->eof_ack % MM_EXT_EOF_SLOTS, &b) < 0)
+		return -EFAULT;
+	if (b == 0 || b == d->ring.end)
+		b = MM_RING_HEADER;
+	if (b < MM_RING_HEADER || b > d->ring.end)
+		return -EPROTO;
+	*dist = (b + len - d->pos.start) % len;
+	if (*dist > used)
+		return -EPROTO;
+	(void)ch;
+	return 0;
+}
+
+ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max, struct iovec iov[2],
+			    int *niov)
+{
+	struct mm_dir *d = &ch->rd;
+	size_t used, n, limit = max;
+	uint32_t cs = 0;
+	int r = data_check(ch, d, ECONNRESET);
+
+	*niov = 0;
+	if (r < 0)
+		return r;
+	d->seen = raw_word(d, 1);
+	/* the end of stream is loaded before the pointers it refers to */
+	if (d->ext && mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
+		return ring_fail(ch, d, RD_NAME, -EFAULT);
+	r = mm_ring_load(&d->ring, &d->pos);
+	if (r < 0)
+		return ring_fail(ch, d, RD_NAME, r);
+	used = mm_ring_used(&d->ring, &d->pos);
+	if (d->ext && cs != d->eof_ack) {
+		size_t dist = 0;
+
+		r = eof_distance(ch, d, used, &dist);
+		if (r < 0)
+			return ring_fail(ch, d, RD_NAME, r);
+		if (r == 0 && dist == 0) {
+			d->eof_ack++;
+			if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
+				return ring_fail(ch, d, RD_NAME, -EFAULT);
+			mm_futex_wake(word_of(d, 0));
+			return 0;
+		}
+		if (r == 0 && dist < limit)
+			limit = dist;
+	}
+	if (used == 0)
+		return -EAGAIN;
+	*niov = mm_ring_read_iov(&d->ring, &d->pos, limit, iov, &n);
+	return (ssize_t)n;
+}
+
+int mm_channel_read_done(struct mm_channel *ch, size_t n)
+{
+	struct mm_dir *d = &ch->rd;
+	int r;
+
+	if (n == 0)
+		return 0;
+	r = mm_ring_consume(&d->ring, &d->pos, n);
+	if (r < 0)
+		return ring_fail(ch, d, RD_NAME, r);
+	__atomic_add_fetch(&d->bytes, n, __ATOMIC_RELAXED);
+	mm_futex_wake(word_of(d, 0));
+	return 0;
+}
+
+ssize_t mm_channel_write_iov(struct mm_channel *ch, size_t max, struct iovec iov[2],
+			     int *niov)
+{
+	struct mm_dir *d = &ch->wr;
+	size_t n;
+	int r = data_check(ch, d, EPIPE);
+
+	*niov = 0;
+	if (r < 0)
+		return r;
+	d->seen = raw_word(d, 0);
+	r = mm_ring_load(&d->ring, &d->pos);
+	if (r < 0)
+		return ring_fail(ch, d, WR_NAME, r);
+	*niov = mm_ring_write_iov(&d->ring, &d->pos, max, iov, &n);
+	return n ? (ssize_t)n : -EAGAIN;
+}
+
+int mm_channel_write_done(struct mm_channel *ch, size_t n)
+{
+	struct mm_dir *d = &ch->wr;
+	int r;
+
+	if (n == 0)
+		return 0;
+	r = mm_ring_commit(&d->ring, &d->pos, n);
+	if (r < 0)
+		return ring_fail(ch, d, WR_NAME, r);
+	__atomic_add_fetch(&d->bytes, n, __ATOMIC_RELAXED);
+	mm_futex_wake(word_of(d, 1));
+	return 0;
+}
+
+static ssize_t copy_iov(struct iovec iov[2], int niov, uint8_t *buf, bool to_ring)
+{
+	size_t off = 0;
+
+	for (int i = 0; i < niov; i++) {
+		int r = to_ring ? mm_guard_copy(iov[i].iov_base, buf + off, iov[i].iov_len)
+				: mm_guard_copy(buf + off, iov[i].iov_base, iov[i].iov_len);
+
+		if (r < 0)
+			return r;
+		off += iov[i].iov_len;
+	}
+	return (ssize_t)off;
+}
+
+ssize_t mm_channel_read(struct mm_channel *ch, void *buf, size_t len)
+{
+	struct iovec iov[2];
+	int niov, r;
+	ssize_t n = mm_channel_read_iov(ch, len, iov, &niov);
+
+	if (n <= 0)
+		return n;
+	if (copy_iov(iov, niov, buf, false) < 0)
+		return ring_fail(ch, &ch->rd, RD_NAME, -EFAULT);
+	r = mm_channel_read_done(ch, (size_t)n);
+	return r < 0 ? r : n;
+}
+
+ssize_t mm_channel_write(struct mm_channel *ch, const void *buf, size_t len)
+{
+	struct iovec iov[2];
+	int niov, r;
+	ssize_t n = mm_channel_write_iov(ch, len, iov, &niov);
+
+	if (n <= 0)
+		return n;
+	if (copy_iov(iov, niov, (uint8_t *)buf, true) < 0)
+		return ring_fail(ch, &ch->wr, WR_NAME, -EFAULT);
+	r = mm_channel_write_done(ch, (size_t)n);
+	return r < 0 ? r : n;
+}
+
+void mm_channel_wait(struct mm_channel *ch, bool writing, unsigned timeout_us)
+{
+	struct mm_dir *d = writing ? &ch->wr : &ch->rd;
+	struct timespec ts = { 0, (long)timeout_us * 1000 };
+
+	if (!d->present || mm_futex_wait(word_of(d, writing ? 0 : 1), d->seen,
+					 timeout_us) == -ENOSYS) {
+		while (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		nanosleep(&ts, NULL);
+	}
+}
+
+void mm_channel_wake(struct mm_channel *ch)
+{
+	if (ch->rd.present)
+		mm_futex_wake(word_of(&ch->rd, 1));
+	if (ch->wr.present)
+		mm_futex_wake(word_of(&ch->wr, 0));
+}
+
+bool mm_channel_peer_wakes(const struct mm_channel *ch)
+{
+	return ch->ext;
+}
+
+unsigned mm_channel_poll(struct mm_channel *ch)
+{
+	unsigned mask = 0;
+	struct mm_ring_pos p;
+	enum mm_state st = get_state(ch);
+
+	if (st == MM_STATE_ERROR)
+		return POLLERR | POLLIN | POLLOUT;
+	if (st != MM_STATE_READY)
+		return 0;
+	if (__atomic_load_n(&ch->peer, __ATOMIC_RELAXED) == MM_PEER_DEAD)
+		mask |= POLLHUP | POLLIN;
+	if (ch->rd.usable && mm_ring_load(&ch->rd.ring, &p) == 0) {
+		uint32_t cs = ch->rd.eof_ack;
+
+		if (ch->rd.ext)
+			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
+		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ch->rd.eof_ack)
+			mask |= POLLIN | POLLRDNORM;
+	}
+	if (ch->wr.usable && mm_ring_load(&ch->wr.ring, &p) == 0 &&
+	    mm_ring_free(&ch->wr.ring, &p) > 0)
+		mask |= POLLOUT | POLLWRNORM;
+	return mask;
+}

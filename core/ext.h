@@ -1,0 +1,61 @@
+/* mmapfs core: the mmapfs extension to xpra's area format.
+ *
+ * Between two mmapfs ends (both advertise "mmapfs=1" in their capabilities)
+ * the last 64 bytes of each area hold a trailer, and the data ring stops
+ * before it. An xpra peer never advertises the key, so it never sees one.
+ * Little-endian uint32 words, offsets in words (docs/PROTOCOL.md):
+ *
+ *   0  magic "MMFS"        creator, at creation
+ *   1  version (1)         creator, at creation
+ *   2  flags               creator: MM_EXT_VERIFIED once it checked the
+ *                          attacher's tokens (data may flow)
+ *   3  close_seq           writer: streams closed so far
+ *   4  eof_ack             reader: ends of stream delivered so far
+ *   5..10 eof_pos[6]       writer: data_end at each close, by close_seq % 6
+ *   11 creator_session     creator: random at each daemon start
+ *   12 creator_beat        creator: incremented every 250 ms
+ *   13 attacher_session    attacher, likewise
+ *   14 attacher_beat
+ *   15 reserved
+ */
+#ifndef MMAPFS_EXT_H
+#define MMAPFS_EXT_H
+
+#include <stdint.h>
+
+#define MM_EXT_VERSION 1
+#define MM_EXT_SIZE 64
+#define MM_EXT_MAGIC 0x53464d4du	/* "MMFS" little-endian */
+#define MM_EXT_EOF_SLOTS 6
+
+enum mm_ext_word {
+	MM_EXT_W_MAGIC = 0,
+	MM_EXT_W_VERSION = 1,
+	MM_EXT_W_FLAGS = 2,
+	MM_EXT_W_CLOSE_SEQ = 3,
+	MM_EXT_W_EOF_ACK = 4,
+	MM_EXT_W_EOF_POS = 5,
+	MM_EXT_W_SESSION = 11,		/* + 2 * role: session, then beat */
+	MM_EXT_W_BEAT = 12,
+};
+
+#define MM_EXT_VERIFIED 1u
+
+/* Offset of the trailer in an area of size bytes (8-byte aligned). */
+static inline uint64_t mm_ext_offset(uint64_t size)
+{
+	return (size - MM_EXT_SIZE) & ~UINT64_C(7);
+}
+
+/* Guarded word access: 0 or -EFAULT. */
+int mm_ext_load(const uint8_t *ext, unsigned word, uint32_t *v);
+int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v);
+
+/* The futex on a shared word: wake everyone waiting on it, or wait while it
+ * still holds `seen`, at most timeout_us. mm_futex_wait returns 0 (woken or
+ * changed), -ETIMEDOUT, -EINTR, or -ENOSYS where futexes do not work on the
+ * mapping (an ivshmem BAR): the caller then sleeps instead. */
+void mm_futex_wake(uint32_t *word);
+int mm_futex_wait(uint32_t *word, uint32_t seen, unsigned timeout_us);
+
+#endif

@@ -1,0 +1,74 @@
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "guard.h"
+
+static __thread sigjmp_buf *guard_jmp;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
+{
+	sigjmp_buf *jb = guard_jmp;
+
+	(void)si;
+	(void)uctx;
+	if (jb) {
+		guard_jmp = NULL;
+		siglongjmp(*jb, 1);
+	}
+	/* Not ours: die as we would have without a handler. */
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+int mm_guard_init(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL) < 0)
+		return -errno;
+	return 0;
+}
+
+int mm_guard_run(int (*fn)(void *arg), void *arg)
+{
+	sigjmp_buf jb;
+	sigjmp_buf *volatile outer = guard_jmp;
+	int ret;
+
+	if (sigsetjmp(jb, 1)) {
+		guard_jmp = outer;
+		return -EFAULT;
+	}
+	guard_jmp = &jb;
+	ret = fn(arg);
+	guard_jmp = outer;
+	return ret;
+}
+
+struct copy_args {
+	void *dst;
+	const void *src;
+	size_t n;
+};
+
+static int do_copy(void *arg)
+{
+	struct copy_args *c = arg;
+
+	memcpy(c->dst, c->src, c->n);
+	return 0;
+}
+
+int mm_guard_copy(void *dst, const void *src, size_t n)
+{
+	struct copy_args c = { dst, src, n };
+
+	return mm_guard_run(do_copy, &c);
+}

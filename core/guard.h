@@ -1,0 +1,23 @@
+/* mmapfs core: survive a shared mapping that shrinks under us.
+ *
+ * If the file behind a shared mapping is truncated, touching the pages past
+ * its new end raises SIGBUS. Every access to an area's memory that a peer
+ * could make fault runs through mm_guard_run(): a fault inside it becomes
+ * -EFAULT for that call, on that thread, and nothing else happens. A SIGBUS
+ * outside a guarded call is a real bug and still kills the process. */
+#ifndef MMAPFS_GUARD_H
+#define MMAPFS_GUARD_H
+
+#include <stddef.h>
+
+/* Install the SIGBUS handler; call once at start-up, before any thread.
+ * Returns 0 or -errno. */
+int mm_guard_init(void);
+
+/* Run fn(arg) and return its result, or -EFAULT if it faulted on a mapping. */
+int mm_guard_run(int (*fn)(void *arg), void *arg);
+
+/* memcpy() under the guard: 0 or -EFAULT. */
+int mm_guard_copy(void *dst, const void *src, size_t n);
+
+#endif

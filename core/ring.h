@@ -1,0 +1,77 @@
+/* mmapfs core: the data ring of an xpra mmap area.
+ *
+ *   0        4        8                                         end
+ *   +--------+--------+------------------------------------------+
+ *   | start  |  end   |  data ring                               |
+ *   +--------+--------+------------------------------------------+
+ *
+ * start (data_start) is written only by the reader: how far it has read.
+ * end (data_end) is written only by the writer: how far it has written.
+ * Both are little-endian uint32 offsets from the start of the area; 0 means 8
+ * and the ring's end means 8 again. [start, end) modulo the ring is what is
+ * unread; one byte always stays free so that full and empty differ.
+ *
+ * Every pointer is loaded from shared memory once into a struct mm_ring_pos
+ * and validated there: the peer may change the memory at any time, and a
+ * value it corrupted is -EPROTO, never an access outside the area. */
+#ifndef MMAPFS_RING_H
+#define MMAPFS_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define MM_RING_HEADER 8
+
+struct mm_ring {
+	uint8_t *base;		/* the area */
+	uint32_t end;		/* end of the data ring: the area size, or less
+				 * when a trailer follows it (docs/PROTOCOL.md) */
+};
+
+/* One validated snapshot of the two pointers, both in [8, end). */
+struct mm_ring_pos {
+	uint32_t start;
+	uint32_t end;
+};
+
+/* Set up r over an area of area_size bytes whose ring stops at ring_end.
+ * -EINVAL unless 8 < ring_end <= area_size < 4 GiB. */
+int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
+		 uint64_t ring_end);
+
+/* Bytes the ring can hold at most (its length minus the one kept free). */
+size_t mm_ring_capacity(const struct mm_ring *r);
+
+/* Load and validate both pointers. 0, -EPROTO (corrupt), -EFAULT (the
+ * mapping faulted). */
+int mm_ring_load(const struct mm_ring *r, struct mm_ring_pos *p);
+
+size_t mm_ring_used(const struct mm_ring *r, const struct mm_ring_pos *p);
+size_t mm_ring_free(const struct mm_ring *r, const struct mm_ring_pos *p);
+
+/* Where the next max bytes (at most) of unread data lie, as up to two
+ * pieces of the area (two when they wrap). Returns the number of pieces and
+ * fills *len with the total. No memory of the ring is touched. */
+int mm_ring_read_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
+		     size_t max, struct iovec iov[2], size_t *len);
+
+/* Where up to max bytes of free space lie, as with mm_ring_read_iov. */
+int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
+		      size_t max, struct iovec iov[2], size_t *len);
+
+/* Publish n bytes read (start moves) or written (end moves) since p was
+ * loaded. n must not exceed what mm_ring_used/free said. 0 or -EFAULT. */
+int mm_ring_consume(const struct mm_ring *r, struct mm_ring_pos *p, size_t n);
+int mm_ring_commit(const struct mm_ring *r, struct mm_ring_pos *p, size_t n);
+
+/* Copy up to len bytes out of (read) or into (write) the ring and publish
+ * the move: the number of bytes moved (0 if empty/full), -EPROTO, -EFAULT. */
+ssize_t mm_ring_read(const struct mm_ring *r, void *buf, size_t len);
+ssize_t mm_ring_write(const struct mm_ring *r, const void *buf, size_t len);
+
+/* The raw pointer words, for status and tracing (not validated).
+ * 0 or -EFAULT. */
+int mm_ring_raw(const struct mm_ring *r, uint32_t *start, uint32_t *end);
+
+#endif

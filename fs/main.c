@@ -1,0 +1,217 @@
+/* mmapfs: shared-memory channels (xpra's mmap format) as files.
+ *
+ *   mmapfs [-f] [-d] [-c CONFIG] [-o OPTION[,OPTION...]] MOUNTPOINT
+ *
+ * Everything is checked before anything is mounted: a bad option or
+ * configuration file is one message naming the culprit and exit status 1. */
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "guard.h"
+#include "mmapfs.h"
+#include "build-config.h"
+
+/* The default configuration file, read only when it exists. */
+#define DEFAULT_CONFIG MMAPFS_SYSCONFDIR "/mmapfs.conf"
+
+struct cmdline {
+	char *config;
+	char *mmap_dir;
+	char *size;
+	char *allow_dirs;
+	int debug;
+	int fuse_debug;
+	int help;
+	int version;
+};
+
+#define OPT(t, p) { t, offsetof(struct cmdline, p), 1 }
+
+static const struct fuse_opt cmdline_opts[] = {
+	OPT("-c %s", config),
+	OPT("--config=%s", config),
+	OPT("mmap_dir=%s", mmap_dir),
+	OPT("size=%s", size),
+	OPT("allow_dirs=%s", allow_dirs),
+	OPT("-d", debug),
+	OPT("--debug", debug),
+	OPT("fuse_debug", fuse_debug),
+	OPT("-h", help),
+	OPT("--help", help),
+	OPT("-V", version),
+	OPT("--version", version),
+	FUSE_OPT_END
+};
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] MOUNTPOINT\n\n"
+	       "Shared-memory channels (xpra's mmap format) as files.\n\n"
+	       "mmapfs options:\n"
+	       "    -c CONFIG, --config=CONFIG\n"
+	       "                           libconfig file (default %s, if present)\n"
+	       "    -d, --debug            foreground, with a trace of handshakes and rings\n"
+	       "    -o mmap_dir=DIR        where created areas live (default /dev/shm/mmapfs-UID)\n"
+	       "    -o size=SIZE           ring size of a new area, 64K..4G (default 64M)\n"
+	       "    -o allow_dirs=DIR[:DIR...]\n"
+	       "                           where offered files may be opened (default: mmap_dir)\n"
+	       "    -o fuse_debug          libfuse's own trace of every request\n"
+	       "    -h, --help             this help\n"
+	       "    -V, --version          the version\n\n"
+	       "FUSE options:\n", prog, DEFAULT_CONFIG);
+	fuse_cmdline_help();
+	fuse_lowlevel_help();
+}
+
+/* Defaults, then the file, then -o. 0, or 1 after printing why. */
+static int configure(struct mmfs *fs, struct cmdline *cl)
+{
+	struct mm_config *c = &fs->cfg;
+	struct mm_err err = { "" };
+	const char *file = cl->config;
+	int r;
+
+	if (mm_config_defaults(c) < 0)
+		return fprintf(stderr, "mmapfs: out of memory\n"), 1;
+	if (!file && access(DEFAULT_CONFIG, F_OK) == 0)
+		file = DEFAULT_CONFIG;
+	if (file && mm_config_load(c, file, &err) < 0)
+		return fprintf(stderr, "mmapfs: %s\n", err.msg), 1;
+	r = 0;
+	if (cl->mmap_dir) {
+		if (cl->mmap_dir[0] != '/')
+			return fprintf(stderr, "mmapfs: -o mmap_dir=%s: not an absolute path\n",
+				       cl->mmap_dir), 1;
+		r = mm_config_set_str(&c->mmap_dir, cl->mmap_dir);
+	}
+	if (r == 0 && cl->size && mm_config_parse_size(cl->size, &c->size, &err) < 0)
+		return fprintf(stderr, "mmapfs: -o size=%s: %s\n", cl->size, err.msg), 1;
+	if (r == 0 && cl->allow_dirs &&
+	    mm_config_set_allow_dirs(c, cl->allow_dirs, &err) < 0)
+		return fprintf(stderr, "mmapfs: -o allow_dirs=%s: %s\n", cl->allow_dirs,
+			       err.msg), 1;
+	if (r < 0)
+		return fprintf(stderr, "mmapfs: out of memory\n"), 1;
+	if (c->n_allow_dirs) {
+		fs->allow_dirs = (const char **)c->allow_dirs;
+		fs->n_allow_dirs = c->n_allow_dirs;
+	} else {
+		fs->allow_dirs = (const char **)&c->mmap_dir;
+		fs->n_allow_dirs = 1;
+	}
+	if (mm_area_dir_prepare(c->mmap_dir, &err) < 0)
+		return fprintf(stderr, "mmapfs: mmap_dir %s\n", err.msg), 1;
+	for (size_t i = 0; i < c->n_channels; i++) {
+		if (mmfs_add_declared(fs, &c->channels[i], &err) < 0)
+			return fprintf(stderr, "mmapfs: %s:%d: channel %s: %s\n", file,
+				       c->channels[i].line, c->channels[i].name, err.msg), 1;
+	}
+	return 0;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts opts = { 0 };
+	struct fuse_loop_config *loop = NULL;
+	struct cmdline cl = { 0 };
+	struct mmfs fs;
+	int ret = 1;
+
+	memset(&fs, 0, sizeof(fs));
+	pthread_mutex_init(&fs.lock, NULL);
+	pthread_cond_init(&fs.stop_cond, NULL);
+	fs.next_id = 1;
+	fs.uid = getuid();
+	fs.gid = getgid();
+	clock_gettime(CLOCK_REALTIME, &fs.mounted);
+	if (getrandom(&fs.session, sizeof(fs.session), 0) != sizeof(fs.session) || !fs.session)
+		fs.session = (uint32_t)getpid() ^ (uint32_t)fs.mounted.tv_nsec;
+
+	if (fuse_opt_parse(&args, &cl, cmdline_opts, NULL) < 0)
+		goto out_args;
+	if (cl.help) {
+		usage(argv[0]);
+		ret = 0;
+		goto out_args;
+	}
+	if (cl.version) {
+		printf("mmapfs version %s\nlibfuse version %s\n", MMAPFS_VERSION,
+		       fuse_pkgversion());
+		ret = 0;
+		goto out_args;
+	}
+	if ((cl.debug && fuse_opt_add_arg(&args, "-f") < 0) ||
+	    (cl.fuse_debug && fuse_opt_add_arg(&args, "-d") < 0) ||
+	    fuse_parse_cmdline(&args, &opts) != 0)
+		goto out_args;
+	if (!opts.mountpoint) {
+		fprintf(stderr, "usage: %s [options] MOUNTPOINT (see --help)\n", argv[0]);
+		goto out_args;
+	}
+	fs.debug = cl.debug;
+	if (mm_guard_init() < 0) {
+		perror("mmapfs: sigaction");
+		goto out_args;
+	}
+	if (configure(&fs, &cl))
+		goto out_chans;
+
+	fs.se = fuse_session_new(&args, &mmfs_ops, sizeof(mmfs_ops), &fs);
+	if (!fs.se)
+		goto out_chans;
+	if (fuse_set_signal_handlers(fs.se) != 0)
+		goto out_session;
+	if (fuse_session_mount(fs.se, opts.mountpoint) != 0)
+		goto out_signals;
+	if (fuse_daemonize(opts.foreground) != 0)
+		goto out_unmount;
+	if (mmfs_ticker_start(&fs) < 0) {
+		fprintf(stderr, "mmapfs: cannot start a thread\n");
+		goto out_unmount;
+	}
+	trace(&fs, "mounted on %s, mmap_dir %s, area ring %llu bytes, session %08x\n",
+	      opts.mountpoint, fs.cfg.mmap_dir, (unsigned long long)fs.cfg.size, fs.session);
+
+	if (opts.singlethread) {
+		ret = fuse_session_loop(fs.se);
+	} else {
+		loop = fuse_loop_cfg_create();
+		if (!loop)
+			goto out_ticker;
+		fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
+		fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
+		/* each blocked read or write of data holds a worker */
+		fuse_loop_cfg_set_max_threads(loop, opts.max_threads != UINT_MAX ?
+						    opts.max_threads : 256);
+		ret = fuse_session_loop_mt(fs.se, loop);
+		fuse_loop_cfg_destroy(loop);
+	}
+	ret = ret != 0;
+out_ticker:
+	mmfs_ticker_stop(&fs);
+out_unmount:
+	fuse_session_unmount(fs.se);
+out_signals:
+	fuse_remove_signal_handlers(fs.se);
+out_session:
+	fuse_session_destroy(fs.se);
+out_chans:
+	mmfs_close_all(&fs);
+	mm_config_free(&fs.cfg);
+	free(opts.mountpoint);
+out_args:
+	fuse_opt_free_args(&args);
+	free(cl.config);
+	free(cl.mmap_dir);
+	free(cl.size);
+	free(cl.allow_dirs);
+	return ret;
+}
