@@ -1,0 +1,189 @@
+"""Fixtures that mount real mmapfs filesystems.
+
+Every mount is waited for (failing at once if the daemon died first), and
+always unmounted with its daemon reaped, even when the test fails. A daemon
+must exit 0 and print no sanitizer report, so ASan/UBSan findings fail the
+test that caused them.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+
+
+def find_mmapfs():
+    exe = os.environ.get("MMAPFS")
+    if exe:
+        return os.path.abspath(exe)
+    for build in ("build", "build-asan"):
+        cand = os.path.join(TOP, build, "fs", "mmapfs")
+        if os.access(cand, os.X_OK):
+            return cand
+    raise RuntimeError("mmapfs binary not found: set MMAPFS=path/to/mmapfs")
+
+
+MMAPFS = find_mmapfs()
+
+# What a daemon's log may not contain. "error=" lines of status are ours, not
+# the log's; refusals logged at info level say "refused", never these words.
+BAD_LOG = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|Segmentation fault|"
+                     r"==\d+==ERROR|\bBUG\b|assert", re.I)
+
+
+def mounted(path):
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+class Mount:
+    """One running mmapfs daemon and its mount point."""
+
+    def __init__(self, path, proc, log):
+        self.path = path
+        self.proc = proc
+        self.log = log
+
+    def __truediv__(self, other):
+        return os.path.join(self.path, other)
+
+    def status(self, chan):
+        return read_kv(os.path.join(self.path, chan, "status"))
+
+    def log_text(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+
+def read_kv(path):
+    out = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("=")
+            out[key] = value
+    return out
+
+
+def wait_mounted(mnt, proc, log, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mounted(mnt):
+            return
+        if proc.poll() is not None:
+            with open(log, errors="replace") as f:
+                pytest.fail(f"mmapfs exited with {proc.returncode} before mounting:\n{f.read()}")
+        time.sleep(0.02)
+    pytest.fail(f"{mnt} was not mounted within {timeout} s")
+
+
+def force_cleanup(mnt, proc):
+    """Lazy unmount, then terminate, then kill: nothing may stay behind."""
+    if mounted(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def unmount(m, timeout=10):
+    """Unmount and require a clean exit of the daemon."""
+    subprocess.run(["fusermount3", "-u", m.path], check=False, capture_output=True)
+    if mounted(m.path):
+        # still busy (a test left a file open): give it a moment
+        time.sleep(0.5)
+        subprocess.run(["fusermount3", "-u", m.path], check=False, capture_output=True)
+    try:
+        rc = m.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        force_cleanup(m.path, m.proc)
+        pytest.fail(f"mmapfs on {m.path} did not exit after unmount:\n{m.log_text()}")
+    log = m.log_text()
+    assert rc == 0, f"mmapfs on {m.path} exited with {rc}:\n{log}"
+    bad = BAD_LOG.search(log)
+    assert not bad, f"mmapfs on {m.path} logged {bad.group(0)!r}:\n{log}"
+
+
+@pytest.fixture
+def shm(tmp_path):
+    """A private mmap_dir shared by the mounts of one test."""
+    d = tmp_path / "shm"
+    d.mkdir(mode=0o700)
+    return str(d)
+
+
+@pytest.fixture
+def mount_factory(tmp_path, shm):
+    """mount_factory(*options) -> Mount; every mount is cleaned up."""
+    mounts = []
+
+    def start(*args, size="64K", mmap_dir=None, check=True):
+        n = len(mounts)
+        mnt = str(tmp_path / f"mnt{n}")
+        os.mkdir(mnt)
+        log = str(tmp_path / f"mmapfs{n}.log")
+        cmd = [MMAPFS, "-f", "-o", f"mmap_dir={mmap_dir or shm},size={size}", *args, mnt]
+        with open(log, "w") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT)
+        m = Mount(mnt, proc, log)
+        mounts.append(m)
+        wait_mounted(mnt, proc, log)
+        return m
+
+    yield start
+    errors = []
+    for m in reversed(mounts):
+        try:
+            unmount(m)
+        except BaseException as e:  # pytest.fail is not an Exception
+            errors.append(e)
+        finally:
+            force_cleanup(m.path, m.proc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def pair(mount_factory):
+    """Two mounts sharing one mmap_dir: the creator's and the attacher's."""
+    return mount_factory(), mount_factory()
+
+
+def sh(cmd, check=True, **kw):
+    """Run a shell command line as a user would type it."""
+    return subprocess.run(["bash", "-c", cmd], check=check, capture_output=True,
+                          text=True, timeout=60, **kw)
+
+
+def handshake(c, a, name="chan"):
+    """Both ends through the whole handshake, with shell commands only."""
+    sh(f"mkdir {c / name} {a / name}")
+    sh(f"cat {c / name}/capabilities > {a / name}/peer")
+    sh(f"cat {a / name}/capabilities > {c / name}/peer")
+    wait_state(a, name, "ready")
+    wait_state(c, name, "ready")
+
+
+def wait_state(m, name, state, timeout=5):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = m.status(name)
+        if st["state"] == state:
+            return st
+        if time.monotonic() > deadline:
+            pytest.fail(f"{m.path}/{name}: state {st['state']}, expected {state}: {st}")
+        time.sleep(0.05)
+
+
+def which(prog):
+    return shutil.which(prog)

@@ -1,0 +1,66 @@
+#!/bin/bash
+# The whole test suite, from a fresh machine: installs what mmapfs needs
+# (Debian packages), builds it with AddressSanitizer and UBSan, runs the C
+# unit tests, each fuzzer for a bounded time, and the pytest suite, which
+# mounts real filesystems. Run as root (FUSE mounts, apt-get):
+#
+#   sudo tests/run-all.sh            FUZZ_SECONDS=60 by default
+#
+# Any failure stops it with a non-zero status.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+fuzz_seconds=${FUZZ_SECONDS:-60}
+
+if [ "$(id -u)" != 0 ]; then
+	echo "tests/run-all.sh: run as root: it installs packages and mounts FUSE" >&2
+	exit 1
+fi
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "installing packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+	gcc clang libclang-rt-dev meson ninja-build pkg-config \
+	libfuse3-dev fuse3 libconfig-dev \
+	python3 python3-pytest socat coreutils procps
+
+# A sanitizer report must fail the test that caused it.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+
+step "building with AddressSanitizer and UBSan (build-asan)"
+if [ -d build-asan ]; then
+	meson setup --reconfigure build-asan -Db_sanitize=address,undefined -Dwerror=true
+else
+	meson setup build-asan -Db_sanitize=address,undefined -Dwerror=true
+fi
+ninja -C build-asan
+
+step "unit tests"
+meson test -C build-asan --print-errorlogs
+
+step "fuzzers, ${fuzz_seconds} s each (build-fuzz, clang)"
+if [ -d build-fuzz ]; then
+	CC=clang meson setup --reconfigure build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
+else
+	CC=clang meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
+fi
+ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring
+tests/fuzz/run.sh build-fuzz "$fuzz_seconds"
+
+step "pytest: the daemon through files and shell tools"
+leftover() { awk '$3 ~ /^fuse/ && $2 ~ /pytest/ {print $2}' /proc/self/mounts; }
+status=0
+MMAPFS="$top/build-asan/fs/mmapfs" /usr/bin/python3 -m pytest -c tests/pytest.ini \
+	--rootdir tests tests/py || status=$?
+if [ -n "$(leftover)" ]; then
+	echo "tests left FUSE mounts behind:" >&2
+	leftover >&2
+	leftover | xargs -r -n1 fusermount3 -u -z
+	status=1
+fi
+exit "$status"
