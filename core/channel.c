@@ -1,3 +1,4 @@
+#include <endian.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -648,10 +649,14 @@ static uint32_t *word_of(const struct mm_dir *d, unsigned i)
 	return (uint32_t *)(void *)(d->area.base + 4 * i);
 }
 
-/* The raw value of a pointer word, for a later futex wait. */
-static uint32_t raw_word(const struct mm_dir *d, unsigned i)
+/* The raw value of a pointer word, for a later futex wait (the futex
+ * compares memory as it is). 0 or -EFAULT. */
+static int raw_word(const struct mm_dir *d, unsigned i, uint32_t *v)
 {
-	return __atomic_load_n(word_of(d, i), __ATOMIC_ACQUIRE);
+	int r = mm_ext_load(d->area.base, i, v);
+
+	*v = htole32(*v);
+	return r;
 }
 
 int mm_channel_writer_begin(struct mm_channel *ch)
@@ -662,10 +667,10 @@ int mm_channel_writer_begin(struct mm_channel *ch)
 
 	if (r < 0 || !d->ext)
 		return r;
-	if (mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 ||
+	if (raw_word(d, 0, &d->seen) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 ||
 	    mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) < 0)
 		return ring_fail(ch, d, WR_NAME, -EFAULT);
-	d->seen = raw_word(d, 0);
 	if (cs - ack > MM_EXT_EOF_SLOTS)
 		return ring_fail(ch, d, WR_NAME, -EPROTO);
 	return cs - ack == MM_EXT_EOF_SLOTS ? -EAGAIN : 0;
@@ -724,7 +729,8 @@ ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max, struct iovec iov[
 	*niov = 0;
 	if (r < 0)
 		return r;
-	d->seen = raw_word(d, 1);
+	if (raw_word(d, 1, &d->seen) < 0)
+		return ring_fail(ch, d, RD_NAME, -EFAULT);
 	/* the end of stream is loaded before the pointers it refers to */
 	if (d->ext && mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
 		return ring_fail(ch, d, RD_NAME, -EFAULT);
@@ -779,7 +785,8 @@ ssize_t mm_channel_write_iov(struct mm_channel *ch, size_t max, struct iovec iov
 	*niov = 0;
 	if (r < 0)
 		return r;
-	d->seen = raw_word(d, 0);
+	if (raw_word(d, 0, &d->seen) < 0)
+		return ring_fail(ch, d, WR_NAME, -EFAULT);
 	r = mm_ring_load(&d->ring, &d->pos);
 	if (r < 0)
 		return ring_fail(ch, d, WR_NAME, r);
@@ -866,11 +873,6 @@ void mm_channel_wake(struct mm_channel *ch)
 		mm_futex_wake(word_of(&ch->rd, 1));
 	if (ch->wr.present)
 		mm_futex_wake(word_of(&ch->wr, 0));
-}
-
-bool mm_channel_peer_wakes(const struct mm_channel *ch)
-{
-	return ch->ext;
 }
 
 unsigned mm_channel_poll(struct mm_channel *ch)

@@ -163,7 +163,5 @@ void mm_channel_wake(struct mm_channel *ch);
 /* POLLIN/POLLOUT/POLLERR as they stand now. */
 unsigned mm_channel_poll(struct mm_channel *ch);
 
-/* True when the peer wakes our futex waits (same host, mmapfs peer). */
-bool mm_channel_peer_wakes(const struct mm_channel *ch);
 
 #endif

@@ -187,7 +187,8 @@ int main(int argc, char *argv[])
 		if (!loop)
 			goto out_ticker;
 		fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
-		fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
+		if (opts.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
 		/* each blocked read or write of data holds a worker */
 		fuse_loop_cfg_set_max_threads(loop, opts.max_threads != UINT_MAX ?
 						    opts.max_threads : 256);

@@ -536,14 +536,11 @@ static void on_interrupt(fuse_req_t req, void *data)
 	mm_channel_wake(data);
 }
 
-/* Sleep a little for the peer: at once when it wakes us (same host), else
- * a backoff from 50 us to 10 ms. */
+/* Sleep a little for the peer: a futex wait that its wake ends at once
+ * (same host), else a backoff from 50 us to 10 ms (a VM boundary, an xpra
+ * peer, which wakes nobody). */
 static unsigned wait_step(struct chan *ch, bool writing, unsigned step)
 {
-	if (mm_channel_peer_wakes(&ch->mc)) {
-		mm_channel_wait(&ch->mc, writing, 100000);
-		return step;
-	}
 	mm_channel_wait(&ch->mc, writing, step);
 	return step < 10000 ? step * 2 : step;
 }

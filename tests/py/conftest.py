@@ -49,6 +49,15 @@ class Mount:
         self.path = path
         self.proc = proc
         self.log = log
+        self.killed = False
+
+    def kill(self):
+        """Kill the daemon as a crash would (SIGKILL); the fixture then only
+        cleans up the dead mount."""
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", self.path], stderr=subprocess.DEVNULL)
 
     def __truediv__(self, other):
         return os.path.join(self.path, other)
@@ -144,7 +153,8 @@ def mount_factory(tmp_path, shm):
     errors = []
     for m in reversed(mounts):
         try:
-            unmount(m)
+            if not m.killed:
+                unmount(m)
         except BaseException as e:  # pytest.fail is not an Exception
             errors.append(e)
         finally:
@@ -161,8 +171,9 @@ def pair(mount_factory):
 
 def sh(cmd, check=True, **kw):
     """Run a shell command line as a user would type it."""
+    kw.setdefault("timeout", 60)
     return subprocess.run(["bash", "-c", cmd], check=check, capture_output=True,
-                          text=True, timeout=60, **kw)
+                          text=True, **kw)
 
 
 def handshake(c, a, name="chan"):
@@ -187,3 +198,23 @@ def wait_state(m, name, state, timeout=5):
 
 def which(prog):
     return shutil.which(prog)
+
+
+# ---- handshake text helpers (tests/py/test_handshake.py, test_tree.py) ----
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def kv_text(d):
+    """The key=value text of an ordered dict, one line each."""
+    return "".join(f"{k}={v}\n" for k, v in d.items())
+
+
+def finish_handshake(c, a, name="chan"):
+    """From two fresh channels (or after refused attempts): offer, answer, ready."""
+    sh(f"cat {c / name}/capabilities > {a / name}/peer")
+    sh(f"cat {a / name}/capabilities > {c / name}/peer")
+    wait_state(a, name, "ready")
+    wait_state(c, name, "ready")

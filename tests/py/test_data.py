@@ -1,0 +1,329 @@
+"""The data file: a byte stream like a connected socket (DESIGN.md, "Data")."""
+import errno
+import hashlib
+import os
+import random
+import select
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import handshake, sh, wait_state
+
+
+@pytest.fixture
+def chan(pair):
+    c, a = pair
+    handshake(c, a)
+    return c / "chan", a / "chan", c, a
+
+
+def sha_of_stream(cmd):
+    return sh(cmd).stdout.split()[0]
+
+
+def test_dd_both_ways_at_once(mount_factory, tmp_path):
+    c, a = mount_factory(size="16M"), mount_factory(size="16M")
+    handshake(c, a)
+    src1, src2 = tmp_path / "one", tmp_path / "two"
+    for f in (src1, src2):
+        with open(f, "wb") as out:
+            out.write(os.urandom(200 << 20))
+    cmd = (f"dd if={src1} of={c / 'chan'}/data bs=1M status=none & "
+           f"dd if={src2} of={a / 'chan'}/data bs=1M status=none & "
+           f"dd if={a / 'chan'}/data bs=1M status=none | sha256sum > {tmp_path}/got1 & "
+           f"dd if={c / 'chan'}/data bs=1M status=none | sha256sum > {tmp_path}/got2; wait")
+    sh(cmd)
+    want1 = sha_of_stream(f"sha256sum {src1}")
+    want2 = sha_of_stream(f"sha256sum {src2}")
+    assert open(tmp_path / "got1").read().split()[0] == want1
+    assert open(tmp_path / "got2").read().split()[0] == want2
+    st = c.status("chan")
+    assert int(st["write.bytes"]) == 200 << 20
+    assert int(st["read.bytes"]) == 200 << 20
+
+
+def test_odd_sizes_wrap_thousands_of_times(chan):
+    """A 64 KiB ring, writes and reads of awkward sizes: every byte once, in order."""
+    cdir, adir, c, a = chan
+    rng = random.Random(1234)
+    sizes = [1, 3, 4093, 65537, 7, 65535, 131071, 8191, 12345]
+    total = 200 << 20
+    payload = rng.randbytes(1 << 20)
+
+    def chunks():
+        sent = 0
+        while sent < total:
+            n = min(rng.choice(sizes), total - sent)
+            off = sent % len(payload)
+            piece = (payload * 2)[off:off + n] if n <= len(payload) else None
+            yield piece
+            sent += n
+
+    def writer():
+        with open(cdir + "/data", "wb", buffering=0) as f:
+            for piece in chunks():
+                view = memoryview(piece)
+                while view:
+                    n = f.write(view)
+                    view = view[n:]
+
+    t = threading.Thread(target=writer)
+    t.start()
+    got = 0
+    rsizes = [1, 3, 4093, 65537, 100000, 5]
+    rr = random.Random(99)
+    with open(adir + "/data", "rb", buffering=0) as f:
+        while True:
+            data = f.read(rr.choice(rsizes))
+            if not data:
+                break
+            off = got % len(payload)
+            want = (payload * 2)[off:off + len(data)]
+            assert data == want, f"mismatch at byte {got}"
+            got += len(data)
+    t.join()
+    assert got == total
+    wraps = total // (64 * 1024)
+    assert wraps > 3000
+
+
+def test_end_of_file_and_next_stream(chan):
+    cdir, adir, c, a = chan
+    sh(f"echo one > {cdir}/data; echo two > {cdir}/data")
+    assert sh(f"cat {adir}/data").stdout == "one\n"
+    assert sh(f"cat {adir}/data").stdout == "two\n"
+    # nothing more: a third reader blocks (non-blocking: EAGAIN)
+    fd = os.open(adir + "/data", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 10)
+    finally:
+        os.close(fd)
+
+
+def test_partial_read_returns_what_is_there(chan):
+    cdir, adir, c, a = chan
+    w = os.open(cdir + "/data", os.O_WRONLY)
+    r = os.open(adir + "/data", os.O_RDONLY)
+    try:
+        os.write(w, b"abc")
+        assert os.read(r, 1 << 20) == b"abc"
+    finally:
+        os.close(w)
+        os.close(r)
+
+
+def test_nonblocking_write_fills_then_eagain(chan):
+    cdir, adir, c, a = chan
+    fd = os.open(cdir + "/data", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        total = 0
+        with pytest.raises(BlockingIOError):
+            while True:
+                n = os.write(fd, b"x" * 100000)
+                assert n > 0
+                total += n
+        st = c.status("chan")
+        assert int(st["write.free"]) == 0
+        assert total == int(st["write.used"]) == int(st["write.size"]) - 64 - 8 - 1
+    finally:
+        os.close(fd)
+
+
+def test_poll_select_epoll(chan):
+    cdir, adir, c, a = chan
+    r = os.open(adir + "/data", os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(cdir + "/data", os.O_WRONLY)
+    try:
+        # writable at once, not readable while empty
+        assert select.select([], [w], [], 1)[1] == [w]
+        assert select.select([r], [], [], 0.2)[0] == []
+        p = select.poll()
+        p.register(r, select.POLLIN)
+        threading.Timer(0.3, lambda: os.write(w, b"ping")).start()
+        t0 = time.monotonic()
+        events = p.poll(5000)
+        assert events and events[0][1] & select.POLLIN
+        assert time.monotonic() - t0 < 2
+        assert os.read(r, 100) == b"ping"
+        ep = select.epoll()
+        ep.register(r, select.EPOLLIN)
+        assert ep.poll(0.1) == []
+        os.write(w, b"pong")
+        assert ep.poll(5)
+        assert os.read(r, 100) == b"pong"
+        ep.close()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_one_reader_one_writer(chan):
+    cdir, adir, c, a = chan
+    r = os.open(adir + "/data", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            os.open(adir + "/data", os.O_RDONLY)
+        assert e.value.errno == errno.EBUSY
+        # the writer side of the same end is free
+        os.close(os.open(adir + "/data", os.O_WRONLY))
+    finally:
+        os.close(r)
+    # closed: a new reader gets in at once, release on its way or not
+    for _ in range(20):
+        os.close(os.open(adir + "/data", os.O_RDONLY))
+
+
+def test_back_to_back_writers_never_ebusy(chan, tmp_path):
+    """Each echo is a stream; the next open comes before the last release."""
+    cdir, adir, c, a = chan
+    reader = subprocess.Popen(
+        ["bash", "-c", f"for i in $(seq 50); do cat {adir}/data; echo .; done"],
+        stdout=subprocess.PIPE, text=True)
+    sh(f"for i in $(seq 50); do echo $i > {cdir}/data || exit 1; done", timeout=30)
+    out, _ = reader.communicate(timeout=30)
+    assert out.split("\n.\n")[:50] == [str(i) for i in range(1, 51)]
+
+
+def test_unread_streams_hold_the_next_open(chan):
+    """Six ends of stream wait for the reader; the seventh stream waits for room."""
+    cdir, adir, c, a = chan
+    sh(f"for i in 1 2 3 4 5 6; do echo $i > {cdir}/data; done")
+    with pytest.raises(BlockingIOError):
+        os.open(cdir + "/data", os.O_WRONLY | os.O_NONBLOCK)
+    assert sh(f"cat {adir}/data").stdout == "1\n"
+    os.close(os.open(cdir + "/data", os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_enotconn_before_ready(pair):
+    c, a = pair
+    sh(f"mkdir {c / 'x'}")
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
+        with pytest.raises(OSError) as e:
+            os.open(c / "x/data", flags)
+        assert e.value.errno == errno.ENOTCONN
+
+
+def test_blocked_read_leaves_daemon_answering(chan):
+    cdir, adir, c, a = chan
+    cat = subprocess.Popen(["cat", adir + "/data"], stdout=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        assert cat.poll() is None
+        # status, other files and other channels still answer
+        for _ in range(20):
+            assert c.status("chan")["state"] == "ready"
+        sh(f"mkdir {c / 'other'} && ls {c / 'other'} && rmdir {c / 'other'}")
+        # Ctrl-C on the blocked reader ends it at once
+        t0 = time.monotonic()
+        cat.send_signal(signal.SIGINT)
+        cat.wait(2)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        cat.kill()
+        cat.wait()
+
+
+def test_peer_killed_blocked_read_fails(chan):
+    cdir, adir, c, a = chan
+    r = os.open(cdir + "/data", os.O_RDONLY)
+    w = os.open(cdir + "/data", os.O_WRONLY)
+    result = {}
+
+    def reader():
+        t0 = time.monotonic()
+        try:
+            os.read(r, 100)
+            result["err"] = None
+        except OSError as e:
+            result["err"] = e.errno
+        result["t"] = time.monotonic() - t0
+
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.3)
+    a.kill()
+    killed = time.monotonic()
+    t.join(5)
+    assert not t.is_alive(), "read still blocked 5 s after the peer died"
+    assert result["err"] in (errno.ECONNRESET, errno.EPIPE)
+    assert time.monotonic() - killed < 2.5
+    st = c.status("chan")
+    assert st["peer"] == "dead"
+    # a write fails too, instead of filling the ring and hanging
+    with pytest.raises(OSError) as e:
+        for _ in range(100):
+            os.write(w, b"y" * 65536)
+    assert e.value.errno in (errno.EPIPE, errno.ECONNRESET)
+    os.close(r)
+    os.close(w)
+
+
+def area_file(m, chan, which):
+    caps = dict(l.split("=", 1) for l in open(os.path.join(m.path, chan, "capabilities"))
+                .read().split("\n") if "=" in l)
+    return caps[which + ".file"]
+
+
+def start_stream(cdir, adir, tmp_path, name, mib=64):
+    """A writer and a reader on one channel, in the background."""
+    src = tmp_path / f"{name}.src"
+    with open(src, "wb") as f:
+        f.write(os.urandom(mib << 20))
+    proc = subprocess.Popen(
+        ["bash", "-c", f"dd if={src} of={cdir}/data bs=64k status=none & "
+         f"sha256sum < {adir}/data; wait"], stdout=subprocess.PIPE, text=True)
+    return src, proc
+
+
+def test_corrupt_pointers_break_one_channel_only(pair, tmp_path):
+    c, a = pair
+    handshake(c, a, "bad")
+    handshake(c, a, "good")
+    bad_read = area_file(c, "bad", "read")   # the area c reads and a writes
+    with open(bad_read, "r+b") as f:
+        f.seek(4)
+        f.write((0xFFFFFFF0).to_bytes(4, "little"))    # data_end far past the end
+    with pytest.raises(OSError) as e:
+        with open(c / "bad/data", "rb") as f:
+            f.read(10)
+    assert e.value.errno in (errno.EPROTO, errno.EIO)
+    st = c.status("bad")
+    assert st["state"] == "error" and "corrupt" in st["error"]
+    # the other channel streams on, and the daemon is fine
+    src, proc = start_stream(c / "good", a / "good", tmp_path, "good", 32)
+    out, _ = proc.communicate(timeout=60)
+    assert out.split()[0] == sh(f"sha256sum {src}").stdout.split()[0]
+
+
+def test_truncated_area_no_sigbus(pair, tmp_path):
+    c, a = pair
+    handshake(c, a, "victim")
+    handshake(c, a, "good")
+    sh(f"echo before > {c / 'victim'}/data")
+    assert sh(f"cat {a / 'victim'}/data").stdout == "before\n"
+    victim = area_file(c, "victim", "write")        # c writes, a reads
+    os.truncate(victim, 0)
+    for path, flags in ((c / "victim/data", os.O_WRONLY), (a / "victim/data", os.O_RDONLY)):
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+        except OSError as e:
+            assert e.errno in (errno.EIO, errno.EPROTO)
+            continue
+        try:
+            with pytest.raises(OSError) as e:
+                if flags == os.O_WRONLY:
+                    os.write(fd, b"z" * 100)
+                else:
+                    os.read(fd, 100)
+            assert e.value.errno in (errno.EIO, errno.EPROTO, errno.EAGAIN)
+        finally:
+            os.close(fd)
+    assert c.proc.poll() is None and a.proc.poll() is None
+    src, proc = start_stream(c / "good", a / "good", tmp_path, "good2", 32)
+    out, _ = proc.communicate(timeout=60)
+    assert out.split()[0] == sh(f"sha256sum {src}").stdout.split()[0]
