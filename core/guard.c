@@ -42,7 +42,9 @@ int mm_guard_run(int (*fn)(void *arg), void *arg)
 	sigjmp_buf *volatile outer = guard_jmp;
 	int ret;
 
-	if (sigsetjmp(jb, 1)) {
+	/* No mask to save: SA_NODEFER leaves SIGBUS unblocked in the handler,
+	 * and saving it would cost a system call on every guarded copy. */
+	if (sigsetjmp(jb, 0)) {
 		guard_jmp = outer;
 		return -EFAULT;
 	}
