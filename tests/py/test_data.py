@@ -327,3 +327,47 @@ def test_truncated_area_no_sigbus(pair, tmp_path):
     src, proc = start_stream(c / "good", a / "good", tmp_path, "good2", 32)
     out, _ = proc.communicate(timeout=60)
     assert out.split()[0] == sh(f"sha256sum {src}").stdout.split()[0]
+
+
+def trailer_word(path, word):
+    size = os.path.getsize(path)
+    return ((size - 64) & ~7) + 4 * word
+
+
+def test_stalled_peer_is_dead_then_alive(chan):
+    cdir, adir, c, a = chan
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.7)
+        assert c.status("chan")["peer"] == "dead"
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 2
+    while c.status("chan")["peer"] != "alive":
+        assert time.monotonic() < deadline, "peer not alive again after SIGCONT"
+        time.sleep(0.05)
+    # a stall is not a restart: the channel still works
+    assert c.status("chan")["state"] == "ready"
+    sh(f"echo again > {cdir}/data")
+    assert sh(f"cat {adir}/data").stdout == "again\n"
+
+
+def test_restarted_peer_is_told_apart(chan):
+    """A new session id in the peer's slot is a restart: the channel errors."""
+    cdir, adir, c, a = chan
+    area = area_file(c, "chan", "read")
+    a.proc.send_signal(signal.SIGSTOP)     # so it does not write its own id back
+    try:
+        with open(area, "r+b") as f:
+            f.seek(trailer_word(area, 13))            # attacher_session
+            old = int.from_bytes(f.read(4), "little")
+            f.seek(trailer_word(area, 13))
+            f.write(((old + 1) & 0xFFFFFFFF or 1).to_bytes(4, "little"))
+        time.sleep(0.6)
+        st = c.status("chan")
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    assert st["state"] == "error" and "restarted" in st["error"]
+    with pytest.raises(OSError) as e:
+        os.open(cdir + "/data", os.O_RDONLY)
+    assert e.value.errno == errno.ECONNRESET
