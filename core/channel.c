@@ -565,12 +565,22 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 
 /* ---- liveness ---- */
 
+void mm_channel_refresh(struct mm_channel *ch)
+{
+	struct mm_dir *d = ext_dir(ch);
+	uint32_t flags;
+
+	if (get_state(ch) == MM_STATE_ATTACHED && d &&
+	    mm_ext_load(d->ext, MM_EXT_W_FLAGS, &flags) == 0 && (flags & MM_EXT_VERIFIED))
+		set_state(ch, MM_STATE_READY);
+}
+
 bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
 {
 	enum mm_state st = get_state(ch), was = st;
 	int peer_was = __atomic_load_n(&ch->peer, __ATOMIC_RELAXED);
 	unsigned w = MM_EXT_W_SESSION + 2 * (ch->role == MM_CREATOR);
-	uint32_t session, beat, flags;
+	uint32_t session, beat;
 	struct mm_dir *d;
 
 	if (!ch->ext || (st != MM_STATE_ATTACHED && st != MM_STATE_READY))
@@ -602,9 +612,7 @@ bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
 	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS) {
 		__atomic_store_n(&ch->peer, MM_PEER_DEAD, __ATOMIC_RELAXED);
 	}
-	if (st == MM_STATE_ATTACHED && mm_ext_load(d->ext, MM_EXT_W_FLAGS, &flags) == 0 &&
-	    (flags & MM_EXT_VERIFIED))
-		set_state(ch, MM_STATE_READY);
+	mm_channel_refresh(ch);
 	if (__atomic_load_n(&ch->peer, __ATOMIC_RELAXED) != peer_was)
 		mm_channel_wake(ch);
 	return get_state(ch) != was || __atomic_load_n(&ch->peer, __ATOMIC_RELAXED) != peer_was;

@@ -118,6 +118,10 @@ int mm_channel_status_text(const struct mm_channel *ch, char *buf, size_t len);
 
 const char *mm_state_name(enum mm_state s);
 
+/* An attacher becomes ready when the creator has set its go-ahead: look
+ * now rather than at the next tick. */
+void mm_channel_refresh(struct mm_channel *ch);
+
 /* Every MM_BEAT_MS: our heartbeat, the peer's, the creator's go-ahead for an
  * attacher. Returns true if the state or the peer's liveness changed. */
 bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms);

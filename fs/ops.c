@@ -195,6 +195,7 @@ void mmfs_close_all(struct mmfs *fs)
 
 static int file_text(struct chan *ch, enum file_kind k, char *buf, size_t len)
 {
+	mm_channel_refresh(&ch->mc);
 	switch (k) {
 	case F_CAPABILITIES:
 		return mm_channel_caps_text(&ch->mc, buf, len);
@@ -494,6 +495,7 @@ static int data_claim(struct chan *ch, struct handle *h, int accmode)
 	bool rd = accmode != O_WRONLY, wr = accmode != O_RDONLY;
 	int r;
 
+	mm_channel_refresh(mc);
 	if (mc->state == MM_STATE_ERROR)
 		return -__atomic_load_n(&mc->fail, __ATOMIC_ACQUIRE);
 	if (mc->state != MM_STATE_READY)
