@@ -67,7 +67,20 @@ static void dir_init(struct mm_dir *d)
 static void dir_close(struct mm_dir *d)
 {
 	mm_area_close(&d->area);
+	if (d->chunks) {
+		pthread_mutex_destroy(&d->chunks->lock);
+		free(d->chunks);
+	}
 	dir_init(d);
+}
+
+static int dir_chunks_init(struct mm_dir *d)
+{
+	d->chunks = calloc(1, sizeof(*d->chunks));
+	if (!d->chunks)
+		return -ENOMEM;
+	pthread_mutex_init(&d->chunks->lock, NULL);
+	return 0;
 }
 
 /* Where the ring stops in an area, with or without the trailer. */
@@ -82,6 +95,8 @@ static int dir_setup_ring(struct mm_dir *d, bool ext)
 			     ring_end(d->area.size, ext));
 
 	d->ext = ext ? d->area.base + mm_ext_offset(d->area.size) : NULL;
+	if (r == 0 && !d->chunks)
+		r = dir_chunks_init(d);
 	return r;
 }
 
@@ -726,17 +741,40 @@ static int eof_distance(struct mm_channel *ch, struct mm_dir *d, size_t used,
 	return 0;
 }
 
+/* The next pending piece, if the user gave any (xpra's chunk list). */
+static ssize_t chunk_iov(struct mm_dir *d, size_t max, struct iovec *iov, int *niov)
+{
+	struct mm_chunks *c = d->chunks;
+	ssize_t n = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->n) {
+		const struct mm_chunk *k = &c->q[c->head];
+
+		n = (ssize_t)(k->len < max ? k->len : max);
+		iov->iov_base = d->area.base + k->off;
+		iov->iov_len = (size_t)n;
+		*niov = 1;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
 ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max, struct iovec iov[2],
 			    int *niov)
 {
 	struct mm_dir *d = &ch->rd;
 	size_t used, n, limit = max;
 	uint32_t cs = 0;
+	ssize_t got;
 	int r = data_check(ch, d, ECONNRESET);
 
 	*niov = 0;
 	if (r < 0)
 		return r;
+	got = chunk_iov(d, max, iov, niov);
+	if (got > 0)
+		return got;
 	if (raw_word(d, 1, &d->seen) < 0)
 		return ring_fail(ch, d, RD_NAME, -EFAULT);
 	/* the end of stream is loaded before the pointers it refers to */
@@ -768,6 +806,31 @@ ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max, struct iovec iov[
 	return (ssize_t)n;
 }
 
+/* Done with n bytes of the head piece: when it is all read, data_start
+ * moves past it, as xpra's reader does. 1 if pieces were in use. */
+static int chunk_done(struct mm_dir *d, size_t n)
+{
+	struct mm_chunks *c = d->chunks;
+	struct mm_chunk *k;
+	int r = 1;
+
+	pthread_mutex_lock(&c->lock);
+	if (!c->n) {
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
+	k = &c->q[c->head];
+	k->off += (uint32_t)n;
+	k->len -= (uint32_t)n;
+	if (k->len == 0) {
+		r = mm_ext_store(d->area.base, 0, k->off) < 0 ? -EFAULT : 1;
+		c->head = (c->head + 1) % MM_CHUNKS_MAX;
+		c->n--;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
 int mm_channel_read_done(struct mm_channel *ch, size_t n)
 {
 	struct mm_dir *d = &ch->rd;
@@ -775,7 +838,9 @@ int mm_channel_read_done(struct mm_channel *ch, size_t n)
 
 	if (n == 0)
 		return 0;
-	r = mm_ring_consume(&d->ring, &d->pos, n);
+	r = chunk_done(d, n);
+	if (r == 0)
+		r = mm_ring_consume(&d->ring, &d->pos, n);
 	if (r < 0)
 		return ring_fail(ch, d, RD_NAME, r);
 	__atomic_add_fetch(&d->bytes, n, __ATOMIC_RELAXED);
@@ -802,13 +867,36 @@ ssize_t mm_channel_write_iov(struct mm_channel *ch, size_t max, struct iovec iov
 	return n ? (ssize_t)n : -EAGAIN;
 }
 
+/* Note where a write went, merging with the piece before when they touch. */
+static void chunk_log(struct mm_dir *d, uint32_t off, size_t len)
+{
+	struct mm_chunks *c = d->chunks;
+	struct mm_chunk *last;
+
+	if (len == 0)
+		return;
+	pthread_mutex_lock(&c->lock);
+	last = c->n ? &c->q[(c->head + c->n - 1) % MM_CHUNKS_MAX] : NULL;
+	if (last && last->off + last->len == off && last->len + len <= UINT32_MAX)
+		last->len += (uint32_t)len;
+	else if (c->n < MM_CHUNKS_MAX)
+		c->q[(c->head + c->n++) % MM_CHUNKS_MAX] = (struct mm_chunk){ off, (uint32_t)len };
+	else
+		c->overflow = true;
+	pthread_mutex_unlock(&c->lock);
+}
+
 int mm_channel_write_done(struct mm_channel *ch, size_t n)
 {
 	struct mm_dir *d = &ch->wr;
+	size_t first = d->ring.end - d->pos.end;
 	int r;
 
 	if (n == 0)
 		return 0;
+	chunk_log(d, d->pos.end, n < first ? n : first);
+	if (n > first)
+		chunk_log(d, MM_RING_HEADER, n - first);
 	r = mm_ring_commit(&d->ring, &d->pos, n);
 	if (r < 0)
 		return ring_fail(ch, d, WR_NAME, r);
@@ -883,6 +971,89 @@ void mm_channel_wake(struct mm_channel *ch)
 		mm_futex_wake(word_of(&ch->wr, 0));
 }
 
+int mm_channel_chunks_add(struct mm_channel *ch, const char *text, size_t len,
+			  struct mm_err *err)
+{
+	struct mm_dir *d = &ch->rd;
+	struct mm_chunk add[64];
+	struct mm_chunks *c;
+	unsigned nadd = 0, line = 0;
+	const char *p = text, *end = text + len;
+	int r = data_check(ch, d, ECONNRESET);
+
+	if (r < 0)
+		return mm_fail(err, r, "no readable area: %s", strerror(-r));
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		char buf[64], extra;
+		unsigned long long off, n;
+
+		eol = eol ? eol : end;
+		line++;
+		if ((size_t)(eol - p) >= sizeof(buf))
+			return mm_fail(err, -EINVAL, "chunks line %u: too long", line);
+		memcpy(buf, p, (size_t)(eol - p));
+		buf[eol - p] = '\0';
+		p = eol + 1;
+		if (buf[strspn(buf, " \t\r")] == '\0' || buf[0] == '#')
+			continue;
+		if (sscanf(buf, " %llu %llu %c", &off, &n, &extra) != 2 || strchr(buf, '-'))
+			return mm_fail(err, -EINVAL, "chunks line %u: expected OFFSET LENGTH", line);
+		if (n == 0 || off < MM_RING_HEADER || off > d->ring.end || n > d->ring.end - off)
+			return mm_fail(err, -EINVAL,
+				       "chunks line %u: %llu+%llu is not inside the ring 8..%u",
+				       line, off, n, d->ring.end);
+		if (nadd == sizeof(add) / sizeof(add[0]))
+			return mm_fail(err, -EINVAL, "chunks: more than %zu lines in one write",
+				       sizeof(add) / sizeof(add[0]));
+		add[nadd++] = (struct mm_chunk){ (uint32_t)off, (uint32_t)n };
+	}
+	c = d->chunks;
+	pthread_mutex_lock(&c->lock);
+	if (c->n + nadd > MM_CHUNKS_MAX) {
+		r = mm_fail(err, -ENOSPC, "chunks: more than %d pending", MM_CHUNKS_MAX);
+	} else {
+		for (unsigned i = 0; i < nadd; i++)
+			c->q[(c->head + c->n++) % MM_CHUNKS_MAX] = add[i];
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+int mm_channel_chunks_text(struct mm_channel *ch, char *buf, size_t len)
+{
+	struct mm_chunks *c = ch->wr.chunks;
+	size_t pos = 0;
+	int r = 0;
+
+	if (len == 0)
+		return -ENOSPC;
+	buf[0] = '\0';
+	if (!c)
+		return 0;
+	pthread_mutex_lock(&c->lock);
+	if (c->overflow) {
+		r = -EOVERFLOW;
+	} else {
+		for (unsigned i = 0; i < c->n && r == 0; i++) {
+			const struct mm_chunk *k = &c->q[(c->head + i) % MM_CHUNKS_MAX];
+			int w = snprintf(buf + pos, len - pos, "%u %u\n", k->off, k->len);
+
+			if (w < 0 || (size_t)w >= len - pos)
+				r = -ENOSPC;
+			else
+				pos += (size_t)w;
+		}
+	}
+	if (r != -ENOSPC) {
+		c->head = 0;
+		c->n = 0;
+		c->overflow = false;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r < 0 ? r : (int)pos;
+}
+
 unsigned mm_channel_poll(struct mm_channel *ch)
 {
 	unsigned mask = 0;
@@ -900,7 +1071,8 @@ unsigned mm_channel_poll(struct mm_channel *ch)
 
 		if (ch->rd.ext)
 			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
-		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ch->rd.eof_ack)
+		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ch->rd.eof_ack ||
+		    __atomic_load_n(&ch->rd.chunks->n, __ATOMIC_RELAXED))
 			mask |= POLLIN | POLLRDNORM;
 	}
 	if (ch->wr.usable && mm_ring_load(&ch->wr.ring, &p) == 0 &&

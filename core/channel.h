@@ -11,6 +11,7 @@
 #ifndef MMAPFS_CHANNEL_H
 #define MMAPFS_CHANNEL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +42,25 @@ enum mm_peer {
 	MM_PEER_DEAD,
 };
 
+/* A piece of an area, as xpra's packets describe where its data lies. */
+struct mm_chunk {
+	uint32_t off;
+	uint32_t len;
+};
+
+#define MM_CHUNKS_MAX 1024
+
+/* xpra's writer may restart at offset 8 and give the pieces out of band:
+ * on the reading side, `pending` are the pieces the next reads return; on
+ * the writing side, `log` is where the bytes written since the last look
+ * went. Guarded by `lock`. */
+struct mm_chunks {
+	pthread_mutex_t lock;
+	struct mm_chunk q[MM_CHUNKS_MAX];
+	unsigned head, n;
+	bool overflow;			/* writing side: pieces were lost */
+};
+
 /* One direction, named from this end: rd is the area we read from. */
 struct mm_dir {
 	bool present;			/* this end has the area */
@@ -55,6 +75,7 @@ struct mm_dir {
 	uint32_t seen;			/* data thread: raw word to wait on */
 	uint32_t eof_ack;		/* reader: ends of stream delivered */
 	uint64_t bytes;			/* moved through data (atomic) */
+	struct mm_chunks *chunks;	/* allocated with the area */
 };
 
 struct mm_chan_opts {
@@ -163,6 +184,17 @@ void mm_channel_wait(struct mm_channel *ch, bool writing, unsigned timeout_us);
 
 /* Wake anything waiting in mm_channel_wait on this end's words. */
 void mm_channel_wake(struct mm_channel *ch);
+
+/* Reading side: queue pieces ("OFFSET LENGTH" lines) for the next reads,
+ * each inside the ring and not over the header. All or nothing: -EINVAL
+ * with the line at fault, -ENOSPC past MM_CHUNKS_MAX pending. */
+int mm_channel_chunks_add(struct mm_channel *ch, const char *text, size_t len,
+			  struct mm_err *err);
+
+/* Writing side: the pieces written since the last call, one "OFFSET LENGTH"
+ * line each, and forget them. Length, -ENOSPC, or -EOVERFLOW if more than
+ * MM_CHUNKS_MAX pieces piled up unread (they are dropped). */
+int mm_channel_chunks_text(struct mm_channel *ch, char *buf, size_t len);
 
 /* POLLIN/POLLOUT/POLLERR as they stand now. */
 unsigned mm_channel_poll(struct mm_channel *ch);

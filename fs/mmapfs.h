@@ -22,6 +22,7 @@ enum file_kind {
 	F_TOKEN,
 	F_STATUS,
 	F_DATA,
+	F_CHUNKS,			/* xpra interoperability: docs/xpra.md */
 	F_NKINDS,
 };
 

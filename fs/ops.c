@@ -15,7 +15,7 @@
 #include "guard.h"
 #include "mmapfs.h"
 
-#define TEXT_MAX (16 * 1024)		/* any of our text files fits */
+#define TEXT_MAX (32 * 1024)		/* any of our text files fits */
 #define DATA_MAX_IO (1024 * 1024)
 
 static const char *const file_names[F_NKINDS] = {
@@ -24,6 +24,7 @@ static const char *const file_names[F_NKINDS] = {
 	[F_TOKEN] = "token",
 	[F_STATUS] = "status",
 	[F_DATA] = "data",
+	[F_CHUNKS] = "chunks",
 };
 
 static const mode_t file_modes[F_NKINDS] = {
@@ -33,6 +34,7 @@ static const mode_t file_modes[F_NKINDS] = {
 	[F_TOKEN] = S_IFREG | 0444,
 	[F_STATUS] = S_IFREG | 0444,
 	[F_DATA] = S_IFREG | 0600,
+	[F_CHUNKS] = S_IFREG | 0600,
 };
 
 struct handle {
@@ -205,6 +207,8 @@ static int file_text(struct chan *ch, enum file_kind k, char *buf, size_t len)
 		return mm_channel_token_text(&ch->mc, buf, len);
 	case F_STATUS:
 		return mm_channel_status_text(&ch->mc, buf, len);
+	case F_CHUNKS:
+		return mm_channel_chunks_text(&ch->mc, buf, len);
 	default:
 		buf[0] = '\0';
 		return 0;
@@ -231,7 +235,7 @@ static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
 	st->st_nlink = k == F_DIR ? 2 : 1;
 	st->st_atim = st->st_ctim = ch->ctime;
 	st->st_mtim = k == F_DIR ? ch->ctime : ch->mtime;
-	if (k != F_DIR && k != F_DATA) {
+	if (k != F_DIR && k != F_DATA && k != F_CHUNKS) {
 		char *buf = malloc(TEXT_MAX);
 		int n = buf ? file_text(ch, k, buf, TEXT_MAX) : 0;
 
@@ -586,9 +590,11 @@ static void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fi->direct_io = 1;
 			fi->nonseekable = 1;
 		}
-	} else if (accmode != O_RDONLY && k != F_PEER) {
+	} else if (accmode != O_RDONLY && k != F_PEER && k != F_CHUNKS) {
 		r = -EACCES;
-	} else if (k == F_PEER && accmode != O_RDONLY) {
+	} else if (accmode == O_RDWR) {
+		r = -EINVAL;	/* peer and chunks: read what is, or write */
+	} else if (accmode != O_RDONLY) {
 		/* the text written is gathered in h->buf */
 		fi->direct_io = 1;
 	} else {
@@ -880,6 +886,45 @@ static void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t
 	data_end(fs, ch, true);
 }
 
+/* Pieces for the next reads of data, a whole line at a time. */
+static void chunks_write(fuse_req_t req, struct handle *h, const char *buf, size_t size)
+{
+	struct mmfs *fs = fs_of(req);
+	struct mm_err err = { "" };
+	char *p, *nl;
+	int r = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	if (h->len + size > 4096) {
+		r = -EINVAL;
+		snprintf(err.msg, sizeof(err.msg), "chunks: a line longer than 4096 bytes");
+	} else if (!(p = realloc(h->buf, h->len + size))) {
+		r = -ENOMEM;
+	} else {
+		h->buf = p;
+		memcpy(h->buf + h->len, buf, size);
+		h->len += size;
+		nl = memrchr(h->buf, '\n', h->len);
+		if (nl && !h->ch->removed) {
+			size_t whole = (size_t)(nl - h->buf) + 1;
+
+			r = mm_channel_chunks_add(&h->ch->mc, h->buf, whole, &err);
+			memmove(h->buf, h->buf + whole, h->len - whole);
+			h->len -= whole;
+		}
+	}
+	if (r < 0) {
+		h->len = 0;
+		snprintf(h->ch->mc.error, sizeof(h->ch->mc.error), "%s", err.msg);
+		trace(fs, "%s: %s\n", h->ch->name, err.msg);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_write(req, size);
+}
+
 static void mm_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -889,7 +934,7 @@ static void mm_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		data_read(req, h, size, fi);
 		return;
 	}
-	if (!h->buf || (h->kind == F_PEER && (fi->flags & O_ACCMODE) != O_RDONLY)) {
+	if (!h->buf || (fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EBADF);
 		return;
 	}
@@ -909,6 +954,8 @@ static void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		data_write(req, h, buf, size, fi);
 	else if (h->kind == F_PEER)
 		peer_write(req, h, buf, size);
+	else if (h->kind == F_CHUNKS)
+		chunks_write(req, h, buf, size);
 	else
 		fuse_reply_err(req, EBADF);
 }

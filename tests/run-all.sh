@@ -27,6 +27,8 @@ apt-get install -y -q --no-install-recommends \
 	gcc clang libclang-rt-dev meson ninja-build pkg-config \
 	libfuse3-dev fuse3 libconfig-dev \
 	python3 python3-pytest socat coreutils procps
+# xpra itself, as the interoperability tests' peer
+apt-get install -y -q --no-install-recommends xpra
 
 # A sanitizer report must fail the test that caused it.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
