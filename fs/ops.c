@@ -486,6 +486,20 @@ static void mm_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 /* ---- open and close ---- */
 
+/* -d: where the rings stand. fs->lock held. */
+static void trace_rings(struct mmfs *fs, struct chan *ch, const char *what)
+{
+	for (int i = 0; i < 2 && fs->debug; i++) {
+		const struct mm_dir *d = i ? &ch->mc.wr : &ch->mc.rd;
+		uint32_t start = 0, end = 0;
+
+		if (d->present && mm_ring_raw(&d->ring, &start, &end) == 0)
+			trace(fs, "%s: %s: %s ring data_start=%u data_end=%u, %llu bytes moved\n",
+			      ch->name, what, i ? "write" : "read", start, end,
+			      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
+	}
+}
+
 static void handle_free(struct handle *h)
 {
 	free(h->buf);
@@ -589,6 +603,8 @@ static void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			ch->data_handles++;
 			fi->direct_io = 1;
 			fi->nonseekable = 1;
+			trace_rings(fs, ch, h->reading && h->writing ? "data opened to read and write" :
+				    h->reading ? "data opened to read" : "data opened to write");
 		}
 	} else if (accmode != O_RDONLY && k != F_PEER && k != F_CHUNKS) {
 		r = -EACCES;
@@ -991,6 +1007,8 @@ static void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			ch->writer = NULL;
 		}
 		ch->data_handles--;
+		if (!ch->removed)
+			trace_rings(fs, ch, h->writing ? "data closed, end of stream" : "data closed");
 	}
 	chan_unref(ch);
 	pthread_mutex_unlock(&fs->lock);
