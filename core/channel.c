@@ -635,7 +635,13 @@ bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
 
 /* ---- the stream ---- */
 
-/* Why data cannot flow right now, or 0. */
+static bool peer_dead(const struct mm_channel *ch)
+{
+	return __atomic_load_n(&ch->peer, __ATOMIC_RELAXED) == MM_PEER_DEAD;
+}
+
+/* Why data cannot flow right now, or 0. A dead peer stops a writer at
+ * once; a reader first gets what the peer wrote before it died. */
 static int data_check(struct mm_channel *ch, struct mm_dir *d, int dead_errno)
 {
 	enum mm_state st = get_state(ch);
@@ -646,7 +652,7 @@ static int data_check(struct mm_channel *ch, struct mm_dir *d, int dead_errno)
 		return -ENOTCONN;
 	if (!d->usable)
 		return -ENXIO;
-	if (__atomic_load_n(&ch->peer, __ATOMIC_RELAXED) == MM_PEER_DEAD)
+	if (dead_errno && peer_dead(ch))
 		return -dead_errno;
 	return 0;
 }
@@ -767,7 +773,7 @@ ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max, struct iovec iov[
 	size_t used, n, limit = max;
 	uint32_t cs = 0;
 	ssize_t got;
-	int r = data_check(ch, d, ECONNRESET);
+	int r = data_check(ch, d, 0);
 
 	*niov = 0;
 	if (r < 0)
@@ -801,7 +807,7 @@ ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max, struct iovec iov[
 			limit = dist;
 	}
 	if (used == 0)
-		return -EAGAIN;
+		return peer_dead(ch) ? -ECONNRESET : -EAGAIN;
 	*niov = mm_ring_read_iov(&d->ring, &d->pos, limit, iov, &n);
 	return (ssize_t)n;
 }
@@ -979,7 +985,7 @@ int mm_channel_chunks_add(struct mm_channel *ch, const char *text, size_t len,
 	struct mm_chunks *c;
 	unsigned nadd = 0, line = 0;
 	const char *p = text, *end = text + len;
-	int r = data_check(ch, d, ECONNRESET);
+	int r = data_check(ch, d, 0);
 
 	if (r < 0)
 		return mm_fail(err, r, "no readable area: %s", strerror(-r));

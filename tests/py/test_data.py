@@ -371,3 +371,21 @@ def test_restarted_peer_is_told_apart(chan):
     with pytest.raises(OSError) as e:
         os.open(cdir + "/data", os.O_RDONLY)
     assert e.value.errno == errno.ECONNRESET
+
+
+def test_bytes_written_before_the_peer_died_still_arrive(chan):
+    """The writer writes, closes, and its daemon goes away: the reader still
+    gets every byte and the end of stream, then ECONNRESET."""
+    cdir, adir, c, a = chan
+    payload = os.urandom(50000)            # fits the 64 KiB ring unread
+    with open(adir + "/data", "wb") as f:
+        f.write(payload)
+    time.sleep(0.2)                        # the release (end of stream) lands
+    a.kill()
+    time.sleep(1.6)
+    assert c.status("chan")["peer"] == "dead"
+    with open(cdir + "/data", "rb") as f:
+        assert f.read() == payload          # up to the end of stream
+        with pytest.raises(OSError) as e:
+            f.read(1)
+        assert e.value.errno == errno.ECONNRESET
