@@ -101,19 +101,33 @@ static int dir_setup_ring(struct mm_dir *d, bool ext)
 }
 
 /* Write a fresh token of ours into d: at a random place in the ring, or at
- * its very end (where our own writer reaches last) when `at_end`. */
-static int dir_new_token(struct mm_dir *d, bool at_end, struct mm_err *err,
-			 const char *name)
+ * its very end (where our own writer reaches last) when `at_end`, never over
+ * [avoid, avoid + avoid_len) (the peer's token: the same text may be handed
+ * over again, and must then still check). */
+static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
+			 uint64_t avoid_len, struct mm_err *err, const char *name)
 {
-	uint64_t end = d->ring.end, bytes = MM_TOKEN_DEFAULT_BYTES;
+	/* never in the last 64 bytes: the creator's trailer lives there even
+	 * while the text handed over so far has not said mmapfs=1 */
+	uint64_t end = mm_ext_offset(d->area.size), bytes = MM_TOKEN_DEFAULT_BYTES, idx;
 	int r;
 
 	r = mm_token_random(&d->token, bytes);
 	if (r < 0)
 		return mm_fail(err, r, "%s: no random token: %s", name, strerror(-r));
+	idx = end - bytes;
+	for (int tries = 0; tries < 64; tries++) {
+		if (!at_end || tries > 0)
+			idx = MM_RING_HEADER + random_below(end - bytes - MM_RING_HEADER + 1);
+		if (idx + bytes <= avoid || idx >= avoid + avoid_len)
+			break;
+		if (at_end && avoid >= MM_RING_HEADER + bytes) {
+			idx = avoid - bytes;	/* just below it, still far out */
+			break;
+		}
+	}
 	d->token_bytes = bytes;
-	d->token_index = at_end ? end - bytes
-			 : MM_RING_HEADER + random_below(end - bytes - MM_RING_HEADER + 1);
+	d->token_index = idx;
 	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &d->token);
 	if (r < 0)
 		return mm_fail(err, r, "%s: cannot write the token: %s", d->area.path,
@@ -151,8 +165,8 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
 	r = ext_init(d);
 	if (r == 0)
-		r = dir_new_token(d, false, err, name);
-	return r < 0 && !err ? r : r;
+		r = dir_new_token(d, false, 0, 0, err, name);
+	return r;
 }
 
 int mm_channel_open(struct mm_channel *ch, enum mm_chan_role role, bool declared,
@@ -384,10 +398,11 @@ static int check_token(const struct mm_dir *d, const struct mm_caps_area *c,
 	return 0;
 }
 
-/* Open one offered area (c, named `name` in the offer) as our direction d. */
+/* Open one offered area (c, named `name` in the offer) as our direction d
+ * and check the creator's token in it. Nothing is written. */
 static int attach_dir(struct mm_channel *ch, struct mm_dir *d, const char *admin,
 		      const struct mm_caps_area *c, const char *name, bool ext,
-		      bool ours_to_write, struct mm_err *err)
+		      struct mm_err *err)
 {
 	struct mm_err why;
 	uint32_t magic = 0;
@@ -411,10 +426,7 @@ static int attach_dir(struct mm_channel *ch, struct mm_dir *d, const char *admin
 	if (ext && (mm_ext_load(d->ext, MM_EXT_W_MAGIC, &magic) < 0 || magic != MM_EXT_MAGIC))
 		return mm_fail(err, -EBADMSG, "%s: mmapfs=1 offered but %s has no mmapfs trailer",
 			       name, d->area.path);
-	/* Without the extension nothing tells us when the creator has checked
-	 * our token: put the one in the area we write at the ring's far end,
-	 * which our own data reaches last. */
-	return dir_new_token(d, ours_to_write && !ext, err, name);
+	return 0;
 }
 
 static void publish_session(struct mm_channel *ch, struct mm_dir *d)
@@ -466,9 +478,17 @@ static int take_offer(struct mm_channel *ch, const struct mm_caps *c, uint64_t n
 	dir_init(&wr);
 	/* The offer's read area is the one the creator reads: we write it. */
 	if ((c->read.have & MM_CAP_FILE) || (c->read.have && ch->write_file))
-		r = attach_dir(ch, &wr, ch->write_file, &c->read, RD_NAME, ext, true, err);
+		r = attach_dir(ch, &wr, ch->write_file, &c->read, RD_NAME, ext, err);
 	if (r == 0 && ((c->write.have & MM_CAP_FILE) || (c->write.have && ch->read_file)))
-		r = attach_dir(ch, &rd, ch->read_file, &c->write, WR_NAME, ext, false, err);
+		r = attach_dir(ch, &rd, ch->read_file, &c->write, WR_NAME, ext, err);
+	/* Both areas passed: only now write our tokens. Without the extension
+	 * nothing tells us when the creator has checked ours: the one in the
+	 * area we write goes to the ring's far end, which our data reaches last. */
+	if (r == 0 && wr.present)
+		r = dir_new_token(&wr, !ext, c->read.token_index, c->read.token_bytes, err, RD_NAME);
+	if (r == 0 && rd.present)
+		r = dir_new_token(&rd, false, c->write.token_index, c->write.token_bytes, err,
+				  WR_NAME);
 	if (r < 0) {
 		dir_close(&rd);
 		dir_close(&wr);
@@ -504,7 +524,7 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		{ &ch->rd, &c->write, WR_NAME },
 	};
 	bool answered[2] = { false, false };
-	bool ext = c->mmapfs >= 1 && (ch->rd.ext || ch->wr.ext);
+	bool ext = c->mmapfs >= 1;
 	int r;
 
 	if (ch->role != MM_CREATOR)
@@ -529,10 +549,9 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		struct mm_dir *d = m[i].d;
 
 		d->usable = answered[i];
-		if (d->present && !ext) {
-			/* An xpra attacher: the whole area is ring. */
-			dir_setup_ring(d, false);
-		}
+		/* with an xpra attacher the whole area is ring */
+		if (d->present)
+			dir_setup_ring(d, ext);
 		if (d->usable && ext) {
 			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
 			if (d == &ch->rd) {

@@ -42,6 +42,7 @@ struct handle {
 	enum file_kind kind;
 	char *buf;			/* text snapshot, or peer input so far */
 	size_t len;
+	size_t done;			/* peer: how much of it was handed over */
 	bool reading, writing;		/* data: which slots it holds */
 	bool flushed;			/* data: closed once, no I/O since */
 	bool stolen;			/* data: a newer open took its slot */
@@ -450,6 +451,12 @@ static void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		err = EBUSY;
 	} else {
 		trace(fs, "%s: removed\n", name);
+		if (ch->writer) {
+			/* closed, its release on the way: the stream ends now */
+			mm_channel_writer_end(&ch->mc);
+			ch->writer->stolen = true;
+			ch->writer = NULL;
+		}
 		chan_remove(fs, ch);
 	}
 	pthread_mutex_unlock(&fs->lock);
@@ -683,12 +690,17 @@ static bool peer_complete(const char *buf, size_t len)
 	return done;
 }
 
-/* Hand the gathered text to the channel. fs->lock held. 0 or -errno. */
+/* Hand the text gathered so far to the channel, all of it again if an
+ * earlier part was handed over already (a message written in pieces): the
+ * handshake is made to take the same text twice. A refusal starts the
+ * handle afresh. fs->lock held. 0 or -errno. */
 static int peer_process(struct mmfs *fs, struct handle *h)
 {
 	struct chan *ch = h->ch;
 	struct mm_err err = { "" };
 	int r;
+
+	h->done = h->len;
 
 	if (ch->removed)
 		return -ENOENT;
@@ -698,9 +710,9 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 		return -EBUSY;
 	}
 	r = mm_channel_peer(&ch->mc, h->buf, h->len, mmfs_now_ms(), &err);
-	h->len = 0;
 	clock_gettime(CLOCK_REALTIME, &ch->mtime);
 	if (r < 0) {
+		h->len = h->done = 0;
 		fuse_log(fs->debug ? FUSE_LOG_DEBUG : FUSE_LOG_INFO,
 			 "mmapfs: %s: peer refused: %s\n", ch->name, err.msg);
 		return r;
@@ -729,7 +741,7 @@ static void peer_write(fuse_req_t req, struct handle *h, const char *buf, size_t
 	if (h->len + size > MM_CAPS_MAX) {
 		snprintf(h->ch->mc.error, sizeof(h->ch->mc.error),
 			 "peer: more than %d bytes written", MM_CAPS_MAX);
-		h->len = 0;
+		h->len = h->done = 0;
 		r = -EFBIG;
 	} else {
 		char *p = realloc(h->buf, h->len + size);
@@ -954,11 +966,22 @@ static void mm_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EBADF);
 		return;
 	}
-	if (off < 0 || (size_t)off >= h->len)
+	if (off < 0 || (size_t)off >= h->len) {
 		fuse_reply_buf(req, NULL, 0);
-	else
-		fuse_reply_buf(req, h->buf + off,
-			       h->len - (size_t)off < size ? h->len - (size_t)off : size);
+	} else {
+		/* a copy: once the reply is out the reader may close, and the
+		 * release free h->buf while libfuse still holds the pointer */
+		size_t n = h->len - (size_t)off < size ? h->len - (size_t)off : size;
+		char *copy = malloc(n);
+
+		if (!copy) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(copy, h->buf + off, n);
+		fuse_reply_buf(req, copy, n);
+		free(copy);
+	}
 }
 
 static void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
@@ -985,8 +1008,8 @@ static void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_lock(&fs->lock);
 	if (h->kind == F_DATA)
 		h->flushed = true;
-	else if (h->kind == F_PEER && h->len > 0)
-		r = peer_process(fs, h);	/* a message without its last line end */
+	else if (h->kind == F_PEER && h->len > h->done)
+		r = peer_process(fs, h);	/* what came after the last whole message */
 	pthread_mutex_unlock(&fs->lock);
 	fuse_reply_err(req, -r);
 }
