@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "area.h"
@@ -30,6 +31,7 @@ void mm_config_free(struct mm_config *c)
 {
 	free(c->mmap_dir);
 	free_strv(c->allow_dirs, c->n_allow_dirs);
+	free(c->allow_uids);
 	free_channels(c->channels, c->n_channels);
 	memset(c, 0, sizeof(*c));
 }
@@ -213,6 +215,40 @@ static int load_allow_dirs(struct mm_config *c, const config_setting_t *s,
 	return 0;
 }
 
+static int load_allow_uids(struct mm_config *c, const config_setting_t *s,
+			   const char *path, struct mm_err *err)
+{
+	int n = config_setting_length(s);
+	uid_t *v;
+
+	if (config_setting_type(s) != CONFIG_TYPE_ARRAY &&
+	    config_setting_type(s) != CONFIG_TYPE_LIST)
+		return bad(err, path, s, "allow_uids", "expected a list of user ids");
+	v = calloc((size_t)n + 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		long long id;
+
+		if (config_setting_type(e) != CONFIG_TYPE_INT &&
+		    config_setting_type(e) != CONFIG_TYPE_INT64) {
+			free(v);
+			return bad(err, path, e, "allow_uids", "expected a numeric user id");
+		}
+		id = config_setting_get_int64(e);
+		if (id < 0 || id >= (long long)UINT32_MAX) {
+			free(v);
+			return bad(err, path, e, "allow_uids", "not a user id");
+		}
+		v[i] = (uid_t)id;
+	}
+	free(c->allow_uids);
+	c->allow_uids = v;
+	c->n_allow_uids = (size_t)n;
+	return 0;
+}
+
 /* A channel name is one path component a user can type. */
 static bool valid_name(const char *name)
 {
@@ -304,12 +340,18 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 {
 	config_t cf;
 	config_setting_t *root;
+	struct stat st;
 	FILE *f;
 	int r = 0;
 
 	f = fopen(path, "re");
 	if (!f)
 		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	/* libconfig's scanner exit()s on a read error such as a directory's */
+	if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+		fclose(f);
+		return mm_fail(err, -EISDIR, "%s: %s", path, strerror(EISDIR));
+	}
 	config_init(&cf);
 	if (!config_read(&cf, f)) {
 		r = mm_fail(err, -EINVAL, "%s:%d: %s", path, config_error_line(&cf),
@@ -329,6 +371,8 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 			r = load_size(c, s, path, err);
 		} else if (strcmp(key, "allow_dirs") == 0) {
 			r = load_allow_dirs(c, s, path, err);
+		} else if (strcmp(key, "allow_uids") == 0) {
+			r = load_allow_uids(c, s, path, err);
 		} else if (strcmp(key, "channels") == 0) {
 			r = load_channels(c, s, path, err);
 		} else {

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "err.h"
 
@@ -30,6 +31,8 @@ struct mm_config {
 	uint64_t size;			/* ring bytes of a new area */
 	char **allow_dirs;		/* where offered files may be opened */
 	size_t n_allow_dirs;
+	uid_t *allow_uids;		/* owners of offered files besides us */
+	size_t n_allow_uids;
 	struct mm_chan_decl *channels;
 	size_t n_channels;
 };

@@ -30,6 +30,8 @@ struct cmdline {
 	int fuse_debug;
 	int help;
 	int version;
+	char *operand[2];		/* [SOURCE] MOUNTPOINT */
+	int n_operands;
 };
 
 #define OPT(t, p) { t, offsetof(struct cmdline, p), 1 }
@@ -37,6 +39,7 @@ struct cmdline {
 static const struct fuse_opt cmdline_opts[] = {
 	OPT("-c %s", config),
 	OPT("--config=%s", config),
+	OPT("config=%s", config),
 	OPT("mmap_dir=%s", mmap_dir),
 	OPT("size=%s", size),
 	OPT("allow_dirs=%s", allow_dirs),
@@ -50,12 +53,31 @@ static const struct fuse_opt cmdline_opts[] = {
 	FUSE_OPT_END
 };
 
+/* mount(8) runs us through mount.fuse3 as "mmapfs SOURCE MOUNTPOINT -o ...":
+ * keep the operands aside; with two, the first is that source, ignored. */
+static int operand_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct cmdline *cl = data;
+
+	if (key != FUSE_OPT_KEY_NONOPT)
+		return 1;
+	if (cl->n_operands == 2) {
+		fprintf(stderr, "mmapfs: unexpected argument '%s' (see --help)\n", arg);
+		return -1;
+	}
+	cl->operand[cl->n_operands] = strdup(arg);
+	if (!cl->operand[cl->n_operands])
+		return -1;
+	cl->n_operands++;
+	return 0;
+}
+
 static void usage(const char *prog)
 {
-	printf("usage: %s [options] MOUNTPOINT\n\n"
+	printf("usage: %s [options] [SOURCE] MOUNTPOINT\n\n"
 	       "Shared-memory channels (xpra's mmap format) as files.\n\n"
 	       "mmapfs options:\n"
-	       "    -c CONFIG, --config=CONFIG\n"
+	       "    -c CONFIG, --config=CONFIG, -o config=CONFIG\n"
 	       "                           libconfig file (default %s, if present)\n"
 	       "    -d, --debug            foreground, with a trace of handshakes and rings\n"
 	       "    -o mmap_dir=DIR        where created areas live (default /dev/shm/mmapfs-UID)\n"
@@ -135,7 +157,10 @@ int main(int argc, char *argv[])
 	if (getrandom(&fs.session, sizeof(fs.session), 0) != sizeof(fs.session) || !fs.session)
 		fs.session = (uint32_t)getpid() ^ (uint32_t)fs.mounted.tv_nsec;
 
-	if (fuse_opt_parse(&args, &cl, cmdline_opts, NULL) < 0)
+	if (fuse_opt_parse(&args, &cl, cmdline_opts, operand_proc) < 0)
+		goto out_args;
+	if (cl.n_operands > 0 &&
+	    fuse_opt_add_arg(&args, cl.operand[cl.n_operands - 1]) < 0)
 		goto out_args;
 	if (cl.help) {
 		usage(argv[0]);
@@ -214,5 +239,7 @@ out_args:
 	free(cl.mmap_dir);
 	free(cl.size);
 	free(cl.allow_dirs);
+	free(cl.operand[0]);
+	free(cl.operand[1]);
 	return ret;
 }

@@ -160,6 +160,8 @@ static void chan_opts(struct mmfs *fs, struct mm_chan_opts *o)
 	o->size = fs->cfg.size;
 	o->rules.dirs = fs->allow_dirs;
 	o->rules.ndirs = fs->n_allow_dirs;
+	o->rules.uids = fs->cfg.allow_uids;
+	o->rules.nuids = fs->cfg.n_allow_uids;
 	o->session = fs->session;
 }
 
