@@ -201,9 +201,10 @@ static int do_move(void *arg)
 	return 0;
 }
 
-ssize_t mm_ring_read(const struct mm_ring *r, void *buf, size_t len)
+/* Copy up to len bytes out of the ring or into it, then publish the move. */
+static ssize_t ring_move(const struct mm_ring *r, uint8_t *buf, size_t len, int to_ring)
 {
-	struct move_args m = { .buf = buf, .to_ring = 0 };
+	struct move_args m = { .buf = buf, .to_ring = to_ring };
 	struct mm_ring_pos p;
 	size_t n;
 	int ret;
@@ -211,30 +212,22 @@ ssize_t mm_ring_read(const struct mm_ring *r, void *buf, size_t len)
 	ret = mm_ring_load(r, &p);
 	if (ret < 0)
 		return ret;
-	m.n = mm_ring_read_iov(r, &p, len, m.ring, &n);
+	if (to_ring)
+		m.n = mm_ring_write_iov(r, &p, len, m.ring, &n);
+	else
+		m.n = mm_ring_read_iov(r, &p, len, m.ring, &n);
 	ret = mm_guard_run(do_move, &m);
-	if (ret < 0)
-		return ret;
-	if (n)
-		ret = mm_ring_consume(r, &p, n);
+	if (ret == 0 && n)
+		ret = to_ring ? mm_ring_commit(r, &p, n) : mm_ring_consume(r, &p, n);
 	return ret < 0 ? ret : (ssize_t)n;
+}
+
+ssize_t mm_ring_read(const struct mm_ring *r, void *buf, size_t len)
+{
+	return ring_move(r, buf, len, 0);
 }
 
 ssize_t mm_ring_write(const struct mm_ring *r, const void *buf, size_t len)
 {
-	struct move_args m = { .buf = (uint8_t *)buf, .to_ring = 1 };
-	struct mm_ring_pos p;
-	size_t n;
-	int ret;
-
-	ret = mm_ring_load(r, &p);
-	if (ret < 0)
-		return ret;
-	m.n = mm_ring_write_iov(r, &p, len, m.ring, &n);
-	ret = mm_guard_run(do_move, &m);
-	if (ret < 0)
-		return ret;
-	if (n)
-		ret = mm_ring_commit(r, &p, n);
-	return ret < 0 ? ret : (ssize_t)n;
+	return ring_move(r, (uint8_t *)buf, len, 1);
 }
