@@ -270,13 +270,16 @@ def area_file(m, chan, which):
 
 
 def start_stream(cdir, adir, tmp_path, name, mib=64):
-    """A writer and a reader on one channel, in the background."""
+    """A writer and a reader on one channel, in the background: one stream
+    of `mib` MiB, a MiB every 20 ms, so it is still flowing a second later."""
     src = tmp_path / f"{name}.src"
     with open(src, "wb") as f:
         f.write(os.urandom(mib << 20))
     proc = subprocess.Popen(
-        ["bash", "-c", f"dd if={src} of={cdir}/data bs=64k status=none & "
-         f"sha256sum < {adir}/data; wait"], stdout=subprocess.PIPE, text=True)
+        ["bash", "-c",
+         f"for i in $(seq 0 {mib - 1}); do dd if={src} bs=1M skip=$i count=1 status=none;"
+         f" sleep 0.02; done > {cdir}/data & sha256sum < {adir}/data; wait"],
+        stdout=subprocess.PIPE, text=True)
     return src, proc
 
 
@@ -284,6 +287,8 @@ def test_corrupt_pointers_break_one_channel_only(pair, tmp_path):
     c, a = pair
     handshake(c, a, "bad")
     handshake(c, a, "good")
+    # the good channel streams all along, through what follows
+    src, proc = start_stream(c / "good", a / "good", tmp_path, "good", 64)
     bad_read = area_file(c, "bad", "read")   # the area c reads and a writes
     with open(bad_read, "r+b") as f:
         f.seek(4)
@@ -294,8 +299,7 @@ def test_corrupt_pointers_break_one_channel_only(pair, tmp_path):
     assert e.value.errno in (errno.EPROTO, errno.EIO)
     st = c.status("bad")
     assert st["state"] == "error" and "corrupt" in st["error"]
-    # the other channel streams on, and the daemon is fine
-    src, proc = start_stream(c / "good", a / "good", tmp_path, "good", 32)
+    assert proc.poll() is None, "the good stream ended before the corruption"
     out, _ = proc.communicate(timeout=60)
     assert out.split()[0] == sh(f"sha256sum {src}").stdout.split()[0]
 
@@ -304,6 +308,7 @@ def test_truncated_area_no_sigbus(pair, tmp_path):
     c, a = pair
     handshake(c, a, "victim")
     handshake(c, a, "good")
+    src, proc = start_stream(c / "good", a / "good", tmp_path, "good2", 64)
     sh(f"echo before > {c / 'victim'}/data")
     assert sh(f"cat {a / 'victim'}/data").stdout == "before\n"
     victim = area_file(c, "victim", "write")        # c writes, a reads
@@ -324,7 +329,6 @@ def test_truncated_area_no_sigbus(pair, tmp_path):
         finally:
             os.close(fd)
     assert c.proc.poll() is None and a.proc.poll() is None
-    src, proc = start_stream(c / "good", a / "good", tmp_path, "good2", 32)
     out, _ = proc.communicate(timeout=60)
     assert out.split()[0] == sh(f"sha256sum {src}").stdout.split()[0]
 
