@@ -46,8 +46,6 @@ struct chan {
 	unsigned io_busy;		/* read/write calls in progress */
 	pthread_mutex_t rd_lock;	/* one data read at a time */
 	pthread_mutex_t wr_lock;	/* one data write at a time */
-	struct fuse_pollhandle *ph;	/* a poller waiting for a change */
-	unsigned ph_events;
 };
 
 struct mmfs {
@@ -66,7 +64,7 @@ struct mmfs {
 	pthread_t ticker;
 	bool stop;			/* lock */
 	pthread_cond_t stop_cond;
-	unsigned pollers;		/* lock: channels with a ph */
+	struct handle *pollers;		/* lock: handles with a poll handle */
 };
 
 extern const struct fuse_lowlevel_ops mmfs_ops;

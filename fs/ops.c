@@ -46,6 +46,9 @@ struct handle {
 	bool reading, writing;		/* data: which slots it holds */
 	bool flushed;			/* data: closed once, no I/O since */
 	bool stolen;			/* data: a newer open took its slot */
+	struct fuse_pollhandle *ph;	/* a poll waiting for a change, fs->lock */
+	unsigned ph_events;
+	struct handle *poll_next;	/* in fs->pollers while ph is set */
 };
 
 static struct mmfs *fs_of(fuse_req_t req)
@@ -109,11 +112,6 @@ static void chan_remove(struct mmfs *fs, struct chan *ch)
 		}
 	}
 	ch->removed = true;
-	if (ch->ph) {
-		fuse_pollhandle_destroy(ch->ph);
-		ch->ph = NULL;
-		fs->pollers--;
-	}
 	/* Unmap and delete now: no data call is in progress (the caller made
 	 * sure), and a later one sees `removed` first. */
 	mm_channel_close(&ch->mc);
@@ -513,6 +511,23 @@ static void handle_free(struct handle *h)
 {
 	free(h->buf);
 	free(h);
+}
+
+/* Forget h's poll handle, if any. fs->lock held. */
+static void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
+{
+	if (!h->ph)
+		return;
+	for (struct handle **p = &fs->pollers; *p; p = &(*p)->poll_next) {
+		if (*p == h) {
+			*p = h->poll_next;
+			break;
+		}
+	}
+	if (notify)
+		fuse_lowlevel_notify_poll(h->ph);
+	fuse_pollhandle_destroy(h->ph);
+	h->ph = NULL;
 }
 
 /* Take the data slots for h. fs->lock held. 0 or -errno. */
@@ -1032,6 +1047,7 @@ static void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			ch->writer = NULL;
 		}
 		ch->data_handles--;
+		poll_drop(fs, h, false);
 		if (!ch->removed)
 			trace_rings(fs, ch, h->writing ? "data closed, end of stream" : "data closed");
 	}
@@ -1041,12 +1057,25 @@ static void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
+/* What poll reports for a data handle: the channel's readiness, less the
+ * directions the handle does not hold. fs->lock held. */
+static unsigned handle_mask(const struct handle *h)
+{
+	unsigned mask = h->ch->removed ? POLLERR : mm_channel_poll(&h->ch->mc);
+
+	if (!h->reading)
+		mask &= ~(unsigned)(POLLIN | POLLRDNORM);
+	if (!h->writing)
+		mask &= ~(unsigned)(POLLOUT | POLLWRNORM);
+	return mask;
+}
+
 static void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		    struct fuse_pollhandle *ph)
 {
 	struct mmfs *fs = fs_of(req);
 	struct handle *h = handle_of(fi);
-	struct chan *ch = h->ch;
+	unsigned events = fi->poll_events ? fi->poll_events : POLLIN | POLLOUT;
 	unsigned mask = POLLIN | POLLRDNORM;
 
 	if (h->kind != F_DATA) {
@@ -1056,20 +1085,17 @@ static void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		return;
 	}
 	pthread_mutex_lock(&fs->lock);
-	mask = ch->removed ? POLLERR : mm_channel_poll(&ch->mc);
-	if (!h->reading)
-		mask &= ~(unsigned)(POLLIN | POLLRDNORM);
-	if (!h->writing)
-		mask &= ~(unsigned)(POLLOUT | POLLWRNORM);
-	if (ph) {
-		/* one waiter per channel is kept: the kernel asks again after
-		 * each notification */
-		if (ch->ph)
-			fuse_pollhandle_destroy(ch->ph);
-		else
-			fs->pollers++;
-		ch->ph = ph;
-		ch->ph_events = fi->poll_events ? fi->poll_events : POLLIN | POLLOUT;
+	mask = handle_mask(h);
+	/* the kernel asks again after each notification: a newer poll of the
+	 * same file replaces the older one, without a wakeup */
+	poll_drop(fs, h, false);
+	if (ph && (mask & (events | POLLERR | POLLHUP))) {
+		fuse_pollhandle_destroy(ph);	/* ready now: nothing to wait for */
+	} else if (ph) {
+		h->ph = ph;
+		h->ph_events = events;
+		h->poll_next = fs->pollers;
+		fs->pollers = h;
 		pthread_cond_signal(&fs->stop_cond);
 	}
 	pthread_mutex_unlock(&fs->lock);
@@ -1080,13 +1106,12 @@ static void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 static void tick_polls(struct mmfs *fs)
 {
-	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
-		if (!ch->ph || !(mm_channel_poll(&ch->mc) & (ch->ph_events | POLLERR | POLLHUP)))
-			continue;
-		fuse_lowlevel_notify_poll(ch->ph);
-		fuse_pollhandle_destroy(ch->ph);
-		ch->ph = NULL;
-		fs->pollers--;
+	struct handle *h = fs->pollers, *next;
+
+	for (; h; h = next) {
+		next = h->poll_next;
+		if (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP))
+			poll_drop(fs, h, true);
 	}
 }
 

@@ -393,3 +393,27 @@ def test_bytes_written_before_the_peer_died_still_arrive(chan):
         with pytest.raises(OSError) as e:
             f.read(1)
         assert e.value.errno == errno.ECONNRESET
+
+
+def test_poll_reader_and_writer_fds_at_once(chan):
+    """Separate read and write descriptors of one end in one poll set: the
+    reader's wakeup is not lost to the writer's registration."""
+    cdir, adir, c, a = chan
+    r = os.open(cdir + "/data", os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(cdir + "/data", os.O_WRONLY | os.O_NONBLOCK)
+    peer = os.open(adir + "/data", os.O_WRONLY)
+    try:
+        ep = select.epoll()
+        ep.register(r, select.EPOLLIN)
+        assert ep.poll(0.1) == []
+        ep.register(w, select.EPOLLOUT)
+        assert (w, select.EPOLLOUT) in ep.poll(1)
+        ep.unregister(w)
+        threading.Timer(0.3, lambda: os.write(peer, b"hi")).start()
+        events = ep.poll(5)
+        assert events and events[0][0] == r
+        assert os.read(r, 10) == b"hi"
+        ep.close()
+    finally:
+        for fd in (r, w, peer):
+            os.close(fd)
