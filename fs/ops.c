@@ -823,6 +823,31 @@ static void data_end(struct mmfs *fs, struct chan *ch, bool writing)
 	pthread_mutex_unlock(&fs->lock);
 }
 
+static void reply_copy(fuse_req_t req, struct chan *ch, const struct iovec *iov,
+		       int niov, size_t n)
+{
+	char *buf = malloc(n);
+	size_t off = 0;
+	int r = buf ? 0 : -ENOMEM;
+
+	for (int i = 0; i < niov && r == 0; i++) {
+		if (mm_guard_copy(buf + off, iov[i].iov_base, iov[i].iov_len) < 0) {
+			mm_channel_set_error(&ch->mc, EIO,
+					     "read area %s: the mapping faulted (file truncated?)",
+					     ch->mc.rd.area.path);
+			r = -EIO;
+		}
+		off += iov[i].iov_len;
+	}
+	if (r == 0)
+		r = mm_channel_read_done(&ch->mc, n);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_buf(req, buf, n);
+	free(buf);
+}
+
 static void data_read(fuse_req_t req, struct handle *h, size_t size,
 		      struct fuse_file_info *fi)
 {
@@ -853,14 +878,19 @@ static void data_read(fuse_req_t req, struct handle *h, size_t size,
 		}
 		step = wait_step(ch, false, step);
 	}
-	if (n > 0) {
+	if (n > 0 && ch->mc.ext) {
 		/* the reply points into the ring: the kernel copies straight
-		 * from shared memory into the reader's buffer */
+		 * from shared memory into the reader's buffer; the space is
+		 * given back after, and the peer's writer woken */
 		r = fuse_reply_iov(req, iov, niov);
 		if (r == 0)
 			mm_channel_read_done(&ch->mc, (size_t)n);
 		else
 			trace(fs, "%s: read reply failed: %s\n", ch->name, strerror(-r));
+	} else if (n > 0) {
+		/* an xpra peer acts on data_start as soon as our reader has its
+		 * bytes: give the space back before the reply, from a copy */
+		reply_copy(req, ch, iov, niov, (size_t)n);
 	} else if (n == 0) {
 		trace(fs, "%s: end of stream\n", ch->name);
 		fuse_reply_buf(req, NULL, 0);
