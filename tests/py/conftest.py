@@ -135,12 +135,14 @@ def mount_factory(tmp_path, shm):
     """mount_factory(*options) -> Mount; every mount is cleaned up."""
     mounts = []
 
-    def start(*args, size="64K", mmap_dir=None, check=True):
+    def start(*args, size="64K", mmap_dir=None, bare=False):
+        """bare: exactly these options, without the test's mmap_dir and size."""
         n = len(mounts)
         mnt = str(tmp_path / f"mnt{n}")
         os.mkdir(mnt)
         log = str(tmp_path / f"mmapfs{n}.log")
-        cmd = [MMAPFS, "-f", "-o", f"mmap_dir={mmap_dir or shm},size={size}", *args, mnt]
+        opts = [] if bare else ["-o", f"mmap_dir={mmap_dir or shm},size={size}"]
+        cmd = [MMAPFS, "-f", *opts, *args, mnt]
         with open(log, "w") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
                                     stderr=subprocess.STDOUT)

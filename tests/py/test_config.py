@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from conftest import MMAPFS, TOP, Mount, force_cleanup, mounted, read_kv, unmount, wait_mounted
+from conftest import MMAPFS, TOP, Mount, force_cleanup, mounted, read_kv
 
 PAGE = os.sysconf("SC_PAGESIZE")
 
@@ -61,34 +61,9 @@ def conf(tmp_path):
 
 
 @pytest.fixture
-def start(tmp_path, shm):
+def start(mount_factory):
     """start(*args) -> Mount, with exactly these options (no -o size added)."""
-    mounts = []
-
-    def go(*args):
-        n = len(mounts)
-        mnt = str(tmp_path / f"m{n}")
-        os.mkdir(mnt)
-        log = str(tmp_path / f"m{n}.log")
-        with open(log, "w") as logf:
-            proc = subprocess.Popen([MMAPFS, "-f", *args, mnt], stdin=subprocess.DEVNULL,
-                                    stdout=logf, stderr=subprocess.STDOUT)
-        m = Mount(mnt, proc, log)
-        mounts.append(m)
-        wait_mounted(mnt, proc, log)
-        return m
-
-    yield go
-    errors = []
-    for m in reversed(mounts):
-        try:
-            unmount(m)
-        except BaseException as e:
-            errors.append(e)
-        finally:
-            force_cleanup(m.path, m.proc)
-    if errors:
-        raise errors[0]
+    return lambda *args: mount_factory(*args, bare=True)
 
 
 # Each case: the file, the line at fault, what the message must name.
