@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from conftest import MMAPFS, TOP, Mount, force_cleanup, mounted, read_kv
+from conftest import MMAPFS, TOP, force_cleanup, mounted, read_kv
 
 PAGE = os.sysconf("SC_PAGESIZE")
 
