@@ -137,10 +137,15 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 
 static void publish_session(struct mm_channel *ch, struct mm_dir *d);
 
+/* A creator's trailer, fresh: an administrator's file may still hold the
+ * words of an earlier session, and a stale go-ahead must not let a new
+ * attacher start before its tokens are checked. */
 static int ext_init(struct mm_dir *d)
 {
-	int r = mm_ext_store(d->ext, MM_EXT_W_VERSION, MM_EXT_VERSION);
+	int r = mm_ext_store(d->ext, MM_EXT_W_FLAGS, 0);
 
+	if (r == 0)
+		r = mm_ext_store(d->ext, MM_EXT_W_VERSION, MM_EXT_VERSION);
 	if (r == 0)
 		r = mm_ext_store(d->ext, MM_EXT_W_MAGIC, MM_EXT_MAGIC);
 	return r;

@@ -651,3 +651,30 @@ def test_installed_unit_runs_sample(installed, tmp_path, shm):
     finally:
         force_cleanup(m.path, proc)
     assert os.path.getsize(shmem) == AREA
+
+
+def test_reused_area_stale_go_ahead_is_cleared(mount_factory, tmp_path, shm):
+    """An administrator's file that still holds an earlier session's trailer
+    (VERIFIED set): the new attacher must wait for the new creator's check."""
+    area = os.path.join(shm, "ivshmem")
+    with open(area, "wb") as f:
+        f.truncate(1 << 20)
+    size = os.path.getsize(area)
+    with open(area, "r+b") as f:
+        f.seek(((size - 64) & ~7) + 8)             # trailer word 2: flags
+        f.write((1).to_bytes(4, "little"))         # VERIFIED, from before
+    conf = tmp_path / "host.conf"
+    conf.write_text(f'channels = ( {{ name = "vm"; write_file = "{area}"; }} );\n')
+    host = mount_factory("-c", str(conf))
+    guest = mount_factory()
+    os.mkdir(guest / "vm")
+    with open(guest / "vm/peer", "w") as f:
+        f.write(open(host / "vm/capabilities").read())
+    time.sleep(0.6)                                 # a few heartbeats
+    assert guest.status("vm")["state"] == "attached"
+    with open(host / "vm/peer", "w") as f:
+        f.write(open(guest / "vm/capabilities").read())
+    deadline = time.monotonic() + 3
+    while guest.status("vm")["state"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
