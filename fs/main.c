@@ -6,6 +6,7 @@
  * configuration file is one message naming the culprit and exit status 1. */
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,7 +221,11 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(fs.se, loop);
 		fuse_loop_cfg_destroy(loop);
 	}
-	ret = ret != 0;
+	/* libfuse's loop returns the signal that ended it: SIGTERM, SIGINT
+	 * and SIGHUP are how a daemon is told to stop, not failures */
+	if (ret < 0)
+		ret = -ret;
+	ret = !(ret == 0 || ret == SIGTERM || ret == SIGINT || ret == SIGHUP);
 out_ticker:
 	mmfs_ticker_stop(&fs);
 out_unmount:

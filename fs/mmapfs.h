@@ -65,6 +65,7 @@ struct mmfs {
 	bool stop;			/* lock */
 	pthread_cond_t stop_cond;
 	struct handle *pollers;		/* lock: handles with a poll handle */
+	struct handle *handles;		/* lock: every open handle */
 };
 
 extern const struct fuse_lowlevel_ops mmfs_ops;

@@ -49,6 +49,7 @@ struct handle {
 	struct fuse_pollhandle *ph;	/* a poll waiting for a change, fs->lock */
 	unsigned ph_events;
 	struct handle *poll_next;	/* in fs->pollers while ph is set */
+	struct handle *next;		/* in fs->handles, fs->lock */
 };
 
 static struct mmfs *fs_of(fuse_req_t req)
@@ -186,9 +187,22 @@ int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_e
 	return 0;
 }
 
+static void poll_drop(struct mmfs *fs, struct handle *h, bool notify);
+static void handle_free(struct handle *h);
+
+/* At the end: the kernel sends no release for files still open when the
+ * session ends, so their handles go here. */
 void mmfs_close_all(struct mmfs *fs)
 {
 	pthread_mutex_lock(&fs->lock);
+	while (fs->handles) {
+		struct handle *h = fs->handles;
+
+		fs->handles = h->next;
+		poll_drop(fs, h, false);
+		chan_unref(h->ch);
+		handle_free(h);
+	}
 	while (fs->chans)
 		chan_remove(fs, fs->chans);
 	pthread_mutex_unlock(&fs->lock);
@@ -513,6 +527,17 @@ static void handle_free(struct handle *h)
 	free(h);
 }
 
+/* Take h off the list of open handles. fs->lock held. */
+static void handle_unlink(struct mmfs *fs, struct handle *h)
+{
+	for (struct handle **p = &fs->handles; *p; p = &(*p)->next) {
+		if (*p == h) {
+			*p = h->next;
+			break;
+		}
+	}
+}
+
 /* Forget h's poll handle, if any. fs->lock held. */
 static void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
 {
@@ -575,6 +600,14 @@ static int data_claim(struct chan *ch, struct handle *h, int accmode)
 	return 0;
 }
 
+/* A wait ends when its caller is interrupted (Ctrl-C) or the daemon is
+ * shutting down (SIGTERM, unmount): libfuse's loop cannot end while a
+ * worker waits. */
+static bool wait_over(fuse_req_t req)
+{
+	return fuse_req_interrupted(req) || fuse_session_exited(fs_of(req)->se);
+}
+
 static void on_interrupt(fuse_req_t req, void *data)
 {
 	mm_channel_wake(data);
@@ -611,7 +644,7 @@ static void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = -EISDIR;
 	} else if (k == F_DATA) {
 		while ((r = data_claim(ch, h, accmode)) == -EAGAIN &&
-		       !(fi->flags & O_NONBLOCK) && !fuse_req_interrupted(req)) {
+		       !(fi->flags & O_NONBLOCK) && !wait_over(req)) {
 			/* the reader has yet to take earlier ends of stream;
 			 * io_busy keeps the areas mapped while we wait */
 			ch->io_busy++;
@@ -621,7 +654,7 @@ static void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			pthread_mutex_lock(&fs->lock);
 			ch->io_busy--;
 		}
-		if (r == -EAGAIN && fuse_req_interrupted(req))
+		if (r == -EAGAIN && wait_over(req))
 			r = -EINTR;
 		if (r == 0) {
 			ch->data_handles++;
@@ -650,6 +683,8 @@ static void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		h->ch = ch;
 		h->kind = k;
 		ch->refs++;
+		h->next = fs->handles;
+		fs->handles = h;
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (r < 0) {
@@ -669,6 +704,7 @@ static void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		if (k == F_DATA)
 			ch->data_handles--;
+		handle_unlink(fs, h);
 		chan_unref(ch);
 		pthread_mutex_unlock(&fs->lock);
 		handle_free(h);
@@ -802,7 +838,7 @@ static int data_begin(fuse_req_t req, struct handle *h, bool writing)
 	}
 	pthread_mutex_unlock(&fs->lock);
 	while (r == 0 && pthread_mutex_trylock(m) != 0) {
-		if (fuse_req_interrupted(req)) {
+		if (wait_over(req)) {
 			pthread_mutex_lock(&fs->lock);
 			ch->io_busy--;
 			pthread_mutex_unlock(&fs->lock);
@@ -872,7 +908,7 @@ static void data_read(fuse_req_t req, struct handle *h, size_t size,
 		n = mm_channel_read_iov(&ch->mc, size, iov, &niov);
 		if (n != -EAGAIN)
 			break;
-		if ((fi->flags & O_NONBLOCK) || fuse_req_interrupted(req)) {
+		if ((fi->flags & O_NONBLOCK) || wait_over(req)) {
 			n = (fi->flags & O_NONBLOCK) ? -EAGAIN : -EINTR;
 			break;
 		}
@@ -948,7 +984,7 @@ static void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t
 		}
 		if (n != -EAGAIN)
 			break;
-		if ((fi->flags & O_NONBLOCK) || fuse_req_interrupted(req)) {
+		if ((fi->flags & O_NONBLOCK) || wait_over(req)) {
 			n = (fi->flags & O_NONBLOCK) ? -EAGAIN : -EINTR;
 			break;
 		}
@@ -1077,10 +1113,11 @@ static void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			ch->writer = NULL;
 		}
 		ch->data_handles--;
-		poll_drop(fs, h, false);
 		if (!ch->removed)
 			trace_rings(fs, ch, h->writing ? "data closed, end of stream" : "data closed");
 	}
+	poll_drop(fs, h, false);
+	handle_unlink(fs, h);
 	chan_unref(ch);
 	pthread_mutex_unlock(&fs->lock);
 	handle_free(h);

@@ -417,3 +417,19 @@ def test_poll_reader_and_writer_fds_at_once(chan):
     finally:
         for fd in (r, w, peer):
             os.close(fd)
+
+
+def test_sigterm_with_a_blocked_reader(chan):
+    """The daemon shuts down on SIGTERM even while a read waits in it."""
+    cdir, adir, c, a = chan
+    cat = subprocess.Popen(["cat", cdir + "/data"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        assert cat.poll() is None
+        c.proc.terminate()
+        assert c.proc.wait(5) == 0
+        assert cat.wait(5) != 0          # its read failed, it did not hang
+    finally:
+        cat.kill()
+        cat.wait()
