@@ -1084,6 +1084,21 @@ int mm_channel_chunks_text(struct mm_channel *ch, char *buf, size_t len)
 	return r < 0 ? r : (int)pos;
 }
 
+unsigned mm_channel_poll_words(struct mm_channel *ch, unsigned events,
+			       uint32_t **words, uint32_t *seen)
+{
+	unsigned n = 0;
+
+	if (get_state(ch) != MM_STATE_READY)
+		return 0;
+	/* data and ends of stream move data_end; space moves data_start */
+	if ((events & POLLIN) && ch->rd.usable && raw_word(&ch->rd, 1, &seen[n]) == 0)
+		words[n++] = word_of(&ch->rd, 1);
+	if ((events & POLLOUT) && ch->wr.usable && raw_word(&ch->wr, 0, &seen[n]) == 0)
+		words[n++] = word_of(&ch->wr, 0);
+	return n;
+}
+
 unsigned mm_channel_poll(struct mm_channel *ch)
 {
 	unsigned mask = 0;

@@ -196,6 +196,12 @@ int mm_channel_chunks_add(struct mm_channel *ch, const char *text, size_t len,
  * MM_CHUNKS_MAX pieces piled up unread (they are dropped). */
 int mm_channel_chunks_text(struct mm_channel *ch, char *buf, size_t len);
 
+/* The shared words whose change may make `events` (POLLIN, POLLOUT) come
+ * true, with their values now, for a futex wait: at most two. Load them
+ * before checking mm_channel_poll(), so no change falls in between. */
+unsigned mm_channel_poll_words(struct mm_channel *ch, unsigned events,
+			       uint32_t **words, uint32_t *seen);
+
 /* POLLIN/POLLOUT/POLLERR as they stand now. */
 unsigned mm_channel_poll(struct mm_channel *ch);
 

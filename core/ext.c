@@ -1,6 +1,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <linux/futex.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,4 +67,48 @@ int mm_futex_wait(uint32_t *word, uint32_t seen, unsigned timeout_us)
 		/* EFAULT on a mapping futexes cannot key (a PCI BAR), ENOSYS */
 		return -ENOSYS;
 	}
+}
+
+void mm_futex_wake_private(uint32_t *word)
+{
+	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+int mm_futex_waitv(uint32_t *const *words, const uint32_t *seen, unsigned n,
+		   bool first_private, unsigned timeout_us)
+{
+#ifdef SYS_futex_waitv
+	struct futex_waitv w[MM_FUTEX_WAITV_MAX];
+	struct timespec ts;
+
+	if (n == 0 || n > MM_FUTEX_WAITV_MAX)
+		return -ENOSYS;
+	memset(w, 0, sizeof(w[0]) * n);
+	for (unsigned i = 0; i < n; i++) {
+		w[i].uaddr = (uintptr_t)words[i];
+		w[i].val = seen[i];
+		w[i].flags = FUTEX_32 | (i == 0 && first_private ? FUTEX_PRIVATE_FLAG : 0);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += timeout_us / 1000000;
+	ts.tv_nsec += (long)(timeout_us % 1000000) * 1000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	if (syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC) >= 0)
+		return 0;
+	switch (errno) {
+	case EAGAIN:
+		return 0;
+	case ETIMEDOUT:
+	case EINTR:
+		return -errno;
+	default:
+		return -ENOSYS;
+	}
+#else
+	(void)words; (void)seen; (void)n; (void)first_private; (void)timeout_us;
+	return -ENOSYS;
+#endif
 }

@@ -21,6 +21,7 @@
 #ifndef MMAPFS_EXT_H
 #define MMAPFS_EXT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #define MM_EXT_VERSION 1
@@ -55,7 +56,18 @@ int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v);
  * still holds `seen`, at most timeout_us. mm_futex_wait returns 0 (woken or
  * changed), -ETIMEDOUT, -EINTR, or -ENOSYS where futexes do not work on the
  * mapping (an ivshmem BAR): the caller then sleeps instead. */
+#define MM_FUTEX_WAITV_MAX 128
+
 void mm_futex_wake(uint32_t *word);
 int mm_futex_wait(uint32_t *word, uint32_t seen, unsigned timeout_us);
+
+/* The same over several words at once (futex_waitv, Linux 5.16): returns
+ * when any of words[i] is woken or no longer holds seen[i], at the latest
+ * after timeout_us. words[0] may be private (this process only). 0, or
+ * -ETIMEDOUT, or -ENOSYS where the kernel or a mapping cannot (the caller
+ * then sleeps). */
+int mm_futex_waitv(uint32_t *const *words, const uint32_t *seen, unsigned n,
+		   bool first_private, unsigned timeout_us);
+void mm_futex_wake_private(uint32_t *word);
 
 #endif

@@ -150,7 +150,6 @@ int main(int argc, char *argv[])
 
 	memset(&fs, 0, sizeof(fs));
 	pthread_mutex_init(&fs.lock, NULL);
-	pthread_cond_init(&fs.stop_cond, NULL);
 	fs.next_id = 1;
 	fs.uid = getuid();
 	fs.gid = getgid();

@@ -63,7 +63,7 @@ struct mmfs {
 	struct fuse_session *se;
 	pthread_t ticker;
 	bool stop;			/* lock */
-	pthread_cond_t stop_cond;
+	uint32_t kick;			/* the ticker's futex word (atomic) */
 	struct handle *pollers;		/* lock: handles with a poll handle */
 	struct handle *handles;		/* lock: every open handle */
 };

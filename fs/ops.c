@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ext.h"
 #include "guard.h"
 #include "mmapfs.h"
 
@@ -1124,6 +1125,13 @@ static void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
+/* Wake the ticker: a new poll to watch, or the end. */
+static void ticker_kick(struct mmfs *fs)
+{
+	__atomic_add_fetch(&fs->kick, 1, __ATOMIC_SEQ_CST);
+	mm_futex_wake_private(&fs->kick);
+}
+
 /* What poll reports for a data handle: the channel's readiness, less the
  * directions the handle does not hold. fs->lock held. */
 static unsigned handle_mask(const struct handle *h)
@@ -1163,7 +1171,7 @@ static void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		h->ph_events = events;
 		h->poll_next = fs->pollers;
 		fs->pollers = h;
-		pthread_cond_signal(&fs->stop_cond);
+		ticker_kick(fs);
 	}
 	pthread_mutex_unlock(&fs->lock);
 	fuse_reply_poll(req, mask);
@@ -1171,26 +1179,59 @@ static void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 /* ---- the ticker: heartbeats, liveness, poll notifications ---- */
 
-static void tick_polls(struct mmfs *fs)
+/* How often waiting polls are checked even without a wake: a peer in
+ * another VM, or an xpra peer, wakes nobody. */
+#define POLL_RECHECK_US 10000
+
+/* Notify the polls that came true; gather the shared words the others wait
+ * on into words/seen from index n (loaded before the check, so a change in
+ * between is not lost). Returns the new count, or MM_FUTEX_WAITV_MAX + 1 if
+ * they did not all fit. fs->lock held. */
+static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, unsigned n)
 {
 	struct handle *h = fs->pollers, *next;
+	bool full = false;
 
 	for (; h; h = next) {
+		unsigned events = h->ph_events, k = 0;
+		uint32_t *w[2];
+		uint32_t v[2];
+
 		next = h->poll_next;
-		if (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP))
+		if (!h->reading)
+			events &= ~(unsigned)POLLIN;
+		if (!h->writing)
+			events &= ~(unsigned)POLLOUT;
+		if (!h->ch->removed)
+			k = mm_channel_poll_words(&h->ch->mc, events, w, v);
+		if (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) {
 			poll_drop(fs, h, true);
+			continue;
+		}
+		for (unsigned i = 0; i < k; i++) {
+			if (n == MM_FUTEX_WAITV_MAX) {
+				full = true;
+				break;
+			}
+			words[n] = w[i];
+			seen[n++] = v[i];
+		}
 	}
+	return full ? MM_FUTEX_WAITV_MAX + 1 : n;
 }
 
 static void *ticker(void *arg)
 {
 	struct mmfs *fs = arg;
+	uint32_t *words[MM_FUTEX_WAITV_MAX];
+	uint32_t seen[MM_FUTEX_WAITV_MAX];
 	uint64_t next_beat = 0;
 
 	pthread_mutex_lock(&fs->lock);
 	while (!fs->stop) {
 		uint64_t now = mmfs_now_ms();
-		struct timespec ts;
+		unsigned n, timeout_us;
+		bool polls;
 
 		if (now >= next_beat) {
 			for (struct chan *ch = fs->chans; ch; ch = ch->next)
@@ -1202,15 +1243,18 @@ static void *ticker(void *arg)
 					      ch->mc.error[0] ? ", " : "", ch->mc.error);
 			next_beat = now + MM_BEAT_MS;
 		}
-		tick_polls(fs);
-		/* poll notifications want a short step; else the next beat */
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += fs->pollers ? 2000000 : (long)(next_beat - now) * 1000000;
-		while (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
-		pthread_cond_timedwait(&fs->stop_cond, &fs->lock, &ts);
+		/* sleep until a kick, a peer's wake on a polled word, a recheck
+		 * of the polls, or the next heartbeat */
+		words[0] = &fs->kick;
+		seen[0] = __atomic_load_n(&fs->kick, __ATOMIC_SEQ_CST);
+		n = tick_polls(fs, words, seen, 1);
+		polls = fs->pollers != NULL;
+		timeout_us = polls ? POLL_RECHECK_US : (unsigned)(next_beat - now) * 1000;
+		pthread_mutex_unlock(&fs->lock);
+		if (n > MM_FUTEX_WAITV_MAX ||
+		    mm_futex_waitv(words, seen, n, true, timeout_us) == -ENOSYS)
+			usleep(polls && timeout_us > 2000 ? 2000 : timeout_us);
+		pthread_mutex_lock(&fs->lock);
 	}
 	pthread_mutex_unlock(&fs->lock);
 	return NULL;
@@ -1225,8 +1269,8 @@ void mmfs_ticker_stop(struct mmfs *fs)
 {
 	pthread_mutex_lock(&fs->lock);
 	fs->stop = true;
-	pthread_cond_signal(&fs->stop_cond);
 	pthread_mutex_unlock(&fs->lock);
+	ticker_kick(fs);
 	pthread_join(fs->ticker, NULL);
 }
 
