@@ -43,6 +43,18 @@ int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v)
 	return mm_guard_run(do_word, &a);
 }
 
+/* A futex wait's outcome: woken or the value had changed (0), a timeout or
+ * a signal, or -ENOSYS for "cannot wait here" (EFAULT on a mapping futexes
+ * cannot key, such as a PCI BAR; a kernel without the call). */
+static int futex_result(long rc)
+{
+	if (rc >= 0 || errno == EAGAIN)
+		return 0;
+	if (errno == ETIMEDOUT || errno == EINTR)
+		return -errno;
+	return -ENOSYS;
+}
+
 void mm_futex_wake(uint32_t *word)
 {
 	syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
@@ -55,18 +67,7 @@ int mm_futex_wait(uint32_t *word, uint32_t seen, unsigned timeout_us)
 		.tv_nsec = (long)(timeout_us % 1000000) * 1000,
 	};
 
-	if (syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0) == 0)
-		return 0;
-	switch (errno) {
-	case EAGAIN:
-		return 0;
-	case ETIMEDOUT:
-	case EINTR:
-		return -errno;
-	default:
-		/* EFAULT on a mapping futexes cannot key (a PCI BAR), ENOSYS */
-		return -ENOSYS;
-	}
+	return futex_result(syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0));
 }
 
 void mm_futex_wake_private(uint32_t *word)
@@ -96,17 +97,7 @@ int mm_futex_waitv(uint32_t *const *words, const uint32_t *seen, unsigned n,
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000;
 	}
-	if (syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC) >= 0)
-		return 0;
-	switch (errno) {
-	case EAGAIN:
-		return 0;
-	case ETIMEDOUT:
-	case EINTR:
-		return -errno;
-	default:
-		return -ENOSYS;
-	}
+	return futex_result(syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC));
 #else
 	(void)words; (void)seen; (void)n; (void)first_private; (void)timeout_us;
 	return -ENOSYS;
