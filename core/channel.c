@@ -935,49 +935,6 @@ int mm_channel_write_done(struct mm_channel *ch, size_t n)
 	return 0;
 }
 
-static ssize_t copy_iov(struct iovec iov[2], int niov, uint8_t *buf, bool to_ring)
-{
-	size_t off = 0;
-
-	for (int i = 0; i < niov; i++) {
-		int r = to_ring ? mm_guard_copy(iov[i].iov_base, buf + off, iov[i].iov_len)
-				: mm_guard_copy(buf + off, iov[i].iov_base, iov[i].iov_len);
-
-		if (r < 0)
-			return r;
-		off += iov[i].iov_len;
-	}
-	return (ssize_t)off;
-}
-
-ssize_t mm_channel_read(struct mm_channel *ch, void *buf, size_t len)
-{
-	struct iovec iov[2];
-	int niov, r;
-	ssize_t n = mm_channel_read_iov(ch, len, iov, &niov);
-
-	if (n <= 0)
-		return n;
-	if (copy_iov(iov, niov, buf, false) < 0)
-		return ring_fail(ch, &ch->rd, RD_NAME, -EFAULT);
-	r = mm_channel_read_done(ch, (size_t)n);
-	return r < 0 ? r : n;
-}
-
-ssize_t mm_channel_write(struct mm_channel *ch, const void *buf, size_t len)
-{
-	struct iovec iov[2];
-	int niov, r;
-	ssize_t n = mm_channel_write_iov(ch, len, iov, &niov);
-
-	if (n <= 0)
-		return n;
-	if (copy_iov(iov, niov, (uint8_t *)buf, true) < 0)
-		return ring_fail(ch, &ch->wr, WR_NAME, -EFAULT);
-	r = mm_channel_write_done(ch, (size_t)n);
-	return r < 0 ? r : n;
-}
-
 void mm_channel_wait(struct mm_channel *ch, bool writing, unsigned timeout_us)
 {
 	struct mm_dir *d = writing ? &ch->wr : &ch->rd;

@@ -173,10 +173,6 @@ ssize_t mm_channel_write_iov(struct mm_channel *ch, size_t max,
 			     struct iovec iov[2], int *niov);
 int mm_channel_write_done(struct mm_channel *ch, size_t n);
 
-/* Copy helpers over the two above, guarded against a shrinking mapping. */
-ssize_t mm_channel_read(struct mm_channel *ch, void *buf, size_t len);
-ssize_t mm_channel_write(struct mm_channel *ch, const void *buf, size_t len);
-
 /* Wait (at most timeout_us) for the peer to move the pointer the last
  * -EAGAIN was about. Returns at once if it moved; spurious returns are
  * fine. */

@@ -74,3 +74,18 @@ int mm_guard_copy(void *dst, const void *src, size_t n)
 
 	return mm_guard_run(do_copy, &c);
 }
+
+int mm_guard_copy_iov(void *buf, const struct iovec *iov, int niov, bool to_iov)
+{
+	char *b = buf;
+
+	for (int i = 0; i < niov; i++) {
+		int r = to_iov ? mm_guard_copy(iov[i].iov_base, b, iov[i].iov_len)
+			       : mm_guard_copy(b, iov[i].iov_base, iov[i].iov_len);
+
+		if (r < 0)
+			return r;
+		b += iov[i].iov_len;
+	}
+	return 0;
+}

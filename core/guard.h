@@ -8,7 +8,9 @@
 #ifndef MMAPFS_GUARD_H
 #define MMAPFS_GUARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/uio.h>
 
 /* Install the SIGBUS handler; call once at start-up, before any thread.
  * Returns 0 or -errno. */
@@ -19,5 +21,9 @@ int mm_guard_run(int (*fn)(void *arg), void *arg);
 
 /* memcpy() under the guard: 0 or -EFAULT. */
 int mm_guard_copy(void *dst, const void *src, size_t n);
+
+/* The same between a flat buffer and the pieces of an area (a wrapped
+ * ring gives two): into the pieces when to_iov, else out of them. */
+int mm_guard_copy_iov(void *buf, const struct iovec *iov, int niov, bool to_iov);
 
 #endif

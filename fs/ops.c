@@ -864,17 +864,13 @@ static void reply_copy(fuse_req_t req, struct chan *ch, const struct iovec *iov,
 		       int niov, size_t n)
 {
 	char *buf = malloc(n);
-	size_t off = 0;
 	int r = buf ? 0 : -ENOMEM;
 
-	for (int i = 0; i < niov && r == 0; i++) {
-		if (mm_guard_copy(buf + off, iov[i].iov_base, iov[i].iov_len) < 0) {
-			mm_channel_set_error(&ch->mc, EIO,
-					     "read area %s: the mapping faulted (file truncated?)",
-					     ch->mc.rd.area.path);
-			r = -EIO;
-		}
-		off += iov[i].iov_len;
+	if (r == 0 && mm_guard_copy_iov(buf, iov, niov, false) < 0) {
+		mm_channel_set_error(&ch->mc, EIO,
+				     "read area %s: the mapping faulted (file truncated?)",
+				     ch->mc.rd.area.path);
+		r = -EIO;
 	}
 	if (r == 0)
 		r = mm_channel_read_done(&ch->mc, n);
@@ -967,18 +963,14 @@ static void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t
 	while (done < size) {
 		n = mm_channel_write_iov(&ch->mc, size - done, iov, &niov);
 		if (n > 0) {
-			for (int i = 0; i < niov && n > 0; i++) {
-				if (mm_guard_copy(iov[i].iov_base, buf + done, iov[i].iov_len) < 0) {
-					mm_channel_set_error(&ch->mc, EIO,
-							     "write area %s: the mapping faulted (file truncated?)",
-							     ch->mc.wr.area.path);
-					n = -EIO;
-					break;
-				}
-				done += iov[i].iov_len;
-			}
-			if (n < 0)
+			if (mm_guard_copy_iov((char *)buf + done, iov, niov, true) < 0) {
+				mm_channel_set_error(&ch->mc, EIO,
+						     "write area %s: the mapping faulted (file truncated?)",
+						     ch->mc.wr.area.path);
+				n = -EIO;
 				break;
+			}
+			done += (size_t)n;
 			mm_channel_write_done(&ch->mc, (size_t)n);
 			step = 50;
 			continue;
