@@ -250,18 +250,6 @@ static int load_allow_uids(struct mm_config *c, const config_setting_t *s,
 }
 
 /* A channel name is one path component a user can type. */
-static bool valid_name(const char *name)
-{
-	size_t n = strlen(name);
-
-	if (n == 0 || n > 255 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-		return false;
-	for (const char *p = name; *p; p++)
-		if (*p == '/' || (unsigned char)*p < 0x20 || *p == 0x7f)
-			return false;
-	return true;
-}
-
 static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 			const struct mm_chan_decl *prev, size_t nprev,
 			const char *path, struct mm_err *err)
@@ -280,7 +268,7 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 		if (strcmp(key, "name") == 0) {
 			if ((r = get_string(s, path, key, &str, err)) < 0)
 				return r;
-			if (!valid_name(str))
+			if (!mm_name_valid(str))
 				return bad(err, path, s, key, "not a valid channel name");
 			for (size_t j = 0; j < nprev; j++)
 				if (strcmp(prev[j].name, str) == 0)
@@ -289,11 +277,7 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 		} else if (strcmp(key, "role") == 0) {
 			if ((r = get_string(s, path, key, &str, err)) < 0)
 				return r;
-			if (strcmp(str, "creator") == 0)
-				d->role = MM_ROLE_CREATOR;
-			else if (strcmp(str, "attacher") == 0)
-				d->role = MM_ROLE_ATTACHER;
-			else
+			if (mm_role_parse(str, &d->role) < 0)
 				return bad(err, path, s, key, "expected \"creator\" or \"attacher\"");
 		} else if (strcmp(key, "read_file") == 0 || strcmp(key, "write_file") == 0) {
 			if ((r = get_abs_path(s, path, key, &str, err)) < 0)

@@ -8,19 +8,15 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "channel.h"
 #include "err.h"
 
 #define MM_DEFAULT_SIZE (UINT64_C(64) * 1024 * 1024)
 
-enum mm_role {
-	MM_ROLE_CREATOR,
-	MM_ROLE_ATTACHER,
-};
-
 /* A channel declared in the configuration file. */
 struct mm_chan_decl {
 	char *name;
-	enum mm_role role;
+	enum mm_chan_role role;
 	char *read_file;		/* administrator's paths, or NULL */
 	char *write_file;
 	int line;			/* where it was declared */

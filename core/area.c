@@ -1,12 +1,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include "area.h"
@@ -54,6 +56,16 @@ int mm_fd_length(int fd, uint64_t *len)
 	return 0;
 }
 
+/* Is fd ordinary memory, which the kernel can copy from when mapped? */
+static bool kernel_can_copy(int fd)
+{
+	struct statfs sfs;
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	       fstatfs(fd, &sfs) == 0 && sfs.f_type != SYSFS_MAGIC;
+}
+
 static int map_area(struct mm_area *a, int fd, uint64_t size, const char *path,
 		    struct mm_err *err)
 {
@@ -69,6 +81,7 @@ static int map_area(struct mm_area *a, int fd, uint64_t size, const char *path,
 		return mm_fail(err, -errno, "%s: mmap: %s", path, strerror(errno));
 	a->fd = fd;
 	a->base = p;
+	a->kernel_copy = kernel_can_copy(fd);
 	a->size = size;
 	snprintf(a->path, sizeof(a->path), "%s", path);
 	return 0;

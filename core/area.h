@@ -23,6 +23,10 @@ struct mm_area {
 	uint8_t *base;			/* MAP_SHARED mapping of size bytes */
 	uint64_t size;
 	bool created;			/* made by us: deleted on close */
+	bool kernel_copy;		/* ordinary memory (a regular file, not
+					 * sysfs): the kernel may copy from the
+					 * mapping, e.g. into a FUSE reply. Not
+					 * so a PCI BAR or a device. */
 	dev_t dev;			/* identity of what we created, */
 	ino_t ino;			/* checked before deleting it */
 	char path[PATH_MAX];

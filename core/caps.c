@@ -183,10 +183,7 @@ out:
 	return r;
 }
 
-static int append(char *buf, size_t buflen, size_t *pos, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int append(char *buf, size_t buflen, size_t *pos, const char *fmt, ...)
+int mm_text_append(char *buf, size_t buflen, size_t *pos, const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -207,19 +204,19 @@ static int format_area(const char *name, const struct mm_caps_area *a,
 	int r = 0;
 
 	if (a->have & MM_CAP_FILE)
-		r = append(buf, buflen, pos, "%s.file=%s\n", name, a->file);
+		r = mm_text_append(buf, buflen, pos, "%s.file=%s\n", name, a->file);
 	if (r == 0 && (a->have & MM_CAP_SIZE))
-		r = append(buf, buflen, pos, "%s.size=%llu\n", name,
+		r = mm_text_append(buf, buflen, pos, "%s.size=%llu\n", name,
 			   (unsigned long long)a->size);
 	if (r == 0 && (a->have & MM_CAP_TOKEN)) {
 		mm_token_format(&a->token, hex);
-		r = append(buf, buflen, pos, "%s.token=%s\n", name, hex);
+		r = mm_text_append(buf, buflen, pos, "%s.token=%s\n", name, hex);
 	}
 	if (r == 0 && (a->have & MM_CAP_TOKEN_INDEX))
-		r = append(buf, buflen, pos, "%s.token_index=%llu\n", name,
+		r = mm_text_append(buf, buflen, pos, "%s.token_index=%llu\n", name,
 			   (unsigned long long)a->token_index);
 	if (r == 0 && (a->have & MM_CAP_TOKEN_BYTES))
-		r = append(buf, buflen, pos, "%s.token_bytes=%llu\n", name,
+		r = mm_text_append(buf, buflen, pos, "%s.token_bytes=%llu\n", name,
 			   (unsigned long long)a->token_bytes);
 	return r;
 }
@@ -236,6 +233,6 @@ int mm_caps_format(const struct mm_caps *c, char *buf, size_t buflen)
 	if (r == 0)
 		r = format_area("write", &c->write, buf, buflen, &pos);
 	if (r == 0 && c->mmapfs)
-		r = append(buf, buflen, &pos, "mmapfs=%llu\n", (unsigned long long)c->mmapfs);
+		r = mm_text_append(buf, buflen, &pos, "mmapfs=%llu\n", (unsigned long long)c->mmapfs);
 	return r < 0 ? r : (int)pos;
 }

@@ -59,6 +59,11 @@ int mm_caps_parse(const char *text, size_t len, struct mm_caps *c,
  * the NUL) or -ENOSPC if buf is too small. */
 int mm_caps_format(const struct mm_caps *c, char *buf, size_t buflen);
 
+/* Append printf-style text to buf (len bytes) at *pos, which moves past
+ * it; -ENOSPC (and *pos unmoved) when it does not fit. */
+int mm_text_append(char *buf, size_t len, size_t *pos, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
 /* Parse an unsigned decimal or 0x-hex integer that fills all of s.
  * 0 or -EINVAL (not a number) / -ERANGE (above max). */
 int mm_parse_u64(const char *s, uint64_t max, uint64_t *out);

@@ -1,13 +1,33 @@
-/* mmapfs core: a channel, two areas shared with one peer.
+/* mmapfs core: a channel, two areas shared with one peer, like a socket.
  *
- * This is the handshake of DESIGN.md and the byte stream over the rings,
- * with no FUSE in sight: fs/ turns files into calls of these functions.
+ * This is the public face of core: the daemon (fs/) and a client library
+ * call these functions, with no FUSE type in sight. The calls are spread
+ * over files by concern:
  *
- * Locking is the caller's: the handshake functions, mm_channel_tick() and
- * mm_channel_close() need the channel to themselves; the data functions may
- * run on one reader and one writer thread at once, provided no handshake or
- * close runs while either direction is in use (fs/ refuses those with EBUSY
- * while `data` is open). Counters read by status are atomics. */
+ *   channel.c    life (open, close), claims on the stream, accessors,
+ *                the failure record
+ *   handshake.c  the peer's half: offers, answers, tokens, framing
+ *   live.c       heartbeats and the peer's liveness (the periodic tick)
+ *   text.c       the texts of the files: capabilities, token, peer, status
+ *   stream.c     the byte stream: write, read begin/end, ends of stream,
+ *                waits and wake-ups, poll (stream.h)
+ *   chunks.c     xpra's out-of-band chunk lists (chunks.h)
+ *
+ * Threads and locks. Every function here is safe to call from any thread;
+ * which lock protects what is written on each field below.
+ *   - ch->lock is short: it is never held across a system call that may
+ *     block (open(), mmap() of a peer's file, a futex wait).
+ *   - ch->hs_lock serializes handshakes on one channel; it is held while an
+ *     offered or administrator's file is opened and mapped, so that one slow
+ *     path delays only its own channel.
+ *   - The stream runs without either lock. A thread may move bytes in a
+ *     direction only while it holds that direction's claim
+ *     (mm_channel_claim), and a claimed channel refuses handshakes and
+ *     close with EBUSY: so the areas stay mapped and in place under the
+ *     data threads, and one reader and one writer run at once. The fields
+ *     marked "claim holder" are that thread's alone.
+ *   - Liveness (live.c) runs under ch->lock, beside the data threads: what
+ *     both see (state, peer, the failure record) is atomic. */
 #ifndef MMAPFS_CHANNEL_H
 #define MMAPFS_CHANNEL_H
 
@@ -15,7 +35,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/uio.h>
 
 #include "area.h"
 #include "caps.h"
@@ -42,27 +61,35 @@ enum mm_peer {
 	MM_PEER_DEAD,
 };
 
-/* A piece of an area, as xpra's packets describe where its data lies. */
-struct mm_chunk {
-	uint32_t off;
-	uint32_t len;
+/* Directions, named from this end, as a mask: MM_RD is the area we read. */
+enum {
+	MM_RD = 1 << 0,
+	MM_WR = 1 << 1,
 };
 
-#define MM_CHUNKS_MAX 1024
-
-/* xpra's writer may restart at offset 8 and give the pieces out of band:
- * on the reading side, `pending` are the pieces the next reads return; on
- * the writing side, `log` is where the bytes written since the last look
- * went. Guarded by `lock`. */
-struct mm_chunks {
-	pthread_mutex_t lock;
-	struct mm_chunk q[MM_CHUNKS_MAX];
-	unsigned head, n;
-	bool overflow;			/* writing side: pieces were lost */
+/* Why a channel went to error, recorded by whichever thread saw it first
+ * (a data thread, or liveness); the text is made from it under the lock. */
+enum mm_why {
+	MM_WHY_NONE,
+	MM_WHY_FAULT,		/* touching an area faulted: truncated */
+	MM_WHY_CORRUPT,		/* pointers outside the ring: a = start, b = end */
+	MM_WHY_EOF_CORRUPT,	/* ends of stream that make no sense */
+	MM_WHY_RESTARTED,	/* the peer's session changed: a = new, b = old */
 };
+
+struct mm_failure {
+	int claimed;			/* atomic: the first failure wins */
+	int errnum;			/* atomic (release): what data calls get */
+	enum mm_why why;		/* written by the winner before errnum */
+	unsigned dir;			/* MM_RD or MM_WR */
+	uint32_t a, b;
+};
+
+struct mm_chunks;
 
 /* One direction, named from this end: rd is the area we read from. */
 struct mm_dir {
+	/* set by the handshake under ch->lock; fixed while claimed */
 	bool present;			/* this end has the area */
 	bool usable;			/* the handshake covered it */
 	struct mm_area area;
@@ -71,11 +98,14 @@ struct mm_dir {
 	struct mm_token token;		/* our token in this area */
 	uint64_t token_index;
 	uint64_t token_bytes;
-	struct mm_ring_pos pos;		/* data thread: last loaded pointers */
-	uint32_t seen;			/* data thread: raw word to wait on */
+	struct mm_chunks *chunks;	/* xpra peer only (chunks.h) */
+	/* ch->lock */
+	const void *owner;		/* who holds the claim, or NULL */
+	/* claim holder */
+	uint32_t seen;			/* raw pointer word the last -EAGAIN saw */
 	uint32_t eof_ack;		/* reader: ends of stream delivered */
-	uint64_t bytes;			/* moved through data (atomic) */
-	struct mm_chunks *chunks;	/* allocated with the area */
+	/* atomic */
+	uint64_t bytes;			/* moved through the stream */
 };
 
 struct mm_chan_opts {
@@ -88,118 +118,143 @@ struct mm_chan_opts {
 };
 
 struct mm_channel {
-	enum mm_state state;		/* written under the caller's lock; the
-					 * data path reads it atomically */
+	pthread_mutex_t lock;
+	pthread_mutex_t hs_lock;
+	/* atomic; written under lock */
+	enum mm_state state;
+	/* lock */
 	enum mm_chan_role role;
 	bool declared;			/* from the configuration: role fixed */
 	bool ext;			/* both ends speak the extension */
 	struct mm_dir rd, wr;
-	struct mm_chan_opts opts;
+	struct mm_chan_opts opts;	/* fixed after open */
 	char *read_file, *write_file;	/* copies of the administrator's paths */
 	struct mm_caps accepted;	/* the peer's last accepted half */
 	bool have_accepted;
+	unsigned handshaking;		/* a handshake is opening files */
+	char error[512];		/* last refusal, one line */
+	/* lock (liveness) */
 	uint32_t beat;			/* our heartbeat */
 	uint32_t peer_session;
 	uint32_t peer_beat;
 	uint64_t peer_beat_ms;		/* when peer_beat last moved */
-	int peer;			/* enum mm_peer (atomic) */
-	int fail;			/* errno for data users in MM_STATE_ERROR */
-	char error[512];		/* last reason, one line */
+	/* atomic */
+	int peer;			/* enum mm_peer */
+	struct mm_failure fail;
 };
 
 /* Heartbeat period and the silence after which a peer is dead. */
 #define MM_BEAT_MS 250
 #define MM_DEAD_MS 1000
 
-/* Set up ch as creator (role MM_CREATOR: areas created or opened from the
- * administrator's paths, tokens written, state offered) or as an attacher
- * waiting for an offer. opts is copied; its strings must outlive ch except
- * read_file/write_file, which are copied. 0 or -errno with err set. */
+/* A valid channel name: 1 to 255 bytes, not "." or "..", no '/' and no
+ * control character. The one rule for mkdir and the configuration. */
+bool mm_name_valid(const char *name);
+
+/* "creator", "attacher"; and back (-EINVAL for anything else). */
+const char *mm_role_name(enum mm_chan_role r);
+int mm_role_parse(const char *s, enum mm_chan_role *r);
+const char *mm_state_name(enum mm_state s);
+const char *mm_peer_name(enum mm_peer p);
+
+/* Set up ch as creator (areas created or opened from the administrator's
+ * paths, tokens written, state offered) or as an attacher waiting for an
+ * offer. opts is copied; its strings must outlive ch except read_file and
+ * write_file, which are copied. 0 or -errno with err set; on failure ch
+ * holds nothing (no mm_channel_destroy needed). May block (creates files). */
 int mm_channel_open(struct mm_channel *ch, enum mm_chan_role role,
 		    bool declared, const struct mm_chan_opts *opts,
 		    struct mm_err *err);
 
-/* Unmap, close, delete the files this end created. */
-void mm_channel_close(struct mm_channel *ch);
+/* Unmap, close, delete the files this end created; state closed. -EBUSY
+ * (nothing done) while a direction is claimed or a handshake runs. */
+int mm_channel_close(struct mm_channel *ch);
+
+/* Close whatever is left and free the locks: the channel's last user. */
+void mm_channel_destroy(struct mm_channel *ch);
+
+/* Take the stream for `owner` (any unique pointer: a file handle, a library
+ * handle): `want` is MM_RD, MM_WR or both, as O_RDONLY, O_WRONLY, O_RDWR.
+ * A single direction the peer did not offer is -ENXIO; both take what the
+ * channel has (-ENXIO if neither). Returns the mask taken (> 0), or -ENOTCONN
+ * (not ready), -EBUSY (someone holds it), -EAGAIN (the reader has yet to
+ * take six earlier ends of stream: try again later), or the channel's
+ * failure. Taking MM_WR starts a stream. */
+int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner);
+
+/* Give back what owner holds; giving back MM_WR ends its stream (the reader
+ * sees end of file after the bytes written so far). */
+void mm_channel_unclaim(struct mm_channel *ch, const void *owner);
+
+/* Is any direction claimed, or a handshake opening files? */
+bool mm_channel_claimed(struct mm_channel *ch);
+
+/* Who holds direction dir (MM_RD or MM_WR), or NULL. */
+const void *mm_channel_owner(struct mm_channel *ch, unsigned dir);
+
+/* Snapshots for display; safe at any time. */
+enum mm_state mm_channel_state(struct mm_channel *ch);
+enum mm_chan_role mm_channel_role(struct mm_channel *ch);
+enum mm_peer mm_channel_peer_state(struct mm_channel *ch);
+
+/* What one direction is, for traces and status. false if absent. */
+struct mm_dir_info {
+	char path[PATH_MAX];
+	uint64_t size;
+	uint32_t ring_end;
+	uint64_t token_index;
+	uint32_t data_start, data_end;	/* raw words */
+	uint64_t bytes;
+};
+bool mm_channel_dir_info(struct mm_channel *ch, unsigned dir, struct mm_dir_info *info);
+
+/* Put the channel in error (first failure wins) and wake its waiters.
+ * Callable from any thread, with or without ch->lock. */
+void mm_channel_fail(struct mm_channel *ch, int errnum, enum mm_why why, unsigned dir,
+		     uint32_t a, uint32_t b);
+
+/* 0, or the negative errno a data call gets in MM_STATE_ERROR. */
+int mm_channel_failed(struct mm_channel *ch);
+
+/* --- the handshake (handshake.c) --- */
 
 /* Process the peer's half: an offer (it names files: this end becomes, or
  * is, the attacher) or an answer (this end is the creator). On failure
- * nothing changes, the reason is in err and in ch->error, and the result is
- * -EINVAL (unparsable or inconsistent text), -EACCES (a file that may not be
- * opened) or -EBADMSG (a token that is not there). */
+ * nothing changes, the reason is in err and in the status, and the result
+ * is -EINVAL (unparsable or inconsistent text), -EACCES (a file that may
+ * not be opened), -EBADMSG (a token that is not there) or -EBUSY (the
+ * stream is in use, or another handshake runs). May block on the files an
+ * offer names, holding only this channel's hs_lock. */
 int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 		    uint64_t now_ms, struct mm_err *err);
 
-/* The texts of the files: capabilities, token, peer (what was accepted),
- * status. Length written, or -ENOSPC. */
-int mm_channel_caps_text(const struct mm_channel *ch, char *buf, size_t len);
-int mm_channel_token_text(const struct mm_channel *ch, char *buf, size_t len);
-int mm_channel_peer_text(const struct mm_channel *ch, char *buf, size_t len);
-int mm_channel_status_text(const struct mm_channel *ch, char *buf, size_t len);
+/* Framing of text written in pieces: does it make a whole message yet?
+ * (Each area it names has all its keys, five in an offer and three in an
+ * answer, and it ends a line; text that cannot parse is whole too, so it
+ * fails now.) */
+bool mm_peer_text_complete(const char *text, size_t len);
 
-const char *mm_state_name(enum mm_state s);
+/* Record a refusal the caller made (as the handshake does its own). */
+void mm_channel_set_reason(struct mm_channel *ch, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
-/* An attacher becomes ready when the creator has set its go-ahead: look
- * now rather than at the next tick. */
-void mm_channel_refresh(struct mm_channel *ch);
+/* --- liveness (live.c) --- */
 
-/* Every MM_BEAT_MS: our heartbeat, the peer's, the creator's go-ahead for an
- * attacher. Returns true if the state or the peer's liveness changed. */
+/* Every MM_BEAT_MS: our heartbeat, the peer's, the creator's go-ahead for
+ * an attacher. Returns true if the state or the peer's liveness changed. */
 bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms);
 
-/* Put the channel in error with a reason; data users get errnum. */
-void mm_channel_set_error(struct mm_channel *ch, int errnum, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+/* An attacher becomes ready when the creator has set its go-ahead: look
+ * now rather than at the next tick. ch->lock held. */
+void mm_channel_refresh_locked(struct mm_channel *ch);
 
-/* --- the stream --- */
+/* --- texts (text.c): length written, or -ENOSPC --- */
 
-/* Start and end a stream on the writing side. begin: 0, or -EAGAIN while
- * the reader has yet to take six earlier ends of stream. */
-int mm_channel_writer_begin(struct mm_channel *ch);
-void mm_channel_writer_end(struct mm_channel *ch);
-
-/* Reading: up to max bytes of the stream as up to two pieces of the area.
- * Returns the byte count (> 0, pieces in iov, count in niov), 0 at the end of a
- * stream (consumed by this call), or -EAGAIN (nothing yet), -ENXIO (no such
- * direction), -ECONNRESET (peer gone), -EPROTO/-EIO (channel in error).
- * After copying, mm_channel_read_done() with the count taken. */
-ssize_t mm_channel_read_iov(struct mm_channel *ch, size_t max,
-			    struct iovec iov[2], int *niov);
-int mm_channel_read_done(struct mm_channel *ch, size_t n);
-
-/* Writing: where up to max bytes may go; then mm_channel_write_done(). Same
- * errors, with -EPIPE for a peer gone. */
-ssize_t mm_channel_write_iov(struct mm_channel *ch, size_t max,
-			     struct iovec iov[2], int *niov);
-int mm_channel_write_done(struct mm_channel *ch, size_t n);
-
-/* Wait (at most timeout_us) for the peer to move the pointer the last
- * -EAGAIN was about. Returns at once if it moved; spurious returns are
- * fine. */
-void mm_channel_wait(struct mm_channel *ch, bool writing, unsigned timeout_us);
-
-/* Wake anything waiting in mm_channel_wait on this end's words. */
-void mm_channel_wake(struct mm_channel *ch);
-
-/* Reading side: queue pieces ("OFFSET LENGTH" lines) for the next reads,
- * each inside the ring and not over the header. All or nothing: -EINVAL
- * with the line at fault, -ENOSPC past MM_CHUNKS_MAX pending. */
-int mm_channel_chunks_add(struct mm_channel *ch, const char *text, size_t len,
-			  struct mm_err *err);
-
-/* Writing side: the pieces written since the last call, one "OFFSET LENGTH"
- * line each, and forget them. Length, -ENOSPC, or -EOVERFLOW if more than
- * MM_CHUNKS_MAX pieces piled up unread (they are dropped). */
-int mm_channel_chunks_text(struct mm_channel *ch, char *buf, size_t len);
-
-/* The shared words whose change may make `events` (POLLIN, POLLOUT) come
- * true, with their values now, for a futex wait: at most two. Load them
- * before checking mm_channel_poll(), so no change falls in between. */
-unsigned mm_channel_poll_words(struct mm_channel *ch, unsigned events,
-			       uint32_t **words, uint32_t *seen);
-
-/* POLLIN/POLLOUT/POLLERR as they stand now. */
-unsigned mm_channel_poll(struct mm_channel *ch);
-
+int mm_channel_caps_text(struct mm_channel *ch, char *buf, size_t len);
+int mm_channel_token_text(struct mm_channel *ch, char *buf, size_t len);
+int mm_channel_peer_text(struct mm_channel *ch, char *buf, size_t len);
+int mm_channel_status_text(struct mm_channel *ch, char *buf, size_t len);
+/* The last reason (status's error=), one line. */
+void mm_channel_reason(struct mm_channel *ch, char *buf, size_t len);
 
 #endif

@@ -179,55 +179,43 @@ int mm_ring_raw(const struct mm_ring *r, uint32_t *start, uint32_t *end)
 	return ret;
 }
 
-struct move_args {
-	struct iovec ring[2];
-	int n;
-	uint8_t *buf;
-	int to_ring;
-};
-
-static int do_move(void *arg)
+ssize_t mm_ring_put(const struct mm_ring *r, struct mm_ring_pos *p, const void *buf,
+		    size_t len)
 {
-	struct move_args *m = arg;
-	uint8_t *b = m->buf;
+	struct iovec iov[2];
+	size_t n;
+	int niov = mm_ring_write_iov(r, p, len, iov, &n);
+	int ret = mm_guard_copy_iov((void *)buf, iov, niov, true);
 
-	for (int i = 0; i < m->n; i++) {
-		if (m->to_ring)
-			memcpy(m->ring[i].iov_base, b, m->ring[i].iov_len);
-		else
-			memcpy(b, m->ring[i].iov_base, m->ring[i].iov_len);
-		b += m->ring[i].iov_len;
-	}
-	return 0;
+	if (ret == 0 && n)
+		ret = mm_ring_commit(r, p, n);
+	return ret < 0 ? ret : (ssize_t)n;
 }
 
-/* Copy up to len bytes out of the ring or into it, then publish the move. */
-static ssize_t ring_move(const struct mm_ring *r, uint8_t *buf, size_t len, int to_ring)
+ssize_t mm_ring_get(const struct mm_ring *r, struct mm_ring_pos *p, void *buf, size_t len)
 {
-	struct move_args m = { .buf = buf, .to_ring = to_ring };
-	struct mm_ring_pos p;
+	struct iovec iov[2];
 	size_t n;
-	int ret;
+	int niov = mm_ring_read_iov(r, p, len, iov, &n);
+	int ret = mm_guard_copy_iov(buf, iov, niov, false);
 
-	ret = mm_ring_load(r, &p);
-	if (ret < 0)
-		return ret;
-	if (to_ring)
-		m.n = mm_ring_write_iov(r, &p, len, m.ring, &n);
-	else
-		m.n = mm_ring_read_iov(r, &p, len, m.ring, &n);
-	ret = mm_guard_run(do_move, &m);
 	if (ret == 0 && n)
-		ret = to_ring ? mm_ring_commit(r, &p, n) : mm_ring_consume(r, &p, n);
+		ret = mm_ring_consume(r, p, n);
 	return ret < 0 ? ret : (ssize_t)n;
 }
 
 ssize_t mm_ring_read(const struct mm_ring *r, void *buf, size_t len)
 {
-	return ring_move(r, buf, len, 0);
+	struct mm_ring_pos p;
+	int ret = mm_ring_load(r, &p);
+
+	return ret < 0 ? ret : mm_ring_get(r, &p, buf, len);
 }
 
 ssize_t mm_ring_write(const struct mm_ring *r, const void *buf, size_t len)
 {
-	return ring_move(r, (uint8_t *)buf, len, 1);
+	struct mm_ring_pos p;
+	int ret = mm_ring_load(r, &p);
+
+	return ret < 0 ? ret : mm_ring_put(r, &p, buf, len);
 }

@@ -65,8 +65,14 @@ int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 int mm_ring_consume(const struct mm_ring *r, struct mm_ring_pos *p, size_t n);
 int mm_ring_commit(const struct mm_ring *r, struct mm_ring_pos *p, size_t n);
 
-/* Copy up to len bytes out of (read) or into (write) the ring and publish
- * the move: the number of bytes moved (0 if empty/full), -EPROTO, -EFAULT. */
+/* Copy up to len bytes into the ring (put) or out of it (get) at p, loaded
+ * by the caller, under the guard, and publish the move: the number of bytes
+ * moved (0 if full/empty), or -EFAULT. p follows. */
+ssize_t mm_ring_put(const struct mm_ring *r, struct mm_ring_pos *p, const void *buf,
+		    size_t len);
+ssize_t mm_ring_get(const struct mm_ring *r, struct mm_ring_pos *p, void *buf, size_t len);
+
+/* Load, then put or get: the number of bytes moved, -EPROTO, -EFAULT. */
 ssize_t mm_ring_read(const struct mm_ring *r, void *buf, size_t len);
 ssize_t mm_ring_write(const struct mm_ring *r, const void *buf, size_t len);
 

@@ -36,6 +36,13 @@ size_t mm_token_len(const struct mm_token *t)
 	return n;
 }
 
+size_t mm_token_bits(const struct mm_token *t)
+{
+	size_t n = mm_token_len(t);
+
+	return n ? 8 * (n - 1) + (size_t)(32 - __builtin_clz(t->v[n - 1])) : 0;
+}
+
 int mm_token_equal(const struct mm_token *a, const struct mm_token *b)
 {
 	return memcmp(a->v, b->v, sizeof(a->v)) == 0;

@@ -12,7 +12,12 @@
 #include <stdint.h>
 
 #define MM_TOKEN_MAX_BYTES 512
-#define MM_TOKEN_DEFAULT_BYTES 128
+#define MM_TOKEN_DEFAULT_BYTES 128	/* the token_bytes we write */
+#define MM_TOKEN_RANDOM_BYTES 16	/* 128 random bits in them, as xpra's
+					 * uuid4, so the value fits an xpra hello */
+/* A token an outsider could guess proves nothing (docs/PROTOCOL.md). */
+#define MM_TOKEN_MIN_BYTES 16
+#define MM_TOKEN_MIN_BITS 64
 /* "0x" + two digits a byte + NUL */
 #define MM_TOKEN_HEX_MAX (2 + 2 * MM_TOKEN_MAX_BYTES + 1)
 
@@ -24,8 +29,9 @@ struct mm_token {
  * it is never mistaken for untouched, zeroed memory). 0 or -errno. */
 int mm_token_random(struct mm_token *t, size_t nbytes);
 
-/* Number of significant bytes (0 for the value 0). */
+/* Number of significant bytes (0 for the value 0), and of bits. */
 size_t mm_token_len(const struct mm_token *t);
+size_t mm_token_bits(const struct mm_token *t);
 
 /* Check that [index, index + nbytes) is a valid token place in an area of
  * area_size bytes: 1 <= nbytes <= 512 and the whole token inside the area.

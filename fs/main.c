@@ -16,8 +16,39 @@
 
 #include "config.h"
 #include "guard.h"
-#include "mmapfs.h"
+#include "fs.h"
 #include "build-config.h"
+
+static void mm_init(void *userdata, struct fuse_conn_info *conn)
+{
+	/* `echo x > peer` truncates: take O_TRUNC with the open */
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* A stream: the chunks of one large read or write must reach us one
+	 * after the other, in order, never at once. */
+	conn->want &= ~FUSE_CAP_ASYNC_DIO;
+	conn->max_write = DATA_MAX_IO;
+}
+
+const struct fuse_lowlevel_ops mmfs_ops = {
+	.init = mm_init,
+	.lookup = mm_lookup,
+	.getattr = mm_getattr,
+	.setattr = mm_setattr,
+	.readdir = mm_readdir,
+	.mkdir = mm_mkdir,
+	.rmdir = mm_rmdir,
+	.mknod = mm_mknod,
+	.unlink = mm_unlink,
+	.rename = mm_rename,
+	.create = mm_create,
+	.open = mm_open,
+	.read = mm_read,
+	.write = mm_write,
+	.flush = mm_flush,
+	.release = mm_release,
+	.poll = mm_poll,
+};
 
 /* The default configuration file, read only when it exists. */
 #define DEFAULT_CONFIG MMAPFS_SYSCONFDIR "/mmapfs.conf"

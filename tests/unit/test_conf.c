@@ -145,13 +145,13 @@ static void test_load_sample(void)
 	if (!CHECK_U64(c.n_channels, ==, 2))
 		goto out;
 	CHECK_STR(c.channels[0].name, "vm0");
-	CHECK_INT(c.channels[0].role, ==, MM_ROLE_ATTACHER);
+	CHECK_INT(c.channels[0].role, ==, MM_ATTACHER);
 	CHECK(c.channels[0].read_file == NULL);
 	CHECK_STR(c.channels[0].write_file,
 		  "/sys/bus/pci/devices/0000:00:05.0/resource2_wc");
 	CHECK_INT(c.channels[0].line, ==, 6);
 	CHECK_STR(c.channels[1].name, "host");
-	CHECK_INT(c.channels[1].role, ==, MM_ROLE_CREATOR);
+	CHECK_INT(c.channels[1].role, ==, MM_CREATOR);
 	CHECK_STR(c.channels[1].read_file, "/dev/shm/shmem-xpra");
 	CHECK(c.channels[1].write_file == NULL);
 	CHECK_INT(c.channels[1].line, ==, 10);

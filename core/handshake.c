@@ -1,0 +1,498 @@
+/* The handshake of docs/PROTOCOL.md: a creator makes its areas and offers
+ * them; an attacher opens the offered files, checks the creator's tokens and
+ * answers with tokens of its own; the creator checks those, and data may
+ * flow. Every value of the peer's text is checked before use. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "chunks.h"
+#include "ext.h"
+#include "internal.h"
+
+static uint64_t random_below(uint64_t n)
+{
+	uint64_t v = 0;
+
+	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
+		v = (uint64_t)time(NULL) * 2654435761u;
+	return n ? v % n : 0;
+}
+
+/* Where the ring stops in an area, with or without the trailer. */
+static uint64_t ring_end(uint64_t size, bool ext)
+{
+	return ext ? mm_ext_offset(size) : size;
+}
+
+static int dir_setup_ring(struct mm_dir *d, bool ext)
+{
+	d->ext = ext ? d->area.base + mm_ext_offset(d->area.size) : NULL;
+	return mm_ring_init(&d->ring, d->area.base, d->area.size,
+			    ring_end(d->area.size, ext));
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+	return a < b + blen && b < a + alen;
+}
+
+/* Write a fresh token of ours into d: at a random place in the ring, or at
+ * its very end (where our own writer reaches last) when `at_end`, never over
+ * [avoid, avoid + avoid_len) (the peer's token: the same text may be handed
+ * over again, and must then still check), and never in the last 64 bytes,
+ * where the creator's trailer lives even while the text handed over so far
+ * has not said mmapfs=1. */
+static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
+			 uint64_t avoid_len, struct mm_err *err, const char *name)
+{
+	uint64_t end = mm_ext_offset(d->area.size), bytes = MM_TOKEN_DEFAULT_BYTES, idx;
+	int r;
+
+	r = mm_token_random(&d->token, MM_TOKEN_RANDOM_BYTES);
+	if (r < 0)
+		return mm_fail(err, r, "%s: no random token: %s", name, strerror(-r));
+	idx = end - bytes;
+	for (int tries = 0; tries < 64; tries++) {
+		if (!at_end || tries > 0)
+			idx = MM_RING_HEADER + random_below(end - bytes - MM_RING_HEADER + 1);
+		if (!overlaps(idx, bytes, avoid, avoid_len))
+			break;
+		if (at_end && avoid >= MM_RING_HEADER + bytes) {
+			idx = avoid - bytes;	/* just below it, still far out */
+			break;
+		}
+	}
+	d->token_bytes = bytes;
+	d->token_index = idx;
+	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &d->token);
+	if (r < 0)
+		return mm_fail(err, r, "%s: cannot write the token: %s", d->area.path,
+			       strerror(-r));
+	return 0;
+}
+
+/* A creator's area starts a session: empty ring, fresh trailer. An
+ * administrator's file may still hold an earlier session's pointers and
+ * words, and a stale go-ahead must not let a new attacher start before its
+ * tokens are checked. */
+static int dir_reset(struct mm_dir *d)
+{
+	int r = mm_ext_store(d->area.base, 0, 0);
+
+	if (r == 0)
+		r = mm_ext_store(d->area.base, 1, 0);
+	for (unsigned w = 0; r == 0 && w < MM_EXT_SIZE / 4; w++)
+		r = mm_ext_store(d->ext, w, 0);
+	if (r == 0)
+		r = mm_ext_store(d->ext, MM_EXT_W_VERSION, MM_EXT_VERSION);
+	if (r == 0)
+		r = mm_ext_store(d->ext, MM_EXT_W_MAGIC, MM_EXT_MAGIC);
+	return r;
+}
+
+static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_opts *o,
+		      const char *name, struct mm_err *err)
+{
+	uint64_t size = mm_area_size_for(o->size);
+	int r;
+
+	mm_dir_init(d);
+	if (admin)
+		r = mm_area_open_path(&d->area, admin, true, size, 0, err);
+	else
+		r = mm_area_create(&d->area, o->mmap_dir, size, err);
+	if (r < 0)
+		return r;
+	d->present = true;
+	r = dir_setup_ring(d, true);
+	if (r < 0)
+		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
+	r = dir_reset(d);
+	if (r < 0)
+		return mm_fail(err, r, "%s: the mapping faulted", d->area.path);
+	return dir_new_token(d, false, 0, 0, err, name);
+}
+
+int mm_creator_setup(struct mm_channel *ch, struct mm_err *err)
+{
+	int r = 0;
+
+	/* A channel naming one administrator's file carries that direction only. */
+	if (ch->read_file || !ch->write_file)
+		r = create_dir(&ch->rd, ch->read_file, &ch->opts, RD_NAME, err);
+	if (r == 0 && (ch->write_file || !ch->read_file))
+		r = create_dir(&ch->wr, ch->write_file, &ch->opts, WR_NAME, err);
+	if (r == 0) {
+		mm_publish_session(ch, &ch->rd);
+		mm_publish_session(ch, &ch->wr);
+	}
+	return r;
+}
+
+/* ---- checking the peer's half ---- */
+
+static bool is_offer(const struct mm_caps *c)
+{
+	return (c->read.have | c->write.have) & MM_CAP_FILE;
+}
+
+static const char *const key_names[] = {
+	"file", "size", "token", "token_index", "token_bytes",
+};
+
+static int need_keys(const struct mm_caps_area *a, unsigned keys, const char *name,
+		     struct mm_err *err)
+{
+	for (unsigned i = 0; i < sizeof(key_names) / sizeof(key_names[0]); i++)
+		if ((keys & (1u << i)) && !(a->have & (1u << i)))
+			return mm_fail(err, -EINVAL, "%s.%s: missing", name, key_names[i]);
+	return 0;
+}
+
+/* Could an outsider have written the peer's token (c, key prefix name) in
+ * area d without mapping it? Too short, too few random bits, or over bytes
+ * whose content is known: the header, our own token, and the trailer when
+ * both ends speak the extension (docs/PROTOCOL.md, "Tokens"). */
+static int token_guessable(const struct mm_dir *d, const struct mm_caps_area *c,
+			   bool ext, const char *name, struct mm_err *err)
+{
+	uint64_t idx = c->token_index, n = c->token_bytes;
+
+	if (n < MM_TOKEN_MIN_BYTES)
+		return mm_fail(err, -EINVAL, "%s.token_bytes: %llu is below %d", name,
+			       (unsigned long long)n, MM_TOKEN_MIN_BYTES);
+	if (mm_token_bits(&c->token) < MM_TOKEN_MIN_BITS)
+		return mm_fail(err, -EINVAL, "%s.token: fewer than %d significant bits",
+			       name, MM_TOKEN_MIN_BITS);
+	if (overlaps(idx, n, 0, MM_RING_HEADER))
+		return mm_fail(err, -EINVAL, "%s.token_index: %llu lies over the header",
+			       name, (unsigned long long)idx);
+	if (d->token_bytes && overlaps(idx, n, d->token_index, d->token_bytes))
+		return mm_fail(err, -EINVAL, "%s.token_index: %llu lies over this end's own token",
+			       name, (unsigned long long)idx);
+	if (ext && overlaps(idx, n, mm_ext_offset(d->area.size), MM_EXT_SIZE))
+		return mm_fail(err, -EINVAL, "%s.token_index: %llu lies over the mmapfs trailer",
+			       name, (unsigned long long)idx);
+	return 0;
+}
+
+/* Check the peer's token (described by c, key prefix name) in area d. */
+static int check_token(const struct mm_dir *d, const struct mm_caps_area *c, bool ext,
+		       const char *name, struct mm_err *err)
+{
+	char hex[MM_TOKEN_HEX_MAX];
+	int r;
+
+	if (mm_token_len(&c->token) > c->token_bytes)
+		return mm_fail(err, -EINVAL, "%s.token: does not fit in %llu bytes", name,
+			       (unsigned long long)c->token_bytes);
+	r = mm_token_place_check(d->area.size, c->token_index, c->token_bytes);
+	if (r < 0)
+		return mm_fail(err, -EINVAL,
+			       "%s.token_index: %llu + %llu bytes is outside the %llu-byte area",
+			       name, (unsigned long long)c->token_index,
+			       (unsigned long long)c->token_bytes,
+			       (unsigned long long)d->area.size);
+	r = token_guessable(d, c, ext, name, err);
+	if (r < 0)
+		return r;
+	r = mm_token_check(d->area.base, d->area.size, c->token_index, c->token_bytes,
+			   &c->token);
+	if (r == -EBADMSG) {
+		mm_token_format(&c->token, hex);
+		return mm_fail(err, -EBADMSG, "%s.token: %.24s%s not found at index %llu of %s",
+			       name, hex, strlen(hex) > 24 ? "..." : "",
+			       (unsigned long long)c->token_index, d->area.path);
+	}
+	if (r < 0)
+		return mm_fail(err, r, "%s: %s", d->area.path, strerror(-r));
+	return 0;
+}
+
+/* Open one offered area (c, named `name` in the offer) as our direction d
+ * and check the creator's token in it. Nothing is written. No lock: d is
+ * the caller's own, and what of ch it reads is fixed after open. */
+static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char *admin,
+		      const struct mm_caps_area *c, const char *name, bool ext,
+		      struct mm_err *err)
+{
+	struct mm_err why;
+	uint32_t magic = 0;
+	int r;
+
+	r = need_keys(c, MM_CAP_ALL, name, err);
+	if (r < 0)
+		return r;
+	if (admin)
+		r = mm_area_open_path(&d->area, admin, false, 0, c->size, &why);
+	else
+		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, &why);
+	if (r < 0)
+		return mm_fail(err, r, "%s.file: %s", name, why.msg);
+	d->present = true;
+	if (dir_setup_ring(d, ext) < 0)
+		return mm_fail(err, -EINVAL, "%s.size: too small", name);
+	r = check_token(d, c, ext, name, err);
+	if (r < 0)
+		return r;
+	if (ext && (mm_ext_load(d->ext, MM_EXT_W_MAGIC, &magic) < 0 || magic != MM_EXT_MAGIC))
+		return mm_fail(err, -EBADMSG, "%s: mmapfs=1 offered but %s has no mmapfs trailer",
+			       name, d->area.path);
+	return 0;
+}
+
+/* Chunk queues exist only for an xpra peer. */
+static int dirs_chunks(struct mm_channel *ch)
+{
+	int r = 0;
+
+	mm_chunks_free(&ch->rd);
+	mm_chunks_free(&ch->wr);
+	if (!ch->ext && ch->rd.usable)
+		r = mm_chunks_new(&ch->rd);
+	if (r == 0 && !ch->ext && ch->wr.usable)
+		r = mm_chunks_new(&ch->wr);
+	return r;
+}
+
+/* The offer's areas opened and checked (no lock held meanwhile): write our
+ * tokens and make them the channel's. ch->lock held. */
+static int install_offer(struct mm_channel *ch, const struct mm_caps *c, struct mm_dir *rd,
+			 struct mm_dir *wr, uint64_t now_ms, struct mm_err *err)
+{
+	bool ext = c->mmapfs >= 1;
+	int r = 0;
+
+	/* Without the extension nothing tells us when the creator has checked
+	 * ours: the one in the area we write goes to the ring's far end,
+	 * which our data reaches last. */
+	if (wr->present)
+		r = dir_new_token(wr, !ext, c->read.token_index, c->read.token_bytes, err, RD_NAME);
+	if (r == 0 && rd->present)
+		r = dir_new_token(rd, false, c->write.token_index, c->write.token_bytes, err,
+				  WR_NAME);
+	if (r < 0)
+		return r;
+	mm_dir_close(&ch->rd);
+	mm_dir_close(&ch->wr);
+	rd->usable = rd->present;
+	wr->usable = wr->present;
+	ch->rd = *rd;
+	ch->wr = *wr;
+	mm_dir_init(rd);
+	mm_dir_init(wr);
+	ch->role = MM_ATTACHER;
+	ch->ext = ext;
+	if (ext && ch->rd.present) {
+		/* take over the reading end: earlier ends of stream are gone */
+		mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &ch->rd.eof_ack);
+		mm_ext_store(ch->rd.ext, MM_EXT_W_EOF_ACK, ch->rd.eof_ack);
+	}
+	mm_publish_session(ch, &ch->rd);
+	mm_publish_session(ch, &ch->wr);
+	mm_note_peer(ch, now_ms);
+	mm_set_state(ch, ext ? MM_STATE_ATTACHED : MM_STATE_READY);
+	return dirs_chunks(ch);
+}
+
+/* ch->lock held on entry and on return; dropped while files are opened. */
+static int take_offer(struct mm_channel *ch, const struct mm_caps *c, uint64_t now_ms,
+		      struct mm_err *err)
+{
+	struct mm_dir rd, wr;
+	bool ext = c->mmapfs >= 1;
+	int r = 0;
+
+	if (ch->declared && ch->role == MM_CREATOR)
+		return mm_fail(err, -EINVAL,
+			       "this channel is declared as creator: write an answer, not an offer");
+	mm_dir_init(&rd);
+	mm_dir_init(&wr);
+	ch->handshaking++;
+	pthread_mutex_unlock(&ch->lock);
+	/* The offer's read area is the one the creator reads: we write it. */
+	if ((c->read.have & MM_CAP_FILE) || (c->read.have && ch->write_file))
+		r = attach_dir(ch, &wr, ch->write_file, &c->read, RD_NAME, ext, err);
+	if (r == 0 && ((c->write.have & MM_CAP_FILE) || (c->write.have && ch->read_file)))
+		r = attach_dir(ch, &rd, ch->read_file, &c->write, WR_NAME, ext, err);
+	pthread_mutex_lock(&ch->lock);
+	ch->handshaking--;
+	if (r == 0)
+		r = install_offer(ch, c, &rd, &wr, now_ms, err);
+	mm_dir_close(&rd);
+	mm_dir_close(&wr);
+	return r;
+}
+
+/* Do the tokens of c lie in our own areas? Then it is an answer, whatever
+ * file and size keys it also carries (xpra 6's server sends them). 1 if
+ * every token it has verifies, 0 if it holds none of ours; -errno with the
+ * reason for an answer that fails. ch->lock held. */
+static int check_answer(struct mm_channel *ch, const struct mm_caps *c, struct mm_err *err)
+{
+	/* The answer's read area is the attacher's: our write area. */
+	const struct { struct mm_dir *d; const struct mm_caps_area *a; const char *name; } m[2] = {
+		{ &ch->wr, &c->read, RD_NAME },
+		{ &ch->rd, &c->write, WR_NAME },
+	};
+	bool ext = c->mmapfs >= 1;
+	int r, n = 0;
+
+	for (int i = 0; i < 2; i++) {
+		if (!m[i].a->have)
+			continue;
+		if (!m[i].d->present)
+			return mm_fail(err, -EINVAL, "%s: this end offered no such area",
+				       m[i].name);
+		r = need_keys(m[i].a, MM_CAP_TOKEN_ALL, m[i].name, err);
+		if (r == 0)
+			r = check_token(m[i].d, m[i].a, ext, m[i].name, err);
+		if (r < 0)
+			return r;
+		n++;
+	}
+	if (n == 0)
+		return mm_fail(err, -EINVAL, "the answer holds no token");
+	return 1;
+}
+
+/* The answer checked: data may flow. ch->lock held. */
+static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t now_ms)
+{
+	struct mm_dir *dirs[2] = { &ch->wr, &ch->rd };
+	const struct mm_caps_area *a[2] = { &c->read, &c->write };
+	bool ext = c->mmapfs >= 1;
+
+	for (int i = 0; i < 2; i++) {
+		struct mm_dir *d = dirs[i];
+
+		d->usable = a[i]->have != 0;
+		/* with an xpra attacher the whole area is ring */
+		if (d->present)
+			dir_setup_ring(d, ext);
+		if (d->usable && ext) {
+			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
+			if (d == &ch->rd) {
+				mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &d->eof_ack);
+				mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack);
+			}
+		}
+	}
+	ch->ext = ext;
+	mm_publish_session(ch, &ch->rd);
+	mm_publish_session(ch, &ch->wr);
+	mm_note_peer(ch, now_ms);
+	mm_set_state(ch, MM_STATE_READY);
+	return dirs_chunks(ch);
+}
+
+static bool same_file(const struct mm_dir *d, const struct mm_caps_area *a)
+{
+	const char *mine = strrchr(d->area.path, '/'), *theirs = strrchr(a->file, '/');
+
+	return d->present && (a->have & MM_CAP_FILE) &&
+	       strcmp(mine ? mine + 1 : d->area.path, theirs ? theirs + 1 : a->file) == 0;
+}
+
+/* Text naming this end's own areas is a (failed) answer, never an offer. */
+static bool names_own_areas(const struct mm_channel *ch, const struct mm_caps *c)
+{
+	return same_file(&ch->wr, &c->read) || same_file(&ch->rd, &c->write);
+}
+
+/* ch->lock held. */
+static int peer_locked(struct mm_channel *ch, const struct mm_caps *c, uint64_t now_ms,
+		       struct mm_err *err)
+{
+	struct mm_err why = { "" };
+	int r;
+
+	if (mm_channel_state(ch) == MM_STATE_CLOSED)
+		return mm_fail(err, -ENOTCONN, "the channel is closed");
+	if (ch->rd.owner || ch->wr.owner)
+		return mm_fail(err, -EBUSY, "data is open: close it before a new handshake");
+	if (ch->role == MM_CREATOR) {
+		r = check_answer(ch, c, &why);
+		if (r > 0 || !is_offer(c) || names_own_areas(ch, c)) {
+			if (r < 0)
+				*err = why;
+			return r < 0 ? r : take_answer(ch, c, now_ms);
+		}
+	} else if (!is_offer(c)) {
+		return mm_fail(err, -EINVAL,
+			       "this end is the attacher: the peer's half must be an offer with file keys");
+	}
+	return take_offer(ch, c, now_ms, err);
+}
+
+int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
+		    uint64_t now_ms, struct mm_err *err)
+{
+	struct mm_err why = { "" };
+	struct mm_caps *c = calloc(1, sizeof(*c));
+	int r;
+
+	if (!c)
+		return mm_fail(err, -ENOMEM, "out of memory");
+	r = mm_caps_parse(text, len, c, &why);
+	if (pthread_mutex_trylock(&ch->hs_lock) != 0) {
+		free(c);
+		return mm_fail(err, -EBUSY, "another handshake is in progress");
+	}
+	pthread_mutex_lock(&ch->lock);
+	if (r == 0)
+		r = peer_locked(ch, c, now_ms, &why);
+	if (r == 0) {
+		ch->accepted = *c;
+		ch->have_accepted = true;
+		ch->error[0] = '\0';
+		mm_fail_clear(ch);
+	} else {
+		snprintf(ch->error, sizeof(ch->error), "%s", why.msg);
+		if (err)
+			*err = why;
+	}
+	pthread_mutex_unlock(&ch->lock);
+	pthread_mutex_unlock(&ch->hs_lock);
+	free(c);
+	return r;
+}
+
+void mm_channel_set_reason(struct mm_channel *ch, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&ch->lock);
+	va_start(ap, fmt);
+	vsnprintf(ch->error, sizeof(ch->error), fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&ch->lock);
+}
+
+bool mm_peer_text_complete(const char *text, size_t len)
+{
+	struct mm_caps *c;
+	bool done = false;
+
+	if (len == 0 || text[len - 1] != '\n')
+		return false;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return true;	/* let the handshake fail with ENOMEM */
+	if (mm_caps_parse(text, len, c, NULL) < 0) {
+		done = true;	/* it will not get better: let it fail now */
+	} else {
+		unsigned need = is_offer(c) ? MM_CAP_ALL : MM_CAP_TOKEN_ALL;
+
+		done = (c->read.have || c->write.have) &&
+		       (!c->read.have || (c->read.have & need) == need) &&
+		       (!c->write.have || (c->write.have & need) == need);
+	}
+	free(c);
+	return done;
+}

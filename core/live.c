@@ -1,0 +1,118 @@
+/* The peer's liveness: between two mmapfs ends each writes its session id
+ * and a heartbeat into the trailer every MM_BEAT_MS; a heartbeat that stops
+ * for MM_DEAD_MS means the peer is dead, a new session id that it
+ * restarted (docs/PROTOCOL.md, "Liveness"). An xpra peer has no heartbeat:
+ * its liveness is unknown. */
+#include <errno.h>
+
+#include "ext.h"
+#include "internal.h"
+#include "stream.h"
+
+/* The trailer words of a role: session, then beat. */
+static unsigned session_word(enum mm_chan_role role)
+{
+	return MM_EXT_W_SESSION + 2 * (role == MM_ATTACHER);
+}
+
+void mm_publish_session(struct mm_channel *ch, struct mm_dir *d)
+{
+	unsigned w = session_word(ch->role);
+
+	if (d->present && d->ext) {
+		mm_ext_store(d->ext, w, ch->opts.session);
+		mm_ext_store(d->ext, w + 1, ch->beat);
+	}
+}
+
+struct mm_dir *mm_ext_dir(struct mm_channel *ch)
+{
+	if (ch->rd.present && ch->rd.ext)
+		return &ch->rd;
+	if (ch->wr.present && ch->wr.ext)
+		return &ch->wr;
+	return NULL;
+}
+
+static unsigned peer_word(struct mm_channel *ch)
+{
+	return session_word(ch->role == MM_CREATOR ? MM_ATTACHER : MM_CREATOR);
+}
+
+void mm_note_peer(struct mm_channel *ch, uint64_t now_ms)
+{
+	struct mm_dir *d = mm_ext_dir(ch);
+	unsigned w = peer_word(ch);
+
+	if (!d) {
+		mm_set_peer(ch, MM_PEER_UNKNOWN);
+		return;
+	}
+	mm_ext_load(d->ext, w, &ch->peer_session);
+	mm_ext_load(d->ext, w + 1, &ch->peer_beat);
+	ch->peer_beat_ms = now_ms;
+	mm_set_peer(ch, MM_PEER_ALIVE);
+}
+
+void mm_channel_refresh_locked(struct mm_channel *ch)
+{
+	struct mm_dir *d = mm_ext_dir(ch);
+	uint32_t flags;
+
+	if (mm_channel_state(ch) == MM_STATE_ATTACHED && d &&
+	    mm_ext_load(d->ext, MM_EXT_W_FLAGS, &flags) == 0 && (flags & MM_EXT_VERIFIED))
+		mm_set_state(ch, MM_STATE_READY);
+}
+
+/* ch->lock held. */
+static void tick_locked(struct mm_channel *ch, uint64_t now_ms)
+{
+	enum mm_state st = mm_channel_state(ch);
+	unsigned w = peer_word(ch);
+	uint32_t session, beat;
+	struct mm_dir *d;
+
+	if (!ch->ext || (st != MM_STATE_ATTACHED && st != MM_STATE_READY))
+		return;
+	ch->beat++;
+	mm_publish_session(ch, &ch->rd);
+	mm_publish_session(ch, &ch->wr);
+	d = mm_ext_dir(ch);
+	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
+	    mm_ext_load(d->ext, w + 1, &beat) < 0) {
+		mm_channel_fail(ch, EIO, MM_WHY_FAULT, d == &ch->wr ? MM_WR : MM_RD, 0, 0);
+		return;
+	}
+	if (ch->peer_session == 0) {
+		ch->peer_session = session;	/* it had not started when we looked */
+	} else if (session != ch->peer_session) {
+		mm_set_peer(ch, MM_PEER_DEAD);
+		mm_channel_fail(ch, ECONNRESET, MM_WHY_RESTARTED, 0, session, ch->peer_session);
+		return;
+	}
+	if (beat != ch->peer_beat) {
+		ch->peer_beat = beat;
+		ch->peer_beat_ms = now_ms;
+		mm_set_peer(ch, MM_PEER_ALIVE);
+	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS) {
+		mm_set_peer(ch, MM_PEER_DEAD);
+	}
+	mm_channel_refresh_locked(ch);
+}
+
+bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
+{
+	enum mm_state was;
+	enum mm_peer peer_was;
+	bool changed;
+
+	pthread_mutex_lock(&ch->lock);
+	was = mm_channel_state(ch);
+	peer_was = mm_channel_peer_state(ch);
+	tick_locked(ch, now_ms);
+	changed = mm_channel_state(ch) != was || mm_channel_peer_state(ch) != peer_was;
+	pthread_mutex_unlock(&ch->lock);
+	if (changed)
+		mm_stream_wake(ch);
+	return changed;
+}

@@ -1,0 +1,332 @@
+/* The byte stream: stream.h. Every shared word is loaded once, checked,
+ * then used; every touch of an area runs under the SIGBUS guard. */
+#include <endian.h>
+#include <errno.h>
+#include <poll.h>
+#include <time.h>
+
+#include "chunks.h"
+#include "ext.h"
+#include "guard.h"
+#include "internal.h"
+#include "stream.h"
+
+/* The pointer words: 0 is data_start (the reader's), 1 data_end (the
+ * writer's). A reader waits on data_end, a writer on data_start. */
+enum { W_START = 0, W_END = 1 };
+
+static uint32_t *word_of(const struct mm_dir *d, unsigned i)
+{
+	return (uint32_t *)(void *)(d->area.base + 4 * i);
+}
+
+/* The raw value of a pointer word, for a later futex wait (the futex
+ * compares memory as it is). 0 or -EFAULT. */
+static int raw_word(const struct mm_dir *d, unsigned i, uint32_t *v)
+{
+	int r = mm_ext_load(d->area.base, i, v);
+
+	*v = htole32(*v);
+	return r;
+}
+
+static struct mm_dir *dir_of(struct mm_channel *ch, unsigned dir)
+{
+	return dir == MM_RD ? &ch->rd : &ch->wr;
+}
+
+/* The peer broke the area (r: -EFAULT, -EPROTO): the channel goes to
+ * error, and the caller gets what every later call will get. */
+static int stream_fail(struct mm_channel *ch, unsigned dir, int r)
+{
+	struct mm_dir *d = dir_of(ch, dir);
+	uint32_t s = 0, e = 0;
+
+	if (r == -EFAULT) {
+		mm_channel_fail(ch, EIO, MM_WHY_FAULT, dir, 0, 0);
+	} else {
+		mm_ring_raw(&d->ring, &s, &e);
+		mm_channel_fail(ch, EPROTO, MM_WHY_CORRUPT, dir, s, e);
+	}
+	return mm_channel_failed(ch);
+}
+
+static bool peer_dead(struct mm_channel *ch)
+{
+	return mm_channel_peer_state(ch) == MM_PEER_DEAD;
+}
+
+/* Why data cannot flow right now, or 0. A dead peer stops a writer at
+ * once; a reader first gets what the peer wrote before it died. */
+static int data_check(struct mm_channel *ch, struct mm_dir *d, int dead_errno)
+{
+	int r = mm_channel_failed(ch);
+
+	if (r < 0)
+		return r;
+	if (mm_channel_state(ch) != MM_STATE_READY)
+		return -ENOTCONN;
+	if (!d->usable)
+		return -ENXIO;
+	if (dead_errno && peer_dead(ch))
+		return -dead_errno;
+	return 0;
+}
+
+/* ---- writing ---- */
+
+ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
+{
+	struct mm_dir *d = &ch->wr;
+	struct mm_ring_pos p;
+	uint32_t at;
+	ssize_t n;
+	int r = data_check(ch, d, EPIPE);
+
+	if (r < 0)
+		return r;
+	if (raw_word(d, W_START, &d->seen) < 0)
+		return stream_fail(ch, MM_WR, -EFAULT);
+	r = mm_ring_load(&d->ring, &p);
+	if (r < 0)
+		return stream_fail(ch, MM_WR, r);
+	at = p.end;
+	n = mm_ring_put(&d->ring, &p, buf, len);
+	if (n < 0)
+		return stream_fail(ch, MM_WR, (int)n);
+	if (n == 0)
+		return -EAGAIN;
+	if (d->chunks)
+		mm_chunks_log(d, at, (size_t)n);
+	__atomic_add_fetch(&d->bytes, (uint64_t)n, __ATOMIC_RELAXED);
+	mm_futex_wake(word_of(d, W_END));
+	return n;
+}
+
+/* ---- ends of stream (the extension's trailer) ---- */
+
+int mm_writer_begin(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->wr;
+	uint32_t cs, ack;
+
+	if (!d->ext)
+		return 0;
+	if (mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) < 0)
+		return stream_fail(ch, MM_WR, -EFAULT);
+	if (cs - ack > MM_EXT_EOF_SLOTS) {
+		mm_channel_fail(ch, EPROTO, MM_WHY_EOF_CORRUPT, MM_WR, 0, 0);
+		return -EPROTO;
+	}
+	return cs - ack == MM_EXT_EOF_SLOTS ? -EAGAIN : 0;
+}
+
+void mm_writer_end(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->wr;
+	struct mm_ring_pos p;
+	uint32_t cs;
+
+	if (!d->usable || !d->ext || mm_channel_state(ch) != MM_STATE_READY)
+		return;
+	if (mm_ring_load(&d->ring, &p) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
+		return;
+	mm_ext_store(d->ext, MM_EXT_W_EOF_POS + cs % MM_EXT_EOF_SLOTS, p.end);
+	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
+	mm_futex_wake(word_of(d, W_END));
+}
+
+/* With an end of stream pending, how many bytes remain before it: 0 and
+ * *dist, 1 if none is pending, -EFAULT or -EPROTO. */
+static int eof_distance(struct mm_dir *d, const struct mm_ring_pos *p, uint32_t cs,
+			size_t *dist)
+{
+	size_t len = d->ring.end - MM_RING_HEADER;
+	uint32_t b;
+
+	if (cs == d->eof_ack)
+		return 1;
+	if (cs - d->eof_ack > MM_EXT_EOF_SLOTS)
+		return -EPROTO;
+	if (mm_ext_load(d->ext, MM_EXT_W_EOF_POS + d->eof_ack % MM_EXT_EOF_SLOTS, &b) < 0)
+		return -EFAULT;
+	if (b == 0 || b == d->ring.end)
+		b = MM_RING_HEADER;
+	if (b < MM_RING_HEADER || b > d->ring.end)
+		return -EPROTO;
+	*dist = (b + len - p->start) % len;
+	return *dist > mm_ring_used(&d->ring, p) ? -EPROTO : 0;
+}
+
+/* ---- reading ---- */
+
+/* The head of xpra's chunk list as a slice: its length, 0 if the list is
+ * empty, -EFAULT. */
+static ssize_t chunk_slice(struct mm_dir *d, size_t max, struct mm_slice *s)
+{
+	struct mm_chunk k;
+	int r = mm_chunks_head(d, &k);
+
+	if (r <= 0)
+		return r;
+	s->chunk = true;
+	s->len = k.len < max ? k.len : max;
+	s->iov[0].iov_base = d->area.base + k.off;
+	s->iov[0].iov_len = s->len;
+	s->niov = 1;
+	return (ssize_t)s->len;
+}
+
+ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice *s)
+{
+	struct mm_dir *d = &ch->rd;
+	size_t used, limit = max;
+	uint32_t cs = 0;
+	ssize_t got;
+	int r = data_check(ch, d, 0);
+
+	*s = (struct mm_slice){ .niov = 0 };
+	if (r < 0)
+		return r;
+	if (d->chunks && (got = chunk_slice(d, max, s)) != 0)
+		return got < 0 ? stream_fail(ch, MM_RD, (int)got) : got;
+	if (raw_word(d, W_END, &d->seen) < 0)
+		return stream_fail(ch, MM_RD, -EFAULT);
+	/* the end of stream is loaded before the pointers it refers to */
+	if (d->ext && mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
+		return stream_fail(ch, MM_RD, -EFAULT);
+	r = mm_ring_load(&d->ring, &s->pos);
+	if (r < 0)
+		return stream_fail(ch, MM_RD, r);
+	used = mm_ring_used(&d->ring, &s->pos);
+	if (d->ext && cs != d->eof_ack) {
+		size_t dist = 0;
+
+		r = eof_distance(d, &s->pos, cs, &dist);
+		if (r == -EPROTO) {
+			mm_channel_fail(ch, EPROTO, MM_WHY_EOF_CORRUPT, MM_RD, 0, 0);
+			return -EPROTO;
+		}
+		if (r < 0)
+			return stream_fail(ch, MM_RD, r);
+		if (dist == 0) {
+			d->eof_ack++;
+			if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
+				return stream_fail(ch, MM_RD, -EFAULT);
+			mm_futex_wake(word_of(d, W_START));
+			return 0;
+		}
+		if (dist < limit)
+			limit = dist;
+	}
+	if (used == 0)
+		return peer_dead(ch) ? -ECONNRESET : -EAGAIN;
+	s->niov = mm_ring_read_iov(&d->ring, &s->pos, limit, s->iov, &s->len);
+	return (ssize_t)s->len;
+}
+
+int mm_stream_read_end(struct mm_channel *ch, const struct mm_slice *s, size_t n)
+{
+	struct mm_dir *d = &ch->rd;
+	struct mm_ring_pos p = s->pos;
+	int r;
+
+	if (n > s->len)
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	r = s->chunk ? mm_chunks_take(d, n) : mm_ring_consume(&d->ring, &p, n);
+	if (r < 0)
+		return stream_fail(ch, MM_RD, r);
+	__atomic_add_fetch(&d->bytes, n, __ATOMIC_RELAXED);
+	mm_futex_wake(word_of(d, W_START));
+	return 0;
+}
+
+ssize_t mm_stream_read(struct mm_channel *ch, void *buf, size_t len)
+{
+	struct mm_slice s;
+	ssize_t n = mm_stream_read_begin(ch, len, &s);
+	int r;
+
+	if (n <= 0)
+		return n;
+	r = mm_guard_copy_iov(buf, s.iov, s.niov, false);
+	if (r == 0)
+		r = mm_stream_read_end(ch, &s, (size_t)n);
+	else
+		r = stream_fail(ch, MM_RD, r);
+	return r < 0 ? r : n;
+}
+
+bool mm_stream_zero_copy(struct mm_channel *ch)
+{
+	return ch->ext && ch->rd.area.kernel_copy;
+}
+
+/* ---- waiting ---- */
+
+void mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us)
+{
+	struct mm_dir *d = dir_of(ch, dir);
+	struct timespec ts = {
+		.tv_sec = timeout_us / 1000000,
+		.tv_nsec = (long)(timeout_us % 1000000) * 1000,
+	};
+
+	if (!d->present || mm_futex_wait(word_of(d, dir == MM_WR ? W_START : W_END),
+					 d->seen, timeout_us) == -ENOSYS)
+		nanosleep(&ts, NULL);
+}
+
+void mm_stream_wake(struct mm_channel *ch)
+{
+	if (ch->rd.present)
+		mm_futex_wake(word_of(&ch->rd, W_END));
+	if (ch->wr.present)
+		mm_futex_wake(word_of(&ch->wr, W_START));
+}
+
+unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
+			      uint32_t **words, uint32_t *seen)
+{
+	unsigned n = 0;
+
+	if (mm_channel_state(ch) != MM_STATE_READY)
+		return 0;
+	/* data and ends of stream move data_end; space moves data_start */
+	if ((events & POLLIN) && ch->rd.usable && raw_word(&ch->rd, W_END, &seen[n]) == 0)
+		words[n++] = word_of(&ch->rd, W_END);
+	if ((events & POLLOUT) && ch->wr.usable && raw_word(&ch->wr, W_START, &seen[n]) == 0)
+		words[n++] = word_of(&ch->wr, W_START);
+	return n;
+}
+
+unsigned mm_stream_poll(struct mm_channel *ch)
+{
+	unsigned mask = 0;
+	struct mm_ring_pos p;
+	enum mm_state st = mm_channel_state(ch);
+
+	if (st == MM_STATE_ERROR)
+		return POLLERR | POLLIN | POLLOUT;
+	if (st != MM_STATE_READY)
+		return 0;
+	if (peer_dead(ch))
+		mask |= POLLHUP | POLLIN;
+	if (ch->rd.usable && mm_ring_load(&ch->rd.ring, &p) == 0) {
+		uint32_t cs = ch->rd.eof_ack;
+
+		if (ch->rd.ext)
+			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
+		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ch->rd.eof_ack ||
+		    (ch->rd.chunks && mm_chunks_pending(&ch->rd)))
+			mask |= POLLIN | POLLRDNORM;
+	}
+	if (ch->wr.usable && mm_ring_load(&ch->wr.ring, &p) == 0 &&
+	    mm_ring_free(&ch->wr.ring, &p) > 0)
+		mask |= POLLOUT | POLLWRNORM;
+	return mask;
+}

@@ -1,0 +1,86 @@
+/* mmapfs core: the byte stream over a channel's rings.
+ *
+ * The calls a daemon makes for a file's read() and write(), and a client
+ * library makes for its own: each moves bytes through the mapped area, with
+ * every value the peer writes loaded once, checked, then used. None of them
+ * blocks: -EAGAIN says "wait with mm_stream_wait(), then call again".
+ *
+ * The caller must hold the claim of the direction it uses
+ * (mm_channel_claim), and run one call at a time per direction.
+ *
+ * Writing is one call: load the pointers, copy under the guard, publish,
+ * wake the reader. Reading is a begin/end pair, as liburing's
+ * get_sqe/submit: begin hands back a slice (the pieces, and where they
+ * came from: the ring, or a piece of xpra's chunk list) that end takes
+ * back, so nothing is derived twice. */
+#ifndef MMAPFS_STREAM_H
+#define MMAPFS_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "channel.h"
+
+/* Waiting for the peer: a futex wait that a same-host peer's wake ends at
+ * once, else sleeps growing from MM_WAIT_MIN_US to MM_WAIT_MAX_US (a VM
+ * boundary, an xpra peer: nobody wakes us). */
+#define MM_WAIT_MIN_US 50
+#define MM_WAIT_MAX_US 10000
+
+/* What a read's begin saw, handed back to its end. */
+struct mm_slice {
+	struct iovec iov[2];		/* the bytes, in the area (two: wrapped) */
+	int niov;
+	size_t len;			/* their total */
+	bool chunk;			/* from the head of xpra's chunk list */
+	struct mm_ring_pos pos;		/* from the ring: the pointers seen */
+};
+
+/* Write up to len bytes. Bytes written (> 0), -EAGAIN while the ring is
+ * full, or -errno: -EPIPE (peer gone), -ENOTCONN, -ENXIO, -EIO (the area
+ * faulted), -EPROTO (corrupt pointers), -ECONNRESET (peer restarted). */
+ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len);
+
+/* The next up to max bytes of the stream, as a slice of the area. Returns
+ * the count (> 0), 0 at an end of stream (which this call consumes), or
+ * -EAGAIN (nothing yet), -ECONNRESET (the peer died and everything it wrote
+ * has been read), or the errors above. The bytes stay in place until
+ * mm_stream_read_end(), with n <= the count: the space goes back to the
+ * writer, and the writer is woken. */
+ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice *s);
+int mm_stream_read_end(struct mm_channel *ch, const struct mm_slice *s, size_t n);
+
+/* Begin, a guarded copy into buf, end. */
+ssize_t mm_stream_read(struct mm_channel *ch, void *buf, size_t len);
+
+/* May the kernel copy straight out of the read area (a reply that points
+ * into it)? Not from device memory such as a PCI BAR; and not with an xpra
+ * peer, which must see the space given back before the reader has the
+ * bytes (docs/xpra.md). */
+bool mm_stream_zero_copy(struct mm_channel *ch);
+
+/* Wait at most timeout_us for the peer to move the word the last -EAGAIN
+ * in that direction was about. Spurious returns are fine. */
+void mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us);
+
+/* The next wait of a backoff that started at MM_WAIT_MIN_US. */
+static inline unsigned mm_wait_next(unsigned us)
+{
+	return us < MM_WAIT_MAX_US / 2 ? us * 2 : MM_WAIT_MAX_US;
+}
+
+/* Wake everything waiting on this end's words (an interrupt, a shutdown). */
+void mm_stream_wake(struct mm_channel *ch);
+
+/* The shared words whose change may make `events` (POLLIN, POLLOUT) come
+ * true, with their values now, for a futex wait: at most two. Load them
+ * before checking mm_stream_poll(), so no change falls in between. */
+unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
+			      uint32_t **words, uint32_t *seen);
+
+/* POLLIN/POLLOUT/POLLERR/POLLHUP as they stand now. */
+unsigned mm_stream_poll(struct mm_channel *ch);
+
+#endif

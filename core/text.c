@@ -1,0 +1,182 @@
+/* The texts of a channel's files: capabilities (this end's half of the
+ * handshake), token, peer (what was accepted) and status. Each is made
+ * under ch->lock from one consistent view. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ext.h"
+#include "internal.h"
+
+static void caps_of_dir(const struct mm_dir *d, bool offer, struct mm_caps_area *c)
+{
+	memset(c, 0, sizeof(*c));
+	if (!d->present)
+		return;
+	c->have = MM_CAP_TOKEN_ALL;
+	c->token = d->token;
+	c->token_index = d->token_index;
+	c->token_bytes = d->token_bytes;
+	if (offer) {
+		c->have |= MM_CAP_FILE | MM_CAP_SIZE;
+		snprintf(c->file, sizeof(c->file), "%s", d->area.path);
+		c->size = d->area.size;
+	}
+}
+
+int mm_channel_caps_text(struct mm_channel *ch, char *buf, size_t len)
+{
+	struct mm_caps *c = calloc(1, sizeof(*c));
+	bool offer;
+	int r;
+
+	if (!c)
+		return -ENOMEM;
+	pthread_mutex_lock(&ch->lock);
+	offer = ch->role == MM_CREATOR;
+	caps_of_dir(&ch->rd, offer, &c->read);
+	caps_of_dir(&ch->wr, offer, &c->write);
+	/* A creator always offers the extension; an attacher answers with it
+	 * only if the creator offered it. */
+	c->mmapfs = (offer || ch->ext) ? MM_EXT_VERSION : 0;
+	if (!ch->rd.present && !ch->wr.present)
+		c->mmapfs = 0;
+	pthread_mutex_unlock(&ch->lock);
+	r = mm_caps_format(c, buf, len);
+	free(c);
+	return r;
+}
+
+static int token_line(const char *name, const struct mm_dir *d, char *buf,
+		      size_t len, size_t *pos)
+{
+	char hex[MM_TOKEN_HEX_MAX];
+
+	if (!d->present)
+		return 0;
+	mm_token_format(&d->token, hex);
+	return mm_text_append(buf, len, pos, "%s %s %llu %llu\n", name, hex,
+		      (unsigned long long)d->token_index,
+		      (unsigned long long)d->token_bytes);
+}
+
+int mm_channel_token_text(struct mm_channel *ch, char *buf, size_t len)
+{
+	size_t pos = 0;
+	int r;
+
+	if (len == 0)
+		return -ENOSPC;
+	buf[0] = '\0';
+	pthread_mutex_lock(&ch->lock);
+	r = token_line(RD_NAME, &ch->rd, buf, len, &pos);
+	if (r == 0)
+		r = token_line(WR_NAME, &ch->wr, buf, len, &pos);
+	pthread_mutex_unlock(&ch->lock);
+	return r < 0 ? r : (int)pos;
+}
+
+int mm_channel_peer_text(struct mm_channel *ch, char *buf, size_t len)
+{
+	struct mm_caps *c = NULL;
+	int r = 0;
+
+	if (len == 0)
+		return -ENOSPC;
+	buf[0] = '\0';
+	pthread_mutex_lock(&ch->lock);
+	if (ch->have_accepted) {
+		c = malloc(sizeof(*c));
+		if (c)
+			*c = ch->accepted;
+		else
+			r = -ENOMEM;
+	}
+	pthread_mutex_unlock(&ch->lock);
+	if (c)
+		r = mm_caps_format(c, buf, len);
+	free(c);
+	return r;
+}
+
+/* The reason of the failure record, or the last refusal. ch->lock held. */
+static void reason_locked(struct mm_channel *ch, char *buf, size_t len)
+{
+	const struct mm_failure *f = &ch->fail;
+	const struct mm_dir *d = f->dir == MM_RD ? &ch->rd : &ch->wr;
+
+	if (mm_channel_failed(ch) == 0) {
+		snprintf(buf, len, "%s", ch->error);
+		return;
+	}
+	switch (f->why) {
+	case MM_WHY_FAULT:
+		snprintf(buf, len, "%s area %s: the mapping faulted (file truncated?)",
+			 dir_name(f->dir), d->area.path);
+		break;
+	case MM_WHY_CORRUPT:
+		snprintf(buf, len,
+			 "%s area: corrupt pointers data_start=%u data_end=%u (ring 8..%u)",
+			 dir_name(f->dir), f->a, f->b, d->ring.end);
+		break;
+	case MM_WHY_EOF_CORRUPT:
+		snprintf(buf, len, "%s area: corrupt end-of-stream words in the trailer",
+			 dir_name(f->dir));
+		break;
+	case MM_WHY_RESTARTED:
+		snprintf(buf, len, "the peer restarted (session %08x, was %08x)", f->a, f->b);
+		break;
+	default:
+		snprintf(buf, len, "%s", strerror(-mm_channel_failed(ch)));
+		break;
+	}
+}
+
+void mm_channel_reason(struct mm_channel *ch, char *buf, size_t len)
+{
+	pthread_mutex_lock(&ch->lock);
+	reason_locked(ch, buf, len);
+	pthread_mutex_unlock(&ch->lock);
+}
+
+static int status_dir(const char *name, const struct mm_dir *d, char *buf,
+		      size_t len, size_t *pos)
+{
+	struct mm_ring_pos p = { 0, 0 };
+	uint32_t s = 0, e = 0;
+	unsigned long long used = 0, fr = 0;
+
+	if (!d->present)
+		return 0;
+	if (mm_ring_raw(&d->ring, &s, &e) == 0 && mm_ring_load(&d->ring, &p) == 0) {
+		used = mm_ring_used(&d->ring, &p);
+		fr = mm_ring_free(&d->ring, &p);
+	}
+	return mm_text_append(buf, len, pos,
+		      "%s.size=%llu\n%s.data_start=%u\n%s.data_end=%u\n"
+		      "%s.used=%llu\n%s.free=%llu\n%s.bytes=%llu\n",
+		      name, (unsigned long long)d->area.size, name, s, name, e,
+		      name, used, name, fr, name,
+		      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
+}
+
+int mm_channel_status_text(struct mm_channel *ch, char *buf, size_t len)
+{
+	char reason[sizeof(ch->error)];
+	size_t pos = 0;
+	int r;
+
+	pthread_mutex_lock(&ch->lock);
+	mm_channel_refresh_locked(ch);
+	reason_locked(ch, reason, sizeof(reason));
+	r = mm_text_append(buf, len, &pos, "state=%s\nrole=%s\npeer=%s\nerror=%s\n",
+		   mm_state_name(mm_channel_state(ch)), mm_role_name(ch->role),
+		   mm_peer_name(mm_channel_peer_state(ch)), reason);
+	if (r == 0)
+		r = status_dir(RD_NAME, &ch->rd, buf, len, &pos);
+	if (r == 0)
+		r = status_dir(WR_NAME, &ch->wr, buf, len, &pos);
+	pthread_mutex_unlock(&ch->lock);
+	return r < 0 ? r : (int)pos;
+}

@@ -1,0 +1,163 @@
+/* mmapfs daemon: what its files share. The filesystem is split by concern:
+ *
+ *   main.c    options, configuration, mount, the session loop
+ *   tree.c    the channel table, inodes, lookup/getattr/readdir,
+ *             mkdir/rmdir
+ *   files.c   open/read/write/flush/release of the text files (capabilities,
+ *             peer, token, status, chunks); dispatch of data to data.c
+ *   data.c    the stream file `data`: claims, blocking reads and writes
+ *   poll.c    poll on `data`, and the ticker thread (heartbeats, liveness,
+ *             poll notifications)
+ *
+ * Locks: fs->lock guards the channel table, the handles and the pollers,
+ * and is only ever held briefly: never across a call that may block, nor
+ * across a handshake. Each channel's core state has its own locks
+ * (core/channel.h); fs->lock may be held while calling into a channel,
+ * never the other way round. */
+#ifndef MMAPFS_FS_H
+#define MMAPFS_FS_H
+
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 12)
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "channel.h"
+#include "config.h"
+
+/* The files of a channel, in the order readdir lists them. Inode numbers:
+ * 1 is the root, channel `id` is id * 8, its files id * 8 + kind. */
+enum file_kind {
+	F_DIR = 0,
+	F_CAPABILITIES,
+	F_PEER,
+	F_TOKEN,
+	F_STATUS,
+	F_DATA,
+	F_CHUNKS,			/* xpra interoperability: docs/xpra.md */
+	F_NKINDS,
+};
+
+#define INO_SHIFT 3
+#define TEXT_MAX (32 * 1024)		/* any of our text files fits */
+#define DATA_MAX_IO (1024 * 1024)	/* the largest read or write of data */
+
+struct chan {
+	/* fixed */
+	uint64_t id;
+	char name[256];
+	struct timespec ctime;
+	/* fs->lock */
+	struct chan *next;
+	unsigned refs;			/* the table's, and one per user */
+	bool removed;
+	struct timespec mtime;		/* last handshake change */
+	/* its own locks */
+	struct mm_channel mc;
+	pthread_mutex_t rd_lock;	/* one data read at a time */
+	pthread_mutex_t wr_lock;	/* one data write at a time */
+};
+
+struct handle {
+	/* fixed */
+	struct chan *ch;
+	enum file_kind kind;
+	unsigned dirs;			/* data: MM_RD/MM_WR it holds */
+	/* fs->lock */
+	char *buf;			/* text snapshot, or input so far */
+	size_t len;
+	size_t done;			/* peer: how much was handed over */
+	bool flushed;			/* data: closed once, no I/O since */
+	struct fuse_pollhandle *ph;	/* a poll waiting for a change */
+	unsigned ph_events;
+	struct handle *poll_next;	/* in fs->pollers while ph is set */
+	struct handle *next;		/* in fs->handles */
+};
+
+struct mmfs {
+	pthread_mutex_t lock;
+	struct chan *chans;		/* lock */
+	uint64_t next_id;		/* lock */
+	struct handle *handles;		/* lock: every open handle */
+	struct handle *pollers;		/* lock: handles with a poll handle */
+	bool stop;			/* lock */
+	/* fixed after start-up */
+	struct mm_config cfg;
+	const char **allow_dirs;	/* cfg.allow_dirs, or the mmap_dir */
+	size_t n_allow_dirs;
+	uint32_t session;
+	uid_t uid;
+	gid_t gid;
+	bool debug;
+	struct timespec mounted;
+	struct fuse_session *se;
+	pthread_t ticker;
+	uint32_t kick;			/* the ticker's futex word (atomic) */
+};
+
+extern const struct fuse_lowlevel_ops mmfs_ops;
+
+static inline struct mmfs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+uint64_t mmfs_now_ms(void);
+
+#define trace(fs, ...) \
+	do { if ((fs)->debug) fuse_log(FUSE_LOG_DEBUG, "mmapfs: " __VA_ARGS__); } while (0)
+
+/* tree.c */
+int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_err *err);
+void mmfs_close_all(struct mmfs *fs);
+struct chan *chan_get(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind);
+void chan_put(struct mmfs *fs, struct chan *ch);
+void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void mm_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		struct fuse_file_info *fi);
+void mm_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi);
+void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void mm_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	      dev_t rdev);
+void mm_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void mm_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+	       fuse_ino_t newparent, const char *newname, unsigned int flags);
+void mm_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	       struct fuse_file_info *fi);
+
+/* files.c */
+int file_text(struct chan *ch, enum file_kind k, char *buf, size_t len);
+void handle_free(struct handle *h);
+void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void mm_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+	     struct fuse_file_info *fi);
+void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+	      off_t off, struct fuse_file_info *fi);
+void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* data.c */
+int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi);
+void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_info *fi);
+void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
+		struct fuse_file_info *fi);
+void data_release(struct mmfs *fs, struct handle *h);
+/* Wait (a little, interruptibly) while the holders of ch's stream are
+ * handles already closed whose release is on its way: true once free. */
+bool data_wait_released(fuse_req_t req, struct chan *ch);
+void trace_rings(struct mmfs *fs, struct chan *ch, const char *what);
+
+/* poll.c */
+void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+	     struct fuse_pollhandle *ph);
+void poll_drop(struct mmfs *fs, struct handle *h, bool notify);
+int mmfs_ticker_start(struct mmfs *fs);
+void mmfs_ticker_stop(struct mmfs *fs);
+
+#endif

@@ -1,0 +1,187 @@
+/* poll/select/epoll on `data`, and the ticker thread: every MM_BEAT_MS
+ * the channels' heartbeats and the peers' liveness; in between, it sleeps
+ * in one futex_waitv on the shared words the waiting polls are about, so a
+ * same-host peer's wake turns into a poll notification at once. */
+#include <errno.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include "ext.h"
+#include "fs.h"
+#include "stream.h"
+
+/* How often waiting polls are checked even without a wake: a peer in
+ * another VM, or an xpra peer, wakes nobody. */
+#define POLL_RECHECK_US 10000
+/* Where futex_waitv cannot wait (a PCI BAR), how long to sleep instead. */
+#define POLL_NAP_US 2000
+
+/* Forget h's poll handle, if any. fs->lock held. */
+void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
+{
+	if (!h->ph)
+		return;
+	for (struct handle **p = &fs->pollers; *p; p = &(*p)->poll_next) {
+		if (*p == h) {
+			*p = h->poll_next;
+			break;
+		}
+	}
+	if (notify)
+		fuse_lowlevel_notify_poll(h->ph);
+	fuse_pollhandle_destroy(h->ph);
+	h->ph = NULL;
+}
+
+/* Wake the ticker: a new poll to watch, or the end. */
+static void ticker_kick(struct mmfs *fs)
+{
+	__atomic_add_fetch(&fs->kick, 1, __ATOMIC_SEQ_CST);
+	mm_futex_wake_private(&fs->kick);
+}
+
+/* The events that matter to h: what it asked, less the directions it does
+ * not hold. */
+static unsigned handle_events(const struct handle *h, unsigned events)
+{
+	if (!(h->dirs & MM_RD))
+		events &= ~(unsigned)(POLLIN | POLLRDNORM);
+	if (!(h->dirs & MM_WR))
+		events &= ~(unsigned)(POLLOUT | POLLWRNORM);
+	return events;
+}
+
+/* What poll reports for a data handle now. */
+static unsigned handle_mask(const struct handle *h)
+{
+	unsigned mask = mm_stream_poll(&h->ch->mc);
+
+	return handle_events(h, mask) | (mask & (POLLERR | POLLHUP));
+}
+
+void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+	     struct fuse_pollhandle *ph)
+{
+	struct mmfs *fs = fs_of(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	unsigned events = fi->poll_events ? fi->poll_events : POLLIN | POLLOUT;
+	unsigned mask = POLLIN | POLLRDNORM;
+
+	if (h->kind != F_DATA) {
+		if (ph)
+			fuse_pollhandle_destroy(ph);
+		fuse_reply_poll(req, mask);
+		return;
+	}
+	pthread_mutex_lock(&fs->lock);
+	mask = handle_mask(h);
+	/* the kernel asks again after each notification: a newer poll of the
+	 * same file replaces the older one, without a wakeup */
+	poll_drop(fs, h, false);
+	if (ph && (mask & (events | POLLERR | POLLHUP))) {
+		fuse_pollhandle_destroy(ph);	/* ready now: nothing to wait for */
+	} else if (ph) {
+		h->ph = ph;
+		h->ph_events = events;
+		h->poll_next = fs->pollers;
+		fs->pollers = h;
+		ticker_kick(fs);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	fuse_reply_poll(req, mask);
+}
+
+/* Notify the polls that came true; gather the shared words the others wait
+ * on into words/seen from index n (loaded before the check, so a change in
+ * between is not lost). Returns the new count, or MM_FUTEX_WAITV_MAX + 1 if
+ * they did not all fit. fs->lock held. */
+static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, unsigned n)
+{
+	struct handle *h = fs->pollers, *next;
+	bool full = false;
+
+	for (; h; h = next) {
+		uint32_t *w[2];
+		uint32_t v[2];
+		unsigned k;
+
+		next = h->poll_next;
+		k = mm_stream_poll_words(&h->ch->mc, handle_events(h, h->ph_events), w, v);
+		if (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) {
+			poll_drop(fs, h, true);
+			continue;
+		}
+		for (unsigned i = 0; i < k; i++) {
+			if (n == MM_FUTEX_WAITV_MAX) {
+				full = true;
+				break;
+			}
+			words[n] = w[i];
+			seen[n++] = v[i];
+		}
+	}
+	return full ? MM_FUTEX_WAITV_MAX + 1 : n;
+}
+
+/* Every channel's heartbeat. fs->lock held (each tick is short). */
+static void tick_channels(struct mmfs *fs, uint64_t now)
+{
+	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
+		char why[512];
+
+		if (!mm_channel_tick(&ch->mc, now) || !fs->debug)
+			continue;
+		mm_channel_reason(&ch->mc, why, sizeof(why));
+		trace(fs, "%s: state %s, peer %s%s%s\n", ch->name,
+		      mm_state_name(mm_channel_state(&ch->mc)),
+		      mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
+	}
+}
+
+static void *ticker(void *arg)
+{
+	struct mmfs *fs = arg;
+	uint32_t *words[MM_FUTEX_WAITV_MAX];
+	uint32_t seen[MM_FUTEX_WAITV_MAX];
+	uint64_t next_beat = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	while (!fs->stop) {
+		uint64_t now = mmfs_now_ms();
+		unsigned n, timeout_us;
+		bool polls;
+
+		if (now >= next_beat) {
+			tick_channels(fs, now);
+			next_beat = now + MM_BEAT_MS;
+		}
+		/* sleep until a kick, a peer's wake on a polled word, a recheck
+		 * of the polls, or the next heartbeat */
+		words[0] = &fs->kick;
+		seen[0] = __atomic_load_n(&fs->kick, __ATOMIC_SEQ_CST);
+		n = tick_polls(fs, words, seen, 1);
+		polls = fs->pollers != NULL;
+		timeout_us = polls ? POLL_RECHECK_US : (unsigned)(next_beat - now) * 1000;
+		pthread_mutex_unlock(&fs->lock);
+		if (n > MM_FUTEX_WAITV_MAX ||
+		    mm_futex_waitv(words, seen, n, true, timeout_us) == -ENOSYS)
+			usleep(polls && timeout_us > POLL_NAP_US ? POLL_NAP_US : timeout_us);
+		pthread_mutex_lock(&fs->lock);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return NULL;
+}
+
+int mmfs_ticker_start(struct mmfs *fs)
+{
+	return -pthread_create(&fs->ticker, NULL, ticker, fs);
+}
+
+void mmfs_ticker_stop(struct mmfs *fs)
+{
+	pthread_mutex_lock(&fs->lock);
+	fs->stop = true;
+	pthread_mutex_unlock(&fs->lock);
+	ticker_kick(fs);
+	pthread_join(fs->ticker, NULL);
+}

@@ -1,0 +1,491 @@
+/* The tree: channels are directories at the top, their files below
+ * (docs/mmapfs.1, "FILES"). The channel table lives here. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fs.h"
+
+static const char *const file_names[F_NKINDS] = {
+	[F_CAPABILITIES] = "capabilities",
+	[F_PEER] = "peer",
+	[F_TOKEN] = "token",
+	[F_STATUS] = "status",
+	[F_DATA] = "data",
+	[F_CHUNKS] = "chunks",
+};
+
+static const mode_t file_modes[F_NKINDS] = {
+	[F_DIR] = S_IFDIR | 0755,
+	[F_CAPABILITIES] = S_IFREG | 0444,
+	[F_PEER] = S_IFREG | 0600,
+	[F_TOKEN] = S_IFREG | 0444,
+	[F_STATUS] = S_IFREG | 0444,
+	[F_DATA] = S_IFREG | 0600,
+	[F_CHUNKS] = S_IFREG | 0600,
+};
+
+uint64_t mmfs_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k)
+{
+	return (fuse_ino_t)((ch->id << INO_SHIFT) | k);
+}
+
+/* ---- the table (fs->lock held) ---- */
+
+static struct chan *find_name(struct mmfs *fs, const char *name)
+{
+	for (struct chan *ch = fs->chans; ch; ch = ch->next)
+		if (strcmp(ch->name, name) == 0)
+			return ch;
+	return NULL;
+}
+
+static struct chan *find_ino(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind)
+{
+	uint64_t id = ino >> INO_SHIFT;
+	unsigned k = ino & ((1u << INO_SHIFT) - 1);
+
+	if (k >= F_NKINDS)
+		return NULL;
+	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
+		if (ch->id == id) {
+			*kind = (enum file_kind)k;
+			return ch;
+		}
+	}
+	return NULL;
+}
+
+static void chan_free(struct chan *ch)
+{
+	mm_channel_destroy(&ch->mc);
+	pthread_mutex_destroy(&ch->rd_lock);
+	pthread_mutex_destroy(&ch->wr_lock);
+	free(ch);
+}
+
+struct chan *chan_get(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind)
+{
+	struct chan *ch;
+
+	pthread_mutex_lock(&fs->lock);
+	ch = find_ino(fs, ino, kind);
+	if (ch)
+		ch->refs++;
+	pthread_mutex_unlock(&fs->lock);
+	return ch;
+}
+
+void chan_put(struct mmfs *fs, struct chan *ch)
+{
+	bool last;
+
+	pthread_mutex_lock(&fs->lock);
+	last = --ch->refs == 0;
+	pthread_mutex_unlock(&fs->lock);
+	if (last)
+		chan_free(ch);
+}
+
+/* Take ch out of the table. fs->lock held; the caller drops its ref. */
+static void chan_unlink(struct mmfs *fs, struct chan *ch)
+{
+	for (struct chan **p = &fs->chans; *p; p = &(*p)->next) {
+		if (*p == ch) {
+			*p = ch->next;
+			break;
+		}
+	}
+	ch->removed = true;
+	ch->refs--;
+}
+
+static struct chan *chan_new(const char *name)
+{
+	struct chan *ch = calloc(1, sizeof(*ch));
+
+	if (!ch)
+		return NULL;
+	snprintf(ch->name, sizeof(ch->name), "%s", name);
+	pthread_mutex_init(&ch->rd_lock, NULL);
+	pthread_mutex_init(&ch->wr_lock, NULL);
+	clock_gettime(CLOCK_REALTIME, &ch->ctime);
+	ch->mtime = ch->ctime;
+	return ch;
+}
+
+/* Put an opened channel in the table: -EEXIST if the name was taken
+ * meanwhile (ch is then the caller's to free). */
+static int chan_link(struct mmfs *fs, struct chan *ch)
+{
+	struct chan **p = &fs->chans;
+	int r = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	if (find_name(fs, ch->name)) {
+		r = -EEXIST;
+	} else {
+		ch->id = fs->next_id++;
+		ch->refs = 1;
+		while (*p)
+			p = &(*p)->next;
+		*p = ch;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return r;
+}
+
+static void chan_opts(struct mmfs *fs, struct mm_chan_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->mmap_dir = fs->cfg.mmap_dir;
+	o->size = fs->cfg.size;
+	o->rules.dirs = fs->allow_dirs;
+	o->rules.ndirs = fs->n_allow_dirs;
+	o->rules.uids = fs->cfg.allow_uids;
+	o->rules.nuids = fs->cfg.n_allow_uids;
+	o->session = fs->session;
+}
+
+/* Make a channel (this may create files: no lock held) and list it. */
+static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_role role,
+				bool declared, const char *read_file, const char *write_file,
+				int *res, struct mm_err *err)
+{
+	struct chan *ch = chan_new(name);
+	struct mm_chan_opts o;
+	int r;
+
+	if (!ch) {
+		*res = mm_fail(err, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	chan_opts(fs, &o);
+	o.read_file = read_file;
+	o.write_file = write_file;
+	r = mm_channel_open(&ch->mc, role, declared, &o, err);
+	if (r == 0 && (r = chan_link(fs, ch)) < 0) {
+		mm_fail(err, r, "%s: exists", name);
+		mm_channel_destroy(&ch->mc);
+	}
+	if (r < 0) {
+		pthread_mutex_destroy(&ch->rd_lock);
+		pthread_mutex_destroy(&ch->wr_lock);
+		free(ch);
+		ch = NULL;
+	}
+	*res = r;
+	return ch;
+}
+
+int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_err *err)
+{
+	int r;
+
+	if (!chan_create(fs, d->name, d->role, true, d->read_file, d->write_file, &r, err))
+		return r;
+	trace(fs, "%s: declared %s\n", d->name, mm_role_name(d->role));
+	return 0;
+}
+
+/* At the end: the kernel sends no release for files still open when the
+ * session ends, so their handles go here. No other thread runs. */
+void mmfs_close_all(struct mmfs *fs)
+{
+	while (fs->handles) {
+		struct handle *h = fs->handles;
+
+		fs->handles = h->next;
+		poll_drop(fs, h, false);
+		if (h->dirs)
+			mm_channel_unclaim(&h->ch->mc, h);
+		if (--h->ch->refs == 0)
+			chan_free(h->ch);
+		handle_free(h);
+	}
+	while (fs->chans) {
+		struct chan *ch = fs->chans;
+
+		chan_unlink(fs, ch);
+		if (ch->refs == 0)
+			chan_free(ch);
+	}
+}
+
+/* ---- attributes ---- */
+
+static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
+		      struct chan *ch, enum file_kind k)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = 4096;
+	if (!ch) {
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+		st->st_atim = st->st_mtim = st->st_ctim = fs->mounted;
+		return;
+	}
+	st->st_mode = file_modes[k];
+	st->st_nlink = k == F_DIR ? 2 : 1;
+	st->st_atim = st->st_ctim = ch->ctime;
+	pthread_mutex_lock(&fs->lock);
+	st->st_mtim = k == F_DIR ? ch->ctime : ch->mtime;
+	pthread_mutex_unlock(&fs->lock);
+	if (k != F_DIR && k != F_DATA && k != F_CHUNKS) {
+		/* st_size is the text's length: `cat` and editors rely on it */
+		char *buf = malloc(TEXT_MAX);
+		int n = buf ? file_text(ch, k, buf, TEXT_MAX) : 0;
+
+		st->st_size = n > 0 ? n : 0;
+		free(buf);
+	}
+}
+
+static void reply_entry(fuse_req_t req, const struct stat *st)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.ino = st->st_ino;
+	e.attr = *st;
+	/* sizes and states change under the kernel's feet: cache nothing */
+	e.attr_timeout = 0;
+	e.entry_timeout = 0;
+	fuse_reply_entry(req, &e);
+}
+
+static unsigned kind_of_name(const char *name)
+{
+	for (unsigned i = 1; i < F_NKINDS; i++)
+		if (strcmp(name, file_names[i]) == 0)
+			return i;
+	return F_NKINDS;
+}
+
+void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mmfs *fs = fs_of(req);
+	enum file_kind k = F_DIR;
+	struct chan *ch = NULL;
+	struct stat st;
+	int err = 0;
+
+	if (parent == FUSE_ROOT_ID) {
+		pthread_mutex_lock(&fs->lock);
+		ch = find_name(fs, name);
+		if (ch)
+			ch->refs++;
+		pthread_mutex_unlock(&fs->lock);
+		err = ch ? 0 : ENOENT;
+	} else if ((ch = chan_get(fs, parent, &k)) == NULL) {
+		err = ENOENT;
+	} else if (k != F_DIR) {
+		err = ENOTDIR;
+	} else if ((k = kind_of_name(name)) == F_NKINDS) {
+		err = ENOENT;
+	}
+	if (err == 0)
+		fill_attr(fs, &st, chan_ino(ch, k), ch, k);
+	if (ch)
+		chan_put(fs, ch);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		reply_entry(req, &st);
+}
+
+void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct mmfs *fs = fs_of(req);
+	enum file_kind k;
+	struct chan *ch;
+	struct stat st;
+
+	if (ino == FUSE_ROOT_ID) {
+		fill_attr(fs, &st, ino, NULL, F_DIR);
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	ch = chan_get(fs, ino, &k);
+	if (!ch) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fill_attr(fs, &st, ino, ch, k);
+	chan_put(fs, ch);
+	fuse_reply_attr(req, &st, 0);
+}
+
+void mm_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		struct fuse_file_info *fi)
+{
+	/* Truncation (from O_TRUNC) and times are accepted and mean nothing;
+	 * ownership and modes are fixed. */
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	mm_getattr(req, ino, fi);
+}
+
+/* ---- directories ---- */
+
+struct dirbuf {
+	char *p;
+	size_t len;
+};
+
+static int dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino,
+		      mode_t mode)
+{
+	struct stat st = { .st_ino = ino, .st_mode = mode };
+	size_t n = fuse_add_direntry(req, NULL, 0, name, NULL, 0);
+	char *p = realloc(b->p, b->len + n);
+
+	if (!p)
+		return -ENOMEM;
+	b->p = p;
+	fuse_add_direntry(req, b->p + b->len, n, name, &st, (off_t)(b->len + n));
+	b->len += n;
+	return 0;
+}
+
+void mm_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	struct mmfs *fs = fs_of(req);
+	struct dirbuf b = { NULL, 0 };
+	enum file_kind k;
+	struct chan *ch;
+	int r = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	if (ino == FUSE_ROOT_ID) {
+		r = dirbuf_add(req, &b, ".", ino, S_IFDIR);
+		if (r == 0)
+			r = dirbuf_add(req, &b, "..", ino, S_IFDIR);
+		for (ch = fs->chans; ch && r == 0; ch = ch->next)
+			r = dirbuf_add(req, &b, ch->name, chan_ino(ch, F_DIR), S_IFDIR);
+	} else if ((ch = find_ino(fs, ino, &k)) && k == F_DIR) {
+		r = dirbuf_add(req, &b, ".", ino, S_IFDIR);
+		if (r == 0)
+			r = dirbuf_add(req, &b, "..", FUSE_ROOT_ID, S_IFDIR);
+		for (unsigned i = 1; i < F_NKINDS && r == 0; i++)
+			r = dirbuf_add(req, &b, file_names[i], chan_ino(ch, i), S_IFREG);
+	} else {
+		r = ch ? -ENOTDIR : -ENOENT;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else if ((size_t)off < b.len)
+		fuse_reply_buf(req, b.p + off, b.len - (size_t)off < size ? b.len - (size_t)off : size);
+	else
+		fuse_reply_buf(req, NULL, 0);
+	free(b.p);
+}
+
+void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct mmfs *fs = fs_of(req);
+	struct mm_dir_info rd, wr;
+	struct mm_err err = { "" };
+	struct stat st;
+	struct chan *ch;
+	int r;
+
+	if (parent != FUSE_ROOT_ID) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (!mm_name_valid(name)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	pthread_mutex_lock(&fs->lock);
+	r = find_name(fs, name) ? -EEXIST : 0;
+	pthread_mutex_unlock(&fs->lock);
+	ch = r ? NULL : chan_create(fs, name, MM_CREATOR, false, NULL, NULL, &r, &err);
+	if (!ch) {
+		if (r != -EEXIST)
+			fuse_log(FUSE_LOG_ERR, "mmapfs: mkdir %s: %s\n", name, err.msg);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if (fs->debug && mm_channel_dir_info(&ch->mc, MM_RD, &rd) &&
+	    mm_channel_dir_info(&ch->mc, MM_WR, &wr))
+		trace(fs, "%s: created, read area %s, write area %s\n", name, rd.path, wr.path);
+	fill_attr(fs, &st, chan_ino(ch, F_DIR), ch, F_DIR);
+	reply_entry(req, &st);
+}
+
+void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mmfs *fs = fs_of(req);
+	struct chan *ch = NULL;
+	int r;
+
+	pthread_mutex_lock(&fs->lock);
+	if (parent == FUSE_ROOT_ID && (ch = find_name(fs, name)))
+		ch->refs++;
+	pthread_mutex_unlock(&fs->lock);
+	if (!ch) {
+		fuse_reply_err(req, parent == FUSE_ROOT_ID ? ENOENT : ENOTDIR);
+		return;
+	}
+	/* a stream closed just now still holds its slot until its release
+	 * arrives: that does not make the channel busy */
+	r = mm_channel_close(&ch->mc);
+	if (r == -EBUSY && data_wait_released(req, ch))
+		r = mm_channel_close(&ch->mc);
+	if (r == 0) {
+		pthread_mutex_lock(&fs->lock);
+		if (!ch->removed)
+			chan_unlink(fs, ch);
+		pthread_mutex_unlock(&fs->lock);
+		trace(fs, "%s: removed\n", name);
+	}
+	chan_put(fs, ch);
+	fuse_reply_err(req, -r);
+}
+
+static void mm_refuse(fuse_req_t req)
+{
+	fuse_reply_err(req, EPERM);
+}
+
+void mm_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	      dev_t rdev)
+{
+	mm_refuse(req);
+}
+
+void mm_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	mm_refuse(req);
+}
+
+void mm_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+	       fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	mm_refuse(req);
+}
+
+void mm_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	       struct fuse_file_info *fi)
+{
+	mm_refuse(req);
+}
