@@ -1,8 +1,11 @@
 #!/bin/bash
 # The whole test suite, from a fresh machine: installs what mmapfs needs
 # (Debian packages), builds it with AddressSanitizer and UBSan, runs the C
-# unit tests, each fuzzer for a bounded time, and the pytest suite, which
-# mounts real filesystems. Run as root (FUSE mounts, apt-get):
+# unit tests, each fuzzer for a bounded time, the pytest suite, which
+# mounts real filesystems, and the systemd unit booted for real in a
+# systemd-nspawn container (tests/systemd/run.sh, which builds a Debian root
+# with debootstrap once and keeps it in build-nspawn/). Run as root (FUSE
+# mounts, apt-get):
 #
 #   sudo tests/run-all.sh            FUZZ_SECONDS=60 by default
 #
@@ -26,7 +29,8 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
 	gcc clang libclang-rt-dev meson ninja-build pkg-config \
 	libfuse3-dev fuse3 libconfig-dev \
-	python3 python3-pytest socat coreutils procps
+	python3 python3-pytest socat coreutils procps \
+	debootstrap systemd-container
 # xpra itself, as the interoperability tests' peer
 apt-get install -y -q --no-install-recommends xpra
 
@@ -65,4 +69,7 @@ if [ -n "$(leftover)" ]; then
 	leftover | xargs -r -n1 fusermount3 -u -z
 	status=1
 fi
+
+step "systemd: mmapfs@.service booted in a container (build-nspawn)"
+tests/systemd/run.sh || status=1
 exit "$status"
