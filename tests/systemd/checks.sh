@@ -188,8 +188,10 @@ t_user_dropin() {
 		fail "start failed: $(journalctl -q -o cat -u mmapfs@u | grep -m 2 -E '^(mmapfs|fusermount|umount|mkdir)')"
 	pid=$(prop mmapfs@u MainPID)
 	[ "$(stat -c %U /proc/"$pid")" = "$user" ] || fail "the daemon runs as $(stat -c %U /proc/"$pid")"
-	grep -q '^NoNewPrivs:.*0' /proc/"$pid"/status || fail "$(grep NoNewPrivs /proc/"$pid"/status)"
-	[ "$(stat -c %U "$(mnt u)")" = "$user" ] || fail "the mount belongs to $(stat -c %U "$(mnt u)")"
+	grep -Eq '^NoNewPrivs:[[:space:]]*0$' /proc/"$pid"/status || fail "$(grep NoNewPrivs /proc/"$pid"/status)"
+	mounted "$(mnt u)" || fail "not mounted"
+	# (root itself may not enter a FUSE mount of another user without allow_other)
+	[ "$(runuser -u "$user" -- stat -c %U "$(mnt u)")" = "$user" ] || fail "the mount is not $user's"
 	runuser -u "$user" -- mkdir "$(mnt u)/mine" || fail "$user cannot make a channel"
 	runuser -u "$user" -- grep -q '^state=offered' "$(mnt u)/mine/status" || fail "status"
 	c=$(cursor)
