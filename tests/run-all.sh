@@ -59,16 +59,20 @@ ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring
 tests/fuzz/run.sh build-fuzz "$fuzz_seconds"
 
 step "pytest: the daemon through files and shell tools"
-leftover() { awk '$3 ~ /^fuse/ && $2 ~ /pytest/ {print $2}' /proc/self/mounts; }
+# This run's own directory: other runs on the machine (other work trees, as
+# root too) share /tmp/pytest-of-root, and their mounts are not ours.
+basetemp=$(mktemp -d /tmp/pytest-mmapfs.XXXXXX)
+leftover() { awk -v d="$basetemp/" '$3 ~ /^fuse/ && index($2, d) == 1 {print $2}' /proc/self/mounts; }
 status=0
 MMAPFS="$top/build-asan/fs/mmapfs" /usr/bin/python3 -m pytest -c tests/pytest.ini \
-	--rootdir tests tests/py || status=$?
+	--rootdir tests --basetemp="$basetemp" tests/py || status=$?
 if [ -n "$(leftover)" ]; then
 	echo "tests left FUSE mounts behind:" >&2
 	leftover >&2
 	leftover | xargs -r -n1 fusermount3 -u -z
 	status=1
 fi
+[ "$status" != 0 ] || rm -rf --one-file-system "$basetemp"   # kept to look at when a test failed
 
 step "systemd: mmapfs@.service booted in a container (build-nspawn)"
 tests/systemd/run.sh || status=1
