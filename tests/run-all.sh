@@ -1,8 +1,11 @@
 #!/bin/bash
 # The whole test suite, from a fresh machine: installs what mmapfs needs
 # (Debian packages), builds it with AddressSanitizer and UBSan, runs the C
-# unit tests, each fuzzer for a bounded time, and the pytest suite, which
-# mounts real filesystems. Run as root (FUSE mounts, apt-get):
+# unit tests, each fuzzer for a bounded time, the pytest suite, which
+# mounts real filesystems, and the systemd unit booted for real in a
+# systemd-nspawn container (tests/systemd/run.sh, which builds a Debian root
+# with debootstrap once and keeps it in build-nspawn/). Run as root (FUSE
+# mounts, apt-get):
 #
 #   sudo tests/run-all.sh            FUZZ_SECONDS=60 by default
 #
@@ -26,7 +29,8 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
 	gcc clang libclang-rt-dev meson ninja-build pkg-config \
 	libfuse3-dev fuse3 libconfig-dev \
-	python3 python3-pytest socat coreutils procps
+	python3 python3-pytest socat coreutils procps \
+	debootstrap systemd-container
 # xpra itself, as the interoperability tests' peer: Debian's 3.1, and xpra
 # 6.6's own modules from ../shared/xpra-6.6, whose packet encoder the tests
 # build with cython3 into build-xpra6/ (tests/py/xpra_peer.py). Under CI
@@ -59,14 +63,21 @@ ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring
 tests/fuzz/run.sh build-fuzz "$fuzz_seconds"
 
 step "pytest: the daemon through files and shell tools"
-leftover() { awk '$3 ~ /^fuse/ && $2 ~ /pytest/ {print $2}' /proc/self/mounts; }
+# This run's own directory: other runs on the machine (other work trees, as
+# root too) share /tmp/pytest-of-root, and their mounts are not ours.
+basetemp=$(mktemp -d /tmp/pytest-mmapfs.XXXXXX)
+leftover() { awk -v d="$basetemp/" '$3 ~ /^fuse/ && index($2, d) == 1 {print $2}' /proc/self/mounts; }
 status=0
 MMAPFS="$top/build-asan/fs/mmapfs" /usr/bin/python3 -m pytest -c tests/pytest.ini \
-	--rootdir tests tests/py || status=$?
+	--rootdir tests --basetemp="$basetemp" tests/py || status=$?
 if [ -n "$(leftover)" ]; then
 	echo "tests left FUSE mounts behind:" >&2
 	leftover >&2
 	leftover | xargs -r -n1 fusermount3 -u -z
 	status=1
 fi
+[ "$status" != 0 ] || rm -rf --one-file-system "$basetemp"   # kept to look at when a test failed
+
+step "systemd: mmapfs@.service booted in a container (build-nspawn)"
+tests/systemd/run.sh || status=1
 exit "$status"

@@ -582,44 +582,25 @@ def test_install_tmpfiles(installed, tmp_path):
     assert st.st_gid == grp.getgrnam(group).gr_gid
 
 
-def test_installed_unit_runs_sample(installed, tmp_path, shm):
-    """The installed sample configuration, its device paths moved into a
-    scratch directory, run by the installed unit's ExecStart (relocated into
-    the destdir); then the installed handshake.py joins its two ivshmem
-    channels (host's and guest's, one mount) and streams a file."""
-    at, paths = installed["at"], installed["paths"]
-    with open(at("sample")) as f:
-        sample = f.read()
-    shmem = tmp_path / "shmem-xpra"
-    with open(shmem, "wb") as f:
-        f.truncate(AREA)
-    bar = tmp_path / "resource2_wc"
-    bar.symlink_to(shmem)
-    xpra = tmp_path / "xpra"
-    xpra.mkdir(mode=0o700)
-    moves = {
-        '"/dev/shm/shmem-xpra"': f'"{shmem}"',
-        '"/sys/bus/pci/devices/0000:00:05.0/resource2_wc"': f'"{bar}"',
-        'mmap_dir = "/dev/shm/mmapfs-0"': f'mmap_dir = "{shm}"',
-        '"/dev/shm/mmapfs-0", "/run/user/1000/xpra"': f'"{shm}", "{xpra}"',
-    }
-    for old, new in moves.items():
-        assert old in sample, f"the sample no longer holds {old}"
-        sample = sample.replace(old, new)
-    conf_dir = installed["dest"] + os.path.join(paths["sysconfdir"], "mmapfs")
+def uncomment_channels(sample):
+    """What an administrator does to use the sample's ivshmem channels:
+    remove "# " from their lines."""
+    return re.sub(r"^  # (\{ name = |  role = |  read_file = |  write_file = |\})", r"  \1",
+                  sample, flags=re.M)
+
+
+def run_unit_exec(installed, unit, conf_text, mnt, tmp_path, options):
+    """The installed unit's ExecStart for mmapfs@vm0, relocated into the
+    destdir, $OPTIONS replaced by `options`: (Mount, Popen)."""
+    conf_dir = installed["dest"] + os.path.join(installed["paths"]["sysconfdir"], "mmapfs")
     os.makedirs(conf_dir, exist_ok=True)
     with open(os.path.join(conf_dir, "vm0.conf"), "w") as f:
-        f.write(sample)
-
-    with open(at("unit")) as f:
-        unit = f.read()
+        f.write(conf_text)
     exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
     argv = []
     for word in shlex.split(exec_start.replace("%i", "vm0")):
         if word == "$OPTIONS":
-            argv += ["-o", "size=64K"]        # the sample's 64M, overridden
+            argv += options
         elif word == "${MOUNTPOINT}":
             argv.append(str(mnt))
         elif word.startswith("/"):
@@ -630,13 +611,67 @@ def test_installed_unit_runs_sample(installed, tmp_path, shm):
     with open(log, "w") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT)
-    m = Mount(str(mnt), proc, log)
+    return Mount(str(mnt), proc, log), proc
+
+
+def unit_start_post(unit, mnt, mainpid):
+    """The unit's ExecStartPost (wait for the mount; fail at once when the
+    main process is gone), as systemd runs it: exit status."""
+    post = re.search(r"^ExecStartPost=(.*)$", unit, re.M).group(1)
+    post = post.replace("$$", "$").replace("${MOUNTPOINT}", str(mnt))
+    env = dict(os.environ, MAINPID=str(mainpid))
+    return subprocess.run(shlex.split(post), env=env, timeout=30).returncode
+
+
+def test_installed_unit_runs_sample(installed, tmp_path, shm):
+    """The installed sample configuration run by the installed unit's
+    ExecStart (relocated into the destdir). As it is, it mounts one local
+    channel and touches no ivshmem path. With its two ivshmem channels
+    uncommented, their device paths moved into a scratch directory, the
+    installed handshake.py joins them (host's and guest's, one mount) and
+    streams a file."""
+    at = installed["at"]
+    with open(at("sample")) as f:
+        sample = f.read()
+    with open(at("unit")) as f:
+        unit = f.read()
+    options = ["-o", f"size=64K,mmap_dir={shm}"]        # the sample's defaults, overridden
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    # as it is: safe to copy
+    m, proc = run_unit_exec(installed, unit, sample, mnt, tmp_path, options)
     try:
-        wait_mounted(m.path, proc, log)
-        # the unit's ExecStartPost (is it mounted yet?) says yes
-        post = re.search(r"^ExecStartPost=(.*)$", unit, re.M).group(1)
-        post = post.replace("$$", "$").replace("${MOUNTPOINT}", str(mnt))
-        assert subprocess.run(shlex.split(post), timeout=30).returncode == 0
+        wait_mounted(m.path, proc, m.log)
+        assert unit_start_post(unit, mnt, proc.pid) == 0
+        assert os.listdir(m.path) == ["local"]
+        unmount(m)
+    finally:
+        force_cleanup(m.path, proc)
+
+    # the ExecStartPost fails at once when mmapfs is gone
+    t0 = time.monotonic()
+    assert unit_start_post(unit, mnt, proc.pid) == 1
+    assert time.monotonic() - t0 < 2
+
+    # the ivshmem channels, uncommented
+    shmem = tmp_path / "shmem-xpra"
+    with open(shmem, "wb") as f:
+        f.truncate(AREA)
+    bar = tmp_path / "resource2_wc"
+    bar.symlink_to(shmem)
+    conf = uncomment_channels(sample)
+    moves = {
+        '"/dev/shm/shmem-xpra"': f'"{shmem}"',
+        '"/sys/bus/pci/devices/0000:00:05.0/resource2_wc"': f'"{bar}"',
+    }
+    for old, new in moves.items():
+        assert old in conf, f"the sample no longer holds {old}"
+        conf = conf.replace(old, new)
+    m, proc = run_unit_exec(installed, unit, conf, mnt, tmp_path, options)
+    try:
+        wait_mounted(m.path, proc, m.log)
+        assert unit_start_post(unit, mnt, proc.pid) == 0
         assert sorted(os.listdir(m.path)) == ["from-host", "local", "to-guest"]
         assert m.status("local")["read.size"] == str(page_round(64 << 10))
         src = random_file(tmp_path / "in.bin", 500_000)

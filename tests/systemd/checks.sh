@@ -1,0 +1,240 @@
+#!/bin/bash
+# The checks of tests/systemd/run.sh, run INSIDE the booted container by the
+# oneshot unit mmapfs-checks.service, as root, with systemd as PID 1 and
+# mmapfs installed under /usr. Writes "PASS name" or "FAIL name: why" lines
+# to OUT/results and the mmapfs units' journal to OUT/journal.txt; the unit
+# then powers the container off. Every wait is bounded.
+set -u
+out=${1:-/var/lib/mmapfs-test}
+mkdir -p "$out"
+res=$out/results
+: > "$res"
+unit=/usr/lib/systemd/system/mmapfs@.service
+user=mmuser
+mnt() { echo "/run/mmapfs/$1"; }
+
+# check NAME FUNCTION: PASS when FUNCTION returns 0, else FAIL with the last
+# lines it printed.
+check() {
+	local name=$1 log rc
+	shift
+	log=$("$@" 2>&1)
+	rc=$?
+	if [ "$rc" = 0 ]; then
+		echo "PASS $name" >> "$res"
+	else
+		echo "FAIL $name: $(printf '%s' "$log" | tail -n 4 | tr '\n' '|')" >> "$res"
+	fi
+	printf '[%s] rc=%s\n%s\n' "$name" "$rc" "$log"      # to the console log
+}
+
+# wait_for SECONDS COMMAND...: until COMMAND succeeds, polling every 0.1 s.
+wait_for() {
+	local end=$((SECONDS + $1))
+	shift
+	until "$@"; do
+		[ "$SECONDS" -lt "$end" ] || return 1
+		sleep 0.1
+	done
+}
+mounted() { findmnt -M "$1" > /dev/null; }
+state_is() { grep -qx "state=$2" "$1/status" 2>/dev/null; }
+prop() { systemctl show -p "$2" --value "$1"; }
+cursor() { journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p'; }
+# The unit's journal lines after CURSOR that tell of a problem.
+bad_lines() {
+	journalctl --sync 2>/dev/null
+	journalctl -q -o cat -u "$1" --after-cursor="$2" |
+		grep -Ei 'error|fail|not mounted|denied|status=[1-9]|cannot|unable' || true
+}
+# Each check runs in a subshell (check's $(...)): fail ends it.
+fail() { echo "$*"; exit 1; }
+
+# The drop-ins are taken from the unit's own comments, so what is documented
+# is what is tested: the indented "#   " block holding $1, "alice" -> $user.
+documented_dropin() {
+	awk -v want="$1" '
+		/^#   / { blk = blk substr($0, 5) "\n"; if (index($0, want)) hit = 1; next }
+		{ if (hit) { printf "%s", blk; exit } blk = ""; hit = 0 }' "$unit" |
+		sed "s/alice/$user/g"
+}
+
+t_tmpfiles_at_boot() {
+	local f=/dev/shm/shmem-xpra
+	[ -f "$f" ] || fail "$f was not made at boot"
+	[ "$(stat -c '%a %U %G %s' "$f")" = "660 root kvm 0" ] ||
+		fail "$f: $(stat -c '%a %U %G %s' "$f"), want 660 root kvm 0"
+}
+
+t_enable_now() {
+	mkdir -p /etc/mmapfs
+	for i in a b; do
+		printf 'mmap_dir = "/dev/shm/mmapfs-shared";\nsize = "4M";\n' > "/etc/mmapfs/$i.conf"
+	done
+	timeout 30 systemctl enable --now mmapfs@a mmapfs@b || fail "enable --now failed"
+	for i in a b; do
+		[ "$(prop "mmapfs@$i" ActiveState)" = active ] || fail "mmapfs@$i not active"
+		mounted "$(mnt $i)" || fail "$(mnt $i) not mounted"
+	done
+	[ -L /etc/systemd/system/multi-user.target.wants/mmapfs@a.service ] || fail "not enabled"
+}
+
+t_runtime_dir_mode() {
+	[ "$(stat -c %a /run/mmapfs)" = 755 ] || fail "/run/mmapfs is mode $(stat -c %a /run/mmapfs)"
+}
+
+t_handshake() {
+	local a b
+	a=$(mnt a)/chan b=$(mnt b)/chan
+	mkdir "$a" "$b" || fail "mkdir"
+	cat "$a/capabilities" > "$b/peer" || fail "offer a -> b refused"
+	cat "$b/capabilities" > "$a/peer" || fail "answer b -> a refused"
+	wait_for 5 state_is "$a" ready || fail "a: $(cat "$a/status")"
+	wait_for 5 state_is "$b" ready || fail "b: $(cat "$b/status")"
+}
+
+t_stream() {
+	local src=/var/tmp/src dst=/var/tmp/dst rd
+	head -c $((8 * 1024 * 1024 + 12345)) /dev/urandom > "$src"
+	timeout 60 cat "$(mnt b)/chan/data" > "$dst" &
+	rd=$!
+	timeout 60 dd if="$src" of="$(mnt a)/chan/data" bs=1M status=none || fail "dd failed"
+	wait "$rd" || fail "reader failed"
+	[ "$(sha256sum < "$src")" = "$(sha256sum < "$dst")" ] ||
+		fail "sha256 differs: $(wc -c < "$dst") of $(wc -c < "$src") bytes"
+	echo "sha256 $(sha256sum < "$dst")"
+}
+
+# systemctl stop while a reader is blocked on data: unmounted, inactive, the
+# reader released, and no error in the unit's journal.
+t_stop_clean() {
+	local c rd bad
+	timeout 30 cat "$(mnt b)/chan/data" > /dev/null 2> /var/tmp/reader.err &
+	rd=$!
+	sleep 0.5
+	c=$(cursor)
+	timeout 30 systemctl stop mmapfs@b || fail "stop failed"
+	! mounted "$(mnt b)" || fail "still mounted"
+	[ "$(prop mmapfs@b ActiveState)" = inactive ] || fail "state $(prop mmapfs@b ActiveState)"
+	wait_for 10 eval '! kill -0 '"$rd"' 2>/dev/null' || fail "the blocked reader was not released"
+	wait "$rd"
+	echo "the reader: $(cat /var/tmp/reader.err)"
+	bad=$(bad_lines mmapfs@b "$c")
+	[ -z "$bad" ] || fail "journal: $bad"
+}
+
+t_kill9_restart() {
+	local old new
+	old=$(prop mmapfs@a MainPID)
+	[ "$old" -gt 0 ] || fail "no main pid"
+	kill -9 "$old"
+	restarted() {
+		new=$(prop mmapfs@a MainPID)
+		[ "$new" -gt 0 ] && [ "$new" != "$old" ] &&
+			[ "$(prop mmapfs@a ActiveState)" = active ] && mountpoint -q "$(mnt a)"
+	}
+	wait_for 15 restarted || fail "not back after 15 s: $(systemctl status --no-pager mmapfs@a | tail -n 5)"
+	[ "$(prop mmapfs@a NRestarts)" = 1 ] || fail "NRestarts=$(prop mmapfs@a NRestarts)"
+	mkdir "$(mnt a)/again" && grep -q '^state=offered' "$(mnt a)/again/status" ||
+		fail "the new mount does not work"
+}
+
+t_bad_config() {
+	local t0 t1 ms
+	printf 'size = "lots";\n' > /etc/mmapfs/bad.conf
+	t0=$(date +%s%N)
+	if timeout 30 systemctl start mmapfs@bad; then fail "the start succeeded"; fi
+	t1=$(date +%s%N)
+	ms=$(((t1 - t0) / 1000000))
+	echo "systemctl start failed after $ms ms"
+	[ "$ms" -lt 5000 ] || fail "the start took $ms ms"
+	sleep 5     # RestartSec=2: a restart would have happened by now
+	[ "$(prop mmapfs@bad NRestarts)" = 0 ] || fail "NRestarts=$(prop mmapfs@bad NRestarts)"
+	[ "$(prop mmapfs@bad ActiveState)" = failed ] || fail "state $(prop mmapfs@bad ActiveState)"
+	journalctl --sync 2>/dev/null
+	journalctl -q -o cat -u mmapfs@bad | grep -F "bad.conf:1: size" ||
+		fail "the reason is not in the journal"
+}
+
+# The documented allow_other drop-in: a second user reaches the mount point
+# (and without it, does not).
+t_allow_other() {
+	id "$user" > /dev/null 2>&1 || useradd -M -s /bin/sh "$user" || fail "useradd"
+	mkdir -p /etc/systemd/system/mmapfs@c.service.d
+	{ echo "[Service]"; grep -o 'Environment="OPTIONS=-o allow_other[^"]*"' "$unit" | head -n 1; } \
+		> /etc/systemd/system/mmapfs@c.service.d/allow-other.conf
+	grep -q allow_other /etc/systemd/system/mmapfs@c.service.d/allow-other.conf ||
+		fail "no allow_other drop-in documented in the unit"
+	: > /etc/mmapfs/c.conf
+	systemctl daemon-reload
+	timeout 30 systemctl start mmapfs@c || fail "start failed"
+	runuser -u "$user" -- ls "$(mnt c)" || fail "$user cannot list $(mnt c)"
+	if runuser -u "$user" -- ls "$(mnt a)" 2>/dev/null; then fail "$user lists $(mnt a) without allow_other"; fi
+	timeout 30 systemctl stop mmapfs@c
+}
+
+# The documented User= drop-in: the daemon runs as that user, mounts through
+# fusermount3, and stops cleanly.
+t_user_dropin() {
+	local c pid bad d=/etc/systemd/system/mmapfs@u.service.d
+	id "$user" > /dev/null 2>&1 || useradd -M -s /bin/sh "$user" || fail "useradd"
+	mkdir -p "$d"
+	documented_dropin "User=alice" > "$d/user.conf"
+	grep -q "^User=$user" "$d/user.conf" || fail "no User= drop-in documented in the unit"
+	cat "$d/user.conf"
+	: > /etc/mmapfs/u.conf
+	systemctl daemon-reload
+	timeout 30 systemctl start mmapfs@u ||
+		fail "start failed: $(journalctl -q -o cat -u mmapfs@u | grep -m 2 -E '^(mmapfs|fusermount|umount|mkdir)')"
+	pid=$(prop mmapfs@u MainPID)
+	[ "$(stat -c %U /proc/"$pid")" = "$user" ] || fail "the daemon runs as $(stat -c %U /proc/"$pid")"
+	grep -Eq '^NoNewPrivs:[[:space:]]*0$' /proc/"$pid"/status || fail "$(grep NoNewPrivs /proc/"$pid"/status)"
+	mounted "$(mnt u)" || fail "not mounted"
+	# (root itself may not enter a FUSE mount of another user without allow_other)
+	[ "$(runuser -u "$user" -- stat -c %U "$(mnt u)")" = "$user" ] || fail "the mount is not $user's"
+	runuser -u "$user" -- mkdir "$(mnt u)/mine" || fail "$user cannot make a channel"
+	runuser -u "$user" -- grep -q '^state=offered' "$(mnt u)/mine/status" || fail "status"
+	c=$(cursor)
+	timeout 30 systemctl stop mmapfs@u || fail "stop failed"
+	! mounted "$(mnt u)" || fail "still mounted after stop"
+	bad=$(bad_lines mmapfs@u "$c")
+	[ -z "$bad" ] || fail "journal: $bad"
+}
+
+# The sample configuration, copied as is, starts and touches no ivshmem file.
+t_sample_as_is() {
+	cp /usr/share/doc/mmapfs/mmapfs.conf.sample /etc/mmapfs/s.conf
+	timeout 30 systemctl start mmapfs@s ||
+		fail "start failed: $(journalctl -q -o cat -u mmapfs@s | grep -m 2 -E '^(mmapfs|fusermount|umount|mkdir)')"
+	ls "$(mnt s)"
+	[ "$(stat -c '%a %U %G %s' /dev/shm/shmem-xpra)" = "660 root kvm 0" ] ||
+		fail "/dev/shm/shmem-xpra is now $(stat -c '%a %U %G %s' /dev/shm/shmem-xpra)"
+	timeout 30 systemctl stop mmapfs@s
+}
+
+t_stop_plain() {
+	local c bad
+	c=$(cursor)
+	timeout 30 systemctl stop mmapfs@a || fail "stop failed"
+	! mounted "$(mnt a)" || fail "still mounted"
+	[ "$(prop mmapfs@a ActiveState)" = inactive ] || fail "state $(prop mmapfs@a ActiveState)"
+	bad=$(bad_lines mmapfs@a "$c")
+	[ -z "$bad" ] || fail "journal: $bad"
+}
+
+check tmpfiles-at-boot t_tmpfiles_at_boot
+check enable-now-two-instances t_enable_now
+check run-mmapfs-mode-0755 t_runtime_dir_mode
+check handshake t_handshake
+check stream-8MiB-sha256 t_stream
+check stop-with-blocked-reader t_stop_clean
+check restart-after-kill-9 t_kill9_restart
+check bad-config-fails-fast-no-restart t_bad_config
+check allow-other-second-user t_allow_other
+check user-dropin t_user_dropin
+check sample-config-as-is t_sample_as_is
+check stop-clean-journal t_stop_plain
+
+journalctl --sync 2>/dev/null
+journalctl -q -o short-precise -u 'mmapfs@*' > "$out/journal.txt"
+echo DONE >> "$res"
