@@ -433,3 +433,36 @@ def test_sigterm_with_a_blocked_reader(chan):
     finally:
         cat.kill()
         cat.wait()
+
+
+def test_chunks_written_during_a_stream(chan, tmp_path):
+    """Between two mmapfs ends there is no chunk list: writing `chunks` in a
+    loop while a stream runs is refused (EOPNOTSUPP) and changes nothing. (It
+    used to queue the piece, and a reader between its two steps charged ring
+    bytes to it: EIO and "fuse: writing device: Bad address".)"""
+    cdir, adir, c, a = chan
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(64 << 20))
+    stop = threading.Event()
+    refused = []
+
+    def meddle():
+        while not stop.is_set():
+            try:
+                with open(adir + "/chunks", "w") as f:
+                    f.write("8 16\n")
+            except OSError as e:
+                refused.append(e.errno)
+
+    t = threading.Thread(target=meddle)
+    t.start()
+    try:
+        got = sha_of_stream(f"dd if={src} of={cdir}/data bs=64K status=none & "
+                            f"dd if={adir}/data bs=64K status=none | sha256sum; wait")
+    finally:
+        stop.set()
+        t.join()
+    assert got == sha_of_stream(f"sha256sum {src}")
+    assert refused and set(refused) == {errno.EOPNOTSUPP}
+    assert "peer is mmapfs" in a.status("chan")["error"]
+    assert a.status("chan")["state"] == "ready"

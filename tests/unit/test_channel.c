@@ -1,0 +1,529 @@
+/* Unit tests for the channel API (core/channel.h, stream.h, chunks.h): two
+ * channels in one process over a private temporary directory, no FUSE. The
+ * creator C and the attacher A are what two mounts would be; each test
+ * drives them through the same calls the daemon makes. */
+#include <endian.h>
+#include <errno.h>
+#include <ftw.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chunks.h"
+#include "ext.h"
+#include "guard.h"
+#include "stream.h"
+#include "tap.h"
+
+#define RING (UINT64_C(64) * 1024)
+#define TEXT 8192
+
+static char top[PATH_MAX];		/* this run's private directory */
+static const char *dirs[1];
+static struct mm_channel C, A;
+static char text[TEXT];
+static struct mm_err err;
+static uint64_t now = 1000;
+
+static struct mm_chan_opts opts(uint32_t session)
+{
+	return (struct mm_chan_opts){
+		.mmap_dir = top,
+		.size = RING,
+		.rules = { .dirs = dirs, .ndirs = 1 },
+		.session = session,
+	};
+}
+
+static bool open_pair(void)
+{
+	struct mm_chan_opts c = opts(0x1111), a = opts(0x2222);
+
+	return CHECK_INT(mm_channel_open(&C, MM_CREATOR, false, &c, &err), ==, 0) &&
+	       CHECK_INT(mm_channel_open(&A, MM_CREATOR, false, &a, &err), ==, 0);
+}
+
+static void close_pair(void)
+{
+	mm_channel_destroy(&A);
+	mm_channel_destroy(&C);
+}
+
+/* Remove the line starting with `key` from text (an xpra peer's half has
+ * no mmapfs=1). */
+static void drop_line(char *t, const char *key)
+{
+	char *p = strstr(t, key), *nl;
+
+	if (p && (nl = strchr(p, '\n')))
+		memmove(p, nl + 1, strlen(nl + 1) + 1);
+}
+
+static int give(struct mm_channel *to, const char *t)
+{
+	return mm_channel_peer(to, t, strlen(t), now, &err);
+}
+
+/* The whole handshake, as `cat capabilities > peer` both ways. */
+static bool handshake(bool ext)
+{
+	if (!open_pair())
+		return false;
+	mm_channel_caps_text(&C, text, sizeof(text));
+	if (!ext)
+		drop_line(text, "mmapfs=");
+	if (!CHECK_INT(give(&A, text), ==, 0))
+		return false;
+	mm_channel_caps_text(&A, text, sizeof(text));
+	if (!CHECK_INT(give(&C, text), ==, 0))
+		return false;
+	mm_channel_tick(&A, now);	/* sees the creator's go-ahead */
+	return CHECK_INT(mm_channel_state(&C), ==, MM_STATE_READY) &&
+	       CHECK_INT(mm_channel_state(&A), ==, MM_STATE_READY) &&
+	       CHECK_INT(mm_channel_claim(&C, MM_RD | MM_WR, &C), ==, MM_RD | MM_WR) &&
+	       CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
+}
+
+static void fill(uint8_t *b, size_t n, uint64_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		b[i] = (uint8_t)((seed + i) * 2654435761u >> 13);
+}
+
+/* Move n bytes from `from` to `to` in random pieces, checking each byte. */
+static bool stream(struct mm_channel *from, struct mm_channel *to, size_t n)
+{
+	static uint8_t out[3 * RING], in[3 * RING];
+	size_t sent = 0, got = 0;
+
+	if (n > sizeof(out))
+		abort();
+	fill(out, n, n);
+	while (got < n) {
+		if (sent < n) {
+			size_t k = tap_range(1, n - sent);
+			ssize_t w = mm_stream_write(from, out + sent, k);
+
+			if (w != -EAGAIN && !CHECK_INT(w, >, 0))
+				return false;
+			sent += w > 0 ? (size_t)w : 0;
+		}
+		ssize_t r = mm_stream_read(to, in + got, tap_range(1, n - got));
+
+		if (r != -EAGAIN && !CHECK_INT(r, >, 0))
+			return false;
+		got += r > 0 ? (size_t)r : 0;
+	}
+	return CHECK_MEM(in, out, n) && CHECK_INT(mm_stream_read(to, in, 1), ==, -EAGAIN);
+}
+
+static void test_handshake_extension(void)
+{
+	char st[TEXT];
+
+	if (!handshake(true))
+		goto out;
+	CHECK_HAS(text, "mmapfs=1");
+	mm_channel_status_text(&C, st, sizeof(st));
+	CHECK_HAS(st, "state=ready\nrole=creator\npeer=alive\n");
+	mm_channel_status_text(&A, st, sizeof(st));
+	CHECK_HAS(st, "role=attacher");
+	stream(&C, &A, 2 * RING + 17);
+	stream(&A, &C, 3 * RING - 5);
+	/* between two mmapfs ends there are no chunk lists */
+	CHECK_INT(mm_channel_chunks_add(&A, "8 16\n", 5, &err), ==, -EOPNOTSUPP);
+	CHECK_INT(mm_channel_chunks_text(&C, st, sizeof(st)), ==, -EOPNOTSUPP);
+out:
+	close_pair();
+}
+
+static void test_handshake_xpra(void)
+{
+	char st[TEXT];
+
+	if (!handshake(false))
+		goto out;
+	CHECK(strstr(text, "mmapfs=") == NULL);
+	mm_channel_status_text(&C, st, sizeof(st));
+	CHECK_HAS(st, "peer=unknown");
+	/* no trailer: the whole area is ring */
+	CHECK_INT(C.wr.ring.end, ==, C.wr.area.size);
+	stream(&C, &A, 2 * RING + 1);
+	stream(&A, &C, RING);
+	/* our writes are logged for the xpra reader */
+	CHECK_INT(mm_channel_chunks_text(&A, st, sizeof(st)), >, 0);
+	CHECK_HAS(st, " ");
+out:
+	close_pair();
+}
+
+/* A refused half changes nothing: same state, role, texts. */
+static void refused(struct mm_channel *ch, const char *t, int want, const char *why)
+{
+	char before[TEXT], after[TEXT];
+	enum mm_state st = mm_channel_state(ch);
+	enum mm_chan_role role = mm_channel_role(ch);
+
+	mm_channel_caps_text(ch, before, sizeof(before));
+	memset(&err, 0, sizeof(err));
+	CHECK_INT(give(ch, t), ==, want);
+	CHECK_HAS(err.msg, why);
+	mm_channel_caps_text(ch, after, sizeof(after));
+	CHECK_STR(after, before);
+	CHECK_INT(mm_channel_state(ch), ==, st);
+	CHECK_INT(mm_channel_role(ch), ==, role);
+	mm_channel_status_text(ch, after, sizeof(after));
+	CHECK_HAS(after, why);
+}
+
+/* text with the value of key replaced */
+static const char *with(const char *t, const char *key, const char *value)
+{
+	static char bufs[2][TEXT];
+	static int i;
+	char *out = bufs[i = !i];	/* with(with(...)) reads the other one */
+	const char *p = strstr(t, key), *nl = p ? strchr(p, '\n') : NULL;
+
+	if (!nl)
+		abort();
+	snprintf(out, TEXT, "%.*s%s=%s%s", (int)(p - t), t, key, value, nl);
+	return out;
+}
+
+static void test_refusals(void)
+{
+	char idx[32], own[MM_TOKEN_HEX_MAX], tok[TEXT];
+
+	if (!open_pair())
+		goto out;
+	mm_channel_caps_text(&C, text, sizeof(text));
+	refused(&A, "read.file=x\nread.size=zz\n", -EINVAL, "not a number");
+	refused(&A, with(text, "read.token", "0x1234567890abcdef1234"), -EBADMSG, "not found");
+	refused(&A, with(with(text, "read.token", "0x1234567890abcdef"), "read.token_bytes", "8"),
+		-EINVAL, "below 16");
+	refused(&A, with(text, "read.token", "0xff"), -EINVAL, "fewer than 64");
+	refused(&A, with(text, "read.token_index", "0"), -EINVAL, "header");
+	refused(&A, with(text, "read.file", "/etc/passwd"), -EACCES, "not found in the allowed");
+	refused(&A, with(text, "read.size", "1"), -EINVAL, "size");
+	/* the offer still works after all that */
+	CHECK_INT(give(&A, text), ==, 0);
+	mm_channel_caps_text(&A, text, sizeof(text));
+	/* an answer whose token lies over the creator's own token: known to
+	 * anyone who can read `capabilities` */
+	snprintf(idx, sizeof(idx), "%llu", (unsigned long long)C.wr.token_index);
+	mm_token_format(&C.wr.token, own);
+	snprintf(tok, sizeof(tok), "%s", with(with(text, "read.token_index", idx), "read.token", own));
+	refused(&C, tok, -EINVAL, "this end's own token");
+	/* over the trailer, once both speak the extension */
+	snprintf(idx, sizeof(idx), "%llu", (unsigned long long)mm_ext_offset(C.wr.area.size) - 100);
+	refused(&C, with(text, "read.token_index", idx), -EINVAL, "trailer");
+	CHECK_INT(give(&C, text), ==, 0);
+	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_READY);
+out:
+	close_pair();
+}
+
+/* xpra 6's server answers with file and size too: still an answer. */
+static void test_answer_with_file_keys(void)
+{
+	char offer[TEXT], line[PATH_MAX + 64];
+
+	if (!open_pair())
+		goto out;
+	mm_channel_caps_text(&C, offer, sizeof(offer));
+	CHECK_INT(give(&A, offer), ==, 0);
+	mm_channel_caps_text(&A, text, sizeof(text));
+	snprintf(line, sizeof(line), "read.file=%s\nread.size=%llu\n", C.wr.area.path,
+		 (unsigned long long)C.wr.area.size);
+	strncat(text, line, sizeof(text) - strlen(text) - 1);
+	CHECK_INT(give(&C, text), ==, 0);
+	CHECK_INT(mm_channel_role(&C), ==, MM_CREATOR);
+	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_READY);
+	/* and a failing one naming our own files is a failed answer, not an
+	 * offer that would make us attach our own areas */
+	refused(&C, with(text, "read.token", "0x1234567890abcdef1234"), -EBADMSG, "not found");
+out:
+	close_pair();
+}
+
+static void test_claims(void)
+{
+	struct mm_channel B;
+	struct mm_chan_opts b = opts(0x3333);
+	int owner2;
+
+	if (!open_pair())
+		goto out;
+	CHECK_INT(mm_channel_claim(&C, MM_RD, &C), ==, -ENOTCONN);
+	close_pair();
+	if (!handshake(true))
+		goto out;
+	CHECK_INT(mm_channel_claim(&C, MM_RD, &owner2), ==, -EBUSY);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &owner2), ==, -EBUSY);
+	CHECK(mm_channel_claimed(&C));
+	CHECK(mm_channel_owner(&C, MM_RD) == &C);
+	/* no handshake, no close under a claim */
+	mm_channel_caps_text(&A, text, sizeof(text));
+	CHECK_INT(give(&C, text), ==, -EBUSY);
+	CHECK_INT(mm_channel_close(&C), ==, -EBUSY);
+	mm_channel_unclaim(&C, &C);
+	CHECK(!mm_channel_claimed(&C));
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &owner2), ==, MM_WR);
+	mm_channel_unclaim(&C, &owner2);
+	CHECK_INT(mm_channel_close(&C), ==, 0);
+	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_CLOSED);
+	CHECK_INT(mm_channel_claim(&C, MM_RD, &owner2), ==, -ENOTCONN);
+	close_pair();
+
+	/* a peer offering one direction: the other is ENXIO */
+	if (!open_pair() || !CHECK_INT(mm_channel_open(&B, MM_CREATOR, false, &b, &err), ==, 0))
+		goto out;
+	mm_channel_caps_text(&C, text, sizeof(text));
+	{
+		char *w = strstr(text, "write.");
+
+		while (w && strncmp(w, "write.", 6) == 0) {
+			drop_line(w, "write.");
+			w = strstr(text, "write.");
+		}
+	}
+	drop_line(text, "mmapfs=");
+	CHECK_INT(give(&B, text), ==, 0);
+	CHECK_INT(mm_channel_state(&B), ==, MM_STATE_READY);
+	CHECK_INT(mm_channel_claim(&B, MM_RD, &B), ==, -ENXIO);
+	CHECK_INT(mm_channel_claim(&B, MM_RD | MM_WR, &B), ==, MM_WR);
+	mm_channel_destroy(&B);
+out:
+	close_pair();
+}
+
+/* Six unread ends of stream: the seventh writer waits. */
+static void test_end_of_stream(void)
+{
+	uint8_t b[16];
+	struct mm_slice s;
+
+	if (!handshake(true))
+		goto out;
+	mm_channel_unclaim(&C, &C);	/* an empty stream: its end is the first */
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	CHECK_INT(mm_stream_read_begin(&A, sizeof(b), &s), ==, 0);
+	for (int i = 0; i < MM_EXT_EOF_SLOTS; i++) {
+		CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+		CHECK_INT(mm_stream_write(&C, "ab", 2), ==, 2);
+		mm_channel_unclaim(&C, &C);
+	}
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, -EAGAIN);
+	for (int i = 0; i < MM_EXT_EOF_SLOTS; i++) {
+		CHECK_INT(mm_stream_read(&A, b, 1), ==, 1);
+		CHECK_INT(mm_stream_read(&A, b + 1, sizeof(b)), ==, 1);	/* not past the end */
+		CHECK_MEM(b, "ab", 2);
+		CHECK_INT(mm_stream_read_begin(&A, sizeof(b), &s), ==, 0);	/* end of file */
+	}
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+	CHECK_INT(mm_stream_write(&C, "c", 1), ==, 1);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 1);
+out:
+	close_pair();
+}
+
+/* The peer stops beating: a reader gets what it wrote, then ECONNRESET;
+ * a writer gets EPIPE at once. */
+static void test_dead_peer(void)
+{
+	uint8_t b[64];
+
+	if (!handshake(true))
+		goto out;
+	CHECK_INT(mm_stream_write(&A, "last words", 10), ==, 10);
+	mm_channel_tick(&C, now);
+	mm_channel_tick(&C, now + MM_DEAD_MS / 2);
+	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
+	CHECK(mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS));
+	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 10);
+	CHECK_MEM(b, "last words", 10);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
+	CHECK(mm_stream_poll(&C) & POLLHUP);
+	/* a beat again: it only stalled */
+	mm_channel_tick(&A, now + 2 * MM_DEAD_MS);
+	mm_channel_tick(&C, now + 2 * MM_DEAD_MS);
+	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, 1);
+out:
+	close_pair();
+}
+
+/* The attacher restarts: a new daemon (another session) takes the same
+ * offer. The creator's channel fails with ECONNRESET, and says why. */
+static void test_restarted_peer(void)
+{
+	struct mm_channel A2;
+	struct mm_chan_opts o = opts(0x4444);
+	char st[TEXT];
+
+	if (!handshake(true))
+		goto out;
+	mm_channel_tick(&C, now);
+	mm_channel_caps_text(&C, text, sizeof(text));
+	if (!CHECK_INT(mm_channel_open(&A2, MM_ATTACHER, false, &o, &err), ==, 0))
+		goto out;
+	CHECK_INT(give(&A2, text), ==, 0);
+	CHECK(mm_channel_tick(&C, now + MM_BEAT_MS));
+	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_ERROR);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -ECONNRESET);
+	mm_channel_status_text(&C, st, sizeof(st));
+	CHECK_HAS(st, "error=the peer restarted (session 00004444, was 00002222)");
+	mm_channel_destroy(&A2);
+out:
+	close_pair();
+}
+
+/* The race of issue 9: a read's begin takes bytes from the ring, a chunk
+ * is queued before its end; the end must give back exactly the ring bytes
+ * it was handed, and leave the chunk whole for the next read. */
+static void test_chunk_race(void)
+{
+	struct mm_slice s;
+	uint8_t b[64];
+	ssize_t n;
+
+	if (!handshake(false))
+		goto out;
+	CHECK_INT(mm_stream_write(&C, "0123456789", 10), ==, 10);
+	n = mm_stream_read_begin(&A, 4, &s);
+	CHECK_INT(n, ==, 4);
+	CHECK(!s.chunk);
+	CHECK_INT(mm_channel_chunks_add(&A, "8 6\n", 4, &err), ==, 0);
+	CHECK_INT(mm_stream_read_end(&A, &s, 4), ==, 0);
+	/* the ring's reader moved by 4: data_start = 8 + 4 */
+	CHECK_INT(le32toh(*(uint32_t *)(void *)A.rd.area.base), ==, 12);
+	/* the chunk is whole: 6 bytes from offset 8, "012345" */
+	n = mm_stream_read_begin(&A, sizeof(b), &s);
+	CHECK_INT(n, ==, 6);
+	CHECK(s.chunk);
+	CHECK(s.iov[0].iov_base == A.rd.area.base + 8);
+	CHECK_INT(mm_stream_read_end(&A, &s, 6), ==, 0);
+	/* xpra's reader: data_start past the chunk */
+	CHECK_INT(le32toh(*(uint32_t *)(void *)A.rd.area.base), ==, 14);
+	/* a slice cannot be ended for more than it held */
+	CHECK_INT(mm_stream_write(&C, "ab", 2), ==, 2);
+	n = mm_stream_read_begin(&A, 1, &s);
+	CHECK_INT(n, ==, 1);
+	CHECK_INT(mm_stream_read_end(&A, &s, 2), ==, -EINVAL);
+out:
+	close_pair();
+}
+
+/* xpra's mmap_write(b"") gives the chunk (8, 0): accepted, and skipped,
+ * moving data_start as xpra's reader does. */
+static void test_zero_length_chunk(void)
+{
+	const char *lines = "8 0\n8 3\n";
+	uint8_t b[8];
+
+	if (!handshake(false))
+		goto out;
+	CHECK_INT(mm_channel_chunks_add(&A, "8 0\n", 4, &err), ==, 0);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	CHECK_INT(le32toh(*(uint32_t *)(void *)A.rd.area.base), ==, 8);
+	CHECK_INT(mm_stream_write(&C, "abc", 3), ==, 3);
+	CHECK_INT(mm_channel_chunks_add(&A, lines, strlen(lines), &err), ==, 0);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 3);
+	CHECK_MEM(b, "abc", 3);
+	CHECK_INT(le32toh(*(uint32_t *)(void *)A.rd.area.base), ==, 11);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	/* still refused: outside the ring, negative, garbage */
+	CHECK_INT(mm_channel_chunks_add(&A, "7 1\n", 4, &err), ==, -EINVAL);
+	CHECK_INT(mm_channel_chunks_add(&A, "8 -1\n", 5, &err), ==, -EINVAL);
+	CHECK_INT(mm_channel_chunks_add(&A, "8 x\n", 4, &err), ==, -EINVAL);
+out:
+	close_pair();
+}
+
+/* Corrupt pointers from the peer: error with the values, never a touch
+ * outside the area. */
+static void test_corrupt_pointers(void)
+{
+	uint8_t b[8];
+	char st[TEXT];
+
+	if (!handshake(true))
+		goto out;
+	*(uint32_t *)(void *)(A.rd.area.base + 4) = htole32(0xfffffff0u);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EPROTO);
+	CHECK_INT(mm_channel_state(&A), ==, MM_STATE_ERROR);
+	CHECK_INT(mm_stream_write(&A, b, 1), ==, -EPROTO);
+	mm_channel_status_text(&A, st, sizeof(st));
+	CHECK_HAS(st, "error=read area: corrupt pointers data_start=0 data_end=4294967280");
+out:
+	close_pair();
+}
+
+/* A creator reusing a file (an administrator's path) starts on an empty
+ * ring and a fresh trailer, whatever the file held. */
+static void test_reused_file(void)
+{
+	struct mm_chan_opts o = opts(0x5555);
+	char path[PATH_MAX + 16];
+	uint8_t *base;
+
+	snprintf(path, sizeof(path), "%s/reused", top);
+	o.write_file = path;
+	if (!CHECK_INT(mm_channel_open(&C, MM_CREATOR, true, &o, &err), ==, 0))
+		return;
+	base = C.wr.area.base;
+	*(uint32_t *)(void *)(base + 4) = htole32(5000);
+	*(uint32_t *)(void *)(base + mm_ext_offset(C.wr.area.size) + 8) = htole32(MM_EXT_VERIFIED);
+	mm_channel_destroy(&C);
+	CHECK_INT(access(path, F_OK), ==, 0);	/* never deleted */
+	if (!CHECK_INT(mm_channel_open(&C, MM_CREATOR, true, &o, &err), ==, 0))
+		return;
+	base = C.wr.area.base;
+	CHECK_INT(*(uint32_t *)(void *)(base + 4), ==, 0);
+	CHECK_INT(*(uint32_t *)(void *)(base + mm_ext_offset(C.wr.area.size) + 8), ==, 0);
+	mm_channel_destroy(&C);
+	unlink(path);
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+int main(void)
+{
+	static const struct tap_test tests[] = {
+		TAP_TEST(test_handshake_extension),
+		TAP_TEST(test_handshake_xpra),
+		TAP_TEST(test_refusals),
+		TAP_TEST(test_answer_with_file_keys),
+		TAP_TEST(test_claims),
+		TAP_TEST(test_end_of_stream),
+		TAP_TEST(test_dead_peer),
+		TAP_TEST(test_restarted_peer),
+		TAP_TEST(test_chunk_race),
+		TAP_TEST(test_zero_length_chunk),
+		TAP_TEST(test_corrupt_pointers),
+		TAP_TEST(test_reused_file),
+	};
+	const char *tmp = getenv("TMPDIR");
+	int ret;
+
+	if (mm_guard_init() < 0)
+		return 1;
+	snprintf(top, sizeof(top), "%s/mmapfs-test-channel.XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(top)) {
+		printf("Bail out! mkdtemp %s: %s\n", top, strerror(errno));
+		return 1;
+	}
+	dirs[0] = top;
+	ret = tap_main(tests, TAP_COUNT(tests));
+	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	return ret;
+}
