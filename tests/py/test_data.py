@@ -189,6 +189,42 @@ def test_back_to_back_writers_never_ebusy(chan, tmp_path):
     assert out.split("\n.\n")[:50] == [str(i) for i in range(1, 51)]
 
 
+def test_closing_a_duplicate_ends_nothing(chan, tmp_path):
+    """A child that inherited the writer's descriptor exits, a dup is closed:
+    FUSE sends FLUSH for each, but the stream goes on until the last copy is
+    closed, as with a pipe or a socket."""
+    cdir, adir, c, a = chan
+    out = tmp_path / "out"
+    reader = subprocess.Popen(["bash", "-c", f"cat {adir}/data > {out}"])
+    # the shell's own way: a subshell inherits the redirection, runs its
+    # children (each holds and closes a copy), and the stream ends with it
+    sh(f"(echo one; /bin/echo two; sleep 0.3; /bin/echo three) > {cdir}/data")
+    w = os.open(cdir + "/data", os.O_WRONLY)
+    try:
+        os.write(w, b"four\n")
+        os.close(os.dup(w))                      # FLUSH of a duplicate
+        pid = os.fork()
+        if pid == 0:                             # a child holding a copy exits
+            os._exit(0)
+        os.waitpid(pid, 0)
+        # still ours: another writer is refused, rmdir too
+        with pytest.raises(OSError) as e:
+            os.open(cdir + "/data", os.O_WRONLY)
+        assert e.value.errno == errno.EBUSY
+        with pytest.raises(OSError) as e:
+            os.rmdir(cdir)
+        assert e.value.errno == errno.EBUSY
+        os.write(w, b"five\n")                  # and the original writes on
+    finally:
+        os.close(w)
+    # the reader saw the first stream end, not the second: it is still there
+    time.sleep(0.3)
+    assert reader.poll() == 0
+    assert out.read_text() == "one\ntwo\nthree\n"
+    assert sh(f"cat {adir}/data").stdout == "four\nfive\n"
+    reader.wait(5)
+
+
 def test_unread_streams_hold_the_next_open(chan):
     """Six ends of stream wait for the reader; the seventh stream waits for room."""
     cdir, adir, c, a = chan
