@@ -1,3 +1,4 @@
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -5,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -107,14 +109,15 @@ int mm_area_dir_prepare(const char *dir, struct mm_err *err)
 	return 0;
 }
 
-int mm_area_create(struct mm_area *a, const char *dir, uint64_t size,
+int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t size,
 		   struct mm_err *err)
 {
 	char path[PATH_MAX];
 	struct stat st;
 	int fd, r;
 
-	if (snprintf(path, sizeof(path), "%s/mmapfs.XXXXXX.mmap", dir) >= (int)sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/mmapfs.%s%sXXXXXX.mmap", dir, tag ? tag : "",
+		     tag ? "." : "") >= (int)sizeof(path))
 		return mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
 	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
 		return mm_fail(err, -EINVAL, "area size %llu is outside %llu..%llu",
@@ -285,4 +288,110 @@ void mm_area_close(struct mm_area *a)
 	if (a->fd >= 0)
 		close(a->fd);
 	mm_area_init(a);
+}
+
+/* "mmapfs.TAG.lock" -> TAG (in tag, of size n); false for other names. */
+static bool lock_tag(const char *name, char *tag, size_t n)
+{
+	size_t len = strlen(name);
+
+	if (strncmp(name, "mmapfs.", 7) != 0 || len <= 12 || strcmp(name + len - 5, ".lock"))
+		return false;
+	len -= 12;
+	if (len >= n || memchr(name + 7, '.', len))
+		return false;
+	memcpy(tag, name + 7, len);
+	tag[len] = '\0';
+	return true;
+}
+
+/* Delete the areas tagged `tag` in dfd that are ours. */
+static unsigned sweep_tag(int dfd, const char *tag)
+{
+	char prefix[NAME_MAX + 16];
+	unsigned n = 0;
+	struct dirent *e;
+	struct stat st;
+	DIR *d;
+	/* its own open: a dup would share the caller's position in dfd */
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	snprintf(prefix, sizeof(prefix), "mmapfs.%s.", tag);
+	while ((e = readdir(d))) {
+		size_t len = strlen(e->d_name);
+
+		if (strncmp(e->d_name, prefix, strlen(prefix)) || len < 5 ||
+		    strcmp(e->d_name + len - 5, ".mmap"))
+			continue;
+		if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+		    unlinkat(dfd, e->d_name, 0) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+int mm_area_dir_lock(const char *dir, const char *tag, int *lockfd, unsigned *swept,
+		     struct mm_err *err)
+{
+	char name[NAME_MAX + 1], other[NAME_MAX + 1];
+	struct dirent *e;
+	DIR *d;
+	int dfd, fd;
+
+	*swept = 0;
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	/* locked before it appears under its name, so no sweeper can take it
+	 * for a dead daemon's */
+	snprintf(other, sizeof(other), ".mmapfs.%s.new", tag);
+	snprintf(name, sizeof(name), "mmapfs.%s.lock", tag);
+	fd = openat(dfd, other, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 || renameat(dfd, other, dfd, name) < 0) {
+		int r = mm_fail(err, -errno, "%s/%s: %s", dir, name, strerror(errno));
+
+		if (fd >= 0)
+			close(fd);
+		close(dfd);
+		return r;
+	}
+	*lockfd = fd;
+	d = fdopendir(openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	while (d && (e = readdir(d))) {
+		int ofd;
+
+		if (!lock_tag(e->d_name, other, sizeof(other)) || strcmp(other, tag) == 0)
+			continue;
+		ofd = openat(dfd, e->d_name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (ofd < 0)
+			continue;
+		/* locked by nobody: its daemon is gone */
+		if (flock(ofd, LOCK_EX | LOCK_NB) == 0) {
+			*swept += sweep_tag(dfd, other);
+			unlinkat(dfd, e->d_name, 0);
+		}
+		close(ofd);
+	}
+	if (d)
+		closedir(d);
+	close(dfd);
+	return 0;
+}
+
+void mm_area_dir_unlock(const char *dir, const char *tag, int lockfd)
+{
+	char path[PATH_MAX];
+
+	if (lockfd < 0)
+		return;
+	if (snprintf(path, sizeof(path), "%s/mmapfs.%s.lock", dir, tag) < (int)sizeof(path))
+		unlink(path);
+	close(lockfd);
 }

@@ -52,10 +52,21 @@ uint64_t mm_area_size_for(uint64_t ring_bytes);
  * group or others may write. 0 or -errno, err names the path. */
 int mm_area_dir_prepare(const char *dir, struct mm_err *err);
 
-/* Create a new file "mmapfs.XXXXXX.mmap" in dir, mode 0600, size bytes,
- * mapped shared and zero-filled. */
-int mm_area_create(struct mm_area *a, const char *dir, uint64_t size,
+/* Create a new file "mmapfs.TAG.XXXXXX.mmap" in dir (without ".TAG" if tag
+ * is NULL), mode 0600, size bytes, mapped shared and zero-filled. */
+int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t size,
 		   struct mm_err *err);
+
+/* Leftovers. A daemon holds an flock on "mmapfs.TAG.lock" in its mmap_dir
+ * for as long as it runs and tags the areas it creates there; a lock file
+ * that can be locked by someone else belongs to a daemon that died, and its
+ * areas are leftovers. Take our own lock (its descriptor in *lockfd), then
+ * delete every dead daemon's tagged areas (files of ours only) and its lock
+ * file; *swept counts the areas. 0 or -errno, err names the file. */
+int mm_area_dir_lock(const char *dir, const char *tag, int *lockfd, unsigned *swept,
+		     struct mm_err *err);
+/* At a clean exit: delete our lock file and close it. */
+void mm_area_dir_unlock(const char *dir, const char *tag, int lockfd);
 
 /* Open a file a peer offered: only the basename of file is used, looked up
  * in rules->dirs with openat(O_NOFOLLOW); the descriptor must be a regular

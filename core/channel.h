@@ -114,7 +114,8 @@ struct mm_chan_opts {
 	const char *read_file;		/* administrator's paths, or NULL */
 	const char *write_file;
 	struct mm_attach_rules rules;
-	uint32_t session;		/* this daemon's random session id */
+	const char *area_tag;		/* in the names of created areas, or NULL
+					 * (area.h: leftovers) */
 };
 
 struct mm_channel {
@@ -134,6 +135,7 @@ struct mm_channel {
 	unsigned handshaking;		/* a handshake is opening files */
 	char error[512];		/* last refusal, one line */
 	/* lock (liveness) */
+	uint32_t session;		/* random, new at each handshake */
 	uint32_t beat;			/* our heartbeat */
 	uint32_t peer_session;
 	uint32_t peer_beat;
@@ -233,6 +235,13 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
  * answer, and it ends a line; text that cannot parse is whole too, so it
  * fails now.) */
 bool mm_peer_text_complete(const char *text, size_t len);
+
+/* A creator whose peer is gone (dead, restarted, or the channel in error)
+ * starts a new session when asked for its offer: fresh tokens, both rings
+ * emptied, the trailer reset, state offered. 1 if it did (*discarded: the
+ * unread bytes dropped, both ways), 0 if there was no reason to, -EBUSY
+ * while the stream is open. docs/PROTOCOL.md, "Restarts". */
+int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *err);
 
 /* Record a refusal the caller made (as the handshake does its own). */
 void mm_channel_set_reason(struct mm_channel *ch, const char *fmt, ...)

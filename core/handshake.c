@@ -23,6 +23,12 @@ static uint64_t random_below(uint64_t n)
 	return n ? v % n : 0;
 }
 
+/* A session id: random, never 0 (0 is "not started"). */
+static uint32_t new_session(void)
+{
+	return (uint32_t)random_below(UINT32_MAX) + 1;
+}
+
 /* Where the ring stops in an area, with or without the trailer. */
 static uint64_t ring_end(uint64_t size, bool ext)
 {
@@ -76,16 +82,23 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 	return 0;
 }
 
+/* Empty a ring: both pointers back to the start (the one exception to
+ * "each pointer has one writer": the creator, starting a session). */
+static int ring_reset(struct mm_dir *d)
+{
+	int r = mm_ext_store(d->area.base, 0, 0);
+
+	return r == 0 ? mm_ext_store(d->area.base, 1, 0) : r;
+}
+
 /* A creator's area starts a session: empty ring, fresh trailer. An
  * administrator's file may still hold an earlier session's pointers and
  * words, and a stale go-ahead must not let a new attacher start before its
  * tokens are checked. */
 static int dir_reset(struct mm_dir *d)
 {
-	int r = mm_ext_store(d->area.base, 0, 0);
+	int r = ring_reset(d);
 
-	if (r == 0)
-		r = mm_ext_store(d->area.base, 1, 0);
 	for (unsigned w = 0; r == 0 && w < MM_EXT_SIZE / 4; w++)
 		r = mm_ext_store(d->ext, w, 0);
 	if (r == 0)
@@ -105,7 +118,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_
 	if (admin)
 		r = mm_area_open_path(&d->area, admin, true, size, 0, err);
 	else
-		r = mm_area_create(&d->area, o->mmap_dir, size, err);
+		r = mm_area_create(&d->area, o->mmap_dir, o->area_tag, size, err);
 	if (r < 0)
 		return r;
 	d->present = true;
@@ -127,6 +140,7 @@ int mm_creator_setup(struct mm_channel *ch, struct mm_err *err)
 		r = create_dir(&ch->rd, ch->read_file, &ch->opts, RD_NAME, err);
 	if (r == 0 && (ch->write_file || !ch->read_file))
 		r = create_dir(&ch->wr, ch->write_file, &ch->opts, WR_NAME, err);
+	ch->session = new_session();
 	if (r == 0) {
 		mm_publish_session(ch, &ch->rd);
 		mm_publish_session(ch, &ch->wr);
@@ -288,6 +302,7 @@ static int install_offer(struct mm_channel *ch, const struct mm_caps *c, struct 
 	mm_dir_init(wr);
 	ch->role = MM_ATTACHER;
 	ch->ext = ext;
+	ch->session = new_session();
 	if (ext && ch->rd.present) {
 		/* take over the reading end: earlier ends of stream are gone */
 		mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &ch->rd.eof_ack);
@@ -375,6 +390,13 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		/* with an xpra attacher the whole area is ring */
 		if (d->present)
 			dir_setup_ring(d, ext);
+		/* The session starts on empty rings: whatever an earlier
+		 * mmapfs attacher (one that only stalled) wrote after our
+		 * offer went out is not this session's. A new one writes
+		 * nothing before our go-ahead, which comes after this (an
+		 * xpra server may have started already: leave its ring). */
+		if (d->present && ext && ring_reset(d) < 0)
+			return -EFAULT;
 		if (d->usable && ext) {
 			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
 			if (d == &ch->rd) {
@@ -460,6 +482,57 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 	pthread_mutex_unlock(&ch->lock);
 	pthread_mutex_unlock(&ch->hs_lock);
 	free(c);
+	return r;
+}
+
+int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *err)
+{
+	struct mm_dir *dirs[2] = { &ch->rd, &ch->wr };
+	enum mm_state st;
+	int r = 1;
+
+	*discarded = 0;
+	if (pthread_mutex_trylock(&ch->hs_lock) != 0)
+		return 0;	/* a handshake is under way: its text will do */
+	pthread_mutex_lock(&ch->lock);
+	st = mm_channel_state(ch);
+	if (ch->role != MM_CREATOR ||
+	    !(st == MM_STATE_ERROR ||
+	      (st == MM_STATE_READY && mm_channel_peer_state(ch) == MM_PEER_DEAD)))
+		r = 0;
+	else if (ch->rd.owner || ch->wr.owner)
+		r = mm_fail(err, -EBUSY, "data is open: close it to start a new session");
+	for (int i = 0; i < 2 && r == 1; i++) {
+		struct mm_dir *d = dirs[i];
+		struct mm_ring_pos p;
+
+		if (!d->present)
+			continue;
+		if (d->usable && mm_ring_load(&d->ring, &p) == 0)
+			*discarded += mm_ring_used(&d->ring, &p);
+		mm_chunks_free(d);
+		d->usable = false;
+		if (dir_setup_ring(d, true) < 0 || dir_reset(d) < 0)
+			r = mm_fail(err, -EIO, "%s: the mapping faulted", d->area.path);
+		else if ((r = dir_new_token(d, false, 0, 0, err, dir_name(i ? MM_WR : MM_RD))) == 0)
+			r = 1;
+	}
+	if (r == 1) {
+		ch->ext = false;
+		ch->have_accepted = false;
+		ch->error[0] = '\0';
+		ch->session = new_session();
+		ch->peer_session = 0;
+		mm_publish_session(ch, &ch->rd);
+		mm_publish_session(ch, &ch->wr);
+		mm_fail_clear(ch);
+		mm_set_peer(ch, MM_PEER_UNKNOWN);
+		mm_set_state(ch, MM_STATE_OFFERED);
+	} else if (r < 0 && r != -EBUSY) {
+		mm_channel_fail(ch, -r, MM_WHY_FAULT, MM_RD, 0, 0);
+	}
+	pthread_mutex_unlock(&ch->lock);
+	pthread_mutex_unlock(&ch->hs_lock);
 	return r;
 }
 

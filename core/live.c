@@ -20,7 +20,7 @@ void mm_publish_session(struct mm_channel *ch, struct mm_dir *d)
 	unsigned w = session_word(ch->role);
 
 	if (d->present && d->ext) {
-		mm_ext_store(d->ext, w, ch->opts.session);
+		mm_ext_store(d->ext, w, ch->session);
 		mm_ext_store(d->ext, w + 1, ch->beat);
 	}
 }

@@ -100,16 +100,12 @@ int mm_channel_peer_text(struct mm_channel *ch, char *buf, size_t len)
 	return r;
 }
 
-/* The reason of the failure record, or the last refusal. ch->lock held. */
-static void reason_locked(struct mm_channel *ch, char *buf, size_t len)
+/* The failure record as text. ch->lock held. */
+static void failure_text(struct mm_channel *ch, char *buf, size_t len)
 {
 	const struct mm_failure *f = &ch->fail;
 	const struct mm_dir *d = f->dir == MM_RD ? &ch->rd : &ch->wr;
 
-	if (mm_channel_failed(ch) == 0) {
-		snprintf(buf, len, "%s", ch->error);
-		return;
-	}
 	switch (f->why) {
 	case MM_WHY_FAULT:
 		snprintf(buf, len, "%s area %s: the mapping faulted (file truncated?)",
@@ -131,6 +127,35 @@ static void reason_locked(struct mm_channel *ch, char *buf, size_t len)
 		snprintf(buf, len, "%s", strerror(-mm_channel_failed(ch)));
 		break;
 	}
+}
+
+/* What an administrator does about a dead peer or a broken channel
+ * (docs/PROTOCOL.md, "Restarts"). */
+static const char *next_step(struct mm_channel *ch)
+{
+	if (ch->role == MM_CREATOR)
+		return "close data, then read capabilities: a new offer, for the peer's peer file";
+	return "close data, then write the creator's new offer into peer";
+}
+
+/* The reason of the failure record, or the last refusal, with what to do
+ * next when the channel cannot go on. ch->lock held. */
+static void reason_locked(struct mm_channel *ch, char *buf, size_t len)
+{
+	bool dead = mm_channel_state(ch) == MM_STATE_READY &&
+		    mm_channel_peer_state(ch) == MM_PEER_DEAD;
+	size_t n;
+
+	if (mm_channel_failed(ch) == 0 && !dead) {
+		snprintf(buf, len, "%s", ch->error);
+		return;
+	}
+	if (dead)
+		snprintf(buf, len, "the peer is dead (no heartbeat for over %d ms)", MM_DEAD_MS);
+	else
+		failure_text(ch, buf, len);
+	n = strlen(buf);
+	snprintf(buf + n, len - n, ": %s", next_step(ch));
 }
 
 void mm_channel_reason(struct mm_channel *ch, char *buf, size_t len)

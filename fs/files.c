@@ -40,8 +40,22 @@ static struct handle *handle_of(struct fuse_file_info *fi)
 	return (struct handle *)(uintptr_t)fi->fh;
 }
 
+/* A creator's offer read while its peer is gone starts a new session. */
+static void renew(struct mmfs *fs, struct chan *ch)
+{
+	struct mm_err err = { "" };
+	uint64_t dropped;
+	int r = mm_channel_renew(&ch->mc, &dropped, &err);
+
+	if (r > 0)
+		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: new session for a new peer, fresh tokens; "
+			 "%llu unread bytes dropped\n", ch->name, (unsigned long long)dropped);
+	else if (r < 0)
+		fuse_log(FUSE_LOG_INFO, "mmapfs: %s: no new session: %s\n", ch->name, err.msg);
+}
+
 /* Open a text file: 0 or -errno. */
-static int text_open(struct chan *ch, enum file_kind k, struct handle *h,
+static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct handle *h,
 		     struct fuse_file_info *fi)
 {
 	int accmode = fi->flags & O_ACCMODE, n;
@@ -56,6 +70,8 @@ static int text_open(struct chan *ch, enum file_kind k, struct handle *h,
 	h->buf = malloc(TEXT_MAX);
 	if (!h->buf)
 		return -ENOMEM;
+	if (k == F_CAPABILITIES)
+		renew(fs, ch);
 	n = file_text(ch, k, h->buf, TEXT_MAX);
 	if (n < 0)
 		return n;
@@ -85,7 +101,7 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	else if (k == F_DATA)
 		r = data_open(req, ch, h, fi);
 	else
-		r = text_open(ch, k, h, fi);
+		r = text_open(fs, ch, k, h, fi);
 	if (r < 0) {
 		if (ch)
 			chan_put(fs, ch);

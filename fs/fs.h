@@ -89,6 +89,9 @@ struct mmfs {
 	const char **allow_dirs;	/* cfg.allow_dirs, or the mmap_dir */
 	size_t n_allow_dirs;
 	uint32_t session;
+	char area_tag[16];		/* session in hex: names our areas */
+	pthread_mutex_t dir_lock;	/* the mmap_dir, made on first use: */
+	int dir_lockfd;			/* dir_lock: our flock there, or -1 */
 	uid_t uid;
 	gid_t gid;
 	bool debug;
@@ -111,6 +114,7 @@ uint64_t mmfs_now_ms(void);
 	do { if ((fs)->debug) fuse_log(FUSE_LOG_DEBUG, "mmapfs: " __VA_ARGS__); } while (0)
 
 /* tree.c */
+int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err);
 int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_err *err);
 void mmfs_close_all(struct mmfs *fs);
 struct chan *chan_get(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind);

@@ -160,8 +160,10 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 		fs->allow_dirs = (const char **)&c->mmap_dir;
 		fs->n_allow_dirs = 1;
 	}
-	if (mm_area_dir_prepare(c->mmap_dir, &err) < 0)
-		return fprintf(stderr, "mmapfs: mmap_dir %s\n", err.msg), 1;
+	/* an existing mmap_dir is ours from the start (leftovers swept now);
+	 * a missing one is made when a channel first needs it */
+	if (access(c->mmap_dir, F_OK) == 0 && mmfs_mmap_dir(fs, &err) < 0)
+		return fprintf(stderr, "mmapfs: %s\n", err.msg), 1;
 	for (size_t i = 0; i < c->n_channels; i++) {
 		if (mmfs_add_declared(fs, &c->channels[i], &err) < 0)
 			return fprintf(stderr, "mmapfs: %s:%d: channel %s: %s\n", file,
@@ -181,12 +183,15 @@ int main(int argc, char *argv[])
 
 	memset(&fs, 0, sizeof(fs));
 	pthread_mutex_init(&fs.lock, NULL);
+	pthread_mutex_init(&fs.dir_lock, NULL);
+	fs.dir_lockfd = -1;
 	fs.next_id = 1;
 	fs.uid = getuid();
 	fs.gid = getgid();
 	clock_gettime(CLOCK_REALTIME, &fs.mounted);
 	if (getrandom(&fs.session, sizeof(fs.session), 0) != sizeof(fs.session) || !fs.session)
 		fs.session = (uint32_t)getpid() ^ (uint32_t)fs.mounted.tv_nsec;
+	snprintf(fs.area_tag, sizeof(fs.area_tag), "%08x", fs.session);
 
 	if (fuse_opt_parse(&args, &cl, cmdline_opts, operand_proc) < 0)
 		goto out_args;
@@ -266,6 +271,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_chans:
 	mmfs_close_all(&fs);
+	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
 	mm_config_free(&fs.cfg);
 	free(opts.mountpoint);
 out_args:

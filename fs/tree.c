@@ -154,7 +154,33 @@ static void chan_opts(struct mmfs *fs, struct mm_chan_opts *o)
 	o->rules.ndirs = fs->n_allow_dirs;
 	o->rules.uids = fs->cfg.allow_uids;
 	o->rules.nuids = fs->cfg.n_allow_uids;
-	o->session = fs->session;
+	o->area_tag = fs->area_tag;
+}
+
+/* The mmap_dir, on first use: a guest whose areas are all declared files
+ * never needs one. Made if missing, locked as ours, and a dead daemon's
+ * leftovers swept (core/area.h). */
+int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
+{
+	struct mm_err why;
+	unsigned swept = 0;
+	int r = 0;
+
+	pthread_mutex_lock(&fs->dir_lock);
+	if (fs->dir_lockfd < 0) {
+		r = mm_area_dir_prepare(fs->cfg.mmap_dir, &why);
+		if (r == 0)
+			r = mm_area_dir_lock(fs->cfg.mmap_dir, fs->area_tag, &fs->dir_lockfd,
+					     &swept, &why);
+		if (r < 0)
+			mm_fail(err, r, "mmap_dir %s", why.msg);
+		if (swept)
+			fuse_log(FUSE_LOG_NOTICE,
+				 "mmapfs: %s: removed %u areas a dead mmapfs left behind\n",
+				 fs->cfg.mmap_dir, swept);
+	}
+	pthread_mutex_unlock(&fs->dir_lock);
+	return r;
 }
 
 /* Make a channel (this may create files: no lock held) and list it. */
@@ -168,6 +194,14 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 
 	if (!ch) {
 		*res = mm_fail(err, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	/* a creator makes in the mmap_dir the areas no path was given for */
+	if (role == MM_CREATOR && !read_file && !write_file &&
+	    (*res = mmfs_mmap_dir(fs, err)) < 0) {
+		pthread_mutex_destroy(&ch->rd_lock);
+		pthread_mutex_destroy(&ch->wr_lock);
+		free(ch);
 		return NULL;
 	}
 	chan_opts(fs, &o);

@@ -40,6 +40,10 @@ BENIGN_LOG = [
     r"mmapfs: .+: peer refused: .+",
     # a mkdir that failed, with its reason (tests of full disks and limits)
     r"mmapfs: mkdir .+: .+",
+    # restarts: a new session, a dead daemon's leftovers swept
+    r"mmapfs: .+: new session for a new peer, fresh tokens; \d+ unread bytes dropped",
+    r"mmapfs: .+: no new session: .+",
+    r"mmapfs: .+: removed \d+ areas a dead mmapfs left behind",
     # -d: the trace of handshakes and rings
     r"mmapfs: mounted on .+",
     r"mmapfs: .+: (created|declared|removed)\b.*",
@@ -220,6 +224,11 @@ def wait_state(m, name, state, timeout=5):
         if time.monotonic() > deadline:
             pytest.fail(f"{m.path}/{name}: state {st['state']}, expected {state}: {st}")
         time.sleep(0.05)
+
+
+def areas_in(d):
+    """The area files in an mmap_dir (not the daemons' lock files)."""
+    return sorted(f for f in os.listdir(d) if f.endswith(".mmap"))
 
 
 def which(prog):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import (finish_handshake, handshake, kv_text, read_kv, read_text, sh,
+from conftest import (areas_in, finish_handshake, handshake, kv_text, read_kv, read_text, sh,
                       wait_state)
 
 AREA_KEYS = ("file", "size", "token", "token_index", "token_bytes")
@@ -136,7 +136,7 @@ def test_answer_format(chans, shm):
         path = offer[f"{theirs}.file"]
         found = token_in_file(path, int(answer[f"{mine}.token_index"]), 128)
         assert found == int(answer[f"{mine}.token"], 16)
-    assert sorted(os.listdir(shm)) == sorted(os.path.basename(offer[f"{d}.file"])
+    assert areas_in(shm) == sorted(os.path.basename(offer[f"{d}.file"])
                                              for d in ("read", "write"))
 
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import handshake, read_kv, read_text, sh, unmount
+from conftest import areas_in, handshake, read_kv, read_text, sh, unmount
 
 FILES = ["capabilities", "peer", "token", "status", "data"]
 MODES = {"capabilities": 0o444, "peer": 0o600, "token": 0o444, "status": 0o444,
@@ -112,13 +112,13 @@ def test_rmdir_deletes_the_areas(mount_factory, shm):
     m = mount_factory()
     os.mkdir(m / "chan")
     files = areas_of(m)
-    assert sorted(os.listdir(shm)) == files
+    assert areas_in(shm) == files
     os.rmdir(m / "chan")
     assert os.listdir(m.path) == []
-    assert os.listdir(shm) == []
+    assert areas_in(shm) == []
     assert errno_of(os.stat, m / "chan/status") == "ENOENT"
     os.mkdir(m / "chan")            # the name is free again
-    assert len(os.listdir(shm)) == 2
+    assert len(areas_in(shm)) == 2
 
 
 def test_rmdir_busy_while_data_open(ready):
@@ -176,21 +176,21 @@ def test_echo_then_rmdir_keeps_the_stream(ready):
 def test_attacher_rmdir_keeps_creator_files(ready, shm):
     c, a = ready
     files = areas_of(c)
-    assert sorted(os.listdir(shm)) == files     # the attacher's own are gone
+    assert areas_in(shm) == files     # the attacher's own are gone
     os.rmdir(a / "chan")
     assert os.listdir(a.path) == []
-    assert sorted(os.listdir(shm)) == files
+    assert areas_in(shm) == files
     assert read_kv(c / "chan/status")["state"] == "ready"
     os.rmdir(c / "chan")
-    assert os.listdir(shm) == []
+    assert areas_in(shm) == []
 
 
 def test_unmount_deletes_creator_files(ready, shm):
     c, a = ready
     os.mkdir(c / "idle")            # never handshaken
     files = sorted(areas_of(c) + areas_of(c, "idle"))
-    assert sorted(os.listdir(shm)) == files
+    assert areas_in(shm) == files
     unmount(a)
-    assert sorted(os.listdir(shm)) == files
+    assert areas_in(shm) == files
     unmount(c)
-    assert os.listdir(shm) == []
+    assert os.listdir(shm) == []       # lock files too

@@ -120,7 +120,7 @@ static void test_create(void)
 		return;
 	mm_area_init(&a);
 	CHECK(a.fd == -1 && a.base == NULL);
-	if (!CHECK_INT(mm_area_create(&a, dir, size, &err), ==, 0)) {
+	if (!CHECK_INT(mm_area_create(&a, dir, NULL, size, &err), ==, 0)) {
 		printf("#     %s\n", err.msg);
 		return;
 	}
@@ -155,8 +155,8 @@ static void test_create(void)
 		struct mm_area b;
 
 		mm_area_init(&b);
-		CHECK_INT(mm_area_create(&a, dir, K64, NULL), ==, 0);
-		CHECK_INT(mm_area_create(&b, dir, K64, NULL), ==, 0);
+		CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL), ==, 0);
+		CHECK_INT(mm_area_create(&b, dir, NULL, K64, NULL), ==, 0);
 		CHECK(strcmp(a.path, b.path) != 0);
 		CHECK_INT(count_entries(dir), ==, 2);
 		mm_area_close(&a);
@@ -173,10 +173,10 @@ static void test_create_refused(void)
 	if (!make_dir(dir, 0700))
 		return;
 	mm_area_init(&a);
-	CHECK_INT(mm_area_create(&a, dir, K64 - 1, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_create(&a, dir, NULL, K64 - 1, &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, "65535");
-	CHECK_INT(mm_area_create(&a, dir, MM_AREA_MAX + 1, &err), ==, -EINVAL);
-	CHECK_INT(mm_area_create(&a, path_in("missing"), K64, &err), ==, -ENOENT);
+	CHECK_INT(mm_area_create(&a, dir, NULL, MM_AREA_MAX + 1, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_create(&a, path_in("missing"), NULL, K64, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "missing");
 	CHECK(a.fd == -1 && a.base == NULL);
 	CHECK_INT(count_entries(dir), ==, 0);
@@ -193,7 +193,7 @@ static void test_create_replaced(void)
 	if (!make_dir(dir, 0700))
 		return;
 	mm_area_init(&a);
-	if (!CHECK_INT(mm_area_create(&a, dir, K64, &err), ==, 0))
+	if (!CHECK_INT(mm_area_create(&a, dir, NULL, K64, &err), ==, 0))
 		return;
 	snprintf(path, sizeof(path), "%s", a.path);
 	if (!make_file(other, 1234))
@@ -204,7 +204,7 @@ static void test_create_replaced(void)
 	CHECK_U64(st.st_size, ==, 1234);
 
 	/* and one already deleted by someone else is no error */
-	CHECK_INT(mm_area_create(&a, dir, K64, &err), ==, 0);
+	CHECK_INT(mm_area_create(&a, dir, NULL, K64, &err), ==, 0);
 	CHECK_INT(unlink(a.path), ==, 0);
 	mm_area_close(&a);
 	CHECK(a.fd == -1);

@@ -33,7 +33,7 @@ static struct mm_chan_opts opts(uint32_t session)
 		.mmap_dir = top,
 		.size = RING,
 		.rules = { .dirs = dirs, .ndirs = 1 },
-		.session = session,
+		.area_tag = NULL,
 	};
 }
 
@@ -359,26 +359,53 @@ out:
 	close_pair();
 }
 
-/* The attacher restarts: a new daemon (another session) takes the same
- * offer. The creator's channel fails with ECONNRESET, and says why. */
+/* The attacher restarts: a new daemon takes the same offer. The creator's
+ * channel fails with ECONNRESET and says why; asked for its offer again,
+ * it starts a new session (fresh tokens, empty rings), which the new
+ * attacher takes, and nothing of the old session is read. */
 static void test_restarted_peer(void)
 {
 	struct mm_channel A2;
 	struct mm_chan_opts o = opts(0x4444);
-	char st[TEXT];
+	char st[TEXT], old[TEXT];
+	uint64_t dropped = 0;
+	uint8_t b[16];
 
 	if (!handshake(true))
 		goto out;
+	CHECK_INT(mm_stream_write(&C, "stale", 5), ==, 5);
+	CHECK_INT(mm_stream_write(&A, "old", 3), ==, 3);
 	mm_channel_tick(&C, now);
-	mm_channel_caps_text(&C, text, sizeof(text));
+	mm_channel_caps_text(&C, old, sizeof(old));
 	if (!CHECK_INT(mm_channel_open(&A2, MM_ATTACHER, false, &o, &err), ==, 0))
 		goto out;
-	CHECK_INT(give(&A2, text), ==, 0);
+	CHECK_INT(give(&A2, old), ==, 0);
 	CHECK(mm_channel_tick(&C, now + MM_BEAT_MS));
 	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_ERROR);
 	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -ECONNRESET);
 	mm_channel_status_text(&C, st, sizeof(st));
-	CHECK_HAS(st, "error=the peer restarted (session 00004444, was 00002222)");
+	CHECK_HAS(st, "error=the peer restarted (session ");
+	CHECK_HAS(st, "read capabilities");
+	/* not while data is open */
+	CHECK_INT(mm_channel_renew(&C, &dropped, &err), ==, -EBUSY);
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_channel_renew(&C, &dropped, &err), ==, 1);
+	CHECK_U64(dropped, ==, 8);
+	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_OFFERED);
+	mm_channel_caps_text(&C, text, sizeof(text));
+	CHECK(strcmp(text, old) != 0);
+	CHECK_INT(mm_channel_renew(&C, &dropped, &err), ==, 0);	/* once is enough */
+	CHECK_INT(give(&A2, text), ==, 0);
+	mm_channel_caps_text(&A2, text, sizeof(text));
+	CHECK_INT(give(&C, text), ==, 0);
+	mm_channel_tick(&A2, now + 2 * MM_BEAT_MS);
+	CHECK_INT(mm_channel_claim(&C, MM_RD | MM_WR, &C), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_channel_claim(&A2, MM_RD | MM_WR, &A2), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_stream_read(&A2, b, sizeof(b)), ==, -EAGAIN);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -EAGAIN);
+	CHECK_INT(mm_stream_write(&C, "new", 3), ==, 3);
+	CHECK_INT(mm_stream_read(&A2, b, sizeof(b)), ==, 3);
+	CHECK_MEM(b, "new", 3);
 	mm_channel_destroy(&A2);
 out:
 	close_pair();
