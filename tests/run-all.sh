@@ -1,12 +1,16 @@
 #!/bin/bash
 # The whole test suite, from a fresh machine: installs what mmapfs needs
 # (Debian packages), builds it with AddressSanitizer and UBSan, runs the C
-# unit tests, each fuzzer for a bounded time, and the pytest suite, which
-# mounts real filesystems. Run as root (FUSE mounts, apt-get):
+# unit tests, each fuzzer for a bounded time, the pytest suite, which
+# mounts real filesystems, and the VM test (tests/vm/run.sh: a QEMU guest
+# and its host over real ivshmem devices). Run as root (FUSE mounts,
+# apt-get, QEMU):
 #
-#   sudo tests/run-all.sh            FUZZ_SECONDS=60 by default
+#   tests/run-all.sh                 as root (or with sudo); FUZZ_SECONDS=60 by default
 #
-# Any failure stops it with a non-zero status.
+# A failure of the build, the unit tests or the fuzzers stops it; the
+# pytest suite and the VM test both run, and either failing makes the
+# status non-zero.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +33,10 @@ apt-get install -y -q --no-install-recommends \
 	python3 python3-pytest socat coreutils procps
 # xpra itself, as the interoperability tests' peer
 apt-get install -y -q --no-install-recommends xpra
+# the VM test: QEMU, a kernel and its fuse.ko (plain, xz or zstd), a static
+# busybox for the guest, cpio for its initramfs
+apt-get install -y -q --no-install-recommends \
+	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
 
 # A sanitizer report must fail the test that caused it.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
@@ -65,4 +73,10 @@ if [ -n "$(leftover)" ]; then
 	leftover | xargs -r -n1 fusermount3 -u -z
 	status=1
 fi
+
+step "VM test: a QEMU guest and its host over real ivshmem devices"
+# the ASan/UBSan build runs on both sides; the test installs nothing more
+# here, boots under KVM if a probe says it works, else TCG, and ends with
+# "N passed, N failed"
+tests/vm/run.sh "$top/build-asan/fs/mmapfs" || status=1
 exit "$status"
