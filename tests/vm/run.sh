@@ -35,8 +35,8 @@ fi
 [ -x "$mmapfs" ] || { echo "tests/vm/run.sh: $mmapfs: no such program" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/vmtest-XXXXXX)
-cleanup() {
-	local pid m
+cleanup() {	# after vmtest.py, which cleans up itself unless it was killed
+	local pid
 	pid=$(cat "$work/qemu.pid" 2>/dev/null) || pid=''
 	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = qemu-system-x86 ]; then
 		kill -9 "$pid" 2>/dev/null || :
@@ -45,6 +45,11 @@ cleanup() {
 	while read -r m; do
 		fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || :
 	done
+	# the host's daemon, which blocked readers or writers may keep alive
+	pid=$(cat "$work/host-mmapfs.pid" 2>/dev/null) || pid=''
+	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mmapfs ]; then
+		kill -9 "$pid" 2>/dev/null || :
+	fi
 	rm -f /dev/shm/"$(basename "$work")"-*
 	if [ "${VMTEST_KEEP:-0}" = 1 ]; then
 		echo "tests/vm/run.sh: logs kept in $work"

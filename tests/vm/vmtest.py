@@ -430,6 +430,8 @@ class HostMount:
             self.proc = subprocess.Popen([mmapfs, "-d", "-c", conf, mnt],
                                          stdin=subprocess.DEVNULL, stdout=f,
                                          stderr=subprocess.STDOUT)
+        with open(os.path.join(os.path.dirname(mnt), "host-mmapfs.pid"), "w") as f:
+            f.write(f"{self.proc.pid}\n")     # for run.sh's trap
         if not wait_for(lambda: mounted(mnt) or self.proc.poll() is not None, 10) \
                 or not mounted(mnt):
             raise Fail(f"host mmapfs did not mount (exit {self.proc.poll()}): {tail(log)}")
