@@ -5,7 +5,7 @@
 # streams a file through the channel and shows both ends' status. Unmounts
 # everything at the end (or leaves the mounts up with KEEP=1).
 #
-#   sudo contrib/quickstart.sh
+#   contrib/quickstart.sh            as root (or with sudo)
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)

@@ -2,14 +2,17 @@
 # The whole test suite, from a fresh machine: installs what mmapfs needs
 # (Debian packages), builds it with AddressSanitizer and UBSan, runs the C
 # unit tests, each fuzzer for a bounded time, the pytest suite, which
-# mounts real filesystems, and the systemd unit booted for real in a
-# systemd-nspawn container (tests/systemd/run.sh, which builds a Debian root
-# with debootstrap once and keeps it in build-nspawn/). Run as root (FUSE
-# mounts, apt-get):
+# mounts real filesystems, the VM test (tests/vm/run.sh: a QEMU guest and
+# its host over real ivshmem devices), and the systemd unit booted for real
+# in a systemd-nspawn container (tests/systemd/run.sh, which builds a Debian
+# root with debootstrap once and keeps it in build-nspawn/). Run as root
+# (FUSE mounts, apt-get, QEMU, containers):
 #
-#   sudo tests/run-all.sh            FUZZ_SECONDS=60 by default
+#   tests/run-all.sh                 as root (or with sudo); FUZZ_SECONDS=60 by default
 #
-# Any failure stops it with a non-zero status.
+# A failure of the build, the unit tests or the fuzzers stops it; the
+# pytest suite, the VM test and the systemd test all run, and any of them
+# failing makes the status non-zero.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +40,10 @@ apt-get install -y -q --no-install-recommends \
 # (CI=true) a missing peer fails those tests instead of skipping them.
 apt-get install -y -q --no-install-recommends xpra python3-rencode \
 	cython3 python3-dev python3-gi
+# the VM test: QEMU, a kernel and its fuse.ko (plain, xz or zstd), a static
+# busybox for the guest, cpio for its initramfs
+apt-get install -y -q --no-install-recommends \
+	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
 
 # A sanitizer report must fail the test that caused it.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
@@ -77,6 +84,12 @@ if [ -n "$(leftover)" ]; then
 	status=1
 fi
 [ "$status" != 0 ] || rm -rf --one-file-system "$basetemp"   # kept to look at when a test failed
+
+step "VM test: a QEMU guest and its host over real ivshmem devices"
+# the ASan/UBSan build runs on both sides; the test installs nothing more
+# here, boots under KVM if a probe says it works, else TCG, and ends with
+# "N passed, N failed"
+tests/vm/run.sh "$top/build-asan/fs/mmapfs" || status=1
 
 step "systemd: mmapfs@.service booted in a container (build-nspawn)"
 tests/systemd/run.sh || status=1

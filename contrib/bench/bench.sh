@@ -1,8 +1,9 @@
 #!/bin/bash
 # mmapfs benchmark: one run, one machine, channel against pipe.
 #
-#   sudo contrib/bench/bench.sh [BUILDDIR]      (default: build-release, made
-#                                                with meson --buildtype=release)
+#   contrib/bench/bench.sh [BUILDDIR]      as root (or with sudo); default
+#                                          build-release, made with
+#                                          meson --buildtype=release
 #
 # (a) throughput: dd bs=1M through a channel between two mounts, against
 #     dd bs=1M | dd bs=1M through a pipe;

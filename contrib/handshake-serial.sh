@@ -1,0 +1,71 @@
+#!/bin/sh
+# handshake-serial.sh: the attacher's side of the mmapfs handshake over a
+# serial line, for a VM guest that has only a POSIX shell (busybox is
+# enough: no Python, no socat). The host, the creator, runs handshake.py or
+# handshake.sh on the other end of the line, a unix socket there.
+#
+#   handshake-serial.sh CHANNEL PORT [TIMEOUT]
+#
+# CHANNEL: the guest's channel directory (MOUNTPOINT/NAME, an attacher);
+# PORT: the serial line, a virtio-serial port (/dev/virtio-ports/NAME) or a
+# UART (/dev/ttyS1); TIMEOUT: seconds for each message and for becoming
+# ready (30; under dash, wrap the script in timeout(1) instead).
+# Start the host's side first: QEMU discards what the guest sends while
+# nobody is connected to the socket. A UART must be raw and stay open from
+# boot, or bytes arriving while nobody has it open are lost:
+#   stty -F /dev/ttyS1 raw -echo; sleep 2147483647 < /dev/ttyS1 &
+#
+# Wire protocol (lines of text; that of handshake.py and handshake.sh):
+#   both       mmapfs-handshake 1
+#   creator    the offer (capabilities), then a line "."
+#   attacher   the answer (capabilities), then "."  (or "! reason", ".")
+#   creator    "ok"  (or "! reason")
+# Exit status: 0 once the channel is ready, 1 on failure (reason on stderr).
+[ $# -ge 2 ] || { echo "usage: ${0##*/} CHANNEL PORT [TIMEOUT]" >&2; exit 2; }
+chan=${1%/} port=$2 t=${3:-30}
+MAGIC="mmapfs-handshake 1"
+
+fail() { echo "${0##*/}: $*" >&2; exit 1; }
+# busybox sh, bash, ksh bound each read; dash's read has no -t (exit 2):
+# there, bound the whole script with timeout(1)
+# shellcheck disable=SC3045,SC2034 # the probe itself
+(read -r -t 1 x </dev/null) 2>/dev/null
+if [ $? -eq 2 ]; then wait_opt=''; else wait_opt="-t $t"; fi
+recv() {	# one line into $line, within $t seconds
+	# shellcheck disable=SC2086,SC2229 # wait_opt: none, or two words
+	IFS= read -r $wait_opt line <&3 || fail "the peer said nothing within $t s"
+}
+
+[ -d "$chan" ] || fail "$chan: no such channel"
+exec 3<>"$port" || fail "cannot open $port"
+stty raw -echo <&3 2>/dev/null	# a UART; a virtio port is no tty
+printf '%s\n' "$MAGIC" >&3
+recv
+[ "$line" = "$MAGIC" ] || fail "the peer does not speak '$MAGIC' (it said '$line')"
+
+offer=''
+recv
+while [ "$line" != . ]; do
+	offer="$offer$line
+"
+	recv
+done
+case $offer in '!'*) fail "the peer failed: $offer" ;; esac
+
+# one write, so that a refusal comes back from write() itself
+if ! printf '%s' "$offer" > "$chan/peer"; then
+	why=$(grep '^error=' "$chan/status")
+	printf '! %s: %s\n.\n' "$chan/peer refused the offer" "$why" >&3
+	fail "$chan/peer refused the offer: $why"
+fi
+cat "$chan/capabilities" >&3
+printf '.\n' >&3
+recv
+[ "$line" = ok ] || fail "the creator refused the answer: $line"
+
+i=0
+until grep -q '^state=ready$' "$chan/status"; do
+	i=$((i + 1))
+	[ $i -le $((t * 10)) ] || fail "$chan: not ready after $t s"
+	sleep 0.1
+done

@@ -1,0 +1,55 @@
+#!/bin/bash
+# Build the VM test's guest: an uncompressed initramfs (newc cpio) holding
+# busybox (static), fuse.ko of the host's Debian kernel, an mmapfs binary with
+# the shared libraries ldd names and the dynamic loader, tests/vm/init and
+# contrib/handshake-serial.sh (the guest's side of the handshake).
+#
+#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER
+#
+# KVER: the kernel release whose fuse.ko goes in (/lib/modules/KVER).
+# Nothing outside OUT and a temporary directory next to it is written.
+set -euo pipefail
+
+[ $# -eq 3 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER" >&2; exit 2; }
+out=$1 mmapfs=$2 kver=$3
+here=$(cd "$(dirname "$0")" && pwd)
+
+busybox=/bin/busybox
+if [ ! -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
+	echo "$0: $busybox is missing or not static (apt-get install busybox-static)" >&2
+	exit 1
+fi
+[ -x "$mmapfs" ] || { echo "$0: $mmapfs: not an executable" >&2; exit 1; }
+
+root=$(mktemp -d "$out.root.XXXXXX")
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,dev,etc,lib,proc,sys,tmp,mnt}
+
+# busybox-static: the init script installs its applet links at boot
+cp "$busybox" "$root/bin/busybox"
+
+# fuse.ko has no dependencies; Debian ships it plain, other kernels compress it
+ko=''
+for f in /lib/modules/"$kver"/kernel/fs/fuse/fuse.ko{,.xz,.zst,.gz}; do
+	[ -e "$f" ] && { ko=$f; break; }
+done
+[ -n "$ko" ] || { echo "$0: no fuse.ko for kernel $kver" >&2; exit 1; }
+case $ko in
+*.xz) xz -dc "$ko" ;;
+*.zst) zstd -qdc "$ko" ;;
+*.gz) gzip -dc "$ko" ;;
+*) cat "$ko" ;;
+esac > "$root/lib/fuse.ko"
+
+# mmapfs, every library ldd names (at the same path) and the loader
+cp "$mmapfs" "$root/bin/mmapfs"
+for lib in $(ldd "$mmapfs" | grep -o '/[^ ]*'); do
+	mkdir -p "$root$(dirname "$lib")"
+	cp -L "$lib" "$root$lib"
+done
+
+cp "$here/init" "$root/init"
+cp "$here/../../contrib/handshake-serial.sh" "$root/bin/handshake-serial.sh"
+chmod 755 "$root/init" "$root/bin/handshake-serial.sh"
+
+(cd "$root" && find . | cpio -o -H newc --quiet) > "$out"

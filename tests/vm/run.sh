@@ -1,0 +1,65 @@
+#!/bin/bash
+# The VM test: mmapfs between a QEMU host and its guest over real
+# ivshmem-plain devices (see vmtest.py). As root:
+#
+#   tests/vm/run.sh [MMAPFS]      default: build/fs/mmapfs, built if missing
+#
+# Installs the Debian packages it needs if they are missing, then runs
+# vmtest.py in a scratch directory /tmp/vmtest-XXXXXX. Whatever happens
+# (a failure, a signal, the time limit), the trap leaves nothing behind:
+# QEMU killed, mounts lazily unmounted, /dev/shm files and the scratch
+# directory removed (VMTEST_KEEP=1 keeps the directory and its logs).
+# Environment: VMTEST_ACCEL=auto|kvm|tcg, VMTEST_LAYOUT=two-devices|one-device.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+if [ "$(id -u)" != 0 ]; then
+	echo "tests/vm/run.sh: run as root: it installs packages, boots QEMU, mounts FUSE" >&2
+	exit 1
+fi
+
+need=()
+for p in qemu-system-x86 linux-image-amd64 busybox-static cpio python3 fuse3; do
+	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+mmapfs=${1:-$top/build/fs/mmapfs}
+if [ ! -x "$mmapfs" ] && [ $# -eq 0 ]; then
+	(cd "$top" && { [ -d build ] || meson setup build; } && ninja -C build fs/mmapfs)
+fi
+[ -x "$mmapfs" ] || { echo "tests/vm/run.sh: $mmapfs: no such program" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/vmtest-XXXXXX)
+cleanup() {	# after vmtest.py, which cleans up itself unless it was killed
+	local pid
+	pid=$(cat "$work/qemu.pid" 2>/dev/null) || pid=''
+	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = qemu-system-x86 ]; then
+		kill -9 "$pid" 2>/dev/null || :
+	fi
+	awk -v w="$work/" 'index($2, w) == 1 {print $2}' /proc/self/mounts |
+	while read -r m; do
+		fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || :
+	done
+	# the host's daemon, which blocked readers or writers may keep alive
+	pid=$(cat "$work/host-mmapfs.pid" 2>/dev/null) || pid=''
+	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mmapfs ]; then
+		kill -9 "$pid" 2>/dev/null || :
+	fi
+	rm -f /dev/shm/"$(basename "$work")"-*
+	if [ "${VMTEST_KEEP:-0}" = 1 ]; then
+		echo "tests/vm/run.sh: logs kept in $work"
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+# vmtest.py stops itself after --time-limit; timeout is the last resort
+timeout -k 10 1200 /usr/bin/python3 "$top/tests/vm/vmtest.py" \
+	--mmapfs "$mmapfs" --work "$work"
