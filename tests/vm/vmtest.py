@@ -793,18 +793,24 @@ class VMTest:
         self.dead_fails("guest daemon killed", r, w, t_kill)
         rep.check("guest daemon killed: the host daemon keeps serving", self.host_serving, name)
 
-        # Beyond issue 11, so not counted: the lifecycle says a restarted
-        # peer handshakes again with this end unchanged (reading the
-        # creator's capabilities while its peer is dead starts a new session).
-        try:
-            g.sh(f"umount -l {GUEST_MNT}; echo '--- restarted' >> /tmp/mmapfs.log")
-            self.guest_mount()
-            self.handshake(name)
-            self.drain(name)
-            info("note (not counted): guest daemon restarted, handshake again: "
-                 + self.both_ways(name, SMALL))
-        except Fail as e:
-            info(f"note (not counted): guest daemon restarted, handshake again: failed: {e}")
+        rep.check("guest daemon restarted: the same channel handshaken again, "
+                  "the host untouched, nothing stale", self.restarted, name)
+
+    def restarted(self, name):
+        """The guest's daemon started again with the same configuration: the
+        first handshake's own commands make a new session (reading the
+        host's capabilities while its peer is dead), on empty rings."""
+        g = self.guest
+        g.sh(f"umount -l {GUEST_MNT}; echo '--- restarted' >> /tmp/mmapfs.log")
+        self.guest_mount()
+        self.handshake(name)
+        st = self.host.status(name)
+        _, gst = g.sh(f"grep -E '^(read|write).used=' {self.gchan(name)}/status")
+        stale = [k for k in ("read.used", "write.used") if st.get(k) != "0"]
+        if stale or "used=0" not in gst or any(l and not l.endswith("=0")
+                                               for l in gst.split("\n")):
+            raise Fail(f"bytes of the old session: host {st}, guest {gst!r}")
+        return self.both_ways(name, SMALL)
 
     # -- the end --
 
