@@ -29,6 +29,7 @@ static void free_channels(struct mm_chan_decl *ch, size_t n)
 
 void mm_config_free(struct mm_config *c)
 {
+	free(c->file);
 	free(c->mmap_dir);
 	free_strv(c->allow_dirs, c->n_allow_dirs);
 	free(c->allow_uids);
@@ -60,12 +61,13 @@ int mm_config_defaults(struct mm_config *c)
 	return 0;
 }
 
-int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err)
+/* A byte count: a number with an optional K, M or G suffix (powers of
+ * 1024), below 2^48. 0 or -EINVAL. */
+static int parse_bytes(const char *s, uint64_t *out, struct mm_err *err)
 {
 	char num[32];
 	size_t n = strlen(s);
 	uint64_t v, mult = 1;
-	int r;
 
 	if (n > 0 && n < sizeof(num)) {
 		switch (s[n - 1]) {
@@ -75,16 +77,28 @@ int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err)
 		}
 	}
 	if (n == 0 || n >= sizeof(num))
-		return mm_fail(err, -EINVAL, "size '%.40s' is not a number with K, M or G", s);
+		return mm_fail(err, -EINVAL, "'%.40s' is not a number with K, M or G", s);
 	memcpy(num, s, n);
 	num[n] = '\0';
-	r = mm_parse_u64(num, UINT32_MAX, &v);
-	if (r < 0 && r != -ERANGE)
-		return mm_fail(err, -EINVAL, "size '%.40s' is not a number with K, M or G", s);
-	if (r < 0 || v > MM_AREA_MAX / mult || v * mult < MM_AREA_MIN ||
-	    mm_area_size_for(v * mult) == 0)
-		return mm_fail(err, -EINVAL, "size '%.40s' is outside 64K..4G", s);
+	if (mm_parse_u64(num, (UINT64_C(1) << 48) / mult, &v) < 0)
+		return mm_fail(err, -EINVAL, "'%.40s' is not a number with K, M or G below 2^48", s);
 	*out = v * mult;
+	return 0;
+}
+
+int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err)
+{
+	uint64_t v;
+
+	if (parse_bytes(s, &v, err) < 0)
+		return mm_fail(err, -EINVAL, "size '%.40s' is not a number with K, M or G", s);
+	if (v > MM_AREA_MAX || v < MM_AREA_MIN)
+		return mm_fail(err, -EINVAL, "size '%.40s' is outside 64K..4G", s);
+	if (mm_area_size_for(v) == 0)
+		return mm_fail(err, -EINVAL,
+			       "size '%.40s': its area (the ring, an 8-byte header, rounded up "
+			       "to a page) would reach 4G", s);
+	*out = v;
 	return 0;
 }
 
@@ -158,29 +172,57 @@ static int get_abs_path(const config_setting_t *s, const char *path,
 	return r;
 }
 
+/* A byte count given as an integer or as a string with a suffix: its text. */
+static int get_bytes_text(const config_setting_t *s, const char *path, const char *key,
+			  char num[32], const char **text, struct mm_err *err)
+{
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64:
+		snprintf(num, 32, "%lld", config_setting_get_int64(s));
+		if (num[0] == '-')
+			return bad(err, path, s, key, "negative");
+		*text = num;
+		return 0;
+	case CONFIG_TYPE_STRING:
+		*text = config_setting_get_string(s);
+		return 0;
+	default:
+		return bad(err, path, s, key, "expected a string such as \"64M\" or an integer");
+	}
+}
+
 static int load_size(struct mm_config *c, const config_setting_t *s,
 		     const char *path, struct mm_err *err)
 {
 	char num[32];
-	const char *text = num;
+	const char *text;
 	struct mm_err why;
+	int r = get_bytes_text(s, path, "size", num, &text, err);
 
-	switch (config_setting_type(s)) {
-	case CONFIG_TYPE_INT:
-	case CONFIG_TYPE_INT64:
-		snprintf(num, sizeof(num), "%lld", config_setting_get_int64(s));
-		if (num[0] == '-')
-			return bad(err, path, s, "size", "negative");
-		break;
-	case CONFIG_TYPE_STRING:
-		text = config_setting_get_string(s);
-		break;
-	default:
-		return bad(err, path, s, "size", "expected a string such as \"64M\" or an integer");
-	}
-	if (mm_config_parse_size(text, &c->size, &why) < 0)
-		return bad(err, path, s, "size", why.msg);
-	return 0;
+	if (r == 0 && mm_config_parse_size(text, &c->size, &why) < 0)
+		r = bad(err, path, s, "size", why.msg);
+	return r;
+}
+
+/* A window's offset (page-aligned) or size (an area's: 64K..4G). */
+static int load_window(const config_setting_t *s, const char *path, const char *key,
+		       uint64_t *out, struct mm_err *err)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+	bool size = strstr(key, "_size") != NULL;
+	char num[32];
+	const char *text;
+	struct mm_err why;
+	int r = get_bytes_text(s, path, key, num, &text, err);
+
+	if (r == 0 && parse_bytes(text, out, &why) < 0)
+		r = bad(err, path, s, key, why.msg);
+	else if (r == 0 && !size && *out % page)
+		r = bad(err, path, s, key, "not a multiple of the page size");
+	else if (r == 0 && size && (*out < MM_AREA_MIN || *out > MM_AREA_MAX))
+		r = bad(err, path, s, key, "outside 64K..4G");
+	return r;
 }
 
 static int load_allow_dirs(struct mm_config *c, const config_setting_t *s,
@@ -283,6 +325,14 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 			if ((r = get_abs_path(s, path, key, &str, err)) < 0)
 				return r;
 			slot = key[0] == 'r' ? &d->read_file : &d->write_file;
+		} else if (strcmp(key, "read_offset") == 0 || strcmp(key, "read_size") == 0 ||
+			   strcmp(key, "write_offset") == 0 || strcmp(key, "write_size") == 0) {
+			struct mm_window *w = key[0] == 'r' ? &d->read_window : &d->write_window;
+
+			r = load_window(s, path, key, strstr(key, "_size") ? &w->size : &w->offset,
+					err);
+			if (r < 0)
+				return r;
 		} else {
 			return bad(err, path, s, key, "unknown key");
 		}
@@ -291,6 +341,52 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 	}
 	if (!d->name)
 		return bad(err, path, g, "name", "missing in this channel");
+	if ((d->read_window.offset && !d->read_window.size) ||
+	    (d->write_window.offset && !d->write_window.size))
+		return bad(err, path, g, d->read_window.offset && !d->read_window.size ?
+			   "read_size" : "write_size", "a window needs its size");
+	if ((d->read_window.size && !d->read_file) || (d->write_window.size && !d->write_file))
+		return bad(err, path, g, d->read_window.size && !d->read_file ?
+			   "read_file" : "write_file", "a window needs its file");
+	return 0;
+}
+
+/* Do two declared areas share bytes of one file? */
+static bool windows_overlap(const char *fa, const struct mm_window *a, const char *fb,
+			    const struct mm_window *b)
+{
+	if (!fa || !fb || strcmp(fa, fb) != 0)
+		return false;
+	if (!a->size || !b->size)
+		return true;	/* one of them is the whole file */
+	return a->offset < b->offset + b->size && b->offset < a->offset + a->size;
+}
+
+/* Each declared area's bytes belong to it alone: refuse any two that
+ * overlap, naming the later one's line. */
+static int check_windows(const struct mm_chan_decl *ch, size_t n, const char *path,
+			 struct mm_err *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *fi[2] = { ch[i].read_file, ch[i].write_file };
+		const struct mm_window *wi[2] = { &ch[i].read_window, &ch[i].write_window };
+
+		for (size_t j = 0; j <= i; j++) {
+			const char *fj[2] = { ch[j].read_file, ch[j].write_file };
+			const struct mm_window *wj[2] = { &ch[j].read_window, &ch[j].write_window };
+
+			for (int x = 0; x < 2; x++)
+				for (int y = 0; y < 2; y++)
+					if ((j < i || x < y) &&
+					    windows_overlap(fi[x], wi[x], fj[y], wj[y]))
+						return mm_fail(err, -EINVAL,
+							       "%s:%d: channel %s: %s_file %s overlaps "
+							       "channel %s's %s_file (line %d)", path,
+							       ch[i].line, ch[i].name,
+							       x ? "write" : "read", fi[x], ch[j].name,
+							       y ? "write" : "read", ch[j].line);
+		}
+	}
 	return 0;
 }
 
@@ -314,6 +410,10 @@ static int load_channels(struct mm_config *c, const config_setting_t *s,
 			return r;
 		}
 	}
+	if (check_windows(ch, (size_t)n, path, err) < 0) {
+		free_channels(ch, (size_t)n);
+		return -EINVAL;
+	}
 	free_channels(c->channels, c->n_channels);
 	c->channels = ch;
 	c->n_channels = (size_t)n;
@@ -331,6 +431,10 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 	f = fopen(path, "re");
 	if (!f)
 		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	if (mm_config_set_str(&c->file, path) < 0) {
+		fclose(f);
+		return -ENOMEM;
+	}
 	/* libconfig's scanner exit()s on a read error such as a directory's */
 	if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
 		fclose(f);

@@ -19,10 +19,13 @@ struct mm_chan_decl {
 	enum mm_chan_role role;
 	char *read_file;		/* administrator's paths, or NULL */
 	char *write_file;
+	struct mm_window read_window;	/* of the file, or the whole file */
+	struct mm_window write_window;
 	int line;			/* where it was declared */
 };
 
 struct mm_config {
+	char *file;			/* the file read, or NULL */
 	char *mmap_dir;			/* where created areas live */
 	uint64_t size;			/* ring bytes of a new area */
 	char **allow_dirs;		/* where offered files may be opened */

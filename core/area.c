@@ -68,8 +68,8 @@ static bool kernel_can_copy(int fd)
 	       fstatfs(fd, &sfs) == 0 && sfs.f_type != SYSFS_MAGIC;
 }
 
-static int map_area(struct mm_area *a, int fd, uint64_t size, const char *path,
-		    struct mm_err *err)
+static int map_area(struct mm_area *a, int fd, uint64_t offset, uint64_t size,
+		    const char *path, struct mm_err *err)
 {
 	void *p;
 
@@ -78,7 +78,7 @@ static int map_area(struct mm_area *a, int fd, uint64_t size, const char *path,
 			       path, (unsigned long long)size,
 			       (unsigned long long)MM_AREA_MIN,
 			       (unsigned long long)MM_AREA_MAX);
-	p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
 	if (p == MAP_FAILED)
 		return mm_fail(err, -errno, "%s: mmap: %s", path, strerror(errno));
 	a->fd = fd;
@@ -131,7 +131,7 @@ int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t
 		r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
 		goto fail;
 	}
-	r = map_area(a, fd, size, path, err);
+	r = map_area(a, fd, 0, size, path, err);
 	if (r < 0)
 		goto fail;
 	a->created = true;
@@ -230,7 +230,7 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 			char path[PATH_MAX];
 
 			snprintf(path, sizeof(path), "%s/%s", dir, name);
-			r = map_area(a, fd, size, path, err);
+			r = map_area(a, fd, 0, size, path, err);
 		}
 		if (r < 0)
 			close(fd);
@@ -240,9 +240,10 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 }
 
 int mm_area_open_path(struct mm_area *a, const char *path, bool create,
-		      uint64_t create_size, uint64_t size, struct mm_err *err)
+		      uint64_t create_size, uint64_t size, const struct mm_window *win,
+		      struct mm_err *err)
 {
-	uint64_t len;
+	uint64_t len, off = win ? win->offset : 0;
 	int fd, r;
 
 	fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -261,6 +262,21 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 		mm_fail(err, r, "%s: cannot tell its size: %s", path, strerror(-r));
 		goto fail;
 	}
+	if (win && win->size) {
+		if (size && size != win->size) {
+			r = mm_fail(err, -EINVAL, "%s: size %llu differs from the window's %llu",
+				    path, (unsigned long long)size,
+				    (unsigned long long)win->size);
+			goto fail;
+		}
+		if (off > len || win->size > len - off) {
+			r = mm_fail(err, -EINVAL, "%s: the window %llu+%llu is beyond its %llu bytes",
+				    path, (unsigned long long)off,
+				    (unsigned long long)win->size, (unsigned long long)len);
+			goto fail;
+		}
+		size = win->size;
+	}
 	if (size == 0)
 		size = len;
 	if (size > len) {
@@ -268,7 +284,7 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 			    (unsigned long long)size, (unsigned long long)len);
 		goto fail;
 	}
-	r = map_area(a, fd, size > MM_AREA_MAX ? MM_AREA_MAX : size, path, err);
+	r = map_area(a, fd, off, size > MM_AREA_MAX ? MM_AREA_MAX : size, path, err);
 	if (r == 0)
 		return 0;
 fail:

@@ -32,6 +32,13 @@ struct mm_area {
 	char path[PATH_MAX];
 };
 
+/* A part of a file that is the whole area (header and ring), so one device
+ * carries several areas: offset page-aligned; size 0 means the whole file. */
+struct mm_window {
+	uint64_t offset;
+	uint64_t size;
+};
+
 /* Where a peer's offered files may be opened from. */
 struct mm_attach_rules {
 	const char *const *dirs;	/* allowed directories */
@@ -79,10 +86,14 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 
 /* Open an administrator's path as given (symlinks, devices, sysfs files
  * allowed). If it is missing and create is set, it is created (mode 0600,
- * create_size bytes). size 0 maps the file's own length; otherwise size
- * bytes, which must not exceed it. Such a file is never deleted. */
+ * create_size bytes). With a window (win not NULL, win->size not 0), that
+ * part of the file is the area, which must lie within the file, and size
+ * (if not 0) must equal the window's; else size 0 maps the file's own
+ * length, and other sizes must not exceed it. Such a file is never
+ * deleted. */
 int mm_area_open_path(struct mm_area *a, const char *path, bool create,
-		      uint64_t create_size, uint64_t size, struct mm_err *err);
+		      uint64_t create_size, uint64_t size, const struct mm_window *win,
+		      struct mm_err *err);
 
 /* Unmap and close; delete the file if we created it and it is still ours.
  * Accepts a closed area. */

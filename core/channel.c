@@ -160,6 +160,15 @@ int mm_channel_open(struct mm_channel *ch, enum mm_chan_role role, bool declared
 	r = mm_creator_setup(ch, err);
 	if (r == 0)
 		return 0;
+	if (mm_setup_later(ch, r)) {
+		/* its file is not ready yet (a VM not started): the channel is
+		 * there, in error, and reading its offer tries again */
+		mm_dir_close(&ch->rd);
+		mm_dir_close(&ch->wr);
+		snprintf(ch->error, sizeof(ch->error), "%s", err ? err->msg : "");
+		mm_channel_fail(ch, -r, MM_WHY_SETUP, 0, 0, 0);
+		return 0;
+	}
 fail:
 	mm_channel_destroy(ch);
 	return r;

@@ -75,6 +75,7 @@ enum mm_why {
 	MM_WHY_CORRUPT,		/* pointers outside the ring: a = start, b = end */
 	MM_WHY_EOF_CORRUPT,	/* ends of stream that make no sense */
 	MM_WHY_RESTARTED,	/* the peer's session changed: a = new, b = old */
+	MM_WHY_SETUP,		/* a declared file is not ready: ch->error says */
 };
 
 struct mm_failure {
@@ -113,6 +114,10 @@ struct mm_chan_opts {
 	uint64_t size;			/* ring bytes of a new area */
 	const char *read_file;		/* administrator's paths, or NULL */
 	const char *write_file;
+	struct mm_window read_window;	/* parts of those files, or zero */
+	struct mm_window write_window;
+	const char *origin;		/* "FILE:LINE" of a declared channel, or
+					 * NULL: named in reasons about its paths */
 	struct mm_attach_rules rules;
 	const char *area_tag;		/* in the names of created areas, or NULL
 					 * (area.h: leftovers) */
@@ -163,7 +168,11 @@ const char *mm_peer_name(enum mm_peer p);
  * paths, tokens written, state offered) or as an attacher waiting for an
  * offer. opts is copied; its strings must outlive ch except read_file and
  * write_file, which are copied. 0 or -errno with err set; on failure ch
- * holds nothing (no mm_channel_destroy needed). May block (creates files). */
+ * holds nothing (no mm_channel_destroy needed). May block (creates files).
+ * A declared creator whose file is too small for its area or window, or a
+ * missing file given with a window (an ivshmem device's, before the VM
+ * starts), opens in MM_STATE_ERROR with the reason, and is set up when its
+ * offer is next read (mm_channel_renew). */
 int mm_channel_open(struct mm_channel *ch, enum mm_chan_role role,
 		    bool declared, const struct mm_chan_opts *opts,
 		    struct mm_err *err);

@@ -108,16 +108,27 @@ static int dir_reset(struct mm_dir *d)
 	return r;
 }
 
-static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_opts *o,
-		      const char *name, struct mm_err *err)
+/* Where an administrator's path came from, for reasons about it. */
+static int admin_fail(const struct mm_chan_opts *o, struct mm_err *err, int r,
+		      const struct mm_err *why)
+{
+	return o->origin ? mm_fail(err, r, "%s: %s", o->origin, why->msg)
+			 : mm_fail(err, r, "%s", why->msg);
+}
+
+static int create_dir(struct mm_dir *d, const char *admin, const struct mm_window *win,
+		      const struct mm_chan_opts *o, const char *name, struct mm_err *err)
 {
 	uint64_t size = mm_area_size_for(o->size);
+	struct mm_err why;
 	int r;
 
 	mm_dir_init(d);
-	if (admin)
-		r = mm_area_open_path(&d->area, admin, true, size, 0, err);
-	else
+	/* a window is part of a device's file: never made here */
+	if (admin && (r = mm_area_open_path(&d->area, admin, !(win && win->size), size, 0, win,
+					    &why)) < 0)
+		return admin_fail(o, err, r, &why);
+	if (!admin)
 		r = mm_area_create(&d->area, o->mmap_dir, o->area_tag, size, err);
 	if (r < 0)
 		return r;
@@ -131,15 +142,24 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_
 	return dir_new_token(d, false, 0, 0, err, name);
 }
 
+bool mm_setup_later(const struct mm_channel *ch, int r)
+{
+	bool windows = ch->opts.read_window.size || ch->opts.write_window.size;
+
+	return ch->declared && (r == -EINVAL || (r == -ENOENT && windows));
+}
+
 int mm_creator_setup(struct mm_channel *ch, struct mm_err *err)
 {
 	int r = 0;
 
 	/* A channel naming one administrator's file carries that direction only. */
 	if (ch->read_file || !ch->write_file)
-		r = create_dir(&ch->rd, ch->read_file, &ch->opts, RD_NAME, err);
+		r = create_dir(&ch->rd, ch->read_file, &ch->opts.read_window, &ch->opts,
+			       RD_NAME, err);
 	if (r == 0 && (ch->write_file || !ch->read_file))
-		r = create_dir(&ch->wr, ch->write_file, &ch->opts, WR_NAME, err);
+		r = create_dir(&ch->wr, ch->write_file, &ch->opts.write_window, &ch->opts,
+			       WR_NAME, err);
 	ch->session = new_session();
 	if (r == 0) {
 		mm_publish_session(ch, &ch->rd);
@@ -232,8 +252,8 @@ static int check_token(const struct mm_dir *d, const struct mm_caps_area *c, boo
  * and check the creator's token in it. Nothing is written. No lock: d is
  * the caller's own, and what of ch it reads is fixed after open. */
 static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char *admin,
-		      const struct mm_caps_area *c, const char *name, bool ext,
-		      struct mm_err *err)
+		      const struct mm_window *win, const struct mm_caps_area *c,
+		      const char *name, bool ext, struct mm_err *err)
 {
 	struct mm_err why;
 	uint32_t magic = 0;
@@ -243,9 +263,11 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (r < 0)
 		return r;
 	if (admin)
-		r = mm_area_open_path(&d->area, admin, false, 0, c->size, &why);
+		r = mm_area_open_path(&d->area, admin, false, 0, c->size, win, &why);
 	else
 		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, &why);
+	if (r < 0 && admin && ch->opts.origin)
+		return mm_fail(err, r, "%s.file: %s: %s", name, ch->opts.origin, why.msg);
 	if (r < 0)
 		return mm_fail(err, r, "%s.file: %s", name, why.msg);
 	d->present = true;
@@ -332,9 +354,11 @@ static int take_offer(struct mm_channel *ch, const struct mm_caps *c, uint64_t n
 	pthread_mutex_unlock(&ch->lock);
 	/* The offer's read area is the one the creator reads: we write it. */
 	if ((c->read.have & MM_CAP_FILE) || (c->read.have && ch->write_file))
-		r = attach_dir(ch, &wr, ch->write_file, &c->read, RD_NAME, ext, err);
+		r = attach_dir(ch, &wr, ch->write_file, &ch->opts.write_window, &c->read,
+			       RD_NAME, ext, err);
 	if (r == 0 && ((c->write.have & MM_CAP_FILE) || (c->write.have && ch->read_file)))
-		r = attach_dir(ch, &rd, ch->read_file, &c->write, WR_NAME, ext, err);
+		r = attach_dir(ch, &rd, ch->read_file, &ch->opts.read_window, &c->write,
+			       WR_NAME, ext, err);
 	pthread_mutex_lock(&ch->lock);
 	ch->handshaking--;
 	if (r == 0)
@@ -496,6 +520,27 @@ int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *
 		return 0;	/* a handshake is under way: its text will do */
 	pthread_mutex_lock(&ch->lock);
 	st = mm_channel_state(ch);
+	if (ch->role == MM_CREATOR && !ch->rd.present && !ch->wr.present &&
+	    st == MM_STATE_ERROR) {
+		/* a declared file that was not ready: try again */
+		struct mm_err why = { "" };
+
+		r = mm_creator_setup(ch, &why);
+		if (r == 0) {
+			mm_fail_clear(ch);
+			ch->error[0] = '\0';
+			mm_set_state(ch, MM_STATE_OFFERED);
+			r = 1;
+		} else {
+			mm_dir_close(&ch->rd);
+			mm_dir_close(&ch->wr);
+			snprintf(ch->error, sizeof(ch->error), "%s", why.msg);
+			r = mm_fail(err, r, "%s", why.msg);
+		}
+		pthread_mutex_unlock(&ch->lock);
+		pthread_mutex_unlock(&ch->hs_lock);
+		return r;
+	}
 	if (ch->role != MM_CREATOR ||
 	    !(st == MM_STATE_ERROR ||
 	      (st == MM_STATE_READY && mm_channel_peer_state(ch) == MM_PEER_DEAD)))

@@ -23,6 +23,8 @@ void mm_dir_close(struct mm_dir *d);
 /* handshake.c: a creator's areas, tokens and session. ch->lock not needed
  * (the channel is not shared yet). */
 int mm_creator_setup(struct mm_channel *ch, struct mm_err *err);
+/* Should a declared creator whose setup failed with r wait for its file? */
+bool mm_setup_later(const struct mm_channel *ch, int r);
 
 /* live.c: write our session and heartbeat into a direction's trailer; the
  * direction whose trailer tells the peer's (NULL without the extension).

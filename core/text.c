@@ -120,6 +120,9 @@ static void failure_text(struct mm_channel *ch, char *buf, size_t len)
 		snprintf(buf, len, "%s area: corrupt end-of-stream words in the trailer",
 			 dir_name(f->dir));
 		break;
+	case MM_WHY_SETUP:
+		snprintf(buf, len, "%s", ch->error);
+		break;
 	case MM_WHY_RESTARTED:
 		snprintf(buf, len, "the peer restarted (session %08x, was %08x)", f->a, f->b);
 		break;
@@ -133,6 +136,8 @@ static void failure_text(struct mm_channel *ch, char *buf, size_t len)
  * (docs/PROTOCOL.md, "Restarts"). */
 static const char *next_step(struct mm_channel *ch)
 {
+	if (mm_channel_failed(ch) && ch->fail.why == MM_WHY_SETUP)
+		return "once the file is ready (its VM started), read capabilities";
 	if (ch->role == MM_CREATOR)
 		return "close data, then read capabilities: a new offer, for the peer's peer file";
 	return "close data, then write the creator's new offer into peer";

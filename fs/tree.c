@@ -185,10 +185,12 @@ int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
 
 /* Make a channel (this may create files: no lock held) and list it. */
 static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_role role,
-				bool declared, const char *read_file, const char *write_file,
-				int *res, struct mm_err *err)
+				const struct mm_chan_decl *decl, int *res, struct mm_err *err)
 {
+	const char *read_file = decl ? decl->read_file : NULL;
+	const char *write_file = decl ? decl->write_file : NULL;
 	struct chan *ch = chan_new(name);
+	char origin[PATH_MAX + 16];
 	struct mm_chan_opts o;
 	int r;
 
@@ -205,9 +207,16 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		return NULL;
 	}
 	chan_opts(fs, &o);
-	o.read_file = read_file;
-	o.write_file = write_file;
-	r = mm_channel_open(&ch->mc, role, declared, &o, err);
+	if (decl) {
+		o.read_file = read_file;
+		o.write_file = write_file;
+		o.read_window = decl->read_window;
+		o.write_window = decl->write_window;
+		snprintf(origin, sizeof(origin), "%s:%d", fs->cfg.file ? fs->cfg.file : "?",
+			 decl->line);
+		o.origin = origin;
+	}
+	r = mm_channel_open(&ch->mc, role, decl != NULL, &o, err);
 	if (r == 0 && (r = chan_link(fs, ch)) < 0) {
 		mm_fail(err, r, "%s: exists", name);
 		mm_channel_destroy(&ch->mc);
@@ -224,11 +233,18 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 
 int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_err *err)
 {
+	char why[512];
+	struct chan *ch;
 	int r;
 
-	if (!chan_create(fs, d->name, d->role, true, d->read_file, d->write_file, &r, err))
+	ch = chan_create(fs, d->name, d->role, d, &r, err);
+	if (!ch)
 		return r;
 	trace(fs, "%s: declared %s\n", d->name, mm_role_name(d->role));
+	if (mm_channel_state(&ch->mc) == MM_STATE_ERROR) {
+		mm_channel_reason(&ch->mc, why, sizeof(why));
+		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: not ready: %s\n", d->name, why);
+	}
 	return 0;
 }
 
@@ -452,7 +468,7 @@ void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 	pthread_mutex_lock(&fs->lock);
 	r = find_name(fs, name) ? -EEXIST : 0;
 	pthread_mutex_unlock(&fs->lock);
-	ch = r ? NULL : chan_create(fs, name, MM_CREATOR, false, NULL, NULL, &r, &err);
+	ch = r ? NULL : chan_create(fs, name, MM_CREATOR, NULL, &r, &err);
 	if (!ch) {
 		if (r != -EEXIST)
 			fuse_log(FUSE_LOG_ERR, "mmapfs: mkdir %s: %s\n", name, err.msg);

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from conftest import MMAPFS, TOP, force_cleanup, mounted, read_kv
+from conftest import MMAPFS, TOP, force_cleanup, mounted, read_kv, sh, wait_state
 
 PAGE = os.sysconf("SC_PAGESIZE")
 
@@ -414,3 +414,78 @@ def test_allow_uids_must_be_numbers(tmp_path):
                        text=True, timeout=10)
     assert r.returncode != 0
     assert f"{conf}:2: allow_uids" in r.stderr
+
+
+def test_windows_of_one_file(conf, mount_factory, tmp_path):
+    """One file (an ivshmem device) carries both directions of a channel
+    and a second channel, as windows; both ends name their own windows."""
+    dev = tmp_path / "dev"
+    with open(dev, "wb") as f:
+        f.truncate(1 << 20)
+    host = conf(f"""
+        channels = (
+          {{ name = "a"; read_file = "{dev}"; read_offset = 0; read_size = "128K";
+                         write_file = "{dev}"; write_offset = "128K"; write_size = "128K"; }},
+          {{ name = "b"; write_file = "{dev}"; write_offset = "512K"; write_size = 65536; }}
+        );
+        """, "host.conf")
+    guest = conf(f"""
+        channels = (
+          {{ name = "a"; role = "attacher";
+             write_file = "{dev}"; write_offset = 0; write_size = "128K";
+             read_file = "{dev}"; read_offset = "128K"; read_size = "128K"; }},
+          {{ name = "b"; role = "attacher"; read_file = "{dev}";
+             read_offset = "512K"; read_size = "64K"; }}
+        );
+        """, "guest.conf")
+    h, g = mount_factory("-c", host), mount_factory("-c", guest)
+    for name in ("a", "b"):
+        sh(f"cat {h / name}/capabilities > {g / name}/peer")
+        sh(f"cat {g / name}/capabilities > {h / name}/peer")
+        wait_state(h, name, "ready")
+    caps = read_kv(h / "a/capabilities")
+    assert caps["read.size"] == caps["write.size"] == str(128 << 10)
+    assert sh(f"echo one > {h / 'a'}/data; cat {g / 'a'}/data").stdout == "one\n"
+    assert sh(f"echo two > {g / 'a'}/data; cat {h / 'a'}/data").stdout == "two\n"
+    assert sh(f"echo three > {h / 'b'}/data; cat {g / 'b'}/data").stdout == "three\n"
+
+
+def test_overlapping_windows_refused(conf, mnt, shm, tmp_path):
+    dev = tmp_path / "dev"
+    dev.write_bytes(b"\0" * (1 << 20))
+    path = conf(f"""
+        channels = (
+          {{ name = "a"; write_file = "{dev}"; write_offset = 0; write_size = "128K"; }},
+          {{ name = "b";
+             read_file = "{dev}"; read_offset = "64K"; read_size = "128K"; }}
+        );
+        """)
+    err = run_bad(["-o", f"mmap_dir={shm}", "-c", path], mnt)
+    assert f"{path}:3: channel b: read_file {dev} overlaps channel a's write_file (line 2)" in err
+    bad = conf(f"""
+        channels = ( {{ name = "a"; write_file = "{dev}"; write_offset = 100; write_size = "64K"; }} );
+        """, "bad.conf")
+    err = run_bad(["-o", f"mmap_dir={shm}", "-c", bad], mnt)
+    assert f"{bad}:1: write_offset: not a multiple of the page size" in err
+
+
+def test_window_beyond_the_file_waits_for_it(conf, mount_factory, tmp_path):
+    """mmapfs started before the VM: the device's file is still empty. The
+    channel is there, in error, with the configuration's line; once the file
+    has its size, reading the offer sets it up."""
+    dev = tmp_path / "dev"
+    dev.write_bytes(b"")
+    path = conf(f"""
+        channels = ( {{ name = "vm";
+            write_file = "{dev}"; write_offset = "64K"; write_size = "64K"; }} );
+        """)
+    m = mount_factory("-c", path)
+    st = m.status("vm")
+    assert st["state"] == "error", st
+    assert f"{path}:1: {dev}: the window 65536+65536 is beyond its 0 bytes" in st["error"], st
+    assert "read capabilities" in st["error"]
+    with open(dev, "wb") as f:
+        f.truncate(128 << 10)
+    caps = read_kv(m / "vm/capabilities")
+    assert caps["write.size"] == str(64 << 10)
+    assert m.status("vm")["state"] == "offered"

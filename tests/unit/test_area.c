@@ -451,7 +451,7 @@ static void test_open_path(void)
 	if (!make_file(f, K128) || symlink(f, sym) < 0)
 		return;
 	mm_area_init(&a);
-	if (CHECK_INT(mm_area_open_path(&a, sym, false, 0, 0, &err), ==, 0)) {
+	if (CHECK_INT(mm_area_open_path(&a, sym, false, 0, 0, NULL, &err), ==, 0)) {
 		CHECK_U64(a.size, ==, K128);
 		CHECK(!a.created && a.fd >= 0 && a.base != NULL);
 		a.base[K128 - 1] = 5;
@@ -461,17 +461,17 @@ static void test_open_path(void)
 	CHECK(S_ISLNK(st.st_mode));
 	CHECK_INT(stat(f, &st), ==, 0);
 
-	CHECK_INT(mm_area_open_path(&a, f, false, 0, K64, &err), ==, 0);
+	CHECK_INT(mm_area_open_path(&a, f, false, 0, K64, NULL, &err), ==, 0);
 	CHECK_U64(a.size, ==, K64);
 	mm_area_close(&a);
-	CHECK_INT(mm_area_open_path(&a, f, false, 0, K128 + 1, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_open_path(&a, f, false, 0, K128 + 1, NULL, &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, f);
 	CHECK(a.fd == -1);
 
-	CHECK_INT(mm_area_open_path(&a, fresh, false, K128, 0, &err), ==, -ENOENT);
+	CHECK_INT(mm_area_open_path(&a, fresh, false, K128, 0, NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, fresh);
 	CHECK_INT(access(fresh, F_OK), ==, -1);
-	if (CHECK_INT(mm_area_open_path(&a, fresh, true, K64 + 4096, 0, &err), ==, 0)) {
+	if (CHECK_INT(mm_area_open_path(&a, fresh, true, K64 + 4096, 0, NULL, &err), ==, 0)) {
 		CHECK_U64(a.size, ==, K64 + 4096);
 		CHECK(!a.created);
 		mm_area_close(&a);
@@ -480,12 +480,12 @@ static void test_open_path(void)
 	CHECK_INT(st.st_mode & 07777, ==, 0600);
 	CHECK_U64(st.st_size, ==, K64 + 4096);
 	/* an existing file is used at its size even with create set */
-	CHECK_INT(mm_area_open_path(&a, f, true, K64 + 4096, 0, &err), ==, 0);
+	CHECK_INT(mm_area_open_path(&a, f, true, K64 + 4096, 0, NULL, &err), ==, 0);
 	CHECK_U64(a.size, ==, K128);
 	mm_area_close(&a);
 
 	if (make_file(small, 4096)) {
-		CHECK_INT(mm_area_open_path(&a, small, false, 0, 0, &err), ==, -EINVAL);
+		CHECK_INT(mm_area_open_path(&a, small, false, 0, 0, NULL, &err), ==, -EINVAL);
 		CHECK_HAS(err.msg, small);
 	}
 	CHECK_INT(open_fds(), ==, fd0);	/* nothing leaked, refused or closed */

@@ -72,12 +72,9 @@ def layout(name):
         # Today: one device is one area, so a duplex channel takes two.
         return [64 * MiB, 64 * MiB], [("vm", (0, None, None), (1, None, None))]
     if name == "one-device":
-        # TODO(issue 11): one device carrying both directions of "vm" and a
-        # second channel, as windows of the device's file. The keys
-        # read_offset/read_size/write_offset/write_size are planned, NOT
-        # final: today's mmapfs refuses them as unknown. When the window
-        # feature lands, make this the default (--layout below) and adjust
-        # the keys in configs() if they changed.
+        # One device carrying both directions of "vm" and a second channel,
+        # as windows of the device's file (read_offset/read_size,
+        # write_offset/write_size).
         return [256 * MiB], [("vm", (0, 0, 64 * MiB), (0, 64 * MiB, 64 * MiB)),
                              ("vm2", (0, 128 * MiB, MiB), (0, 129 * MiB, MiB))]
     raise SystemExit(f"unknown layout {name!r}")
@@ -90,7 +87,7 @@ def configs(lay, host_files, guest_bars, host_mmap_dir):
     _, chans = lay
 
     def one(role, files, mmap_dir, swap):
-        out = [f'mmap_dir = "{mmap_dir}";', "channels = ("]
+        out = ([f'mmap_dir = "{mmap_dir}";'] if mmap_dir else []) + ["channels = ("]
         for i, (name, wr, rd) in enumerate(chans):
             if swap:
                 wr, rd = rd, wr
@@ -103,10 +100,10 @@ def configs(lay, host_files, guest_bars, host_mmap_dir):
         out.append(");")
         return "\n".join(out) + "\n"
 
-    # TODO(issue 11): once a guest whose areas are all declared files no
-    # longer needs a mmap_dir, drop the guest's.
+    # the guest's areas are all declared: it needs no mmap_dir (its default,
+    # /dev/shm/mmapfs-0, does not exist there)
     return (one("creator", host_files, host_mmap_dir, False),
-            one("attacher", guest_bars, "/tmp/mmapfs", True))
+            one("attacher", guest_bars, None, True))
 
 
 # ---- output ----
@@ -866,7 +863,7 @@ def main():
     p.add_argument("--accel", default=os.environ.get("VMTEST_ACCEL", "auto"),
                    choices=("auto", "kvm", "tcg"),
                    help="auto: KVM if a probe boots, else TCG (default)")
-    p.add_argument("--layout", default=os.environ.get("VMTEST_LAYOUT", "two-devices"),
+    p.add_argument("--layout", default=os.environ.get("VMTEST_LAYOUT", "one-device"),
                    choices=("two-devices", "one-device"))
     p.add_argument("--boot-timeout", type=float, default=300)
     p.add_argument("--time-limit", type=int, default=900, help="for the whole test, s")
