@@ -151,9 +151,9 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 			 "mmapfs: %s: peer refused: %s\n", ch->name, err.msg);
 		return r;
 	}
-	trace(fs, "%s: peer accepted, role %s, state %s\n", ch->name,
-	      mm_role_name(mm_channel_role(&ch->mc)),
-	      mm_state_name(mm_channel_state(&ch->mc)));
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: peer accepted, role %s, state %s\n", ch->name,
+		 mm_role_name(mm_channel_role(&ch->mc)),
+		 mm_state_name(mm_channel_state(&ch->mc)));
 	for (unsigned dir = MM_RD; dir <= MM_WR && fs->debug; dir <<= 1) {
 		struct mm_dir_info i;
 

@@ -172,6 +172,21 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 	return 0;
 }
 
+/* Once, at start: what was mounted, and with what. */
+static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *file)
+{
+	char names[512] = "";
+	size_t n = 0;
+
+	for (size_t i = 0; i < fs->cfg.n_channels && n < sizeof(names); i++)
+		n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", i ? " " : "",
+				      fs->cfg.channels[i].name);
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: mounted on %s (config %s, mmap_dir %s, ring %llu "
+		 "bytes, id %s), declared channels: %s\n", mountpoint, file ? file : "none",
+		 fs->cfg.mmap_dir, (unsigned long long)fs->cfg.size, fs->area_tag,
+		 names[0] ? names : "none");
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -238,8 +253,7 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "mmapfs: cannot start a thread\n");
 		goto out_unmount;
 	}
-	trace(&fs, "mounted on %s, mmap_dir %s, area ring %llu bytes, session %08x\n",
-	      opts.mountpoint, fs.cfg.mmap_dir, (unsigned long long)fs.cfg.size, fs.session);
+	log_mounted(&fs, opts.mountpoint, cl.config ? cl.config : fs.cfg.file);
 
 	if (opts.singlethread) {
 		ret = fuse_session_loop(fs.se);
@@ -265,6 +279,7 @@ out_ticker:
 	mmfs_ticker_stop(&fs);
 out_unmount:
 	fuse_session_unmount(fs.se);
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: unmounted %s\n", opts.mountpoint);
 out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_session:

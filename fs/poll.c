@@ -123,18 +123,19 @@ static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, un
 	return full ? MM_FUTEX_WAITV_MAX + 1 : n;
 }
 
-/* Every channel's heartbeat. fs->lock held (each tick is short). */
+/* Every channel's heartbeat; a change of state or of the peer's liveness
+ * goes to the log, once. fs->lock held (each tick is short). */
 static void tick_channels(struct mmfs *fs, uint64_t now)
 {
 	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
 		char why[512];
 
-		if (!mm_channel_tick(&ch->mc, now) || !fs->debug)
+		if (!mm_channel_tick(&ch->mc, now))
 			continue;
 		mm_channel_reason(&ch->mc, why, sizeof(why));
-		trace(fs, "%s: state %s, peer %s%s%s\n", ch->name,
-		      mm_state_name(mm_channel_state(&ch->mc)),
-		      mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
+		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->name,
+			 mm_state_name(mm_channel_state(&ch->mc)),
+			 mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
 	}
 }
 

@@ -46,8 +46,13 @@ BENIGN_LOG = [
     r"mmapfs: .+: removed \d+ areas a dead mmapfs left behind",
     # a declared file not ready at mount (an ivshmem device before its VM)
     r"mmapfs: .+: not ready: .+",
+    # once at start; each handshake; each change of state or liveness
+    r"mmapfs: mounted on .+ \(config .+, mmap_dir .+, ring \d+ bytes, id [0-9a-f]+\), "
+    r"declared channels: .+",
+    r"mmapfs: .+: peer accepted, role \w+, state \w+",
+    r"mmapfs: .+: state \w+, peer \w+(, .+)?",
+    r"mmapfs: unmounted .+",
     # -d: the trace of handshakes and rings
-    r"mmapfs: mounted on .+",
     r"mmapfs: .+: (created|declared|removed)\b.*",
     r"mmapfs: .+: peer accepted, role \w+, state \w+",
     r"mmapfs: .+: (read|write) area .+, \d+ bytes, ring 8\.\.\d+, our token at \d+",
