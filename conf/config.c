@@ -461,6 +461,11 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 			r = load_allow_dirs(c, s, path, err);
 		} else if (strcmp(key, "allow_uids") == 0) {
 			r = load_allow_uids(c, s, path, err);
+		} else if (strcmp(key, "reserve") == 0) {
+			if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+				r = bad(err, path, s, key, "expected true or false");
+			else
+				c->reserve = config_setting_get_bool(s);
 		} else if (strcmp(key, "channels") == 0) {
 			r = load_channels(c, s, path, err);
 		} else {

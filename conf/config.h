@@ -28,6 +28,7 @@ struct mm_config {
 	char *file;			/* the file read, or NULL */
 	char *mmap_dir;			/* where created areas live */
 	uint64_t size;			/* ring bytes of a new area */
+	bool reserve;			/* allocate new areas whole at once */
 	char **allow_dirs;		/* where offered files may be opened */
 	size_t n_allow_dirs;
 	uid_t *allow_uids;		/* owners of offered files besides us */

@@ -83,6 +83,7 @@ static int map_area(struct mm_area *a, int fd, uint64_t offset, uint64_t size,
 		return mm_fail(err, -errno, "%s: mmap: %s", path, strerror(errno));
 	a->fd = fd;
 	a->base = p;
+	a->offset = offset;
 	a->kernel_copy = kernel_can_copy(fd);
 	a->size = size;
 	snprintf(a->path, sizeof(a->path), "%s", path);
@@ -290,6 +291,28 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 fail:
 	close(fd);
 	return r;
+}
+
+int mm_area_fault(const struct mm_area *a)
+{
+	struct stat st;
+
+	if (fstat(a->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (uint64_t)st.st_size >= a->offset + a->size)
+		return -ENOSPC;
+	return -EIO;
+}
+
+int mm_area_reserve(struct mm_area *a, struct mm_err *err)
+{
+	int r = posix_fallocate(a->fd, 0, (off_t)a->size);
+
+	if (r == ENOSPC)
+		return mm_fail(err, -ENOSPC, "%s: no space left for its %llu bytes", a->path,
+			       (unsigned long long)a->size);
+	if (r)
+		return mm_fail(err, -r, "%s: fallocate: %s", a->path, strerror(r));
+	return 0;
 }
 
 void mm_area_close(struct mm_area *a)

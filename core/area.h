@@ -21,6 +21,7 @@
 struct mm_area {
 	int fd;				/* -1 when closed */
 	uint8_t *base;			/* MAP_SHARED mapping of size bytes */
+	uint64_t offset;		/* in the file (a window) */
 	uint64_t size;
 	bool created;			/* made by us: deleted on close */
 	bool kernel_copy;		/* ordinary memory (a regular file, not
@@ -94,6 +95,16 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 		      uint64_t create_size, uint64_t size, const struct mm_window *win,
 		      struct mm_err *err);
+
+/* A store into the area faulted (SIGBUS): why? -ENOSPC when the file is
+ * still as long as the mapping (its filesystem had no page to give: the
+ * area is sparse), -EIO when it was truncated or is not a regular file. */
+int mm_area_fault(const struct mm_area *a);
+
+/* Give every page of a created area its space now (-o reserve), so that a
+ * full filesystem fails here and not in the middle of a stream. 0 or
+ * -errno (-ENOSPC), err names the file. */
+int mm_area_reserve(struct mm_area *a, struct mm_err *err);
 
 /* Unmap and close; delete the file if we created it and it is still ours.
  * Accepts a closed area. */

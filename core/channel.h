@@ -112,6 +112,7 @@ struct mm_dir {
 struct mm_chan_opts {
 	const char *mmap_dir;		/* where new areas are created */
 	uint64_t size;			/* ring bytes of a new area */
+	bool reserve;			/* allocate new areas whole (area.h) */
 	const char *read_file;		/* administrator's paths, or NULL */
 	const char *write_file;
 	struct mm_window read_window;	/* parts of those files, or zero */

@@ -47,6 +47,17 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 	return a < b + blen && b < a + alen;
 }
 
+/* A store into d's area failed (r): ENOSPC when its filesystem is full. */
+static int store_fail(const struct mm_dir *d, int r, const char *what, struct mm_err *err)
+{
+	if (r == -EFAULT)
+		r = mm_area_fault(&d->area);
+	if (r == -ENOSPC)
+		return mm_fail(err, r, "%s: no space left on its filesystem for %s", d->area.path,
+			       what);
+	return mm_fail(err, r, "%s: cannot write %s: %s", d->area.path, what, strerror(-r));
+}
+
 /* Write a fresh token of ours into d: at a random place in the ring, or at
  * its very end (where our own writer reaches last) when `at_end`, never over
  * [avoid, avoid + avoid_len) (the peer's token: the same text may be handed
@@ -76,10 +87,7 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 	d->token_bytes = bytes;
 	d->token_index = idx;
 	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &d->token);
-	if (r < 0)
-		return mm_fail(err, r, "%s: cannot write the token: %s", d->area.path,
-			       strerror(-r));
-	return 0;
+	return r < 0 ? store_fail(d, r, "the token", err) : 0;
 }
 
 /* Empty a ring: both pointers back to the start (the one exception to
@@ -130,6 +138,8 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 		return admin_fail(o, err, r, &why);
 	if (!admin)
 		r = mm_area_create(&d->area, o->mmap_dir, o->area_tag, size, err);
+	if (r == 0 && !admin && o->reserve)
+		r = mm_area_reserve(&d->area, err);
 	if (r < 0)
 		return r;
 	d->present = true;
@@ -138,7 +148,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
 	r = dir_reset(d);
 	if (r < 0)
-		return mm_fail(err, r, "%s: the mapping faulted", d->area.path);
+		return store_fail(d, r, "its header", err);
 	return dir_new_token(d, false, 0, 0, err, name);
 }
 

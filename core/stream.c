@@ -92,6 +92,13 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 		return stream_fail(ch, MM_WR, r);
 	at = p.end;
 	n = mm_ring_put(&d->ring, &p, buf, len);
+	if (n == -EFAULT && mm_area_fault(&d->area) == -ENOSPC) {
+		/* a sparse area on a full filesystem: nothing was published,
+		 * the write may be tried again once there is room */
+		mm_channel_set_reason(ch, "write area %s: no space left on its filesystem",
+				      d->area.path);
+		return -ENOSPC;
+	}
 	if (n < 0)
 		return stream_fail(ch, MM_WR, (int)n);
 	if (n == 0)

@@ -58,6 +58,7 @@ struct cmdline {
 	char *mmap_dir;
 	char *size;
 	char *allow_dirs;
+	int reserve;
 	int debug;
 	int fuse_debug;
 	int help;
@@ -75,6 +76,7 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("mmap_dir=%s", mmap_dir),
 	OPT("size=%s", size),
 	OPT("allow_dirs=%s", allow_dirs),
+	OPT("reserve", reserve),
 	OPT("-d", debug),
 	OPT("--debug", debug),
 	OPT("fuse_debug", fuse_debug),
@@ -114,6 +116,8 @@ static void usage(const char *prog)
 	       "    -d, --debug            foreground, with a trace of handshakes and rings\n"
 	       "    -o mmap_dir=DIR        where created areas live (default /dev/shm/mmapfs-UID)\n"
 	       "    -o size=SIZE           ring size of a new area, 64K..4G (default 64M)\n"
+	       "    -o reserve             allocate each new area whole when it is made, so a\n"
+	       "                           full filesystem fails mkdir rather than a write\n"
 	       "    -o allow_dirs=DIR[:DIR...]\n"
 	       "                           where offered files may be opened (default: mmap_dir)\n"
 	       "    -o fuse_debug          libfuse's own trace of every request\n"
@@ -153,6 +157,8 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 			       err.msg), 1;
 	if (r < 0)
 		return fprintf(stderr, "mmapfs: out of memory\n"), 1;
+	if (cl->reserve)
+		c->reserve = true;
 	if (c->n_allow_dirs) {
 		fs->allow_dirs = (const char **)c->allow_dirs;
 		fs->n_allow_dirs = c->n_allow_dirs;

@@ -150,6 +150,7 @@ static void chan_opts(struct mmfs *fs, struct mm_chan_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->mmap_dir = fs->cfg.mmap_dir;
 	o->size = fs->cfg.size;
+	o->reserve = fs->cfg.reserve;
 	o->rules.dirs = fs->allow_dirs;
 	o->rules.ndirs = fs->n_allow_dirs;
 	o->rules.uids = fs->cfg.allow_uids;

@@ -1,0 +1,97 @@
+"""A full filesystem (docs/mmapfs.1, "-o reserve"): areas are sparse, as
+xpra's are, so space is taken as the ring is first written. When it runs
+out, mkdir fails with ENOSPC and says why, and a write gets ENOSPC, loses
+nothing, and goes on once space is freed. -o reserve takes every area's
+space when it is made instead."""
+import errno
+import hashlib
+import os
+import subprocess
+import threading
+
+import pytest
+
+from conftest import handshake, sh
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MiB tmpfs, made for the test and gone after it."""
+    d = tmp_path / "small"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=0700", "tmpfs", str(d)],
+                   check=True)
+    try:
+        yield str(d)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_mkdir_on_a_full_filesystem(mount_factory, small_fs):
+    m = mount_factory(mmap_dir=os.path.join(small_fs, "shm"))
+    made = 0
+    with pytest.raises(OSError) as e:
+        for made in range(2000):
+            os.mkdir(m / f"c{made}")
+    assert e.value.errno == errno.ENOSPC
+    assert made > 10
+    assert f"mkdir c{made}: " in m.log_text()
+    assert "no space left on its filesystem" in m.log_text()
+    # the channels made before still work, and removing one makes room
+    os.rmdir(m / "c0")
+    os.mkdir(m / f"c{made}")
+
+
+def test_reserve_fails_mkdir_up_front(mount_factory, small_fs):
+    m = mount_factory("-o", "reserve", size="1M", mmap_dir=os.path.join(small_fs, "shm"))
+    with pytest.raises(OSError) as e:
+        for i in range(4):
+            os.mkdir(m / f"c{i}")
+    assert e.value.errno == errno.ENOSPC
+    assert i == 0 or i == 1
+    assert "no space left for its" in m.log_text()
+
+
+def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
+    shm = os.path.join(small_fs, "shm")
+    c = mount_factory(size="1M", mmap_dir=shm)
+    a = mount_factory(size="1M", mmap_dir=shm)
+    handshake(c, a)
+    # leave less room than the 1 MiB ring needs; the stream wraps it 3 times
+    filler = os.path.join(small_fs, "filler")
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (1500 << 10))
+    blob = os.urandom(3 << 20)
+    got = hashlib.sha256()
+    nospace = []
+
+    def read_all():
+        with open(a / "chan/data", "rb", buffering=0) as f:
+            while True:
+                piece = f.read(1 << 16)
+                if not piece:
+                    return
+                got.update(piece)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    fd = os.open(c / "chan/data", os.O_WRONLY)
+    try:
+        view = memoryview(blob)
+        while view:
+            try:
+                view = view[os.write(fd, view[:1 << 16]):]
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                if not nospace:
+                    st = c.status("chan")
+                    assert st["state"] == "ready", st
+                    assert "no space left on its filesystem" in st["error"], st
+                nospace.append(len(blob) - len(view))
+                assert len(nospace) == 1, "ENOSPC again after room was made"
+                os.unlink(filler)            # make room: the stream goes on
+    finally:
+        os.close(fd)
+    reader.join(30)
+    assert nospace, "the filesystem never filled up"
+    assert got.hexdigest() == hashlib.sha256(blob).hexdigest()
