@@ -15,15 +15,27 @@
 # boot, or bytes arriving while nobody has it open are lost:
 #   stty -F /dev/ttyS1 raw -echo; sleep 2147483647 < /dev/ttyS1 &
 #
-# Wire protocol (lines of text; that of handshake.py and handshake.sh):
-#   both       mmapfs-handshake 1
-#   creator    the offer (capabilities), then a line "."
+# Run again, it is the recovery tool: on a pair that is ready with a live
+# peer it changes nothing and says so ("CHANNEL: already ready, peer alive:
+# nothing to do"); after a restart of either side (the guest's daemon, the
+# VM, the host's daemon) it takes the host's new offer: run the handshake
+# again on both sides, the host's side first.
+#
+# Wire protocol, version 2 (lines of text; that of handshake.py and
+# handshake.sh):
+#   both       mmapfs-handshake 2
+#   both       (once the other's first line is in) "state ready": this end
+#              is ready and sees its peer alive; or "state new": anything else
+#   if both sent "state ready", nothing more: the channel works as it is
+#   creator    the offer (capabilities), then a line "."  (or "! reason", ".")
 #   attacher   the answer (capabilities), then "."  (or "! reason", ".")
 #   creator    "ok"  (or "! reason")
-# Exit status: 0 once the channel is ready, 1 on failure (reason on stderr).
+# The guest's data file must be closed for a new offer to be taken.
+# Exit status: 0 once the channel is ready (or was already), 1 on failure
+# (reason on stderr).
 [ $# -ge 2 ] || { echo "usage: ${0##*/} CHANNEL PORT [TIMEOUT]" >&2; exit 2; }
 chan=${1%/} port=$2 t=${3:-30}
-MAGIC="mmapfs-handshake 1"
+MAGIC="mmapfs-handshake 2"
 
 fail() { echo "${0##*/}: $*" >&2; exit 1; }
 # busybox sh, bash, ksh bound each read; dash's read has no -t (exit 2):
@@ -42,6 +54,22 @@ stty raw -echo <&3 2>/dev/null	# a UART; a virtio port is no tty
 printf '%s\n' "$MAGIC" >&3
 recv
 [ "$line" = "$MAGIC" ] || fail "the peer does not speak '$MAGIC' (it said '$line')"
+# ready: state=ready and peer=alive; new: anything else
+if grep -q '^state=ready$' "$chan/status" && grep -q '^peer=alive$' "$chan/status"; then
+	mine=ready
+else
+	mine=new
+fi
+printf 'state %s\n' "$mine" >&3
+recv
+case $line in
+"state ready"|"state new") ;;
+*) fail "the peer did not say its state (it said '$line')" ;;
+esac
+if [ "$mine" = ready ] && [ "$line" = "state ready" ]; then
+	echo "${0##*/}: $chan: already ready, peer alive: nothing to do" >&2
+	exit 0
+fi
 
 offer=''
 recv

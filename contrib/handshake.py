@@ -8,12 +8,30 @@ role (xpra's server, the attacher, usually listens). Only text crosses the
 socket: the offer, the answer and a verdict. The data itself then goes
 through shared memory, as `MOUNT/NAME/data`.
 
-Wire protocol (lines of text; the same as handshake.sh):
+Run again, it is the recovery tool: on a pair that is ready with a live
+peer it changes nothing and says so ("CHANNEL: already ready, peer alive:
+nothing to do"); on a pair whose peer died or restarted it performs the
+new handshake (docs/PROTOCOL.md, "Restarts"). So after restarting either
+side, an administrator runs the handshake again, on both sides.
 
-    both       mmapfs-handshake 1
+Wire protocol, version 2 (lines of text; the same as handshake.sh and
+handshake-serial.sh):
+
+    both       mmapfs-handshake 2
+    both       (once the other's first line is in) "state ready": this end is
+               ready and sees its peer alive; or "state new": anything else
+    if both sent "state ready", nothing more: the channel works as it is
     creator    the offer: `cat capabilities`, then a line "."
+               (or "! reason", ".")
     attacher   the answer: `cat capabilities`, then "."   (or "! reason", ".")
     creator    "ok"   (or "! reason")
+
+Reading a creator's capabilities while its peer is dead starts a new
+session (fresh tokens, emptied rings); the attacher takes that offer
+through `peer`. A creator that still sees its peer alive while the other
+end says "state new" (a peer killed less than a second ago, and restarted)
+first waits for the peer to be marked dead. Both data files must be closed.
+Version 1 (no state lines) is refused with a clear message.
 
 Python 3.6+, standard library only.
 """
@@ -24,7 +42,10 @@ import socket
 import sys
 import time
 
-MAGIC = "mmapfs-handshake 1"
+MAGIC = "mmapfs-handshake 2"
+# how long a creator waits for a peer that the other end says is new to be
+# marked dead (the daemon does it within 1.25 s of the last heartbeat)
+DEATH_WAIT = 5.0
 CHUNK = 1 << 16
 
 
@@ -196,13 +217,56 @@ def wait_ready(chan, timeout):
         time.sleep(0.05)
 
 
+def ready_alive(st):
+    return st.get("state") == "ready" and st.get("peer") == "alive"
+
+
+def wait_peer_gone(args, chan):
+    """The other end is new while this creator still sees its peer alive:
+    a peer killed a moment ago. Wait (bounded) until it is marked dead, so
+    that reading capabilities starts a new session."""
+    deadline = time.monotonic() + min(args.timeout, DEATH_WAIT)
+    log(args, "the other end is new, this one still sees its peer alive: waiting for it "
+        "to be marked dead")
+    while ready_alive(status(chan)):
+        if time.monotonic() > deadline:
+            log(args, "the peer still beats: offering the current session")
+            return
+        time.sleep(0.05)
+
+
+def make_offer(args, chan, wire):
+    """The creator's capabilities: a new session if its peer is dead."""
+    offer = read_text(os.path.join(chan, "capabilities"))
+    st = status(chan)
+    if st.get("state") == "error" or (st.get("state") == "ready" and
+                                      st.get("peer") not in ("alive", "unknown")):
+        # no new session started (data still open, a fault): say why
+        reason = f"{chan}: no new session: {st.get('error') or 'state ' + st.get('state', '?')}"
+        wire.send(f"! {reason}", ".")
+        raise Failure(reason)
+    return offer
+
+
 def handshake(args, chan, wire):
+    """The handshake over wire: True if done, False if there was nothing to do."""
     wire.send(MAGIC)
     hello = wire.line()
     if hello != MAGIC:
         raise Failure(f"the peer does not speak {MAGIC!r} (it said {hello[:60]!r})")
+    mine = "ready" if ready_alive(status(chan)) else "new"
+    wire.send(f"state {mine}")
+    said = wire.line()
+    theirs = said[len("state "):] if said.startswith("state ") else ""
+    if theirs not in ("ready", "new"):
+        raise Failure(f"the peer did not say its state (it said {said[:60]!r})")
+    log(args, f"this end: state {mine}; the other end: state {theirs}")
+    if mine == theirs == "ready":
+        return False
     if args.role == "creator":
-        wire.send(*read_text(os.path.join(chan, "capabilities")).splitlines(), ".")
+        if mine == "ready":
+            wait_peer_gone(args, chan)
+        wire.send(*make_offer(args, chan, wire).splitlines(), ".")
         log(args, "offer sent")
         answer = wire.block()
         try:
@@ -224,6 +288,7 @@ def handshake(args, chan, wire):
         verdict = wire.line()
         if verdict != "ok":
             raise Failure("the creator refused the answer: " + verdict.lstrip("! "))
+    return True
 
 
 def send_file(chan, path):
@@ -263,6 +328,9 @@ def main(argv=None):
         "--receive out.bin /run/mmapfs/vm0/from-host\n"
         "  host$  handshake.py --connect vsock:3:10000 --send in.bin "
         "/run/mmapfs/vm0/to-guest\n"
+        "Run again on both sides, it is the recovery after a restart of either side: "
+        "a pair\nthat is ready with a live peer is left as it is (\"already ready, peer "
+        "alive:\nnothing to do\"), a dead or restarted peer gets the new handshake.\n"
         "Exit status: 0 on success, 1 on failure (the reason is on stderr), 2 on "
         "bad usage.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,11 +364,15 @@ def main(argv=None):
             args.role = status(chan).get("role", "creator")
         wire = Wire(open_socket(args), args)
         try:
-            handshake(args, chan, wire)
+            done = handshake(args, chan, wire)
         finally:
             wire.close()
-        wait_ready(chan, args.timeout)
-        log(args, f"{chan} is ready")
+        if done:
+            wait_ready(chan, args.timeout)
+            log(args, f"{chan} is ready")
+        else:
+            print(f"handshake: {chan}: already ready, peer alive: nothing to do",
+                  file=sys.stderr)
         if args.send:
             n = send_file(chan, args.send)
             log(args, f"sent {n} bytes")

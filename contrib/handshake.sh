@@ -3,16 +3,36 @@
 # socat), then stream a file through the channel. The same wire protocol and
 # options as handshake.py, so either script can face the other.
 #
-# Wire protocol (lines of text):
-#   both       mmapfs-handshake 1
+# Run again, it is the recovery tool: on a pair that is ready with a live
+# peer it changes nothing and says so ("CHANNEL: already ready, peer alive:
+# nothing to do"); on a pair whose peer died or restarted it performs the
+# new handshake (docs/PROTOCOL.md, "Restarts"). So after restarting either
+# side, an administrator runs the handshake again, on both sides.
+#
+# Wire protocol, version 2 (lines of text; that of handshake.py and
+# handshake-serial.sh):
+#   both       mmapfs-handshake 2
+#   both       (once the other's first line is in) "state ready": this end
+#              is ready and sees its peer alive; or "state new": anything else
+#   if both sent "state ready", nothing more: the channel works as it is
 #   creator    the offer (cat capabilities), then a line "."
+#              (or "! reason", ".")
 #   attacher   the answer (cat capabilities), then "."  (or "! reason", ".")
 #   creator    "ok"  (or "! reason")
+# Reading a creator's capabilities while its peer is dead starts a new
+# session (fresh tokens, emptied rings); the attacher takes that offer
+# through peer. A creator that still sees its peer alive while the other
+# end says "state new" (a peer killed less than a second ago, and
+# restarted) first waits for the peer to be marked dead. Both data files
+# must be closed. Version 1 (no state lines) is refused with a clear message.
 #
 # Needs bash 4.3+, socat and coreutils (cat, mkdir, sleep).
 set -u
 
-MAGIC="mmapfs-handshake 1"
+MAGIC="mmapfs-handshake 2"
+# how long a creator waits for a peer that the other end says is new to be
+# marked dead (the daemon does it within 1.25 s of the last heartbeat)
+DEATH_WAIT=5
 prog=${0##*/}
 
 usage() {
@@ -42,6 +62,10 @@ a verdict; the data goes through shared memory.
 Example, host (creator) and guest (attacher) over vsock:
   guest\$ $prog --role attacher --listen vsock:10000 --receive out.bin /run/mmapfs/vm0/from-host
   host\$  $prog --connect vsock:3:10000 --send in.bin /run/mmapfs/vm0/to-guest
+
+Run again on both sides, it is the recovery after a restart of either side:
+a pair that is ready with a live peer is left as it is ("already ready, peer
+alive: nothing to do"), a dead or restarted peer gets the new handshake.
 
 Paths in unix: addresses may not contain ':' or ',' (socat syntax); use
 socat:ADDRESS with socat's escapes for those.
@@ -174,6 +198,46 @@ send_caps() {
 	caps=$(cat "$chan/capabilities") || die "cannot read $chan/capabilities"
 	printf '%s\n.\n' "$caps" >&"$out" || die "the connection broke"
 }
+my_state() {	# ready: state=ready and peer=alive; new: anything else
+	local st='' peer='' line
+	while IFS= read -r line; do
+		case $line in
+		state=*) st=${line#state=} ;;
+		peer=*) peer=${line#peer=} ;;
+		esac
+	done < "$chan/status" || return 1
+	if [ "$st" = ready ] && [ "$peer" = alive ]; then echo ready; else echo new; fi
+}
+wait_peer_gone() {	# the other end is new, our peer still beats: a peer
+	# killed a moment ago. Wait (bounded) until it is marked dead, so that
+	# reading capabilities starts a new session.
+	local t=${timeout%.*} end
+	t=${t:-0}
+	[ "$t" -lt "$DEATH_WAIT" ] || t=$DEATH_WAIT
+	end=$((SECONDS + t + 1))
+	say "the other end is new, this one still sees its peer alive: waiting for it to be marked dead"
+	while [ "$(my_state)" = ready ]; do
+		if [ $SECONDS -ge $end ]; then
+			say "the peer still beats: offering the current session"
+			return 0
+		fi
+		sleep 0.05
+	done
+}
+send_offer() {	# the creator's capabilities: a new session if its peer is dead
+	local caps st peer why
+	caps=$(cat "$chan/capabilities") || die "cannot read $chan/capabilities"
+	st=$(status_of state) || st=''
+	peer=$(status_of peer) || peer=''
+	if [ "$st" = error ] || { [ "$st" = ready ] && [ "$peer" != alive ] && [ "$peer" != unknown ]; }; then
+		# no new session started (data still open, a fault): say why
+		why=$(status_of error) || why=''
+		reason="$chan: no new session: ${why:-state $st}"
+		send "! $reason" .
+		die "$reason"
+	fi
+	printf '%s\n.\n' "$caps" >&"$out" || die "the connection broke"
+}
 write_peer() {	# TEXT: one write, so that the daemon's refusal comes back here
 	local err
 	if ! err=$( { printf '%s' "$1" > "$chan/peer"; } 2>&1 ); then
@@ -191,8 +255,20 @@ open_socket
 send "$MAGIC"
 recv
 [ "$line" = "$MAGIC" ] || die "the peer does not speak '$MAGIC' (it said '${line:0:60}')"
-if [ "$role" = creator ]; then
-	send_caps
+mine=$(my_state) || die "cannot read $chan/status"
+send "state $mine"
+recv
+case $line in
+"state ready"|"state new") theirs=${line#state } ;;
+*) die "the peer did not say its state (it said '${line:0:60}')" ;;
+esac
+say "this end: state $mine; the other end: state $theirs"
+if [ "$mine" = ready ] && [ "$theirs" = ready ]; then
+	close_socket
+	echo "$prog: $chan: already ready, peer alive: nothing to do" >&2
+elif [ "$role" = creator ]; then
+	[ "$mine" = ready ] && wait_peer_gone
+	send_offer
 	say "offer sent"
 	recv_block
 	if ! write_peer "$block"; then

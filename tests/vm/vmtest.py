@@ -3,10 +3,11 @@
 
 Boots a Debian kernel with a busybox initramfs (mkinitramfs.sh) under QEMU,
 mounts mmapfs on both sides from configuration files, runs the handshake over
-a serial port, streams 64 MiB each way checked by sha256, and checks a dead
-peer: the monitor's `stop` mid-stream and SIGKILL of the guest's daemon must
-fail the host's blocked reader with ECONNRESET and its writer with EPIPE
-within 2 s while the host daemon keeps serving.
+a serial port (and once more: nothing to do), streams 64 MiB each way checked
+by sha256, and checks a dead peer: the monitor's `stop` mid-stream and
+SIGKILL of the guest's daemon must fail the host's blocked reader with
+ECONNRESET and its writer with EPIPE within 2 s while the host daemon keeps
+serving; the restarted guest daemon handshakes again with the same scripts.
 
     tests/vm/run.sh [MMAPFS]        (root; installs what it needs)
     tests/vm/vmtest.py --mmapfs PATH --work DIR [--accel auto|kvm|tcg]
@@ -469,6 +470,7 @@ class VMTest:
         self.chans = [c[0] for c in self.lay[1]]
         self.guest = None
         self.host = None
+        self.said = ("", "")     # what the last handshake said: host's log, guest's
 
     # -- pieces --
 
@@ -510,6 +512,7 @@ class VMTest:
             if host.poll() is None:
                 host.kill()
                 host.wait()
+        self.said = (tail(log, 20), out)
         if rc != 0 or hrc != 0:
             host_said = " / ".join(tail(log, 5).strip().splitlines())
             raise Fail(f"guest said {out!r}; host (exit {hrc}): {host_said}")
@@ -517,6 +520,26 @@ class VMTest:
         if st.get("state") != "ready":
             raise Fail(f"host state {st.get('state')}: {st.get('error')}")
         return "state=ready on both sides"
+
+    def handshake_again(self, name):
+        """Both scripts run again on the ready pair: nothing to do, said on
+        both sides, the same tokens."""
+        g, gc = self.guest, self.gchan(name)
+        with open(os.path.join(self.host.chan(name), "token")) as f:
+            host_tokens = f.read()
+        _, guest_tokens = g.sh(f"cat {gc}/token")
+        self.handshake(name)
+        nothing = "already ready, peer alive: nothing to do"
+        host_said, guest_said = self.said
+        if nothing not in host_said or nothing not in guest_said:
+            raise Fail(f"not both said {nothing!r}: host {host_said.strip()!r}, "
+                       f"guest {guest_said!r}")
+        with open(os.path.join(self.host.chan(name), "token")) as f:
+            same = f.read() == host_tokens
+        same = same and g.sh(f"cat {gc}/token")[1] == guest_tokens
+        if not same:
+            raise Fail("the tokens changed")
+        return "nothing to do on both sides, the same tokens"
 
     def host_to_guest(self, name, size, src):
         """Stream size bytes of src into the host's data; the guest copies
@@ -688,6 +711,7 @@ class VMTest:
                 raise Fail("cannot go on without a handshake")
 
         main = self.chans[0]
+        rep.check(f"handshake run again on the ready pair: {main}", self.handshake_again, main)
         for what, fn, args, key in (
                 ("host->guest", self.host_to_guest, (main, STREAM, self.big_file), "h2g"),
                 ("guest->host", self.guest_to_host, (main, STREAM), "g2h")):
