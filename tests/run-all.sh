@@ -59,7 +59,8 @@ if [ -d build-fuzz ]; then
 else
 	CC=clang meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
 fi
-ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring
+ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring tests/fuzz/fuzz_peer \
+	tests/fuzz/fuzz_chunks
 tests/fuzz/run.sh build-fuzz "$fuzz_seconds"
 
 step "pytest: the daemon through files and shell tools"
