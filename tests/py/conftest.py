@@ -2,8 +2,8 @@
 
 Every mount is waited for (failing at once if the daemon died first), and
 always unmounted with its daemon reaped, even when the test fails. A daemon
-must exit 0 and print no sanitizer report, so ASan/UBSan findings fail the
-test that caused them.
+must exit 0 and print no sanitizer report, so ASan/UBSan/TSan findings fail
+the test that caused them.
 """
 import os
 import re
@@ -33,8 +33,8 @@ MMAPFS = find_mmapfs()
 
 # What a daemon's log may not contain. "error=" lines of status are ours, not
 # the log's; refusals logged at info level say "refused", never these words.
-BAD_LOG = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|Segmentation fault|"
-                     r"==\d+==ERROR|\bBUG\b|assert", re.I)
+BAD_LOG = re.compile(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error:|"
+                     r"Segmentation fault|==\d+==ERROR|\bBUG\b|assert", re.I)
 
 
 def mounted(path):
