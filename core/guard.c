@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <string.h>
+#include <ucontext.h>
 
 #include "guard.h"
 
@@ -13,9 +14,12 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 	sigjmp_buf *jb = guard_jmp;
 
 	(void)si;
-	(void)uctx;
 	if (jb) {
 		guard_jmp = NULL;
+		/* Leave with the mask of the code that faulted, as a return
+		 * would: a handler wrapped by a sanitizer (TSan) runs with
+		 * every signal blocked, and a SIGBUS blocked kills at once. */
+		pthread_sigmask(SIG_SETMASK, &((ucontext_t *)uctx)->uc_sigmask, NULL);
 		siglongjmp(*jb, 1);
 	}
 	/* Not ours: die as we would have without a handler. */
@@ -42,8 +46,9 @@ int mm_guard_run(int (*fn)(void *arg), void *arg)
 	sigjmp_buf *volatile outer = guard_jmp;
 	int ret;
 
-	/* No mask to save: SA_NODEFER leaves SIGBUS unblocked in the handler,
-	 * and saving it would cost a system call on every guarded copy. */
+	/* No mask to save: the handler puts back the faulting code's own
+	 * before it jumps, and saving it here would cost a system call on
+	 * every guarded copy. */
 	if (sigsetjmp(jb, 0)) {
 		guard_jmp = outer;
 		return -EFAULT;

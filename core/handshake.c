@@ -458,7 +458,8 @@ static bool same_file(const struct mm_dir *d, const struct mm_caps_area *a)
 /* Text naming this end's own areas is a (failed) answer, never an offer. */
 static bool names_own_areas(const struct mm_channel *ch, const struct mm_caps *c)
 {
-	return same_file(&ch->wr, &c->read) || same_file(&ch->rd, &c->write);
+	return same_file(&ch->wr, &c->read) || same_file(&ch->rd, &c->write) ||
+	       same_file(&ch->rd, &c->read) || same_file(&ch->wr, &c->write);
 }
 
 /* ch->lock held. */

@@ -2,17 +2,18 @@
 # The whole test suite, from a fresh machine: installs what mmapfs needs
 # (Debian packages), builds it with AddressSanitizer and UBSan, runs the C
 # unit tests, each fuzzer for a bounded time, the pytest suite, which
-# mounts real filesystems, the VM test (tests/vm/run.sh: a QEMU guest and
-# its host over real ivshmem devices), and the systemd unit booted for real
-# in a systemd-nspawn container (tests/systemd/run.sh, which builds a Debian
-# root with debootstrap once and keeps it in build-nspawn/). Run as root
-# (FUSE mounts, apt-get, QEMU, containers):
+# mounts real filesystems, the unit tests and a short pytest subset built
+# with ThreadSanitizer, the VM test (tests/vm/run.sh: a QEMU guest and its
+# host over real ivshmem devices), and the systemd unit booted for real in a
+# systemd-nspawn container (tests/systemd/run.sh, which builds a Debian root
+# with debootstrap once and keeps it in build-nspawn/). Run as root (FUSE
+# mounts, apt-get, QEMU, containers):
 #
 #   tests/run-all.sh                 as root (or with sudo); FUZZ_SECONDS=60 by default
 #
 # A failure of the build, the unit tests or the fuzzers stops it; the
-# pytest suite, the VM test and the systemd test all run, and any of them
-# failing makes the status non-zero.
+# pytest suite, the TSan subset, the VM test and the systemd test all run,
+# and any of them failing makes the status non-zero.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,24 +67,69 @@ if [ -d build-fuzz ]; then
 else
 	CC=clang meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
 fi
-ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring
+ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring tests/fuzz/fuzz_peer \
+	tests/fuzz/fuzz_chunks
 tests/fuzz/run.sh build-fuzz "$fuzz_seconds"
 
+# pytest ("$@": the command, to which --basetemp is added) in this run's own
+# directory: other runs on the machine (other work trees, as root too) share
+# /tmp/pytest-of-root, and their mounts are not ours. Non-zero if a test
+# failed or left a FUSE mount behind; the directory is then kept, to look at.
+leftover() { awk -v d="$1/" '$3 ~ /^fuse/ && index($2, d) == 1 {print $2}' /proc/self/mounts; }
+run_pytest() {
+	local dir rc=0
+	dir=$(mktemp -d /tmp/pytest-mmapfs.XXXXXX)
+	"$@" --basetemp="$dir" || rc=1
+	if [ -n "$(leftover "$dir")" ]; then
+		echo "tests left FUSE mounts behind:" >&2
+		leftover "$dir" >&2
+		leftover "$dir" | xargs -r -n1 fusermount3 -u -z
+		rc=1
+	fi
+	[ "$rc" != 0 ] || rm -rf --one-file-system "$dir"
+	return "$rc"
+}
+pytest=(/usr/bin/python3 -m pytest -c tests/pytest.ini --rootdir tests)
+
 step "pytest: the daemon through files and shell tools"
-# This run's own directory: other runs on the machine (other work trees, as
-# root too) share /tmp/pytest-of-root, and their mounts are not ours.
-basetemp=$(mktemp -d /tmp/pytest-mmapfs.XXXXXX)
-leftover() { awk -v d="$basetemp/" '$3 ~ /^fuse/ && index($2, d) == 1 {print $2}' /proc/self/mounts; }
 status=0
-MMAPFS="$top/build-asan/fs/mmapfs" /usr/bin/python3 -m pytest -c tests/pytest.ini \
-	--rootdir tests --basetemp="$basetemp" tests/py || status=$?
-if [ -n "$(leftover)" ]; then
-	echo "tests left FUSE mounts behind:" >&2
-	leftover >&2
-	leftover | xargs -r -n1 fusermount3 -u -z
-	status=1
+MMAPFS="$top/build-asan/fs/mmapfs" run_pytest "${pytest[@]}" tests/py || status=1
+
+step "ThreadSanitizer: unit tests and a pytest subset (build-tsan)"
+# libfuse is not instrumented; races inside it would go to tests/tsan.supp
+# (none so far). A report fails the test: the daemon exits 66 and its log,
+# which conftest.py scans, says ThreadSanitizer. TSan wants its shadow memory
+# at fixed addresses, which some kernels' mmap randomization gets in the way
+# of ("FATAL: ThreadSanitizer: unexpected memory mapping"): run without it.
+if [ -d build-tsan ]; then
+	meson setup --reconfigure build-tsan -Db_sanitize=thread
+else
+	meson setup build-tsan -Db_sanitize=thread
 fi
-[ "$status" != 0 ] || rm -rf --one-file-system "$basetemp"   # kept to look at when a test failed
+ninja -C build-tsan
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 exitcode=66}
+[ ! -f tests/tsan.supp ] || TSAN_OPTIONS="$TSAN_OPTIONS suppressions=$top/tests/tsan.supp"
+no_aslr=(setarch "$(uname -m)" -R)
+"${no_aslr[@]}" meson test -C build-tsan --suite unit --print-errorlogs
+# streams both ways at once, ends of stream, poll, blocked and killed peers, a
+# truncated area, a handshake in pieces, and xpra's chunk lists: about 25 s
+tsan_tests=(
+	tests/py/test_data.py::test_dd_both_ways_at_once
+	tests/py/test_data.py::test_end_of_file_and_next_stream
+	tests/py/test_data.py::test_one_reader_one_writer
+	tests/py/test_data.py::test_poll_select_epoll
+	tests/py/test_data.py::test_poll_reader_and_writer_fds_at_once
+	tests/py/test_data.py::test_blocked_read_leaves_daemon_answering
+	tests/py/test_data.py::test_peer_killed_blocked_read_fails
+	tests/py/test_data.py::test_restarted_peer_is_told_apart
+	tests/py/test_data.py::test_truncated_area_no_sigbus
+	tests/py/test_data.py::test_sigterm_with_a_blocked_reader
+	tests/py/test_handshake.py::test_shell_handshake
+	tests/py/test_handshake.py::test_python_five_byte_writes
+	tests/py/test_xpra.py::test_xpra_writes_mmapfs_reads_restart_and_split
+)
+MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
+	"${tsan_tests[@]}" || status=1
 
 step "VM test: a QEMU guest and its host over real ivshmem devices"
 # the ASan/UBSan build runs on both sides; the test installs nothing more

@@ -7,7 +7,9 @@
 #
 # Each harness starts from a temporary copy of its seed corpus (the seeds in
 # the source tree are never modified). A crash leaves its input in
-# BUILDDIR/fuzz-artifacts/ and makes the script exit non-zero.
+# BUILDDIR/fuzz-artifacts/ and makes the script exit non-zero. The channel
+# harnesses (peer, chunks) make their areas under TMPDIR, set to the
+# temporary directory, so that nothing is left behind even after a crash.
 set -u
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
@@ -21,9 +23,10 @@ artifacts=$build/fuzz-artifacts
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mmapfs-fuzz.XXXXXX") || exit 2
 trap 'rm -rf "$tmp"' EXIT INT TERM
 mkdir -p "$artifacts" || exit 2
+export TMPDIR=$tmp
 
 status=0
-for name in caps ring; do
+for name in caps ring peer chunks; do
 	exe=$build/tests/fuzz/fuzz_$name
 	if [ ! -x "$exe" ]; then
 		echo "$exe: missing (configure with -Dfuzz=true and build)" >&2

@@ -2,8 +2,8 @@
 
 Every mount is waited for (failing at once if the daemon died first), and
 always unmounted with its daemon reaped, even when the test fails. A daemon
-must exit 0 and print no sanitizer report, so ASan/UBSan findings fail the
-test that caused them.
+must exit 0 and print no sanitizer report, so ASan/UBSan/TSan findings fail
+the test that caused them.
 """
 import os
 import re
