@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -231,6 +232,61 @@ def wait_state(m, name, state, timeout=5):
         if time.monotonic() > deadline:
             pytest.fail(f"{m.path}/{name}: state {st['state']}, expected {state}: {st}")
         time.sleep(0.05)
+
+
+# ---- two ends on declared shared files, as over ivshmem (test_restart.py,
+# test_handshake_again.py) ----
+
+SHARED_RING = 64 << 10
+
+
+def write_conf(path, text):
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+@pytest.fixture
+def shared_files(tmp_path):
+    """Two shared files, as the two directions of an ivshmem device."""
+    d = tmp_path / "dev"
+    d.mkdir(mode=0o700)
+    for name in ("up", "down"):
+        with open(d / name, "wb") as f:
+            f.truncate(SHARED_RING + 4096)
+    return str(d / "up"), str(d / "down")
+
+
+@pytest.fixture
+def shared_confs(tmp_path, shared_files):
+    """The creator's and the attacher's configurations of channel "vm",
+    naming the shared files."""
+    up, down = shared_files
+    c = write_conf(tmp_path / "c.conf", f"""
+        channels = ( {{ name = "vm"; read_file = "{up}"; write_file = "{down}"; }} );
+        """)
+    a = write_conf(tmp_path / "a.conf", f"""
+        channels = ( {{ name = "vm"; role = "attacher";
+                       read_file = "{down}"; write_file = "{up}"; }} );
+        """)
+    return c, a
+
+
+def leave_unread(m, n, name="vm"):
+    """Write n bytes that nobody will read (the peer is about to die)."""
+    fd = os.open(os.path.join(m.path, name, "data"), os.O_WRONLY)
+    try:
+        assert os.write(fd, b"S" * n) == n
+    finally:
+        os.close(fd)
+
+
+def nothing_to_read(m, name="vm"):
+    fd = os.open(os.path.join(m.path, name, "data"), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def areas_in(d):

@@ -8,43 +8,17 @@ import os
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 
 import pytest
 
-from conftest import read_kv, wait_state
+from conftest import (SHARED_RING as RING, leave_unread, nothing_to_read, read_kv,
+                      wait_state)
 from test_deploy import need_socat, random_file, run_pair, script_cmd, sha256
 
-RING = 64 << 10
 NOTHING = "already ready, peer alive: nothing to do"
 # (the creator's script, the attacher's script)
 KINDS = [("py", "sh"), ("sh", "py")]
-
-
-def write_conf(path, text):
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
-
-@pytest.fixture
-def confs(tmp_path):
-    """Two shared files, as the two directions of an ivshmem device, and
-    the creator's and the attacher's configurations naming them."""
-    d = tmp_path / "dev"
-    d.mkdir(mode=0o700)
-    up, down = str(d / "up"), str(d / "down")
-    for path in (up, down):
-        with open(path, "wb") as f:
-            f.truncate(RING + 4096)
-    c = write_conf(tmp_path / "c.conf", f"""
-        channels = ( {{ name = "vm"; read_file = "{up}"; write_file = "{down}"; }} );
-        """)
-    a = write_conf(tmp_path / "a.conf", f"""
-        channels = ( {{ name = "vm"; role = "attacher";
-                       read_file = "{down}"; write_file = "{up}"; }} );
-        """)
-    return c, a
 
 
 class Scripts:
@@ -97,24 +71,6 @@ def ready_alive(*mounts):
         assert (st["state"], st["peer"]) == ("ready", "alive"), (m.path, st)
 
 
-def leave_unread(m, n):
-    """Write n bytes that nobody will read (the peer is about to die)."""
-    fd = os.open(m / "vm/data", os.O_WRONLY)
-    try:
-        assert os.write(fd, b"S" * n) == n
-    finally:
-        os.close(fd)
-
-
-def nothing_to_read(m):
-    fd = os.open(m / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        with pytest.raises(BlockingIOError):
-            os.read(fd, 4096)
-    finally:
-        os.close(fd)
-
-
 def used_zero(m):
     st = m.status("vm")
     assert (st["read.used"], st["write.used"]) == ("0", "0"), (m.path, st)
@@ -152,8 +108,8 @@ def recovered(scripts, c, a, before):
 
 
 @pytest.mark.parametrize("kinds", KINDS, ids=["-".join(k) for k in KINDS])
-def test_run_twice_nothing_to_do(kinds, mount_factory, confs, tmp_path):
-    c_conf, a_conf = confs
+def test_run_twice_nothing_to_do(kinds, mount_factory, shared_confs, tmp_path):
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     s = Scripts(kinds, tmp_path)
     ec, ea = s.run(c, a)
@@ -177,12 +133,12 @@ def test_run_twice_nothing_to_do(kinds, mount_factory, confs, tmp_path):
 
 
 @pytest.mark.parametrize("kinds", KINDS, ids=["-".join(k) for k in KINDS])
-def test_run_again_after_attacher_restart(kinds, mount_factory, confs, tmp_path):
+def test_run_again_after_attacher_restart(kinds, mount_factory, shared_confs, tmp_path):
     """The attacher's daemon killed and started again at once: the creator
     may still see its peer alive for up to a second, the fresh attacher says
     "state new", and the creator's script waits for the death to start the
     new session."""
-    c_conf, a_conf = confs
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     s = Scripts(kinds, tmp_path)
     before = handshake_and_fill(s, c, a)
@@ -195,8 +151,8 @@ def test_run_again_after_attacher_restart(kinds, mount_factory, confs, tmp_path)
 
 
 @pytest.mark.parametrize("kinds", KINDS, ids=["-".join(k) for k in KINDS])
-def test_run_again_after_creator_restart(kinds, mount_factory, confs, tmp_path):
-    c_conf, a_conf = confs
+def test_run_again_after_creator_restart(kinds, mount_factory, shared_confs, tmp_path):
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     s = Scripts(kinds, tmp_path)
     before = handshake_and_fill(s, c, a)
@@ -208,10 +164,10 @@ def test_run_again_after_creator_restart(kinds, mount_factory, confs, tmp_path):
 
 
 @pytest.mark.parametrize("kinds", KINDS, ids=["-".join(k) for k in KINDS])
-def test_run_again_after_dead_peer_noticed(kinds, mount_factory, confs, tmp_path):
+def test_run_again_after_dead_peer_noticed(kinds, mount_factory, shared_confs, tmp_path):
     """The attacher restarted once the creator says peer=dead: the creator
     itself is "new" and reading its offer starts the session."""
-    c_conf, a_conf = confs
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     s = Scripts(kinds, tmp_path)
     before = handshake_and_fill(s, c, a)
@@ -227,10 +183,10 @@ def test_run_again_after_dead_peer_noticed(kinds, mount_factory, confs, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["py", "sh"])
-def test_no_new_session_while_data_is_open(kind, mount_factory, confs, tmp_path):
+def test_no_new_session_while_data_is_open(kind, mount_factory, shared_confs, tmp_path):
     """The creator's data still open while its peer is dead: no new session
     can start, and both ends say why instead of an EBADMSG."""
-    c_conf, a_conf = confs
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     s = Scripts((kind, "py" if kind == "sh" else "sh"), tmp_path)
     s.run(c, a)

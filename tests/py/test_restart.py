@@ -5,44 +5,12 @@ session starts on empty rings; a dead daemon's area files are swept by the
 next one on the same mmap_dir, and a live one's are left alone."""
 import os
 import struct
-import textwrap
 import time
 
 import pytest
 
-from conftest import areas_in, sh, wait_state
-
-RING = 64 << 10
-
-
-def write_conf(path, text):
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
-
-@pytest.fixture
-def files(tmp_path):
-    """Two shared files, as the two directions of an ivshmem device."""
-    d = tmp_path / "dev"
-    d.mkdir(mode=0o700)
-    for name in ("up", "down"):
-        with open(d / name, "wb") as f:
-            f.truncate(RING + 4096)
-    return str(d / "up"), str(d / "down")
-
-
-@pytest.fixture
-def confs(tmp_path, files):
-    """The creator's and the attacher's configuration, naming the files."""
-    up, down = files
-    c = write_conf(tmp_path / "c.conf", f"""
-        channels = ( {{ name = "vm"; read_file = "{up}"; write_file = "{down}"; }} );
-        """)
-    a = write_conf(tmp_path / "a.conf", f"""
-        channels = ( {{ name = "vm"; role = "attacher";
-                       read_file = "{down}"; write_file = "{up}"; }} );
-        """)
-    return c, a
+from conftest import (SHARED_RING as RING, areas_in, leave_unread, nothing_to_read, sh,
+                      wait_state)
 
 
 def do_handshake(c, a):
@@ -61,26 +29,8 @@ def stream(src, dst, n, tmp_path):
     assert got.stdout.split()[0] == sh(f"sha256sum {blob}").stdout.split()[0], got.stderr
 
 
-def leave_unread(m, n):
-    """Write n bytes that nobody will read (the peer is about to die)."""
-    fd = os.open(m / "vm/data", os.O_WRONLY)
-    try:
-        assert os.write(fd, b"S" * n) == n
-    finally:
-        os.close(fd)
-
-
-def nothing_to_read(m):
-    fd = os.open(m / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        with pytest.raises(BlockingIOError):
-            os.read(fd, 4096)
-    finally:
-        os.close(fd)
-
-
-def test_attacher_restarts(mount_factory, confs, tmp_path):
-    c_conf, a_conf = confs
+def test_attacher_restarts(mount_factory, shared_confs, tmp_path):
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     do_handshake(c, a)
     offer = open(c / "vm/capabilities").read()
@@ -110,8 +60,8 @@ def test_attacher_restarts(mount_factory, confs, tmp_path):
     assert "new session" in c.log_text()
 
 
-def test_creator_restarts(mount_factory, confs, tmp_path):
-    c_conf, a_conf = confs
+def test_creator_restarts(mount_factory, shared_confs, tmp_path):
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     do_handshake(c, a)
     stream(c, a, 8 * RING, tmp_path)
@@ -130,9 +80,9 @@ def test_creator_restarts(mount_factory, confs, tmp_path):
     stream(a, c2, 4 * RING, tmp_path)
 
 
-def test_offer_unchanged_while_the_peer_lives(mount_factory, confs):
+def test_offer_unchanged_while_the_peer_lives(mount_factory, shared_confs):
     """Nothing restarted: reading the offer again starts nothing new."""
-    c_conf, a_conf = confs
+    c_conf, a_conf = shared_confs
     c, a = mount_factory("-c", c_conf), mount_factory("-c", a_conf)
     do_handshake(c, a)
     offer = open(c / "vm/capabilities").read()
@@ -141,11 +91,11 @@ def test_offer_unchanged_while_the_peer_lives(mount_factory, confs):
     assert c.status("vm")["state"] == "ready"
 
 
-def test_old_pointers_in_a_file(mount_factory, confs, files):
+def test_old_pointers_in_a_file(mount_factory, shared_confs, shared_files):
     """A file holding an earlier session's pointers: the creator starts on
     empty rings."""
-    c_conf, _ = confs
-    for path in files:
+    c_conf, _ = shared_confs
+    for path in shared_files:
         with open(path, "r+b") as f:
             f.write(struct.pack("<II", 1000, 5000))
     c = mount_factory("-c", c_conf)
