@@ -208,6 +208,8 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 		int dfd, fd;
 
 		dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 && (errno == EMFILE || errno == ENFILE))
+			return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
 		if (dfd < 0)
 			continue;
 		fd = openat(dfd, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -218,6 +220,8 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 		if (fd < 0) {
 			if (errno == ELOOP)
 				r = mm_fail(err, -EACCES, "%s/%s: is a symbolic link", dir, name);
+			else if (errno == EMFILE || errno == ENFILE)	/* a limit, not a refusal */
+				r = mm_fail(err, -errno, "%s/%s: %s", dir, name, strerror(errno));
 			else
 				r = mm_fail(err, -EACCES, "%s/%s: %s", dir, name, strerror(errno));
 			close(dfd);

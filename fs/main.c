@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -178,6 +179,17 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 	return 0;
 }
 
+/* Each channel keeps descriptors open: take all the system allows. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 /* Once, at start: what was mounted, and with what. */
 static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *file)
 {
@@ -239,6 +251,7 @@ int main(int argc, char *argv[])
 		goto out_args;
 	}
 	fs.debug = cl.debug;
+	raise_nofile();
 	if (mm_guard_init() < 0) {
 		perror("mmapfs: sigaction");
 		goto out_args;
