@@ -95,3 +95,30 @@ def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     reader.join(30)
     assert nospace, "the filesystem never filled up"
     assert got.hexdigest() == hashlib.sha256(blob).hexdigest()
+
+
+def test_descriptor_limit(mount_factory):
+    """A limit on descriptors reached is EMFILE, with the reason in the log
+    or in status: never EACCES."""
+    c, a = mount_factory(), mount_factory()
+    os.mkdir(c / "offer")
+    os.mkdir(a / "offer")
+    for m in (c, a):
+        subprocess.run(["prlimit", "--pid", str(m.proc.pid), "--nofile=40:40"], check=True)
+    with pytest.raises(OSError) as e:
+        for i in range(100):
+            os.mkdir(c / f"c{i}")
+    assert e.value.errno == errno.EMFILE
+    assert "Too many open files" in c.log_text()
+    os.rmdir(c / "c0")                  # room for the attacher's test below
+    os.rmdir(c / "c1")
+    # the attacher, out of descriptors too, refuses the offer with EMFILE
+    with pytest.raises(OSError):
+        for i in range(100):
+            os.mkdir(a / f"a{i}")
+    offer = open(c / "offer/capabilities").read()
+    with pytest.raises(OSError) as e:
+        with open(a / "offer/peer", "w") as f:
+            f.write(offer)
+    assert e.value.errno == errno.EMFILE, e.value
+    assert "Too many open files" in a.status("offer")["error"]
