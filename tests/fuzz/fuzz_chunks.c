@@ -138,7 +138,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	opts.size = 64 * 1024;
 	opts.rules.dirs = dirs;
 	opts.rules.ndirs = 1;
-	opts.session = 0x5eed0002;
 	verbose = getenv("FUZZ_VERBOSE") != NULL;
 	pair_open();
 	atexit(cleanup);

@@ -143,7 +143,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	opts.size = 64 * 1024;
 	opts.rules.dirs = dirs;
 	opts.rules.ndirs = 1;
-	opts.session = 0x5eed0001;
 	verbose = getenv("FUZZ_VERBOSE") != NULL;
 	creator_open();
 	strcpy(vals['$'], "$");
