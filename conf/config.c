@@ -1,5 +1,7 @@
 #include <errno.h>
+#include <grp.h>
 #include <libconfig.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,15 +293,75 @@ static int load_allow_uids(struct mm_config *c, const config_setting_t *s,
 	return 0;
 }
 
+/* A user or group id: a name, or a number (an integer, or a string of
+ * digits) that need not be in the database. A user's primary group, if the
+ * database has it, goes to *primary. */
+static int load_id(const config_setting_t *s, const char *path, const char *key,
+		   unsigned *id, gid_t *primary, struct mm_err *err)
+{
+	bool group = primary == NULL;
+	const char *str = NULL;
+	struct passwd *pw = NULL;
+	struct group *gr = NULL;
+	uint64_t n = 0;
+
+	if (config_setting_type(s) == CONFIG_TYPE_INT ||
+	    config_setting_type(s) == CONFIG_TYPE_INT64)
+		n = (uint64_t)config_setting_get_int64(s);
+	else if (config_setting_type(s) == CONFIG_TYPE_STRING)
+		str = config_setting_get_string(s);
+	else
+		return bad(err, path, s, key, group ? "expected a group name or number" :
+			   "expected a user name or number");
+	if (str && mm_parse_u64(str, UINT32_MAX - 1, &n) < 0) {
+		if (group ? !(gr = getgrnam(str)) : !(pw = getpwnam(str)))
+			return bad(err, path, s, key, group ? "no such group" : "no such user");
+		n = group ? gr->gr_gid : pw->pw_uid;
+	} else if (n >= UINT32_MAX) {
+		return bad(err, path, s, key, group ? "not a group id" : "not a user id");
+	} else if (!group) {
+		pw = getpwuid((uid_t)n);
+	}
+	*id = (unsigned)n;
+	if (!group)
+		*primary = pw ? pw->pw_gid : (gid_t)-1;
+	return 0;
+}
+
+/* A channel's mode: a string of octal digits such as "0770", of which only
+ * the group's write bit counts. (libconfig reads 0770 as decimal 770.) */
+static int load_mode(const config_setting_t *s, const char *path, bool *group_w,
+		     struct mm_err *err)
+{
+	const char *str;
+	char *end;
+	unsigned long m;
+
+	if (config_setting_type(s) != CONFIG_TYPE_STRING)
+		return bad(err, path, s, "mode",
+			   "expected an octal mode as a string, such as \"0770\"");
+	str = config_setting_get_string(s);
+	errno = 0;
+	m = strtoul(str, &end, 8);
+	if (!str[0] || *end || errno || m > 0777 || str[0] == '-' || str[0] == '+')
+		return bad(err, path, s, "mode", "expected an octal mode up to \"0777\"");
+	*group_w = (m & S_IWGRP) != 0;
+	return 0;
+}
+
 /* A channel name is one path component a user can type. */
 static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 			const struct mm_chan_decl *prev, size_t nprev,
 			const char *path, struct mm_err *err)
 {
+	gid_t primary = (gid_t)-1;	/* the user key's primary group */
+	bool have_group = false;
 	const char *str;
 	int r;
 
 	d->line = config_setting_source_line(g);
+	d->uid = (uid_t)-1;
+	d->gid = (gid_t)-1;
 	if (config_setting_type(g) != CONFIG_TYPE_GROUP)
 		return bad(err, path, g, "channels", "expected a group { name = ...; }");
 	for (int i = 0; i < config_setting_length(g); i++) {
@@ -333,6 +395,22 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 					err);
 			if (r < 0)
 				return r;
+		} else if (strcmp(key, "user") == 0) {
+			unsigned id;
+
+			if ((r = load_id(s, path, key, &id, &primary, err)) < 0)
+				return r;
+			d->uid = (uid_t)id;
+		} else if (strcmp(key, "group") == 0) {
+			unsigned id;
+
+			if ((r = load_id(s, path, key, &id, NULL, err)) < 0)
+				return r;
+			d->gid = (gid_t)id;
+			have_group = true;
+		} else if (strcmp(key, "mode") == 0) {
+			if ((r = load_mode(s, path, &d->group_w, err)) < 0)
+				return r;
 		} else {
 			return bad(err, path, s, key, "unknown key");
 		}
@@ -341,6 +419,12 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 	}
 	if (!d->name)
 		return bad(err, path, g, "name", "missing in this channel");
+	if (d->uid != (uid_t)-1 && !have_group) {
+		if (primary == (gid_t)-1)
+			return bad(err, path, g, "user",
+				   "not in the user database: give the channel's group too");
+		d->gid = primary;
+	}
 	if ((d->read_window.offset && !d->read_window.size) ||
 	    (d->write_window.offset && !d->write_window.size))
 		return bad(err, path, g, d->read_window.offset && !d->read_window.size ?

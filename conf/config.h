@@ -21,6 +21,9 @@ struct mm_chan_decl {
 	char *write_file;
 	struct mm_window read_window;	/* of the file, or the whole file */
 	struct mm_window write_window;
+	uid_t uid;			/* its owner (user, group keys), or -1: */
+	gid_t gid;			/* the daemon's user and group */
+	bool group_w;			/* mode: the group has the owner's access */
 	int line;			/* where it was declared */
 };
 

@@ -9,6 +9,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -90,19 +91,33 @@ static int map_area(struct mm_area *a, int fd, uint64_t offset, uint64_t size,
 	return 0;
 }
 
-int mm_area_dir_prepare(const char *dir, struct mm_err *err)
+int mm_area_dir_prepare(const char *dir, const struct mm_owner *user, struct mm_err *err)
 {
+	uid_t uid = user ? user->uid : geteuid();
 	struct stat st;
 
 	if (dir[0] != '/')
 		return mm_fail(err, -EINVAL, "%s: not an absolute path", dir);
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+	if (mkdir(dir, 0700) == 0) {
+		/* just made, in a directory that is not the user's: theirs now */
+		if (user && lchown(dir, user->uid, user->gid) < 0) {
+			int e = errno;
+
+			rmdir(dir);
+			return mm_fail(err, -e, "%s: cannot give it to uid %u: %s", dir,
+				       (unsigned)uid, strerror(e));
+		}
+	} else if (errno != EEXIST) {
 		return mm_fail(err, -errno, "%s: mkdir: %s", dir, strerror(errno));
+	}
 	if (lstat(dir, &st) < 0)
 		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
 	if (!S_ISDIR(st.st_mode))
 		return mm_fail(err, -ENOTDIR, "%s: not a directory", dir);
-	if (st.st_uid != geteuid())
+	if (st.st_uid != uid && user)
+		return mm_fail(err, -EACCES, "%s: owned by uid %u, not by uid %u", dir,
+			       (unsigned)st.st_uid, (unsigned)uid);
+	if (st.st_uid != uid)
 		return mm_fail(err, -EACCES, "%s: owned by uid %u, not by us", dir,
 			       (unsigned)st.st_uid);
 	if (st.st_mode & (S_IWGRP | S_IWOTH))
@@ -110,38 +125,72 @@ int mm_area_dir_prepare(const char *dir, struct mm_err *err)
 	return 0;
 }
 
-int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t size,
-		   struct mm_err *err)
+/* Create a file named "mmapfs.TAG.XXXXXX.mmap" (six random letters) in dfd,
+ * as mkostemps(3) would; its name goes to name. The descriptor or -errno. */
+static int create_unique(int dfd, const char *tag, char *name, size_t n)
 {
-	char path[PATH_MAX];
-	struct stat st;
-	int fd, r;
+	static const char letters[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+	unsigned char rnd[6];
+	char x[7];
+	int fd = -EEXIST;
 
-	if (snprintf(path, sizeof(path), "%s/mmapfs.%s%sXXXXXX.mmap", dir, tag ? tag : "",
-		     tag ? "." : "") >= (int)sizeof(path))
-		return mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
+	for (int tries = 0; tries < 100 && fd == -EEXIST; tries++) {
+		if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+			return -errno;
+		for (int i = 0; i < 6; i++)
+			x[i] = letters[rnd[i] % (sizeof(letters) - 1)];
+		x[6] = '\0';
+		if (snprintf(name, n, "mmapfs.%s%s%s.mmap", tag ? tag : "", tag ? "." : "", x) >=
+		    (int)n)
+			return -ENAMETOOLONG;
+		fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0)
+			fd = -errno;
+	}
+	return fd;
+}
+
+int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t size,
+		   const struct mm_owner *user, struct mm_err *err)
+{
+	char name[NAME_MAX + 1], path[PATH_MAX];
+	struct stat st;
+	int dfd, fd, r;
+
 	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
 		return mm_fail(err, -EINVAL, "area size %llu is outside %llu..%llu",
 			       (unsigned long long)size,
 			       (unsigned long long)MM_AREA_MIN,
 			       (unsigned long long)MM_AREA_MAX);
-	fd = mkostemps(path, 5, O_CLOEXEC);
-	if (fd < 0)
-		return mm_fail(err, -errno, "%s: cannot create a file: %s", dir, strerror(errno));
-	if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0) {
-		r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
-		goto fail;
+	/* dir is not followed if it is a symlink: a user's own directory may
+	 * be swapped for one under our feet */
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	fd = create_unique(dfd, tag, name, sizeof(name));
+	if (fd < 0) {
+		close(dfd);
+		return mm_fail(err, fd, "%s: cannot create a file: %s", dir, strerror(-fd));
 	}
-	r = map_area(a, fd, 0, size, path, err);
-	if (r < 0)
-		goto fail;
-	a->created = true;
-	a->dev = st.st_dev;
-	a->ino = st.st_ino;
-	return 0;
-fail:
-	unlink(path);
-	close(fd);
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
+		r = mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
+	else if (user && fchown(fd, user->uid, user->gid) < 0)
+		r = mm_fail(err, -errno, "%s: cannot give it to uid %u: %s", path,
+			    (unsigned)user->uid, strerror(errno));
+	else if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0)
+		r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	else
+		r = map_area(a, fd, 0, size, path, err);
+	if (r < 0) {
+		unlinkat(dfd, name, 0);
+		close(fd);
+	} else {
+		a->created = true;
+		a->dev = st.st_dev;
+		a->ino = st.st_ino;
+	}
+	close(dfd);
 	return r;
 }
 
@@ -159,6 +208,8 @@ static int dir_allowed(int dfd, const char *dir, struct mm_err *err)
 
 static bool owner_allowed(uid_t uid, const struct mm_attach_rules *rules)
 {
+	if (rules->user)
+		return uid == rules->user->uid;
 	if (uid == geteuid())
 		return true;
 	for (size_t i = 0; i < rules->nuids; i++)

@@ -40,12 +40,21 @@ struct mm_window {
 	uint64_t size;
 };
 
+/* A user the daemon acts for (a channel of another user's, when it runs as
+ * root): the files it makes for them are theirs. */
+struct mm_owner {
+	uid_t uid;
+	gid_t gid;
+};
+
 /* Where a peer's offered files may be opened from. */
 struct mm_attach_rules {
 	const char *const *dirs;	/* allowed directories */
 	size_t ndirs;
 	const uid_t *uids;		/* owners accepted besides our euid */
 	size_t nuids;
+	const struct mm_owner *user;	/* or, for a user's channel, that user
+					 * alone: neither our euid nor uids */
 };
 
 void mm_area_init(struct mm_area *a);
@@ -55,15 +64,17 @@ void mm_area_init(struct mm_area *a);
  * 4 GiB. */
 uint64_t mm_area_size_for(uint64_t ring_bytes);
 
-/* Make sure dir exists as a private directory of ours: create it (mode 0700)
- * if missing; refuse a symlink, a non-directory, another owner, or one that
- * group or others may write. 0 or -errno, err names the path. */
-int mm_area_dir_prepare(const char *dir, struct mm_err *err);
+/* Make sure dir exists as a private directory of ours, or of user's if not
+ * NULL: create it (mode 0700, given to user) if missing; refuse a symlink, a
+ * non-directory, another owner, or one that group or others may write. 0 or
+ * -errno, err names the path. */
+int mm_area_dir_prepare(const char *dir, const struct mm_owner *user, struct mm_err *err);
 
 /* Create a new file "mmapfs.TAG.XXXXXX.mmap" in dir (without ".TAG" if tag
- * is NULL), mode 0600, size bytes, mapped shared and zero-filled. */
+ * is NULL; dir itself not a symlink), mode 0600, size bytes, mapped shared
+ * and zero-filled; given to user at once if not NULL. */
 int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t size,
-		   struct mm_err *err);
+		   const struct mm_owner *user, struct mm_err *err);
 
 /* Leftovers. A daemon holds an flock on "mmapfs.TAG.lock" in its mmap_dir
  * for as long as it runs and tags the areas it creates there; a lock file
@@ -78,7 +89,8 @@ void mm_area_dir_unlock(const char *dir, const char *tag, int lockfd);
 
 /* Open a file a peer offered: only the basename of file is used, looked up
  * in rules->dirs with openat(O_NOFOLLOW); the descriptor must be a regular
- * file with one link owned by us (or rules->uids), in a directory that is
+ * file with one link owned by us (or rules->uids; or rules->user alone, if
+ * set), in a directory that is
  * not writable by everyone without the sticky bit; size must be within
  * [MM_AREA_MIN, MM_AREA_MAX] and not beyond the file. The first size bytes
  * are mapped. -EACCES for a refused file, -EINVAL for a bad size. */

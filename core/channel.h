@@ -111,6 +111,10 @@ struct mm_dir {
 
 struct mm_chan_opts {
 	const char *mmap_dir;		/* where new areas are created */
+	const struct mm_owner *user;	/* a user's channel: the user the daemon
+					 * acts for, or NULL. New areas are given
+					 * to them (mmap_dir is then theirs), and
+					 * rules.user names them too. */
 	uint64_t size;			/* ring bytes of a new area */
 	bool reserve;			/* allocate new areas whole (area.h) */
 	const char *read_file;		/* administrator's paths, or NULL */

@@ -137,7 +137,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 					    &why)) < 0)
 		return admin_fail(o, err, r, &why);
 	if (!admin)
-		r = mm_area_create(&d->area, o->mmap_dir, o->area_tag, size, err);
+		r = mm_area_create(&d->area, o->mmap_dir, o->area_tag, size, o->user, err);
 	if (r == 0 && !admin && o->reserve)
 		r = mm_area_reserve(&d->area, err);
 	if (r < 0)

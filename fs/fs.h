@@ -55,6 +55,15 @@ struct chan {
 	unsigned refs;			/* the table's, and one per user */
 	bool removed;
 	struct timespec mtime;		/* last handshake change */
+	uid_t uid;			/* its owner and group (chown) */
+	gid_t gid;
+	bool group_w;			/* the group has the owner's access (chmod) */
+	/* fixed: a user's channel (its maker was not the daemon's user) is
+	 * made for that user, its areas in user_dir (core/channel.h) */
+	bool for_user;
+	struct mm_owner user;
+	char user_dir[PATH_MAX];
+	const char *user_dirs[1];	/* the allowed directory, without allow_dirs */
 	/* its own locks */
 	struct mm_channel mc;
 	pthread_mutex_t rd_lock;	/* one data read at a time */
@@ -92,8 +101,10 @@ struct mmfs {
 	char area_tag[16];		/* session in hex: names our areas */
 	pthread_mutex_t dir_lock;	/* the mmap_dir, made on first use: */
 	int dir_lockfd;			/* dir_lock: our flock there, or -1 */
-	uid_t uid;
+	uid_t uid;			/* the mounting user: owns the top */
 	gid_t gid;
+	mode_t top_mode;		/* -o mkdir=: 0755, 01777 or 01775 */
+	gid_t top_gid;
 	bool debug;
 	struct timespec mounted;
 	struct fuse_session *se;

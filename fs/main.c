@@ -5,6 +5,7 @@
  * Everything is checked before anything is mounted: a bad option or
  * configuration file is one message naming the culprit and exit status 1. */
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
 #include <signal.h>
 #include <stddef.h>
@@ -59,6 +60,8 @@ struct cmdline {
 	char *mmap_dir;
 	char *size;
 	char *allow_dirs;
+	char *mkdir;
+	int allow_other;
 	int reserve;
 	int debug;
 	int fuse_debug;
@@ -69,6 +72,7 @@ struct cmdline {
 };
 
 #define OPT(t, p) { t, offsetof(struct cmdline, p), 1 }
+#define KEY_ALLOW_OTHER 1
 
 static const struct fuse_opt cmdline_opts[] = {
 	OPT("-c %s", config),
@@ -77,7 +81,9 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("mmap_dir=%s", mmap_dir),
 	OPT("size=%s", size),
 	OPT("allow_dirs=%s", allow_dirs),
+	OPT("mkdir=%s", mkdir),
 	OPT("reserve", reserve),
+	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	OPT("-d", debug),
 	OPT("--debug", debug),
 	OPT("fuse_debug", fuse_debug),
@@ -94,6 +100,8 @@ static int operand_proc(void *data, const char *arg, int key, struct fuse_args *
 {
 	struct cmdline *cl = data;
 
+	if (key == KEY_ALLOW_OTHER)
+		cl->allow_other = 1;	/* and libfuse takes it too */
 	if (key != FUSE_OPT_KEY_NONOPT)
 		return 1;
 	if (cl->n_operands == 2) {
@@ -121,12 +129,42 @@ static void usage(const char *prog)
 	       "                           full filesystem fails mkdir rather than a write\n"
 	       "    -o allow_dirs=DIR[:DIR...]\n"
 	       "                           where offered files may be opened (default: mmap_dir)\n"
+	       "    -o mkdir=owner|all|GROUP\n"
+	       "                           who may make channels with allow_other (default owner)\n"
 	       "    -o fuse_debug          libfuse's own trace of every request\n"
 	       "    -h, --help             this help\n"
 	       "    -V, --version          the version\n\n"
 	       "FUSE options:\n", prog, DEFAULT_CONFIG);
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
+}
+
+/* -o mkdir=: who may make channels at the top, that is its mode: the
+ * mounting user (0755), everyone (01777) or a group (01775); the sticky
+ * bit lets only a channel's owner (or root) remove it. 0, or 1 after
+ * printing why. */
+static int top_mode(struct mmfs *fs, const char *who)
+{
+	struct group *gr;
+	uint64_t gid;
+
+	fs->top_mode = 0755;
+	fs->top_gid = fs->gid;
+	if (!who || strcmp(who, "owner") == 0)
+		return 0;
+	if (strcmp(who, "all") == 0) {
+		fs->top_mode = 01777;
+		return 0;
+	}
+	if (mm_parse_u64(who, UINT32_MAX - 1, &gid) < 0) {
+		if (!(gr = getgrnam(who)))
+			return fprintf(stderr, "mmapfs: -o mkdir=%s: expected owner, all, or a "
+				       "group name or number: no such group\n", who), 1;
+		gid = gr->gr_gid;
+	}
+	fs->top_mode = 01775;
+	fs->top_gid = (gid_t)gid;
+	return 0;
 }
 
 /* Defaults, then the file, then -o. 0, or 1 after printing why. */
@@ -160,6 +198,8 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 		return fprintf(stderr, "mmapfs: out of memory\n"), 1;
 	if (cl->reserve)
 		c->reserve = true;
+	if (top_mode(fs, cl->mkdir))
+		return 1;
 	if (c->n_allow_dirs) {
 		fs->allow_dirs = (const char **)c->allow_dirs;
 		fs->n_allow_dirs = c->n_allow_dirs;
@@ -191,18 +231,25 @@ static void raise_nofile(void)
 }
 
 /* Once, at start: what was mounted, and with what. */
-static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *file)
+static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *file,
+			bool allow_other)
 {
-	char names[512] = "";
+	char names[512] = "", users[64] = "";
 	size_t n = 0;
 
 	for (size_t i = 0; i < fs->cfg.n_channels && n < sizeof(names); i++)
 		n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", i ? " " : "",
 				      fs->cfg.channels[i].name);
+	if (allow_other && fs->top_mode == 01775)
+		snprintf(users, sizeof(users), "; allow_other, mkdir by group %u",
+			 (unsigned)fs->top_gid);
+	else if (allow_other)
+		snprintf(users, sizeof(users), "; allow_other, mkdir by %s",
+			 fs->top_mode == 01777 ? "all" : "the owner");
 	fuse_log(FUSE_LOG_NOTICE, "mmapfs: mounted on %s (config %s, mmap_dir %s, ring %llu "
-		 "bytes, id %s), declared channels: %s\n", mountpoint, file ? file : "none",
+		 "bytes, id %s), declared channels: %s%s\n", mountpoint, file ? file : "none",
 		 fs->cfg.mmap_dir, (unsigned long long)fs->cfg.size, fs->area_tag,
-		 names[0] ? names : "none");
+		 names[0] ? names : "none", users);
 }
 
 int main(int argc, char *argv[])
@@ -242,7 +289,10 @@ int main(int argc, char *argv[])
 		ret = 0;
 		goto out_args;
 	}
-	if ((cl.debug && fuse_opt_add_arg(&args, "-f") < 0) ||
+	/* with other users in, the kernel checks their access against the
+	 * modes and owners the files show (docs/mmapfs.1, "USERS") */
+	if ((cl.allow_other && fuse_opt_add_arg(&args, "-odefault_permissions") < 0) ||
+	    (cl.debug && fuse_opt_add_arg(&args, "-f") < 0) ||
 	    (cl.fuse_debug && fuse_opt_add_arg(&args, "-d") < 0) ||
 	    fuse_parse_cmdline(&args, &opts) != 0)
 		goto out_args;
@@ -272,7 +322,7 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "mmapfs: cannot start a thread\n");
 		goto out_unmount;
 	}
-	log_mounted(&fs, opts.mountpoint, cl.config ? cl.config : fs.cfg.file);
+	log_mounted(&fs, opts.mountpoint, cl.config ? cl.config : fs.cfg.file, cl.allow_other);
 
 	if (opts.singlethread) {
 		ret = fuse_session_loop(fs.se);
@@ -314,6 +364,7 @@ out_args:
 	free(cl.mmap_dir);
 	free(cl.size);
 	free(cl.allow_dirs);
+	free(cl.mkdir);
 	free(cl.operand[0]);
 	free(cl.operand[1]);
 	return ret;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fs.h"
 
@@ -17,12 +18,14 @@ static const char *const file_names[F_NKINDS] = {
 	[F_CHUNKS] = "chunks",
 };
 
+/* For the owner; the group gets the same when the channel is group-writable
+ * (docs/mmapfs.1, "USERS"); others nothing. */
 static const mode_t file_modes[F_NKINDS] = {
-	[F_DIR] = S_IFDIR | 0755,
-	[F_CAPABILITIES] = S_IFREG | 0444,
+	[F_DIR] = S_IFDIR | 0700,
+	[F_CAPABILITIES] = S_IFREG | 0400,
 	[F_PEER] = S_IFREG | 0600,
-	[F_TOKEN] = S_IFREG | 0444,
-	[F_STATUS] = S_IFREG | 0444,
+	[F_TOKEN] = S_IFREG | 0400,
+	[F_STATUS] = S_IFREG | 0400,
 	[F_DATA] = S_IFREG | 0600,
 	[F_CHUNKS] = S_IFREG | 0600,
 };
@@ -145,7 +148,33 @@ static int chan_link(struct mmfs *fs, struct chan *ch)
 	return r;
 }
 
-static void chan_opts(struct mmfs *fs, struct mm_chan_opts *o)
+/* A channel belongs to uid:gid. One of another user than the daemon's is
+ * a user's channel: the daemon (as root) acts for that user, its areas go
+ * to their directory beside the mmap_dir, MMAP_DIR-uUID, and an offered
+ * file must be theirs. */
+static int chan_owner(struct mmfs *fs, struct chan *ch, uid_t uid, gid_t gid, bool group_w,
+		      struct mm_err *err)
+{
+	const char *dir = fs->cfg.mmap_dir;
+	size_t len = strlen(dir);
+
+	ch->uid = uid;
+	ch->gid = gid;
+	ch->group_w = group_w;
+	ch->for_user = uid != geteuid();
+	if (!ch->for_user)
+		return 0;
+	ch->user = (struct mm_owner){ uid, gid };
+	while (len > 1 && dir[len - 1] == '/')
+		len--;
+	if (snprintf(ch->user_dir, sizeof(ch->user_dir), "%.*s-u%u", (int)len, dir,
+		     (unsigned)uid) >= (int)sizeof(ch->user_dir))
+		return mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
+	ch->user_dirs[0] = ch->user_dir;
+	return 0;
+}
+
+static void chan_opts(struct mmfs *fs, struct chan *ch, struct mm_chan_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->mmap_dir = fs->cfg.mmap_dir;
@@ -156,6 +185,15 @@ static void chan_opts(struct mmfs *fs, struct mm_chan_opts *o)
 	o->rules.uids = fs->cfg.allow_uids;
 	o->rules.nuids = fs->cfg.n_allow_uids;
 	o->area_tag = fs->area_tag;
+	if (ch->for_user) {
+		o->mmap_dir = ch->user_dir;
+		o->user = &ch->user;
+		o->rules.user = &ch->user;
+		if (fs->cfg.n_allow_dirs == 0) {
+			o->rules.dirs = ch->user_dirs;
+			o->rules.ndirs = 1;
+		}
+	}
 }
 
 /* The mmap_dir, on first use: a guest whose areas are all declared files
@@ -169,7 +207,7 @@ int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
 
 	pthread_mutex_lock(&fs->dir_lock);
 	if (fs->dir_lockfd < 0) {
-		r = mm_area_dir_prepare(fs->cfg.mmap_dir, &why);
+		r = mm_area_dir_prepare(fs->cfg.mmap_dir, NULL, &why);
 		if (r == 0)
 			r = mm_area_dir_lock(fs->cfg.mmap_dir, fs->area_tag, &fs->dir_lockfd,
 					     &swept, &why);
@@ -184,9 +222,23 @@ int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
 	return r;
 }
 
-/* Make a channel (this may create files: no lock held) and list it. */
+/* A user's directory for their channels' areas: made if missing, theirs,
+ * private. Never locked nor swept (docs/mmapfs.1, "USERS"). */
+static int user_dir(struct chan *ch, struct mm_err *err)
+{
+	struct mm_err why;
+	int r = mm_area_dir_prepare(ch->user_dir, &ch->user, &why);
+
+	if (r < 0)
+		return mm_fail(err, r, "areas of uid %u: %s", (unsigned)ch->user.uid, why.msg);
+	return 0;
+}
+
+/* Make a channel owned by uid:gid (this may create files: no lock held)
+ * and list it. */
 static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_role role,
-				const struct mm_chan_decl *decl, int *res, struct mm_err *err)
+				const struct mm_chan_decl *decl, uid_t uid, gid_t gid,
+				bool group_w, int *res, struct mm_err *err)
 {
 	const char *read_file = decl ? decl->read_file : NULL;
 	const char *write_file = decl ? decl->write_file : NULL;
@@ -199,15 +251,19 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		*res = mm_fail(err, -ENOMEM, "out of memory");
 		return NULL;
 	}
-	/* a creator makes in the mmap_dir the areas no path was given for */
-	if (role == MM_CREATOR && !read_file && !write_file &&
-	    (*res = mmfs_mmap_dir(fs, err)) < 0) {
+	/* a creator makes in the mmap_dir (or its user's) the areas no path
+	 * was given for */
+	r = chan_owner(fs, ch, uid, gid, group_w, err);
+	if (r == 0 && role == MM_CREATOR && !read_file && !write_file)
+		r = ch->for_user ? user_dir(ch, err) : mmfs_mmap_dir(fs, err);
+	if (r < 0) {
+		*res = r;
 		pthread_mutex_destroy(&ch->rd_lock);
 		pthread_mutex_destroy(&ch->wr_lock);
 		free(ch);
 		return NULL;
 	}
-	chan_opts(fs, &o);
+	chan_opts(fs, ch, &o);
 	if (decl) {
 		o.read_file = read_file;
 		o.write_file = write_file;
@@ -238,7 +294,8 @@ int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_e
 	struct chan *ch;
 	int r;
 
-	ch = chan_create(fs, d->name, d->role, d, &r, err);
+	ch = chan_create(fs, d->name, d->role, d, d->uid != (uid_t)-1 ? d->uid : fs->uid,
+			 d->gid != (gid_t)-1 ? d->gid : fs->gid, d->group_w, &r, err);
 	if (!ch)
 		return r;
 	trace(fs, "%s: declared %s\n", d->name, mm_role_name(d->role));
@@ -278,23 +335,28 @@ void mmfs_close_all(struct mmfs *fs)
 static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
 		      struct chan *ch, enum file_kind k)
 {
+	bool group_w;
+
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
 	st->st_blksize = 4096;
 	if (!ch) {
-		st->st_mode = S_IFDIR | 0755;
+		st->st_uid = fs->uid;
+		st->st_gid = fs->top_gid;
+		st->st_mode = S_IFDIR | fs->top_mode;
 		st->st_nlink = 2;
 		st->st_atim = st->st_mtim = st->st_ctim = fs->mounted;
 		return;
 	}
-	st->st_mode = file_modes[k];
 	st->st_nlink = k == F_DIR ? 2 : 1;
 	st->st_atim = st->st_ctim = ch->ctime;
 	pthread_mutex_lock(&fs->lock);
 	st->st_mtim = k == F_DIR ? ch->ctime : ch->mtime;
+	st->st_uid = ch->uid;
+	st->st_gid = ch->gid;
+	group_w = ch->group_w;
 	pthread_mutex_unlock(&fs->lock);
+	st->st_mode = file_modes[k] | (group_w ? (file_modes[k] & 0700) >> 3 : 0);
 	if (k != F_DIR && k != F_DATA && k != F_CHUNKS) {
 		/* st_size is the text's length: `cat` and editors rely on it */
 		char *buf = malloc(TEXT_MAX);
@@ -383,12 +445,36 @@ void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 void mm_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		struct fuse_file_info *fi)
 {
-	/* Truncation (from O_TRUNC) and times are accepted and mean nothing;
-	 * ownership and modes are fixed. */
-	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+	struct mmfs *fs = fs_of(req);
+	enum file_kind k = F_DIR;
+	struct chan *ch = NULL;
+
+	/* Truncation (from O_TRUNC) and times are accepted and mean nothing.
+	 * A channel's directory takes chmod, of which only the group's write
+	 * bit counts (it shares the channel with the group), and chown: the
+	 * kernel let only its owner or root ask (default_permissions). The
+	 * files and the top keep their modes and owners. */
+	if (!(to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+		mm_getattr(req, ino, fi);
+		return;
+	}
+	if (ino != FUSE_ROOT_ID)
+		ch = chan_get(fs, ino, &k);
+	if (!ch || k != F_DIR) {
+		if (ch)
+			chan_put(fs, ch);
 		fuse_reply_err(req, EPERM);
 		return;
 	}
+	pthread_mutex_lock(&fs->lock);
+	if (to_set & FUSE_SET_ATTR_MODE)
+		ch->group_w = (attr->st_mode & S_IWGRP) != 0;
+	if (to_set & FUSE_SET_ATTR_UID)
+		ch->uid = attr->st_uid;
+	if (to_set & FUSE_SET_ATTR_GID)
+		ch->gid = attr->st_gid;
+	pthread_mutex_unlock(&fs->lock);
+	chan_put(fs, ch);
 	mm_getattr(req, ino, fi);
 }
 
@@ -451,6 +537,7 @@ void mm_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct mmfs *fs = fs_of(req);
 	struct mm_dir_info rd, wr;
 	struct mm_err err = { "" };
@@ -469,7 +556,10 @@ void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 	pthread_mutex_lock(&fs->lock);
 	r = find_name(fs, name) ? -EEXIST : 0;
 	pthread_mutex_unlock(&fs->lock);
-	ch = r ? NULL : chan_create(fs, name, MM_CREATOR, NULL, &r, &err);
+	/* the maker's, private unless the mode (less the umask) lets the
+	 * group write */
+	ch = r ? NULL : chan_create(fs, name, MM_CREATOR, NULL, ctx->uid, ctx->gid,
+				    (mode & ~ctx->umask & S_IWGRP) != 0, &r, &err);
 	if (!ch) {
 		if (r != -EEXIST)
 			fuse_log(FUSE_LOG_ERR, "mmapfs: mkdir %s: %s\n", name, err.msg);

@@ -167,6 +167,26 @@ BAD_FILES = {
     "channels not a list": ("""
         channels = { name = "a"; };
         """, 1, "channels"),
+    # libconfig reads 0770 as decimal 770: the mode is a string
+    "mode an integer": ("""
+        channels = (
+          { name = "a";
+            mode = 0770; }
+        );
+        """, 3, "mode: expected an octal mode as a string"),
+    "unknown user": ("""
+        channels = (
+          { name = "a";
+
+            user = "no-such-user-mmapfs"; }
+        );
+        """, 4, "user: no such user"),
+    "unknown group": ("""
+        channels = (
+          { name = "a";
+            group = "no-such-group-mmapfs"; }
+        );
+        """, 3, "group: no such group"),
 }
 
 
@@ -222,6 +242,7 @@ def test_declared_file_cannot_open(conf, mnt, shm, tmp_path):
     ("size=12Q", "size=12Q"),
     ("mmap_dir=relative/dir", "mmap_dir=relative/dir"),
     ("allow_dirs=/dev/shm:relative", "allow_dirs"),
+    ("mkdir=no-such-group-mmapfs", "mkdir=no-such-group-mmapfs: expected owner, all"),
 ])
 def test_bad_option(option, names, mnt, shm):
     err = run_bad(["-o", f"mmap_dir={shm}", "-o", option], mnt)

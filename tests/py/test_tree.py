@@ -12,7 +12,8 @@ import pytest
 from conftest import areas_in, handshake, read_kv, read_text, sh, unmount
 
 FILES = ["capabilities", "peer", "token", "status", "data"]
-MODES = {"capabilities": 0o444, "peer": 0o600, "token": 0o444, "status": 0o444,
+# private to the channel's owner (docs/mmapfs.1, USERS; test_users.py)
+MODES = {"capabilities": 0o400, "peer": 0o600, "token": 0o400, "status": 0o400,
          "data": 0o600, "chunks": 0o600}
 
 
@@ -50,7 +51,7 @@ def test_mkdir_makes_five_files(mount_factory):
     names = listing(m / "chan")
     assert sh(f"ls -U {m / 'chan'}").stdout.split() == names
     st = os.stat(m / "chan")
-    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
     for f in names:
         st = os.stat(m / f"chan/{f}")

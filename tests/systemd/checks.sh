@@ -173,6 +173,52 @@ t_allow_other() {
 	timeout 30 systemctl stop mmapfs@c
 }
 
+# A second user's channels under the unit (its bounding set must allow the
+# daemon to act for them): two instances sharing one mmap_dir, with the
+# documented allow_other drop-in, which has mkdir=all; the user makes a
+# channel on each, handshakes and streams, all as that user. The areas are
+# the user's, in the user's directory beside the mmap_dir; root's channel
+# stays closed to them.
+t_user_channel() {
+	local i d uid ud e f sum want c bad
+	id "$user" > /dev/null 2>&1 || useradd -M -s /bin/sh "$user" || fail "useradd"
+	uid=$(id -u "$user")
+	for i in e f; do
+		printf 'mmap_dir = "/dev/shm/mmapfs-users";\nsize = "1M";\n' > "/etc/mmapfs/$i.conf"
+		d=/etc/systemd/system/mmapfs@$i.service.d
+		mkdir -p "$d"
+		{ echo "[Service]"; grep -o 'Environment="OPTIONS=-o allow_other[^"]*"' "$unit" | head -n 1; } \
+			> "$d/options.conf"
+	done
+	grep -q 'mkdir=all' "$d/options.conf" || fail "the documented drop-in: $(cat "$d/options.conf")"
+	systemctl daemon-reload
+	c=$(cursor)
+	timeout 30 systemctl start mmapfs@e mmapfs@f || fail "start failed"
+	e=$(mnt e)/uc f=$(mnt f)/uc
+	runuser -u "$user" -- mkdir "$e" "$f" ||
+		fail "$user: mkdir failed: $(journalctl -q -o cat -u mmapfs@e | grep -m 2 mkdir)"
+	ud=/dev/shm/mmapfs-users-u$uid
+	[ "$(stat -c '%a %U' "$ud")" = "700 $user" ] || fail "$ud: $(stat -c '%a %U' "$ud")"
+	[ "$(stat -c '%a %U' "$ud"/*.mmap | sort -u)" = "600 $user" ] ||
+		fail "areas: $(stat -c '%n %a %U' "$ud"/*.mmap)"
+	runuser -u "$user" -- sh -c "cat $e/capabilities > $f/peer && cat $f/capabilities > $e/peer" ||
+		fail "handshake as $user: $(grep -h error= "$e/status" "$f/status")"
+	wait_for 5 state_is "$e" ready || fail "e: $(cat "$e/status")"
+	wait_for 5 state_is "$f" ready || fail "f: $(cat "$f/status")"
+	head -c $((2 * 1024 * 1024 + 7)) /dev/urandom > /var/tmp/usrc
+	chmod 644 /var/tmp/usrc
+	want=$(sha256sum < /var/tmp/usrc)
+	sum=$(runuser -u "$user" -- sh -c "timeout 30 cat $f/data | sha256sum &
+		timeout 30 dd if=/var/tmp/usrc of=$e/data bs=64k status=none; wait")
+	[ "$sum" = "$want" ] || fail "sha256 $sum, want $want"
+	echo "as $user: sha256 $sum"
+	mkdir "$(mnt e)/rootc"
+	if runuser -u "$user" -- cat "$(mnt e)/rootc/status" 2>/dev/null; then fail "$user reads root's channel"; fi
+	timeout 30 systemctl stop mmapfs@e mmapfs@f
+	bad=$(bad_lines mmapfs@e "$c"; bad_lines mmapfs@f "$c")
+	[ -z "$bad" ] || fail "journal: $bad"
+}
+
 # The documented User= drop-in: the daemon runs as that user, mounts through
 # fusermount3, and stops cleanly.
 t_user_dropin() {
@@ -232,6 +278,7 @@ check restart-after-kill-9 t_kill9_restart
 check bad-config-fails-fast-no-restart t_bad_config
 check allow-other-second-user t_allow_other
 check user-dropin t_user_dropin
+check second-user-channel t_user_channel
 check sample-config-as-is t_sample_as_is
 check stop-clean-journal t_stop_plain
 

@@ -120,7 +120,7 @@ static void test_create(void)
 		return;
 	mm_area_init(&a);
 	CHECK(a.fd == -1 && a.base == NULL);
-	if (!CHECK_INT(mm_area_create(&a, dir, NULL, size, &err), ==, 0)) {
+	if (!CHECK_INT(mm_area_create(&a, dir, NULL, size, NULL, &err), ==, 0)) {
 		printf("#     %s\n", err.msg);
 		return;
 	}
@@ -155,8 +155,8 @@ static void test_create(void)
 		struct mm_area b;
 
 		mm_area_init(&b);
-		CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL), ==, 0);
-		CHECK_INT(mm_area_create(&b, dir, NULL, K64, NULL), ==, 0);
+		CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL, NULL), ==, 0);
+		CHECK_INT(mm_area_create(&b, dir, NULL, K64, NULL, NULL), ==, 0);
 		CHECK(strcmp(a.path, b.path) != 0);
 		CHECK_INT(count_entries(dir), ==, 2);
 		mm_area_close(&a);
@@ -173,10 +173,10 @@ static void test_create_refused(void)
 	if (!make_dir(dir, 0700))
 		return;
 	mm_area_init(&a);
-	CHECK_INT(mm_area_create(&a, dir, NULL, K64 - 1, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_create(&a, dir, NULL, K64 - 1, NULL, &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, "65535");
-	CHECK_INT(mm_area_create(&a, dir, NULL, MM_AREA_MAX + 1, &err), ==, -EINVAL);
-	CHECK_INT(mm_area_create(&a, path_in("missing"), NULL, K64, &err), ==, -ENOENT);
+	CHECK_INT(mm_area_create(&a, dir, NULL, MM_AREA_MAX + 1, NULL, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_create(&a, path_in("missing"), NULL, K64, NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "missing");
 	CHECK(a.fd == -1 && a.base == NULL);
 	CHECK_INT(count_entries(dir), ==, 0);
@@ -193,7 +193,7 @@ static void test_create_replaced(void)
 	if (!make_dir(dir, 0700))
 		return;
 	mm_area_init(&a);
-	if (!CHECK_INT(mm_area_create(&a, dir, NULL, K64, &err), ==, 0))
+	if (!CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL, &err), ==, 0))
 		return;
 	snprintf(path, sizeof(path), "%s", a.path);
 	if (!make_file(other, 1234))
@@ -204,7 +204,7 @@ static void test_create_replaced(void)
 	CHECK_U64(st.st_size, ==, 1234);
 
 	/* and one already deleted by someone else is no error */
-	CHECK_INT(mm_area_create(&a, dir, NULL, K64, &err), ==, 0);
+	CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL, &err), ==, 0);
 	CHECK_INT(unlink(a.path), ==, 0);
 	mm_area_close(&a);
 	CHECK(a.fd == -1);
@@ -221,42 +221,42 @@ static void test_dir_prepare(void)
 	const char *owned = path_in("owned");
 	struct stat st;
 
-	CHECK_INT(mm_area_dir_prepare(fresh, &err), ==, 0);
+	CHECK_INT(mm_area_dir_prepare(fresh, NULL, &err), ==, 0);
 	CHECK_INT(lstat(fresh, &st), ==, 0);
 	CHECK(S_ISDIR(st.st_mode));
 	CHECK_INT(st.st_mode & 07777, ==, 0700);
-	CHECK_INT(mm_area_dir_prepare(fresh, &err), ==, 0);	/* again */
+	CHECK_INT(mm_area_dir_prepare(fresh, NULL, &err), ==, 0);	/* again */
 
-	CHECK_INT(mm_area_dir_prepare("relative/dir", &err), ==, -EINVAL);
+	CHECK_INT(mm_area_dir_prepare("relative/dir", NULL, &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, "relative/dir");
-	CHECK_INT(mm_area_dir_prepare(path_in("no/such/parent"), &err), ==, -ENOENT);
+	CHECK_INT(mm_area_dir_prepare(path_in("no/such/parent"), NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "no/such/parent");
 
 	CHECK_INT(symlink(fresh, link), ==, 0);
-	CHECK_INT(mm_area_dir_prepare(link, &err), <, 0);
+	CHECK_INT(mm_area_dir_prepare(link, NULL, &err), <, 0);
 	CHECK_HAS(err.msg, link);
 	CHECK_INT(make_file(file, 0), ==, true);
-	CHECK_INT(mm_area_dir_prepare(file, &err), ==, -ENOTDIR);
+	CHECK_INT(mm_area_dir_prepare(file, NULL, &err), ==, -ENOTDIR);
 	CHECK_HAS(err.msg, file);
 
 	if (make_dir(grp, 0770)) {
-		CHECK_INT(mm_area_dir_prepare(grp, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(grp, NULL, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, grp);
 	}
 	if (make_dir(oth, 0702)) {
-		CHECK_INT(mm_area_dir_prepare(oth, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(oth, NULL, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, oth);
 	}
 	if (geteuid() == 0 && make_dir(owned, 0700)) {
 		CHECK_INT(chown(owned, OTHER_UID, (gid_t)-1), ==, 0);
-		CHECK_INT(mm_area_dir_prepare(owned, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(owned, NULL, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, owned);
 	}
 }
 
 static const char *allowed;	/* the allowed directory, with file "f" */
 static const char *allowed_dirs[1];
-static const struct mm_attach_rules rules = { allowed_dirs, 1, NULL, 0 };
+static const struct mm_attach_rules rules = { allowed_dirs, 1, NULL, 0, NULL };
 
 static bool setup_allowed(void)
 {
@@ -336,7 +336,7 @@ static void test_offered_ok(void)
 	/* looked up in each allowed directory in turn */
 	{
 		const char *dirs[] = { path_in("missing-dir"), path_in("fresh"), allowed };
-		struct mm_attach_rules rl = { dirs, 3, NULL, 0 };
+		struct mm_attach_rules rl = { dirs, 3, NULL, 0, NULL };
 
 		CHECK_INT(mm_area_open_offered(&a, "/x/f", K64, &rl, &err), ==, 0);
 		CHECK_STR(a.path, want);
@@ -347,7 +347,7 @@ static void test_offered_ok(void)
 static void test_offered_refused(void)
 {
 	const char *elsewhere = path_in("elsewhere");
-	static const struct mm_attach_rules none = { NULL, 0, NULL, 0 };
+	static const struct mm_attach_rules none = { NULL, 0, NULL, 0, NULL };
 	char offer[PATH_MAX];
 
 	if (!setup_allowed())
@@ -403,7 +403,7 @@ static void test_offered_sizes(void)
 static void test_offered_owner(void)
 {
 	const uid_t ok_uids[] = { 1, OTHER_UID };
-	struct mm_attach_rules with = { allowed_dirs, 1, ok_uids, 2 };
+	struct mm_attach_rules with = { allowed_dirs, 1, ok_uids, 2, NULL };
 
 	if (geteuid() != 0) {
 		printf("#     skipped: not root\n");
@@ -419,11 +419,68 @@ static void test_offered_owner(void)
 	mm_area_close(&a);
 }
 
+/* A user's channel (the daemon as root acting for another user): its
+ * directory and areas are the user's, and it takes that user's files only. */
+static void test_user(void)
+{
+	const struct mm_owner user = { OTHER_UID, OTHER_UID + 1 };
+	const char *dir = path_in("user");
+	const char *link = path_in("user-link");
+	const char *dirs[] = { dir };
+	struct mm_attach_rules rl = { dirs, 1, NULL, 0, &user };
+	char name[PATH_MAX];
+	struct stat st;
+
+	if (geteuid() != 0) {
+		printf("#     skipped: not root\n");
+		return;
+	}
+	CHECK_INT(mm_area_dir_prepare(dir, &user, &err), ==, 0);
+	CHECK_INT(lstat(dir, &st), ==, 0);
+	CHECK_INT(st.st_mode & 07777, ==, 0700);
+	CHECK_INT(st.st_uid, ==, OTHER_UID);
+	CHECK_INT(st.st_gid, ==, OTHER_UID + 1);
+	CHECK_INT(mm_area_dir_prepare(dir, &user, &err), ==, 0);	/* again */
+	/* ours is not theirs, theirs not ours */
+	CHECK_INT(mm_area_dir_prepare(path_in("create"), &user, &err), ==, -EACCES);
+	CHECK_HAS(err.msg, "not by uid 12345");
+	CHECK_INT(mm_area_dir_prepare(dir, NULL, &err), ==, -EACCES);
+
+	mm_area_init(&a);
+	if (!CHECK_INT(mm_area_create(&a, dir, "tag", K64, &user, &err), ==, 0)) {
+		printf("#     %s\n", err.msg);
+		return;
+	}
+	CHECK_INT(lstat(a.path, &st), ==, 0);
+	CHECK_INT(st.st_mode & 07777, ==, 0600);
+	CHECK_INT(st.st_uid, ==, OTHER_UID);
+	CHECK_INT(st.st_gid, ==, OTHER_UID + 1);
+	CHECK_HAS(a.path, "/mmapfs.tag.");
+	snprintf(name, sizeof(name), "%s", strrchr(a.path, '/') + 1);
+	mm_area_close(&a);
+	CHECK_INT(count_entries(dir), ==, 0);
+
+	/* a directory swapped for a symlink is not followed */
+	CHECK_INT(symlink(dir, link), ==, 0);
+	CHECK_INT(mm_area_create(&a, link, NULL, K64, &user, &err), <, 0);
+	CHECK_HAS(err.msg, link);
+	CHECK_INT(count_entries(dir), ==, 0);
+
+	/* offered: the user's file only, not ours */
+	if (!make_file(path_in("user/mine"), K64) || !make_file(path_in("user/theirs"), K64))
+		return;
+	CHECK_INT(chown(path_in("user/theirs"), OTHER_UID, (gid_t)-1), ==, 0);
+	expect_refused("mine", K64, &rl, -EACCES, "owned by uid 0");
+	mm_area_init(&a);
+	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, &err), ==, 0);
+	mm_area_close(&a);
+}
+
 static void test_offered_world_writable(void)
 {
 	const char *w = path_in("world");
 	const char *dirs[] = { w };
-	struct mm_attach_rules rl = { dirs, 1, NULL, 0 };
+	struct mm_attach_rules rl = { dirs, 1, NULL, 0, NULL };
 
 	if (!make_dir(w, 0777) || !make_file(path_in("world/f"), K128))
 		return;
@@ -529,6 +586,7 @@ int main(void)
 		TAP_TEST(test_offered_refused),
 		TAP_TEST(test_offered_sizes),
 		TAP_TEST(test_offered_owner),
+		TAP_TEST(test_user),
 		TAP_TEST(test_offered_world_writable),
 		TAP_TEST(test_open_path),
 		TAP_TEST(test_fd_length),

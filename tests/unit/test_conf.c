@@ -220,7 +220,17 @@ static void test_load_errors(void)
 		{ "channels = (\n  { name = \"a\";\n\n    read_file = \"dev/shm/x\"; }\n);\n", 4, "read_file", "absolute" },
 		{ "channels = (\n  { name = \"a\";\n    write_file = 7; }\n);\n", 3, "write_file", NULL },
 		{ "channels = (\n  { name = \"a\"; },\n  { name = \"b\"; },\n  { name = \"a\"; }\n);\n", 4, "name", "duplicate" },
-		{ "channels = (\n  { name = \"a\";\n    mode = 1; }\n);\n", 3, "mode", "unknown" },
+		{ "channels = (\n  { name = \"a\";\n    colour = 1; }\n);\n", 3, "colour", "unknown" },
+		{ "channels = (\n  { name = \"a\";\n    mode = 0770; }\n);\n", 3, "mode", "\"0770\"" },
+		{ "channels = (\n  { name = \"a\";\n    mode = \"0778\"; }\n);\n", 3, "mode", NULL },
+		{ "channels = (\n  { name = \"a\";\n    mode = \"01770\"; }\n);\n", 3, "mode", NULL },
+		{ "channels = (\n  { name = \"a\";\n    mode = \"\"; }\n);\n", 3, "mode", NULL },
+		{ "channels = (\n  { name = \"a\";\n    user = \"no-such-user-x\"; }\n);\n", 3, "user", "no such user" },
+		{ "channels = (\n  { name = \"a\";\n    group = \"no-such-group-x\"; }\n);\n", 3, "group", "no such group" },
+		{ "channels = (\n  { name = \"a\";\n    user = -1; }\n);\n", 3, "user", NULL },
+		{ "channels = (\n  { name = \"a\";\n    user = true; }\n);\n", 3, "user", NULL },
+		{ "channels = (\n  { name = \"a\";\n    user = 4000000000; }\n);\n", 3, "user", NULL },
+		{ "channels = (\n  { name = \"a\";\n    user = 3999999; }\n);\n", 2, "user", "group too" },
 		{ "channels = (\n  { role = \"creator\"; }\n);\n", 2, "name", "missing" },
 		{ "channels = (\n  { name = \"a/b\"; }\n);\n", 2, "name", NULL },
 		{ "channels = (\n  { name = \"..\"; }\n);\n", 2, "name", NULL },
@@ -251,6 +261,32 @@ static void test_load_errors(void)
 	}
 }
 
+/* A declared channel's owner and mode. */
+static void test_load_owner(void)
+{
+	if (!write_conf("channels = (\n"
+			"  { name = \"a\"; },\n"
+			"  { name = \"b\"; user = \"root\"; mode = \"0770\"; },\n"
+			"  { name = \"c\"; user = 3999999; group = \"12345\"; mode = \"750\"; },\n"
+			"  { name = \"d\"; user = \"0\"; group = 7; }\n"
+			");\n"))
+		return;
+	CHECK_INT(mm_config_defaults(&c), ==, 0);
+	if (!CHECK_INT(mm_config_load(&c, conf_path, &err), ==, 0) ||
+	    !CHECK_U64(c.n_channels, ==, 4)) {
+		printf("#     %s\n", err.msg);
+		goto out;
+	}
+	CHECK(c.channels[0].uid == (uid_t)-1 && c.channels[0].gid == (gid_t)-1);
+	CHECK(!c.channels[0].group_w);
+	CHECK(c.channels[1].uid == 0 && c.channels[1].gid == 0 && c.channels[1].group_w);
+	CHECK(c.channels[2].uid == 3999999 && c.channels[2].gid == 12345);
+	CHECK(!c.channels[2].group_w);
+	CHECK(c.channels[3].uid == 0 && c.channels[3].gid == 7 && !c.channels[3].group_w);
+out:
+	mm_config_free(&c);
+}
+
 static void test_load_missing(void)
 {
 	CHECK_INT(mm_config_defaults(&c), ==, 0);
@@ -268,6 +304,7 @@ int main(void)
 		TAP_TEST(test_load_sample),
 		TAP_TEST(test_load_partial),
 		TAP_TEST(test_load_errors),
+		TAP_TEST(test_load_owner),
 		TAP_TEST(test_load_missing),
 	};
 	const char *tmp = getenv("TMPDIR");
