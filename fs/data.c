@@ -53,7 +53,7 @@ void trace_rings(struct mmfs *fs, struct chan *ch, const char *what)
 
 		if (mm_channel_dir_info(&ch->mc, dir, &i))
 			trace(fs, "%s: %s: %s ring data_start=%u data_end=%u, %llu bytes moved\n",
-			      ch->name, what, dir == MM_RD ? "read" : "write", i.data_start,
+			      ch->key.name, what, dir == MM_RD ? "read" : "write", i.data_start,
 			      i.data_end, (unsigned long long)i.bytes);
 	}
 }
@@ -211,7 +211,7 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 			if (r == 0)
 				mm_stream_read_end(&ch->mc, &s, (size_t)n);
 			else
-				trace(fs, "%s: read reply failed: %s\n", ch->name, strerror(-r));
+				trace(fs, "%s: read reply failed: %s\n", ch->key.name, strerror(-r));
 		}
 	} else {
 		/* device memory, or an xpra peer (which acts on data_start as
@@ -224,7 +224,7 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 			fuse_reply_buf(req, buf, (size_t)n);
 	}
 	if (n == 0) {
-		trace(fs, "%s: end of stream\n", ch->name);
+		trace(fs, "%s: end of stream\n", ch->key.name);
 		fuse_reply_buf(req, NULL, 0);
 	} else if (n < 0) {
 		fuse_reply_err(req, (int)-n);

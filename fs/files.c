@@ -49,9 +49,9 @@ static void renew(struct mmfs *fs, struct chan *ch)
 
 	if (r > 0)
 		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: new session for a new peer, fresh tokens; "
-			 "%llu unread bytes dropped\n", ch->name, (unsigned long long)dropped);
+			 "%llu unread bytes dropped\n", ch->key.name, (unsigned long long)dropped);
 	else if (r < 0)
-		fuse_log(FUSE_LOG_INFO, "mmapfs: %s: no new session: %s\n", ch->name, err.msg);
+		fuse_log(FUSE_LOG_INFO, "mmapfs: %s: no new session: %s\n", ch->key.name, err.msg);
 }
 
 /* Open a text file: 0 or -errno. */
@@ -148,10 +148,10 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 	pthread_mutex_unlock(&fs->lock);
 	if (r < 0) {
 		fuse_log(fs->debug ? FUSE_LOG_DEBUG : FUSE_LOG_INFO,
-			 "mmapfs: %s: peer refused: %s\n", ch->name, err.msg);
+			 "mmapfs: %s: peer refused: %s\n", ch->key.name, err.msg);
 		return r;
 	}
-	fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: peer accepted, role %s, state %s\n", ch->name,
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: peer accepted, role %s, state %s\n", ch->key.name,
 		 mm_role_name(mm_channel_role(&ch->mc)),
 		 mm_state_name(mm_channel_state(&ch->mc)));
 	for (unsigned dir = MM_RD; dir <= MM_WR && fs->debug; dir <<= 1) {
@@ -159,7 +159,7 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 
 		if (mm_channel_dir_info(&ch->mc, dir, &i))
 			trace(fs, "%s: %s area %s, %llu bytes, ring 8..%u, our token at %llu\n",
-			      ch->name, dir == MM_RD ? "read" : "write", i.path,
+			      ch->key.name, dir == MM_RD ? "read" : "write", i.path,
 			      (unsigned long long)i.size, i.ring_end,
 			      (unsigned long long)i.token_index);
 	}
@@ -240,7 +240,7 @@ static void chunks_write(fuse_req_t req, struct handle *h, const char *buf, size
 	}
 	if (r < 0) {
 		mm_channel_set_reason(&h->ch->mc, "%s", err.msg);
-		trace(fs, "%s: %s\n", h->ch->name, err.msg);
+		trace(fs, "%s: %s\n", h->ch->key.name, err.msg);
 		fuse_reply_err(req, -r);
 	} else {
 		fuse_reply_write(req, size);

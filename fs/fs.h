@@ -45,13 +45,18 @@ enum file_kind {
 #define TEXT_MAX (32 * 1024)		/* any of our text files fits */
 #define DATA_MAX_IO (1024 * 1024)	/* the largest read or write of data */
 
-struct chan {
-	/* fixed */
+/* What the table finds a channel by (the first member of struct chan). */
+struct chan_key {
 	uint64_t id;
 	char name[256];
+};
+
+struct chan {
+	/* fixed */
+	struct chan_key key;
 	struct timespec ctime;
 	/* fs->lock */
-	struct chan *next;
+	struct chan *next, *prev;	/* in fs->chans, in the order made */
 	unsigned refs;			/* the table's, and one per user */
 	bool removed;
 	struct timespec mtime;		/* last handshake change */
@@ -88,7 +93,8 @@ struct handle {
 
 struct mmfs {
 	pthread_mutex_t lock;
-	struct chan *chans;		/* lock */
+	struct chan *chans, *last;	/* lock: every channel, oldest first */
+	void *by_name, *by_id;		/* lock: the same in tsearch(3) trees */
 	uint64_t next_id;		/* lock */
 	struct handle *handles;		/* lock: every open handle */
 	struct handle *pollers;		/* lock: handles with a poll handle */

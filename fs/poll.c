@@ -133,7 +133,7 @@ static void tick_channels(struct mmfs *fs, uint64_t now)
 		if (!mm_channel_tick(&ch->mc, now))
 			continue;
 		mm_channel_reason(&ch->mc, why, sizeof(why));
-		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->name,
+		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->key.name,
 			 mm_state_name(mm_channel_state(&ch->mc)),
 			 mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
 	}

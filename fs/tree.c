@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <search.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,33 +41,53 @@ uint64_t mmfs_now_ms(void)
 
 static fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k)
 {
-	return (fuse_ino_t)((ch->id << INO_SHIFT) | k);
+	return (fuse_ino_t)((ch->key.id << INO_SHIFT) | k);
 }
 
 /* ---- the table (fs->lock held) ---- */
 
+static int cmp_name(const void *a, const void *b)
+{
+	return strcmp(((const struct chan_key *)a)->name, ((const struct chan_key *)b)->name);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+	uint64_t x = ((const struct chan_key *)a)->id, y = ((const struct chan_key *)b)->id;
+
+	return x < y ? -1 : x > y;
+}
+
+static struct chan *find(void *const *tree, const struct chan_key *key,
+			 int (*cmp)(const void *, const void *))
+{
+	struct chan *const *node = tfind(key, tree, cmp);
+
+	return node ? *node : NULL;
+}
+
 static struct chan *find_name(struct mmfs *fs, const char *name)
 {
-	for (struct chan *ch = fs->chans; ch; ch = ch->next)
-		if (strcmp(ch->name, name) == 0)
-			return ch;
-	return NULL;
+	struct chan_key key;
+
+	if (strlen(name) >= sizeof(key.name))
+		return NULL;
+	strcpy(key.name, name);
+	return find(&fs->by_name, &key, cmp_name);
 }
 
 static struct chan *find_ino(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind)
 {
-	uint64_t id = ino >> INO_SHIFT;
+	struct chan_key key = { .id = ino >> INO_SHIFT };
 	unsigned k = ino & ((1u << INO_SHIFT) - 1);
+	struct chan *ch;
 
 	if (k >= F_NKINDS)
 		return NULL;
-	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
-		if (ch->id == id) {
-			*kind = (enum file_kind)k;
-			return ch;
-		}
-	}
-	return NULL;
+	ch = find(&fs->by_id, &key, cmp_id);
+	if (ch)
+		*kind = (enum file_kind)k;
+	return ch;
 }
 
 static void chan_free(struct chan *ch)
@@ -103,12 +124,10 @@ void chan_put(struct mmfs *fs, struct chan *ch)
 /* Take ch out of the table. fs->lock held; the caller drops its ref. */
 static void chan_unlink(struct mmfs *fs, struct chan *ch)
 {
-	for (struct chan **p = &fs->chans; *p; p = &(*p)->next) {
-		if (*p == ch) {
-			*p = ch->next;
-			break;
-		}
-	}
+	tdelete(&ch->key, &fs->by_name, cmp_name);
+	tdelete(&ch->key, &fs->by_id, cmp_id);
+	*(ch->prev ? &ch->prev->next : &fs->chans) = ch->next;
+	*(ch->next ? &ch->next->prev : &fs->last) = ch->prev;
 	ch->removed = true;
 	ch->refs--;
 }
@@ -119,7 +138,7 @@ static struct chan *chan_new(const char *name)
 
 	if (!ch)
 		return NULL;
-	snprintf(ch->name, sizeof(ch->name), "%s", name);
+	snprintf(ch->key.name, sizeof(ch->key.name), "%s", name);
 	pthread_mutex_init(&ch->rd_lock, NULL);
 	pthread_mutex_init(&ch->wr_lock, NULL);
 	clock_gettime(CLOCK_REALTIME, &ch->ctime);
@@ -128,21 +147,26 @@ static struct chan *chan_new(const char *name)
 }
 
 /* Put an opened channel in the table: -EEXIST if the name was taken
- * meanwhile (ch is then the caller's to free). */
+ * meanwhile (ch is then the caller's to free), -ENOMEM. */
 static int chan_link(struct mmfs *fs, struct chan *ch)
 {
-	struct chan **p = &fs->chans;
 	int r = 0;
 
 	pthread_mutex_lock(&fs->lock);
-	if (find_name(fs, ch->name)) {
+	ch->key.id = fs->next_id;
+	if (find_name(fs, ch->key.name)) {
 		r = -EEXIST;
+	} else if (!tsearch(&ch->key, &fs->by_name, cmp_name)) {
+		r = -ENOMEM;
+	} else if (!tsearch(&ch->key, &fs->by_id, cmp_id)) {
+		tdelete(&ch->key, &fs->by_name, cmp_name);
+		r = -ENOMEM;
 	} else {
-		ch->id = fs->next_id++;
+		fs->next_id++;
 		ch->refs = 1;
-		while (*p)
-			p = &(*p)->next;
-		*p = ch;
+		ch->prev = fs->last;
+		*(fs->last ? &fs->last->next : &fs->chans) = ch;
+		fs->last = ch;
 	}
 	pthread_mutex_unlock(&fs->lock);
 	return r;
@@ -515,7 +539,7 @@ void mm_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (r == 0)
 			r = dirbuf_add(req, &b, "..", ino, S_IFDIR);
 		for (ch = fs->chans; ch && r == 0; ch = ch->next)
-			r = dirbuf_add(req, &b, ch->name, chan_ino(ch, F_DIR), S_IFDIR);
+			r = dirbuf_add(req, &b, ch->key.name, chan_ino(ch, F_DIR), S_IFDIR);
 	} else if ((ch = find_ino(fs, ino, &k)) && k == F_DIR) {
 		r = dirbuf_add(req, &b, ".", ino, S_IFDIR);
 		if (r == 0)
