@@ -29,7 +29,7 @@ static uint64_t ring_end(uint64_t size, bool ext)
 	return ext ? mm_ext_offset(size) : size;
 }
 
-static int dir_setup_ring(struct mm_dir *d, bool ext)
+int mm_dir_setup_ring(struct mm_dir *d, bool ext)
 {
 	d->ext = ext ? d->area.base + mm_ext_offset(d->area.size) : NULL;
 	return mm_ring_init(&d->ring, d->area.base, d->area.size,
@@ -109,7 +109,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_
 	if (r < 0)
 		return r;
 	d->present = true;
-	r = dir_setup_ring(d, true);
+	r = mm_dir_setup_ring(d, true);
 	if (r < 0)
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
 	r = dir_reset(d);
@@ -235,7 +235,7 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (r < 0)
 		return mm_fail(err, r, "%s.file: %s", name, why.msg);
 	d->present = true;
-	if (dir_setup_ring(d, ext) < 0)
+	if (mm_dir_setup_ring(d, ext) < 0)
 		return mm_fail(err, -EINVAL, "%s.size: too small", name);
 	r = check_token(d, c, ext, name, err);
 	if (r < 0)
@@ -374,7 +374,7 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		d->usable = a[i]->have != 0;
 		/* with an xpra attacher the whole area is ring */
 		if (d->present)
-			dir_setup_ring(d, ext);
+			mm_dir_setup_ring(d, ext);
 		if (d->usable && ext) {
 			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
 			if (d == &ch->rd) {

@@ -23,6 +23,9 @@ void mm_dir_close(struct mm_dir *d);
 /* handshake.c: a creator's areas, tokens and session. ch->lock not needed
  * (the channel is not shared yet). */
 int mm_creator_setup(struct mm_channel *ch, struct mm_err *err);
+/* Set up d's ring (and trailer, with the extension) over its mapped area:
+ * 0, or -EINVAL for an area too small. */
+int mm_dir_setup_ring(struct mm_dir *d, bool ext);
 
 /* live.c: write our session and heartbeat into a direction's trailer; the
  * direction whose trailer tells the peer's (NULL without the extension).

@@ -268,17 +268,21 @@ bool mm_stream_zero_copy(struct mm_channel *ch)
 
 /* ---- waiting ---- */
 
-void mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us)
+int mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us)
 {
 	struct mm_dir *d = dir_of(ch, dir);
 	struct timespec ts = {
 		.tv_sec = timeout_us / 1000000,
 		.tv_nsec = (long)(timeout_us % 1000000) * 1000,
 	};
+	int r = -ENOSYS;
 
-	if (!d->present || mm_futex_wait(word_of(d, dir == MM_WR ? W_START : W_END),
-					 d->seen, timeout_us) == -ENOSYS)
-		nanosleep(&ts, NULL);
+	if (d->present)
+		r = mm_futex_wait(word_of(d, dir == MM_WR ? W_START : W_END), d->seen,
+				  timeout_us);
+	if (r == -ENOSYS)
+		r = nanosleep(&ts, NULL) < 0 ? -EINTR : -ETIMEDOUT;
+	return r;
 }
 
 void mm_stream_wake(struct mm_channel *ch)
@@ -317,11 +321,15 @@ unsigned mm_stream_poll(struct mm_channel *ch)
 	if (peer_dead(ch))
 		mask |= POLLHUP | POLLIN;
 	if (ch->rd.usable && mm_ring_load(&ch->rd.ring, &p) == 0) {
-		uint32_t cs = ch->rd.eof_ack;
+		uint32_t cs = 0, ack = 0;
 
-		if (ch->rd.ext)
+		/* the trailer's eof_ack, not ours: the reader may be another
+		 * process (a library holding our descriptor) */
+		if (ch->rd.ext) {
 			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
-		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ch->rd.eof_ack ||
+			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ack);
+		}
+		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ack ||
 		    (ch->rd.chunks && mm_chunks_pending(&ch->rd)))
 			mask |= POLLIN | POLLRDNORM;
 	}

@@ -62,8 +62,9 @@ ssize_t mm_stream_read(struct mm_channel *ch, void *buf, size_t len);
 bool mm_stream_zero_copy(struct mm_channel *ch);
 
 /* Wait at most timeout_us for the peer to move the word the last -EAGAIN
- * in that direction was about. Spurious returns are fine. */
-void mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us);
+ * in that direction was about. Spurious returns are fine. 0 (woken, or the
+ * word had moved), -ETIMEDOUT, or -EINTR (a signal handler ran). */
+int mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us);
 
 /* The next wait of a backoff that started at MM_WAIT_MIN_US. */
 static inline unsigned mm_wait_next(unsigned us)

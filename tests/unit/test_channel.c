@@ -491,6 +491,80 @@ static void test_reused_file(void)
 	unlink(path);
 }
 
+/* A view (view.c): the library's channel, made from the status text of A
+ * after A gave its claim up, moves bytes with C, takes ends of stream that
+ * A then knows, and follows C's heartbeat without beating itself. */
+static void test_view(void)
+{
+	struct mm_channel V;
+	struct mm_slice s;
+	char st[TEXT];
+	uint8_t b[16];
+	uint32_t beat;
+	int n;
+
+	if (!handshake(true))
+		goto out;
+	mm_channel_unclaim(&A, &A);	/* as a file closes: an empty stream */
+	CHECK_INT(mm_stream_read_begin(&C, sizeof(b), &s), ==, 0);
+	n = mm_channel_status_text(&A, st, sizeof(st));
+	CHECK_HAS(st, "mmapfs=1\n");
+	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), ==,
+		       MM_RD | MM_WR))
+		goto out;
+	CHECK_INT(V.rd.ring.end, ==, A.rd.ring.end);
+	CHECK(V.rd.area.base != A.rd.area.base && V.rd.area.fd == -1);
+	stream(&C, &V, 2 * RING + 5);
+	stream(&V, &C, RING + 3);
+	/* C's stream ends: V takes the end, A knows it at its next claim */
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_stream_read_begin(&V, sizeof(b), &s), ==, 0);
+	mm_channel_destroy(&V);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, 1);
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 1);
+	CHECK_INT(mm_stream_read_begin(&A, sizeof(b), &s), ==, 0);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+	/* no beat of its own; C's standing still for a second is a death */
+	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), >, 0))
+		goto out;
+	beat = A.beat;
+	mm_channel_tick(&C, now + MM_BEAT_MS);
+	CHECK(mm_channel_watch(&V, now + MM_BEAT_MS) == false);
+	CHECK(mm_channel_watch(&V, now + MM_BEAT_MS + MM_DEAD_MS + 1));
+	CHECK_INT(mm_channel_peer_state(&V), ==, MM_PEER_DEAD);
+	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
+	CHECK_INT(A.beat, ==, beat);
+	mm_channel_tick(&C, now + 3 * MM_DEAD_MS);
+	mm_channel_watch(&V, now + 3 * MM_DEAD_MS);
+	CHECK_INT(mm_channel_peer_state(&V), ==, MM_PEER_ALIVE);
+	CHECK_INT(mm_stream_write(&V, "y", 1), ==, 1);
+	/* a daemon's word for it (poll's POLLHUP) */
+	CHECK(mm_channel_peer_dead(&V));
+	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
+	/* and a new session is a restart */
+	mm_ext_store(V.rd.ext, MM_EXT_W_SESSION, 0x9999);
+	CHECK(mm_channel_watch(&V, now + 3 * MM_DEAD_MS));
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
+	mm_channel_destroy(&V);
+	/* one direction only: the other is not mapped */
+	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_WR, now, &err), ==, MM_WR);
+	CHECK(!V.rd.present);
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ENXIO);
+	mm_channel_destroy(&V);
+	/* a status without the extension, or without the keys */
+	st[strstr(st, "mmapfs=1") - st + 7] = '0';
+	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD, now, &err), ==, -EOPNOTSUPP);
+	CHECK_INT(mm_channel_view(&V, "role=creator\n", 13, MM_RD, now, &err), ==, -EPROTO);
+out:
+	close_pair();
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -511,6 +585,7 @@ int main(void)
 		TAP_TEST(test_zero_length_chunk),
 		TAP_TEST(test_corrupt_pointers),
 		TAP_TEST(test_reused_file),
+		TAP_TEST(test_view),
 	};
 	const char *tmp = getenv("TMPDIR");
 	int ret;
