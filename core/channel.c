@@ -262,6 +262,7 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ch->rd.eof_ack);
 		ch->rd.owner = owner;
 	}
+	mm_sleepers_reset(ch, want);
 	r = (int)want;
 out:
 	pthread_mutex_unlock(&ch->lock);

@@ -6,7 +6,9 @@
 
 #include "guard.h"
 
-static __thread sigjmp_buf *guard_jmp;
+/* initial-exec: a plain load, not a __tls_get_addr() call, in the shared
+ * library too (one pointer: it fits the static TLS glibc keeps for dlopen) */
+static __thread sigjmp_buf *guard_jmp __attribute__((tls_model("initial-exec")));
 /* The handler we replaced, when chaining (a library's host program may
  * have one); else SIG_DFL. */
 static struct sigaction prev;

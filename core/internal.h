@@ -39,5 +39,8 @@ void mm_note_peer(struct mm_channel *ch, uint64_t now_ms);
  * of stream. */
 int mm_writer_begin(struct mm_channel *ch);
 void mm_writer_end(struct mm_channel *ch);
+/* A new claim of dirs: the sleepers this end counted in the trailer were
+ * its last holder's, who is gone (it may have died asleep). ch->lock held. */
+void mm_sleepers_reset(struct mm_channel *ch, unsigned dirs);
 
 #endif

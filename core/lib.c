@@ -22,6 +22,9 @@
 #include "stream.h"
 
 #define STATUS_MAX (32 * 1024)
+/* How long a call that has to wait looks again before it sleeps. */
+#define SPIN_NS 10000
+#define SPIN_PAUSES 16		/* between two looks: less traffic on the pointers */
 
 struct mmapfs_chan {
 	struct mm_channel ch;		/* the view */
@@ -42,12 +45,17 @@ static void guard_setup(void)
 	guard_err = mm_guard_init_chained();
 }
 
-static uint64_t now_ms(void)
+static uint64_t now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ms(void)
+{
+	return now_ns() / 1000000;
 }
 
 /* The public edge: -1 and errno from a -errno. */
@@ -155,15 +163,27 @@ static void watch(struct mmapfs_chan *c, bool ask)
 		mm_channel_peer_dead(&c->ch);
 }
 
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
 enum op { OP_READ, OP_READ_BEGIN, OP_WRITE };
 
-/* One stream call, repeated while it says -EAGAIN (unless non-blocking),
- * waiting for the peer in between: a futex wait, woken at once by a peer
- * on this host, bounded so that the heartbeat is looked at (and a peer
- * across a VM boundary, which cannot wake us, is polled). */
+/* One stream call, repeated while it says -EAGAIN (unless non-blocking).
+ * A peer that answers within SPIN_NS is met by looking again: sleeping
+ * and being woken cost tens of microseconds on a VM. After that, a futex
+ * wait, woken at once by a peer on this host, bounded so that the
+ * heartbeat is looked at (and a peer across a VM boundary, which cannot
+ * wake us, is polled). */
 static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t len)
 {
 	unsigned step = MM_WAIT_MIN_US;
+	uint64_t spin_end = 0;
 
 	for (;;) {
 		ssize_t n;
@@ -182,6 +202,13 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 			if (mm_channel_peer_state(&c->ch) == MM_PEER_DEAD || mm_channel_failed(&c->ch))
 				continue;	/* say so now: EPIPE, ECONNRESET */
 			return n;
+		}
+		if (spin_end == 0)
+			spin_end = now_ns() + SPIN_NS;
+		if (now_ns() < spin_end) {
+			for (int k = 0; k < SPIN_PAUSES; k++)
+				cpu_relax();
+			continue;
 		}
 		r = mm_stream_wait(&c->ch, op == OP_WRITE ? MM_WR : MM_RD, step);
 		watch(c, false);

@@ -75,6 +75,12 @@ static inline unsigned mm_wait_next(unsigned us)
 /* Wake everything waiting on this end's words (an interrupt, a shutdown). */
 void mm_stream_wake(struct mm_channel *ch);
 
+/* Count a waiter for `events` (POLLIN: data in the read area, POLLOUT:
+ * room in the write area) in (add) or out among the sleepers the other
+ * side wakes (docs/PROTOCOL.md, "Waking"): in before the last look at the
+ * words, out when it no longer waits. mm_stream_wait() does so itself. */
+void mm_stream_sleepers(struct mm_channel *ch, unsigned events, bool add);
+
 /* The shared words whose change may make `events` (POLLIN, POLLOUT) come
  * true, with their values now, for a futex wait: at most two. Load them
  * before checking mm_stream_poll(), so no change falls in between. */

@@ -6,9 +6,11 @@
 #include <errno.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chunks.h"
@@ -565,6 +567,67 @@ out:
 	close_pair();
 }
 
+/* The waiters word (trailer word 15): a sleeper counts itself in, the
+ * other side wakes it because of that, and a claim forgets the counts of
+ * the holders before it. */
+static uint32_t waiters(struct mm_dir *d)
+{
+	uint32_t v = 0;
+
+	mm_ext_load(d->ext, MM_EXT_W_WAITERS, &v);
+	return v;
+}
+
+static double waited;
+
+static void *sleeper(void *arg)
+{
+	struct timespec t0, t1;
+	uint8_t b[8];
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (mm_stream_read(&A, b, sizeof(b)) == -EAGAIN)
+		mm_stream_wait(&A, MM_RD, 5000000);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	waited = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	return NULL;
+}
+
+static void test_waiters(void)
+{
+	pthread_t th;
+
+	if (!handshake(true))
+		goto out;
+	CHECK_U64(waiters(&A.rd), ==, 0);
+	mm_stream_sleepers(&A, POLLIN | POLLOUT, true);
+	CHECK_U64(waiters(&A.rd), ==, 1);			/* on its end */
+	CHECK_U64(waiters(&A.wr), ==, 1u << 16);		/* on its start */
+	CHECK_U64(waiters(&C.wr), ==, 1);			/* the same area */
+	mm_stream_sleepers(&A, POLLIN | POLLOUT, false);
+	mm_stream_sleepers(&A, POLLIN, false);			/* never below 0 */
+	CHECK_U64(waiters(&A.rd), ==, 0);
+	CHECK_U64(waiters(&A.wr), ==, 0);
+	/* a reader asleep is counted, and woken by the next write */
+	if (!CHECK_INT(pthread_create(&th, NULL, sleeper, NULL), ==, 0))
+		goto out;
+	for (int i = 0; i < 1000 && waiters(&A.rd) == 0; i++)
+		usleep(1000);
+	CHECK_U64(waiters(&A.rd), ==, 1);
+	CHECK_INT(mm_stream_write(&C, "wake", 4), ==, 4);
+	pthread_join(th, NULL);
+	CHECK(waited < 1);
+	CHECK_U64(waiters(&A.rd), ==, 0);
+	/* a holder that died asleep: the next claim starts from none */
+	mm_ext_count(A.rd.ext, MM_EXT_W_WAITERS, MM_EXT_WAIT_END_SHIFT, 3);
+	mm_ext_count(A.rd.ext, MM_EXT_W_WAITERS, MM_EXT_WAIT_START_SHIFT, 2);
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	CHECK_U64(waiters(&A.rd), ==, 2u << 16);		/* the peer's count stays */
+out:
+	close_pair();
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -586,6 +649,7 @@ int main(void)
 		TAP_TEST(test_corrupt_pointers),
 		TAP_TEST(test_reused_file),
 		TAP_TEST(test_view),
+		TAP_TEST(test_waiters),
 	};
 	const char *tmp = getenv("TMPDIR");
 	int ret;
