@@ -94,6 +94,10 @@ struct mm_dir {
 	/* set by the handshake under ch->lock; fixed while claimed */
 	bool present;			/* this end has the area */
 	bool usable;			/* the handshake covered it */
+	bool local;			/* a file one of the ends created on this
+					 * host, not an administrator's path
+					 * (which may be shared with another VM):
+					 * the peer's futex wakes reach us */
 	struct mm_area area;
 	struct mm_ring ring;
 	uint8_t *ext;			/* the trailer, or NULL */

@@ -109,6 +109,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_chan_
 	if (r < 0)
 		return r;
 	d->present = true;
+	d->local = !admin;
 	r = mm_dir_setup_ring(d, true);
 	if (r < 0)
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
@@ -235,6 +236,7 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (r < 0)
 		return mm_fail(err, r, "%s.file: %s", name, why.msg);
 	d->present = true;
+	d->local = !admin;
 	if (mm_dir_setup_ring(d, ext) < 0)
 		return mm_fail(err, -EINVAL, "%s.size: too small", name);
 	r = check_token(d, c, ext, name, err);

@@ -178,11 +178,11 @@ enum op { OP_READ, OP_READ_BEGIN, OP_WRITE };
  * A peer that answers within SPIN_NS is met by looking again: sleeping
  * and being woken cost tens of microseconds on a VM. After that, a futex
  * wait, woken at once by a peer on this host, bounded so that the
- * heartbeat is looked at (and a peer across a VM boundary, which cannot
- * wake us, is polled). */
+ * heartbeat is looked at every beat (and a peer that may be across a VM
+ * boundary, which cannot wake us, every 10 ms). */
 static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t len)
 {
-	unsigned step = MM_WAIT_MIN_US;
+	unsigned dir = op == OP_WRITE ? MM_WR : MM_RD, step = MM_WAIT_MIN_US;
 	uint64_t spin_end = 0;
 
 	for (;;) {
@@ -210,11 +210,12 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 				cpu_relax();
 			continue;
 		}
-		r = mm_stream_wait(&c->ch, op == OP_WRITE ? MM_WR : MM_RD, step);
+		r = mm_stream_wait(&c->ch, dir, step);
 		watch(c, false);
 		if (r == -EINTR)
 			return -EINTR;
-		step = mm_wait_next(step);
+		if ((step *= 2) > mm_stream_wait_max(&c->ch, dir))
+			step = mm_stream_wait_max(&c->ch, dir);
 	}
 }
 

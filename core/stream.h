@@ -66,6 +66,10 @@ bool mm_stream_zero_copy(struct mm_channel *ch);
  * word had moved), -ETIMEDOUT, or -EINTR (a signal handler ran). */
 int mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us);
 
+/* The longest a wait in direction dir may sleep: MM_WAIT_MAX_US, unless
+ * the peer's wakes reach us (a local area): then the next heartbeat. */
+unsigned mm_stream_wait_max(struct mm_channel *ch, unsigned dir);
+
 /* The next wait of a backoff that started at MM_WAIT_MIN_US. */
 static inline unsigned mm_wait_next(unsigned us)
 {

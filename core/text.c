@@ -162,8 +162,8 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 		      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
 	/* where a library finds an area the handshake made usable (view.c) */
 	if (r == 0 && d->usable)
-		r = mm_text_append(buf, len, pos, "%s.file=%s\n%s.ring_end=%u\n",
-				   name, d->area.path, name, d->ring.end);
+		r = mm_text_append(buf, len, pos, "%s.file=%s\n%s.ring_end=%u\n%s.local=%d\n",
+				   name, d->area.path, name, d->ring.end, name, d->local);
 	return r;
 }
 

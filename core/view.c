@@ -52,7 +52,7 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	struct mm_dir *d = dir == MM_RD ? &ch->rd : &ch->wr;
 	const char *name = dir_name(dir);
 	char key[32], path[PATH_MAX];
-	uint64_t size, end;
+	uint64_t size, end, local;
 	int r;
 
 	snprintf(key, sizeof(key), "%s.file", name);
@@ -61,8 +61,11 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	snprintf(key, sizeof(key), "%s.size", name);
 	r = status_u64(text, len, key, &size);
 	snprintf(key, sizeof(key), "%s.ring_end", name);
-	if (r < 0 || status_u64(text, len, key, &end) < 0)
-		return mm_fail(err, -EPROTO, "status: no %s.size or %s.ring_end", name, name);
+	if (r == 0)
+		r = status_u64(text, len, key, &end);
+	snprintf(key, sizeof(key), "%s.local", name);
+	if (r < 0 || status_u64(text, len, key, &local) < 0)
+		return mm_fail(err, -EPROTO, "status: no %s.size, ring_end or local", name);
 	r = mm_area_open_path(&d->area, path, false, 0, size, err);
 	if (r < 0)
 		return r;
@@ -70,6 +73,7 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	close(d->area.fd);
 	d->area.fd = -1;
 	d->present = d->usable = true;
+	d->local = local != 0;
 	if (mm_dir_setup_ring(d, true) < 0 || d->ring.end != end)
 		return mm_fail(err, -EPROTO, "%s: ring end %llu, status says %llu", path,
 			       (unsigned long long)d->ring.end, (unsigned long long)end);

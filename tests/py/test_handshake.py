@@ -177,7 +177,8 @@ def test_status_keys(chans):
     assert st["read.size"] == caps(c)["read.size"]
     finish_handshake(c, a)
     # where a library finds the areas (docs/PROTOCOL.md, "Native access")
-    keys = keys[:5] + [f"{d}.{k}" for d in ("read", "write") for k in area + ("file", "ring_end")]
+    keys = keys[:5] + [f"{d}.{k}" for d in ("read", "write")
+                       for k in area + ("file", "ring_end", "local")]
     for m in (c, a):
         st = m.status("chan")
         assert list(st) == keys
@@ -189,6 +190,7 @@ def test_status_keys(chans):
         for d in ("read", "write"):
             assert os.path.getsize(st[f"{d}.file"]) == int(st[f"{d}.size"])
             assert int(st[f"{d}.ring_end"]) == (int(st[f"{d}.size"]) - 64) & ~7
+            assert st[f"{d}.local"] == "1"          # created here, not a declared path
     assert c.status("chan")["read.file"] == a.status("chan")["write.file"]
 
 

@@ -307,6 +307,39 @@ def test_sigbus_goes_to_the_programs_handler(chan):
     assert run("sigbus", a / "chan") == "chained"
 
 
+def test_declared_areas_as_an_ivshmem_host_and_guest(mount_factory, tmp_path):
+    """Administrator's paths (an ivshmem backing file on the host, its BAR,
+    here a symlink, in the guest): the library maps what status names, and
+    waits as for a peer in another VM (local=0)."""
+    area = tmp_path / "hostshm" / "shmem-xpra"
+    area.parent.mkdir(mode=0o700)
+    with open(area, "wb") as f:
+        f.truncate(1 << 20)
+    bar = tmp_path / "resource2_wc"
+    bar.symlink_to(area)
+    nowhere = tmp_path / "guest-allowed"
+    nowhere.mkdir(mode=0o700)
+    host_conf, guest_conf = tmp_path / "host.conf", tmp_path / "guest.conf"
+    host_conf.write_text(f'channels = ( {{ name = "vm0"; role = "creator"; '
+                         f'write_file = "{area}"; }} );\n')
+    guest_conf.write_text(f'allow_dirs = [ "{nowhere}" ];\nchannels = ( {{ name = "host"; '
+                          f'role = "attacher"; read_file = "{bar}"; }} );\n')
+    host, guest = mount_factory("-c", str(host_conf)), mount_factory("-c", str(guest_conf))
+    with open(guest / "host/peer", "w") as f:
+        f.write(open(host / "vm0/capabilities").read())
+    with open(host / "vm0/peer", "w") as f:
+        f.write(open(guest / "host/capabilities").read())
+    wait_state(guest, "host", "ready")
+    wait_state(host, "vm0", "ready")
+    assert (host.status("vm0")["write.file"], host.status("vm0")["write.local"]) == (str(area), "0")
+    assert (guest.status("host")["read.file"], guest.status("host")["read.local"]) == (str(bar), "0")
+    src = src_file(tmp_path, "src", 5 << 20)
+    reader = start("read", guest / "host", src, 1, "zc")
+    assert run("write", host / "vm0", src, 2) == f"ok {5 << 20}"
+    assert finish(reader) == f"ok {5 << 20}"
+    assert run("open", guest / "host", "w") == "ENXIO"
+
+
 # ---- the example, the module, the build ----
 
 def test_mmapfs_cat(chan, tmp_path):

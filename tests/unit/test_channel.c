@@ -515,6 +515,8 @@ static void test_view(void)
 		       MM_RD | MM_WR))
 		goto out;
 	CHECK_INT(V.rd.ring.end, ==, A.rd.ring.end);
+	CHECK(V.rd.local && V.wr.local);
+	CHECK_INT(mm_stream_wait_max(&V, MM_RD), ==, MM_BEAT_MS * 1000);
 	CHECK(V.rd.area.base != A.rd.area.base && V.rd.area.fd == -1);
 	stream(&C, &V, 2 * RING + 5);
 	stream(&V, &C, RING + 3);
