@@ -147,7 +147,7 @@ out:
 }
 
 /* Look at the peer's heartbeat. A view looks only when a call finds
- * nothing to do: a blocked call every few milliseconds, but a non-blocking
+ * nothing to do: a blocked call at least every beat, but a non-blocking
  * one, after a pause, cannot tell when the beat last moved; it then asks
  * the daemon of this end, which watches all the time (poll's POLLHUP: the
  * peer is dead; POLLERR: the channel or that daemon failed). */
