@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chunks.h"
+#include "ext.h"
 #include "internal.h"
 #include "stream.h"
 
@@ -263,8 +264,14 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 			goto out;
 		ch->wr.owner = owner;
 	}
-	if (want & MM_RD)
+	if (want & MM_RD) {
+		/* the last reader may have been another process (a library):
+		 * the ends of stream it took are in the trailer */
+		if (ch->rd.ext)
+			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ch->rd.eof_ack);
 		ch->rd.owner = owner;
+	}
+	mm_sleepers_reset(ch, want);
 	r = (int)want;
 out:
 	pthread_mutex_unlock(&ch->lock);

@@ -12,6 +12,8 @@
  *   stream.c     the byte stream: write, read begin/end, ends of stream,
  *                waits and wake-ups, poll (stream.h)
  *   chunks.c     xpra's out-of-band chunk lists (chunks.h)
+ *   view.c       a channel seen from another process than its daemon
+ *                (the library, lib.c): the areas the status names
  *
  * Threads and locks. Every function here is safe to call from any thread;
  * which lock protects what is written on each field below.
@@ -93,6 +95,10 @@ struct mm_dir {
 	/* set by the handshake under ch->lock; fixed while claimed */
 	bool present;			/* this end has the area */
 	bool usable;			/* the handshake covered it */
+	bool local;			/* a file one of the ends created on this
+					 * host, not an administrator's path
+					 * (which may be shared with another VM):
+					 * the peer's futex wakes reach us */
 	struct mm_area area;
 	struct mm_ring ring;
 	uint8_t *ext;			/* the trailer, or NULL */
@@ -267,9 +273,33 @@ void mm_channel_set_reason(struct mm_channel *ch, const char *fmt, ...)
  * an attacher. Returns true if the state or the peer's liveness changed. */
 bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms);
 
+/* The peer's half of a tick alone, for an end that is not the daemon (a
+ * library's view): the peer's session and beat, never our own, which the
+ * daemon of this end publishes. Returns true if the state or the peer's
+ * liveness changed. */
+bool mm_channel_watch(struct mm_channel *ch, uint64_t now_ms);
+
+/* Such an end's daemon says the peer is dead (it watches all the time, a
+ * view only while it waits): take its word, until the peer's beat moves
+ * again. Returns true if that changed the peer's liveness. */
+bool mm_channel_peer_dead(struct mm_channel *ch);
+
 /* An attacher becomes ready when the creator has set its go-ahead: look
  * now rather than at the next tick. ch->lock held. */
 void mm_channel_refresh_locked(struct mm_channel *ch);
+
+/* --- views (view.c) --- */
+
+/* Set ch up as a view of a channel served by a daemon, for a process that
+ * took `dirs` of its data file (MM_RD, MM_WR, or both: what the channel
+ * has): map the areas that the daemon's status text (len bytes) names,
+ * ready for the calls of stream.h and mm_channel_watch(). Returns the
+ * directions set up (> 0), or -EOPNOTSUPP (no mmapfs extension: an xpra
+ * peer, whose chunk lists live in the daemon), -ENXIO, -EPROTO (a status
+ * without the keys), or an area's open or mmap errno, with err set; on
+ * failure ch holds nothing. mm_channel_destroy() unmaps it. */
+int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsigned dirs,
+		    uint64_t now_ms, struct mm_err *err);
 
 /* --- texts (text.c): length written, or -ENOSPC --- */
 

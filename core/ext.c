@@ -9,26 +9,51 @@
 #include "ext.h"
 #include "guard.h"
 
+enum word_op { LOAD, STORE, COUNT };
+
 struct word_args {
 	uint32_t *w;
 	uint32_t v;
-	int store;
+	enum word_op op;
+	unsigned shift;
+	int delta;
 };
+
+/* v with its 16-bit count at shift moved by delta, within 0..0xffff. */
+static uint32_t count_moved(uint32_t v, unsigned shift, int delta)
+{
+	int c = (int)((v >> shift) & 0xffff) + delta;
+
+	c = c < 0 ? 0 : c > 0xffff ? 0xffff : c;
+	return (v & ~(UINT32_C(0xffff) << shift)) | (uint32_t)c << shift;
+}
 
 static int do_word(void *arg)
 {
 	struct word_args *a = arg;
+	uint32_t old;
 
-	if (a->store)
+	switch (a->op) {
+	case STORE:
 		__atomic_store_n(a->w, htole32(a->v), __ATOMIC_RELEASE);
-	else
+		break;
+	case LOAD:
 		a->v = le32toh(__atomic_load_n(a->w, __ATOMIC_ACQUIRE));
+		break;
+	case COUNT:
+		old = __atomic_load_n(a->w, __ATOMIC_RELAXED);
+		while (!__atomic_compare_exchange_n(
+			a->w, &old, htole32(count_moved(le32toh(old), a->shift, a->delta)),
+			false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+			;
+		break;
+	}
 	return 0;
 }
 
 int mm_ext_load(const uint8_t *ext, unsigned word, uint32_t *v)
 {
-	struct word_args a = { (uint32_t *)(void *)(ext + 4 * word), 0, 0 };
+	struct word_args a = { .w = (uint32_t *)(void *)(ext + 4 * word), .op = LOAD };
 	int r = mm_guard_run(do_word, &a);
 
 	if (r == 0)
@@ -38,7 +63,19 @@ int mm_ext_load(const uint8_t *ext, unsigned word, uint32_t *v)
 
 int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v)
 {
-	struct word_args a = { (uint32_t *)(void *)(ext + 4 * word), v, 1 };
+	struct word_args a = { .w = (uint32_t *)(void *)(ext + 4 * word), .v = v, .op = STORE };
+
+	return mm_guard_run(do_word, &a);
+}
+
+int mm_ext_count(uint8_t *ext, unsigned word, unsigned shift, int delta)
+{
+	struct word_args a = {
+		.w = (uint32_t *)(void *)(ext + 4 * word),
+		.op = COUNT,
+		.shift = shift,
+		.delta = delta,
+	};
 
 	return mm_guard_run(do_word, &a);
 }

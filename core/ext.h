@@ -16,7 +16,8 @@
  *   12 creator_beat        creator: incremented every 250 ms
  *   13 attacher_session    attacher, likewise
  *   14 attacher_beat
- *   15 reserved
+ *   15 waiters             both: how many may sleep on the area's end (low
+ *                          16 bits) and on its start (high 16 bits)
  */
 #ifndef MMAPFS_EXT_H
 #define MMAPFS_EXT_H
@@ -38,9 +39,16 @@ enum mm_ext_word {
 	MM_EXT_W_EOF_POS = 5,
 	MM_EXT_W_SESSION = 11,		/* + 2 * role: session, then beat */
 	MM_EXT_W_BEAT = 12,
+	MM_EXT_W_WAITERS = 15,
 };
 
 #define MM_EXT_VERIFIED 1u
+
+/* The waiters word holds two 16-bit counts: of sleepers on `end` (the
+ * area's reader side, waiting for data) and on `start` (its writer side,
+ * waiting for room). Each side moves only its own count. */
+#define MM_EXT_WAIT_END_SHIFT 0
+#define MM_EXT_WAIT_START_SHIFT 16
 
 /* Offset of the trailer in an area of size bytes (8-byte aligned). */
 static inline uint64_t mm_ext_offset(uint64_t size)
@@ -51,6 +59,10 @@ static inline uint64_t mm_ext_offset(uint64_t size)
 /* Guarded word access: 0 or -EFAULT. */
 int mm_ext_load(const uint8_t *ext, unsigned word, uint32_t *v);
 int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v);
+/* Move the 16-bit count at bit `shift` of a word by delta, kept within
+ * 0..0xffff (a count a process took to its grave, or a peer's nonsense,
+ * never wraps): guarded, atomic, a full barrier. 0 or -EFAULT. */
+int mm_ext_count(uint8_t *ext, unsigned word, unsigned shift, int delta);
 
 /* The futex on a shared word: wake everyone waiting on it, or wait while it
  * still holds `seen`, at most timeout_us. mm_futex_wait returns 0 (woken or

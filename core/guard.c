@@ -7,13 +7,17 @@
 
 #include "guard.h"
 
-static __thread sigjmp_buf *guard_jmp;
+/* initial-exec: a plain load, not a __tls_get_addr() call, in the shared
+ * library too (one pointer: it fits the static TLS glibc keeps for dlopen) */
+static __thread sigjmp_buf *guard_jmp __attribute__((tls_model("initial-exec")));
+/* The handler we replaced, when chaining (a library's host program may
+ * have one); else SIG_DFL. */
+static struct sigaction prev;
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 {
 	sigjmp_buf *jb = guard_jmp;
 
-	(void)si;
 	if (jb) {
 		guard_jmp = NULL;
 		/* Leave with the mask of the code that faulted, as a return
@@ -22,22 +26,48 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 		pthread_sigmask(SIG_SETMASK, &((ucontext_t *)uctx)->uc_sigmask, NULL);
 		siglongjmp(*jb, 1);
 	}
-	/* Not ours: die as we would have without a handler. */
+	/* Not ours: the handler there was before us, else die as we would
+	 * have without a handler (an ignored SIGBUS from a fault kills too). */
+	if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
+		prev.sa_sigaction(sig, si, uctx);
+		return;
+	}
+	if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL &&
+	    prev.sa_handler != SIG_IGN) {
+		prev.sa_handler(sig);
+		return;
+	}
 	signal(sig, SIG_DFL);
 	raise(sig);
 }
 
-int mm_guard_init(void)
+static int install(bool chain)
 {
-	struct sigaction sa;
+	struct sigaction sa, old;
 
+	if (sigaction(SIGBUS, NULL, &old) < 0)
+		return -errno;
+	if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction == on_sigbus)
+		return 0;	/* installed already */
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = on_sigbus;
 	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
 	sigemptyset(&sa.sa_mask);
+	if (chain)
+		prev = old;
 	if (sigaction(SIGBUS, &sa, NULL) < 0)
 		return -errno;
 	return 0;
+}
+
+int mm_guard_init(void)
+{
+	return install(false);
+}
+
+int mm_guard_init_chained(void)
+{
+	return install(true);
 }
 
 int mm_guard_run(int (*fn)(void *arg), void *arg)

@@ -35,7 +35,7 @@ static uint64_t ring_end(uint64_t size, bool ext)
 	return ext ? mm_ext_offset(size) : size;
 }
 
-static int dir_setup_ring(struct mm_dir *d, bool ext)
+int mm_dir_setup_ring(struct mm_dir *d, bool ext)
 {
 	d->ext = ext ? d->area.base + mm_ext_offset(d->area.size) : NULL;
 	return mm_ring_init(&d->ring, d->area.base, d->area.size,
@@ -143,7 +143,8 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 	if (r < 0)
 		return r;
 	d->present = true;
-	r = dir_setup_ring(d, true);
+	d->local = !admin;
+	r = mm_dir_setup_ring(d, true);
 	if (r < 0)
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
 	r = dir_reset(d);
@@ -281,7 +282,8 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (r < 0)
 		return mm_fail(err, r, "%s.file: %s", name, why.msg);
 	d->present = true;
-	if (dir_setup_ring(d, ext) < 0)
+	d->local = !admin;
+	if (mm_dir_setup_ring(d, ext) < 0)
 		return mm_fail(err, -EINVAL, "%s.size: too small", name);
 	r = check_token(d, c, ext, name, err);
 	if (r < 0)
@@ -423,7 +425,7 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		d->usable = a[i]->have != 0;
 		/* with an xpra attacher the whole area is ring */
 		if (d->present)
-			dir_setup_ring(d, ext);
+			mm_dir_setup_ring(d, ext);
 		/* The session starts on empty rings: whatever an earlier
 		 * mmapfs attacher (one that only stalled) wrote after our
 		 * offer went out is not this session's. A new one writes
@@ -568,7 +570,7 @@ int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *
 			*discarded += mm_ring_used(&d->ring, &p);
 		mm_chunks_free(d);
 		d->usable = false;
-		if (dir_setup_ring(d, true) < 0 || dir_reset(d) < 0)
+		if (mm_dir_setup_ring(d, true) < 0 || dir_reset(d) < 0)
 			r = mm_fail(err, -EIO, "%s: the mapping faulted", d->area.path);
 		else if ((r = dir_new_token(d, false, 0, 0, err, dir_name(i ? MM_WR : MM_RD))) == 0)
 			r = 1;

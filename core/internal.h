@@ -25,6 +25,9 @@ void mm_dir_close(struct mm_dir *d);
 int mm_creator_setup(struct mm_channel *ch, struct mm_err *err);
 /* Should a declared creator whose setup failed with r wait for its file? */
 bool mm_setup_later(const struct mm_channel *ch, int r);
+/* Set up d's ring (and trailer, with the extension) over its mapped area:
+ * 0, or -EINVAL for an area too small. */
+int mm_dir_setup_ring(struct mm_dir *d, bool ext);
 
 /* live.c: write our session and heartbeat into a direction's trailer; the
  * direction whose trailer tells the peer's (NULL without the extension).
@@ -38,5 +41,8 @@ void mm_note_peer(struct mm_channel *ch, uint64_t now_ms);
  * of stream. */
 int mm_writer_begin(struct mm_channel *ch);
 void mm_writer_end(struct mm_channel *ch);
+/* A new claim of dirs: the sleepers this end counted in the trailer were
+ * its last holder's, who is gone (it may have died asleep). ch->lock held. */
+void mm_sleepers_reset(struct mm_channel *ch, unsigned dirs);
 
 #endif

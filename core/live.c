@@ -64,20 +64,14 @@ void mm_channel_refresh_locked(struct mm_channel *ch)
 		mm_set_state(ch, MM_STATE_READY);
 }
 
-/* ch->lock held. */
-static void tick_locked(struct mm_channel *ch, uint64_t now_ms)
+/* The peer's half of a tick: its session and beat, read from the trailer.
+ * ch->lock held. */
+static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
 {
-	enum mm_state st = mm_channel_state(ch);
 	unsigned w = peer_word(ch);
 	uint32_t session, beat;
-	struct mm_dir *d;
+	struct mm_dir *d = mm_ext_dir(ch);
 
-	if (!ch->ext || (st != MM_STATE_ATTACHED && st != MM_STATE_READY))
-		return;
-	ch->beat++;
-	mm_publish_session(ch, &ch->rd);
-	mm_publish_session(ch, &ch->wr);
-	d = mm_ext_dir(ch);
 	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
 	    mm_ext_load(d->ext, w + 1, &beat) < 0) {
 		mm_channel_fail(ch, EIO, MM_WHY_FAULT, d == &ch->wr ? MM_WR : MM_RD, 0, 0);
@@ -97,10 +91,31 @@ static void tick_locked(struct mm_channel *ch, uint64_t now_ms)
 	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS) {
 		mm_set_peer(ch, MM_PEER_DEAD);
 	}
-	mm_channel_refresh_locked(ch);
 }
 
-bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
+static bool live(struct mm_channel *ch)
+{
+	enum mm_state st = mm_channel_state(ch);
+
+	return ch->ext && (st == MM_STATE_ATTACHED || st == MM_STATE_READY);
+}
+
+/* ch->lock held. */
+static void tick_locked(struct mm_channel *ch, uint64_t now_ms)
+{
+	if (!live(ch))
+		return;
+	ch->beat++;
+	mm_publish_session(ch, &ch->rd);
+	mm_publish_session(ch, &ch->wr);
+	watch_locked(ch, now_ms);
+	mm_channel_refresh_locked(ch);	/* nothing after a failure: not attached */
+}
+
+/* A tick or a watch, under the lock; wake the waiters if the state or the
+ * peer's liveness changed. */
+static bool look(struct mm_channel *ch, uint64_t now_ms,
+		 void (*fn)(struct mm_channel *ch, uint64_t now_ms))
 {
 	enum mm_state was;
 	enum mm_peer peer_was;
@@ -109,10 +124,37 @@ bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
 	pthread_mutex_lock(&ch->lock);
 	was = mm_channel_state(ch);
 	peer_was = mm_channel_peer_state(ch);
-	tick_locked(ch, now_ms);
+	fn(ch, now_ms);
 	changed = mm_channel_state(ch) != was || mm_channel_peer_state(ch) != peer_was;
 	pthread_mutex_unlock(&ch->lock);
 	if (changed)
 		mm_stream_wake(ch);
 	return changed;
+}
+
+bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
+{
+	return look(ch, now_ms, tick_locked);
+}
+
+static void watch_live_locked(struct mm_channel *ch, uint64_t now_ms)
+{
+	if (live(ch))
+		watch_locked(ch, now_ms);
+}
+
+bool mm_channel_watch(struct mm_channel *ch, uint64_t now_ms)
+{
+	return look(ch, now_ms, watch_live_locked);
+}
+
+static void dead_locked(struct mm_channel *ch, uint64_t now_ms)
+{
+	if (live(ch))
+		mm_set_peer(ch, MM_PEER_DEAD);
+}
+
+bool mm_channel_peer_dead(struct mm_channel *ch)
+{
+	return look(ch, 0, dead_locked);
 }

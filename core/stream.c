@@ -35,6 +35,44 @@ static struct mm_dir *dir_of(struct mm_channel *ch, unsigned dir)
 	return dir == MM_RD ? &ch->rd : &ch->wr;
 }
 
+static unsigned count_shift(unsigned i)
+{
+	return i == W_END ? MM_EXT_WAIT_END_SHIFT : MM_EXT_WAIT_START_SHIFT;
+}
+
+/* Tell the other side that word i of d moved, if it may be asleep on it.
+ * With the trailer, the waiters word counts who may (docs/PROTOCOL.md,
+ * "Waking"): the move is published, the fence orders it before the load
+ * of the count, as a sleeper's count comes before its futex's check of
+ * the word; so either the sleeper sees the move or we see the sleeper. */
+static void wake(struct mm_dir *d, unsigned i)
+{
+	uint32_t n = 1;
+
+	if (d->ext) {
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (mm_ext_load(d->ext, MM_EXT_W_WAITERS, &n) == 0)
+			n = (n >> count_shift(i)) & 0xffff;
+	}
+	if (n)
+		mm_futex_wake(word_of(d, i));
+}
+
+/* Count ourselves in (+1) or out (-1) among the sleepers on d's word i. */
+static void sleepers(struct mm_dir *d, unsigned i, int delta)
+{
+	if (d->ext)
+		mm_ext_count(d->ext, MM_EXT_W_WAITERS, count_shift(i), delta);
+}
+
+void mm_sleepers_reset(struct mm_channel *ch, unsigned dirs)
+{
+	if (dirs & MM_RD)
+		sleepers(&ch->rd, W_END, -0xffff);
+	if (dirs & MM_WR)
+		sleepers(&ch->wr, W_START, -0xffff);
+}
+
 /* The peer broke the area (r: -EFAULT, -EPROTO): the channel goes to
  * error, and the caller gets what every later call will get. */
 static int stream_fail(struct mm_channel *ch, unsigned dir, int r)
@@ -106,7 +144,7 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 	if (d->chunks)
 		mm_chunks_log(d, at, (size_t)n);
 	__atomic_add_fetch(&d->bytes, (uint64_t)n, __ATOMIC_RELAXED);
-	mm_futex_wake(word_of(d, W_END));
+	wake(d, W_END);
 	return n;
 }
 
@@ -248,7 +286,7 @@ int mm_stream_read_end(struct mm_channel *ch, const struct mm_slice *s, size_t n
 	if (r < 0)
 		return stream_fail(ch, MM_RD, r);
 	__atomic_add_fetch(&d->bytes, n, __ATOMIC_RELAXED);
-	mm_futex_wake(word_of(d, W_START));
+	wake(d, W_START);
 	return 0;
 }
 
@@ -275,17 +313,29 @@ bool mm_stream_zero_copy(struct mm_channel *ch)
 
 /* ---- waiting ---- */
 
-void mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us)
+int mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us)
 {
 	struct mm_dir *d = dir_of(ch, dir);
 	struct timespec ts = {
 		.tv_sec = timeout_us / 1000000,
 		.tv_nsec = (long)(timeout_us % 1000000) * 1000,
 	};
+	unsigned w = dir == MM_WR ? W_START : W_END;
+	int r = -ENOSYS;
 
-	if (!d->present || mm_futex_wait(word_of(d, dir == MM_WR ? W_START : W_END),
-					 d->seen, timeout_us) == -ENOSYS)
-		nanosleep(&ts, NULL);
+	if (d->present) {
+		sleepers(d, w, 1);
+		r = mm_futex_wait(word_of(d, w), d->seen, timeout_us);
+		sleepers(d, w, -1);
+	}
+	if (r == -ENOSYS)
+		r = nanosleep(&ts, NULL) < 0 ? -EINTR : -ETIMEDOUT;
+	return r;
+}
+
+unsigned mm_stream_wait_max(struct mm_channel *ch, unsigned dir)
+{
+	return dir_of(ch, dir)->local && dir_of(ch, dir)->ext ? MM_BEAT_MS * 1000 : MM_WAIT_MAX_US;
 }
 
 void mm_stream_wake(struct mm_channel *ch)
@@ -294,6 +344,14 @@ void mm_stream_wake(struct mm_channel *ch)
 		mm_futex_wake(word_of(&ch->rd, W_END));
 	if (ch->wr.present)
 		mm_futex_wake(word_of(&ch->wr, W_START));
+}
+
+void mm_stream_sleepers(struct mm_channel *ch, unsigned events, bool add)
+{
+	if ((events & POLLIN) && ch->rd.usable)
+		sleepers(&ch->rd, W_END, add ? 1 : -1);
+	if ((events & POLLOUT) && ch->wr.usable)
+		sleepers(&ch->wr, W_START, add ? 1 : -1);
 }
 
 unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
@@ -324,11 +382,15 @@ unsigned mm_stream_poll(struct mm_channel *ch)
 	if (peer_dead(ch))
 		mask |= POLLHUP | POLLIN;
 	if (ch->rd.usable && mm_ring_load(&ch->rd.ring, &p) == 0) {
-		uint32_t cs = ch->rd.eof_ack;
+		uint32_t cs = 0, ack = 0;
 
-		if (ch->rd.ext)
+		/* the trailer's eof_ack, not ours: the reader may be another
+		 * process (a library holding our descriptor) */
+		if (ch->rd.ext) {
 			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
-		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ch->rd.eof_ack ||
+			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ack);
+		}
+		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ack ||
 		    (ch->rd.chunks && mm_chunks_pending(&ch->rd)))
 			mask |= POLLIN | POLLRDNORM;
 	}

@@ -62,8 +62,13 @@ ssize_t mm_stream_read(struct mm_channel *ch, void *buf, size_t len);
 bool mm_stream_zero_copy(struct mm_channel *ch);
 
 /* Wait at most timeout_us for the peer to move the word the last -EAGAIN
- * in that direction was about. Spurious returns are fine. */
-void mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us);
+ * in that direction was about. Spurious returns are fine. 0 (woken, or the
+ * word had moved), -ETIMEDOUT, or -EINTR (a signal handler ran). */
+int mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us);
+
+/* The longest a wait in direction dir may sleep: MM_WAIT_MAX_US, unless
+ * the peer's wakes reach us (a local area): then the next heartbeat. */
+unsigned mm_stream_wait_max(struct mm_channel *ch, unsigned dir);
 
 /* The next wait of a backoff that started at MM_WAIT_MIN_US. */
 static inline unsigned mm_wait_next(unsigned us)
@@ -73,6 +78,12 @@ static inline unsigned mm_wait_next(unsigned us)
 
 /* Wake everything waiting on this end's words (an interrupt, a shutdown). */
 void mm_stream_wake(struct mm_channel *ch);
+
+/* Count a waiter for `events` (POLLIN: data in the read area, POLLOUT:
+ * room in the write area) in (add) or out among the sleepers the other
+ * side wakes (docs/PROTOCOL.md, "Waking"): in before the last look at the
+ * words, out when it no longer waits. mm_stream_wait() does so itself. */
+void mm_stream_sleepers(struct mm_channel *ch, unsigned events, bool add);
 
 /* The shared words whose change may make `events` (POLLIN, POLLOUT) come
  * true, with their values now, for a futex wait: at most two. Load them

@@ -176,6 +176,7 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 	struct mm_ring_pos p = { 0, 0 };
 	uint32_t s = 0, e = 0;
 	unsigned long long used = 0, fr = 0;
+	int r;
 
 	if (!d->present)
 		return 0;
@@ -183,12 +184,19 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 		used = mm_ring_used(&d->ring, &p);
 		fr = mm_ring_free(&d->ring, &p);
 	}
-	return mm_text_append(buf, len, pos,
+	r = mm_text_append(buf, len, pos,
 		      "%s.size=%llu\n%s.data_start=%u\n%s.data_end=%u\n"
 		      "%s.used=%llu\n%s.free=%llu\n%s.bytes=%llu\n",
 		      name, (unsigned long long)d->area.size, name, s, name, e,
 		      name, used, name, fr, name,
 		      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
+	/* where a library finds an area the handshake made usable (view.c) */
+	if (r == 0 && d->usable)
+		r = mm_text_append(buf, len, pos,
+				   "%s.file=%s\n%s.offset=%llu\n%s.ring_end=%u\n%s.local=%d\n",
+				   name, d->area.path, name, (unsigned long long)d->area.offset,
+				   name, d->ring.end, name, d->local);
+	return r;
 }
 
 int mm_channel_status_text(struct mm_channel *ch, char *buf, size_t len)
@@ -200,9 +208,9 @@ int mm_channel_status_text(struct mm_channel *ch, char *buf, size_t len)
 	pthread_mutex_lock(&ch->lock);
 	mm_channel_refresh_locked(ch);
 	reason_locked(ch, reason, sizeof(reason));
-	r = mm_text_append(buf, len, &pos, "state=%s\nrole=%s\npeer=%s\nerror=%s\n",
+	r = mm_text_append(buf, len, &pos, "state=%s\nrole=%s\npeer=%s\nerror=%s\nmmapfs=%d\n",
 		   mm_state_name(mm_channel_state(ch)), mm_role_name(ch->role),
-		   mm_peer_name(mm_channel_peer_state(ch)), reason);
+		   mm_peer_name(mm_channel_peer_state(ch)), reason, ch->ext);
 	if (r == 0)
 		r = status_dir(RD_NAME, &ch->rd, buf, len, &pos);
 	if (r == 0)

@@ -16,11 +16,23 @@
 /* Where futex_waitv cannot wait (a PCI BAR), how long to sleep instead. */
 #define POLL_NAP_US 2000
 
+/* The events that matter to h: what it asked, less the directions it does
+ * not hold. */
+static unsigned handle_events(const struct handle *h, unsigned events)
+{
+	if (!(h->dirs & MM_RD))
+		events &= ~(unsigned)(POLLIN | POLLRDNORM);
+	if (!(h->dirs & MM_WR))
+		events &= ~(unsigned)(POLLOUT | POLLWRNORM);
+	return events;
+}
+
 /* Forget h's poll handle, if any. fs->lock held. */
 void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
 {
 	if (!h->ph)
 		return;
+	mm_stream_sleepers(&h->ch->mc, handle_events(h, h->ph_events), false);
 	for (struct handle **p = &fs->pollers; *p; p = &(*p)->poll_next) {
 		if (*p == h) {
 			*p = h->poll_next;
@@ -38,17 +50,6 @@ static void ticker_kick(struct mmfs *fs)
 {
 	__atomic_add_fetch(&fs->kick, 1, __ATOMIC_SEQ_CST);
 	mm_futex_wake_private(&fs->kick);
-}
-
-/* The events that matter to h: what it asked, less the directions it does
- * not hold. */
-static unsigned handle_events(const struct handle *h, unsigned events)
-{
-	if (!(h->dirs & MM_RD))
-		events &= ~(unsigned)(POLLIN | POLLRDNORM);
-	if (!(h->dirs & MM_WR))
-		events &= ~(unsigned)(POLLOUT | POLLWRNORM);
-	return events;
 }
 
 /* What poll reports for a data handle now. */
@@ -83,6 +84,8 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	} else if (ph) {
 		h->ph = ph;
 		h->ph_events = events;
+		/* the peer wakes the ticker only if it knows someone waits */
+		mm_stream_sleepers(&h->ch->mc, handle_events(h, events), true);
 		h->poll_next = fs->pollers;
 		fs->pollers = h;
 		ticker_kick(fs);

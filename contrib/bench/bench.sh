@@ -1,80 +1,184 @@
 #!/bin/bash
-# mmapfs benchmark: one run, one machine, channel against pipe.
+# mmapfs benchmark: one run, one machine, the library and the files against
+# pipes.
 #
 #   contrib/bench/bench.sh [BUILDDIR]      as root (or with sudo); default
 #                                          build-release, made with
 #                                          meson --buildtype=release
 #
-# (a) throughput: dd bs=1M through a channel between two mounts, against
-#     dd bs=1M | dd bs=1M through a pipe;
-# (b) latency: 64-byte round trips, one direction each way, against two pipes;
-# (c) cost of waiting: CPU used by a daemon with one blocked reader over 10 s.
+# (a) throughput, 1 MiB blocks: dd | dd through a pipe; dd into a channel's
+#     data with dd reading the other end; libmmapfs at both ends with
+#     zero-copy reads that compare every byte they are handed (bench_lib);
+# (b) latency: 64-byte round trips, one direction each way: two pipes; the
+#     files at both ends; the library at both ends; the library at one end
+#     and the files at the other;
+# (c) block sizes from 512 B to 1 MiB: pipe, files (dd), library (copying
+#     reads of that size, every byte compared);
+# (d) cost of waiting: CPU of a daemon with one blocked file reader, of a
+#     blocked library reader, and of both daemons while two library ends
+#     stream.
+# Each figure is measured RUNS times (default 3) and the table at the end
+# gives the range. Areas live in SHM (default a new directory in /dev/shm,
+# a tmpfs as the daemon's default mmap_dir), mounts in WORK (default a new
+# directory in /tmp); both are removed at the end.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$top/build-release}
 [ -d "$build" ] || meson setup "$build" "$top" --buildtype=release >/dev/null
-ninja -C "$build" fs/mmapfs contrib/bench/pingpong >/dev/null
+ninja -C "$build" fs/mmapfs contrib/bench/pingpong contrib/bench/bench_lib \
+	contrib/examples/mmapfs-cat >/dev/null
 mmapfs=$build/fs/mmapfs
+bench_lib=$build/contrib/bench/bench_lib
+pingpong=$build/contrib/bench/pingpong
 GIB=${GIB:-8}
 TRIPS=${TRIPS:-20000}
+RUNS=${RUNS:-3}
 
-work=$(mktemp -d /tmp/mmapfs-bench.XXXXXX)
+work=${WORK:-$(mktemp -d /tmp/mmapfs-bench.XXXXXX)}
+shm=${SHM:-$(mktemp -d /dev/shm/mmapfs-bench.XXXXXX)}
 A=$work/a B=$work/b
-mkdir "$A" "$B" "$work/shm"
-chmod 700 "$work/shm"
+results=$work/results
+mkdir -p "$A" "$B" "$shm"
+chmod 700 "$shm"
+: > "$results"
+pids=()
 cleanup() {
 	fusermount3 -u "$A" 2>/dev/null || true
 	fusermount3 -u "$B" 2>/dev/null || true
-	rm -rf "$work"
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
 
-"$mmapfs" -o mmap_dir="$work/shm" "$A"
-"$mmapfs" -o mmap_dir="$work/shm" "$B"
-mkdir "$A/c" "$B/c"
-cat "$A/c/capabilities" > "$B/c/peer"
-cat "$B/c/capabilities" > "$A/c/peer"
-sleep 0.3
-grep -q state=ready "$A/c/status"
-
-rate() {	# the GB/s figure dd printed last
-	sed -n 's/.* s, \([0-9.]*\) GB\/s$/\1/p; s/.* s, \([0-9.]*\) MB\/s$/0.\1/p' | tail -1
+"$mmapfs" -f -o mmap_dir="$shm" "$A" & pids+=($!)
+"$mmapfs" -f -o mmap_dir="$shm" "$B" & pids+=($!)
+for i in $(seq 100); do
+	grep -q " $B fuse" /proc/self/mounts && grep -q " $A fuse" /proc/self/mounts && break
+	sleep 0.05
+done
+n=0
+newchan() {	# a fresh ready channel, the last one removed: its name in $c
+	local d i
+	for d in "$A/c$n" "$B/c$n"; do
+		for i in $(seq 100); do	# its last release may be on its way
+			[ -d "$d" ] || break
+			rmdir "$d" 2>/dev/null && break
+			sleep 0.05
+		done
+	done
+	n=$((n + 1))
+	mkdir "$A/c$n" "$B/c$n"
+	cat "$A/c$n/capabilities" > "$B/c$n/peer"
+	cat "$B/c$n/capabilities" > "$A/c$n/peer"
+	for i in $(seq 100); do grep -q state=ready "$B/c$n/status" && break; sleep 0.02; done
+	c=c$n
 }
-echo "mmapfs benchmark, $(date -u +%F), $(nproc) cores, $(uname -r), area ring 64M"
+now() { date +%s.%N; }
+record() {	# KEY VALUE: one measurement, also printed
+	echo "$1 $2" >> "$results"
+	printf '  %-28s %s\n' "$1" "$2"
+}
+gbs() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.3f", b / (t1 - t0) / 1e9 }'; }
+pipe_rate() {	# BS BYTES: dd | dd, GB/s
+	local t0 t1
+	t0=$(now)
+	dd if=/dev/zero bs="$1" count=$(($2 / $1)) 2>/dev/null | dd of=/dev/null bs="$1" 2>/dev/null
+	t1=$(now)
+	gbs "$2" "$t0" "$t1"
+}
+files_rate() {	# BS BYTES: dd into A's data, dd out of B's ($c), GB/s
+	local t0 t1
+	t0=$(now)
+	dd if="$B/$c/data" of=/dev/null bs="$1" 2>/dev/null &
+	dd if=/dev/zero of="$A/$c/data" bs="$1" count=$(($2 / $1)) 2>/dev/null
+	wait $!
+	t1=$(now)
+	gbs "$2" "$t0" "$t1"
+}
+lib_rate() {	# BS BYTES zc|copy: bench_lib over $c, GB/s
+	"$bench_lib" "$A/$c" "$B/$c" "$2" "$1" "$3" | sed 's/.*, \([0-9.]*\) GB\/s$/\1/'
+}
+cpu_ns() {	# PID: CPU time of all its threads, ns
+	cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f\n", s }'
+}
+
+echo "mmapfs benchmark, $(date -u +%F), $(nproc) cores, $(uname -r), 64 MiB rings in $shm"
 echo
-echo "(a) throughput, ${GIB} GiB of zeros, bs=1M"
-for i in 1 2 3; do
-	p=$(dd if=/dev/zero bs=1M count=$((GIB * 1024)) 2>/dev/null |
-		dd of=/dev/null bs=1M 2>&1 | tail -1)
-	dd if="$B/c/data" of=/dev/null bs=1M 2>/dev/null &
-	c=$(dd if=/dev/zero of="$A/c/data" bs=1M count=$((GIB * 1024)) 2>&1 | tail -1)
-	wait
-	echo "  run $i: pipe    $p"
-	echo "  run $i: channel $c"
+echo "(a) throughput, 1 MiB blocks, ${GIB} GiB"
+bytes=$((GIB << 30))
+for i in $(seq "$RUNS"); do
+	record "a.pipe" "$(pipe_rate 1048576 $bytes)"
+	newchan
+	record "a.files" "$(files_rate 1048576 $bytes)"
+	newchan
+	record "a.library-zero-copy" "$(lib_rate 1048576 $bytes zc)"
 done
 echo
-echo "(b) round trips of 64 bytes, ${TRIPS} of them"
-for i in 1 2; do
-	# a fresh channel each run: the last run's closes left ends of stream
-	mkdir "$A/p$i" "$B/p$i"
-	cat "$A/p$i/capabilities" > "$B/p$i/peer"
-	cat "$B/p$i/capabilities" > "$A/p$i/peer"
-	echo "  run $i: $("$build/contrib/bench/pingpong" pipe "$TRIPS")"
-	echo "  run $i: $("$build/contrib/bench/pingpong" files "$TRIPS" "$A/p$i/data" "$B/p$i/data")"
+echo "(b) round trips of 64 bytes, ${TRIPS} of them, median us"
+median() { sed -n 's/.*median \([0-9.]*\) us$/\1/p'; }
+for i in $(seq "$RUNS"); do
+	record "b.pipe" "$("$pingpong" pipe "$TRIPS" | median)"
+	newchan
+	record "b.files" "$("$pingpong" files "$TRIPS" "$A/$c/data" "$B/$c/data" | median)"
+	newchan
+	record "b.library" "$("$pingpong" lib "$TRIPS" "$A/$c" "$B/$c" | median)"
+	newchan
+	record "b.library-files" "$("$pingpong" libfiles "$TRIPS" "$A/$c" "$B/$c" | median)"
 done
 echo
-echo "(c) a daemon with one blocked reader, 10 s"
-pid=$(pgrep -f -n "mmapfs -o mmap_dir=$work/shm $B")
-cat "$B/c/data" >/dev/null &
-reader=$!
-sleep 1
-ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-t0=$(ticks)
-sleep 10
-t1=$(ticks)
-kill "$reader"
-wait "$reader" 2>/dev/null || true
-hz=$(getconf CLK_TCK)
-awk -v t=$((t1 - t0)) -v hz="$hz" \
-	'BEGIN { printf "  daemon CPU: %d ticks in 10 s = %.2f %% of a core\n", t, 100 * t / hz / 10 }'
+echo "(c) block sizes, GB/s"
+for bs in 512 4096 16384 65536 262144 1048576; do
+	# about a second each: the files pay a FUSE request per block
+	lib_bytes=$((bs < 4096 ? 512 << 20 : bs < 65536 ? 2 << 30 : 4 << 30))
+	pipe_bytes=$((bs < 4096 ? 256 << 20 : bs < 65536 ? 2 << 30 : 2 << 30))
+	files_bytes=$((bs < 4096 ? 16 << 20 : bs < 65536 ? 256 << 20 : 2 << 30))
+	for i in $(seq "$RUNS"); do
+		record "c.$bs.pipe" "$(pipe_rate "$bs" "$pipe_bytes")"
+		newchan
+		record "c.$bs.files" "$(files_rate "$bs" "$files_bytes")"
+		newchan
+		record "c.$bs.library" "$(lib_rate "$bs" "$lib_bytes" copy)"
+	done
+done
+echo
+echo "(d) cost of waiting, 10 s each, % of a core"
+pct() { awk -v d="$1" -v t="$2" 'BEGIN { printf "%.3f", 100 * d / (t * 1e9) }'; }
+for i in $(seq "$RUNS"); do
+	newchan
+	cat "$B/$c/data" >/dev/null &
+	reader=$!
+	sleep 1
+	t0=$(now); d0=$(cpu_ns "${pids[1]}")
+	sleep 10
+	t1=$(now); d1=$(cpu_ns "${pids[1]}")
+	kill "$reader"
+	wait "$reader" 2>/dev/null || true
+	record "d.daemon-file-reader" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+
+	newchan
+	"$build/contrib/examples/mmapfs-cat" "$B/$c" >/dev/null &
+	reader=$!
+	sleep 1
+	t0=$(now); r0=$(cpu_ns "$reader")
+	sleep 10
+	t1=$(now); r1=$(cpu_ns "$reader")
+	kill "$reader"
+	wait "$reader" 2>/dev/null || true
+	record "d.library-reader" "$(pct $((r1 - r0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+
+	# two library ends stream for a few seconds: what do the daemons spend?
+	newchan
+	t0=$(now); a0=$(cpu_ns "${pids[0]}"); b0=$(cpu_ns "${pids[1]}")
+	"$bench_lib" "$A/$c" "$B/$c" $((4 * bytes)) 1048576 zc >/dev/null
+	t1=$(now); a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
+	record "d.daemons-library-stream" "$(pct $((a1 - a0 + b1 - b0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+done
+echo
+echo "summary: min-max of $RUNS runs"
+awk '{ k = $1; v = $2 + 0
+       if (!(k in lo)) { order[++nk] = k; lo[k] = v; hi[k] = v }
+       if (v < lo[k]) lo[k] = v
+       if (v > hi[k]) hi[k] = v }
+     END { for (i = 1; i <= nk; i++) { k = order[i]
+             printf "  %-28s %s\n", k, lo[k] == hi[k] ? lo[k] : lo[k] "-" hi[k] } }' "$results"

@@ -1,9 +1,13 @@
 /* Round-trip latency of 64-byte messages, one direction each way.
  *
- *   pingpong pipe COUNT                    over two pipes (the baseline)
- *   pingpong files COUNT A_DATA B_DATA     over an mmapfs channel: this end
- *                                          writes A_DATA, the echo end reads
- *                                          B_DATA and writes it back
+ *   pingpong pipe COUNT                      over two pipes (the baseline)
+ *   pingpong files COUNT A_DATA B_DATA       over an mmapfs channel: this end
+ *                                            writes A_DATA, the echo end reads
+ *                                            B_DATA and writes it back
+ *   pingpong lib COUNT A_CHAN B_CHAN         the same through libmmapfs at
+ *                                            both ends (channel directories)
+ *   pingpong libfiles COUNT A_CHAN B_CHAN    libmmapfs at this end, the files
+ *                                            (B_CHAN/data) at the echo end
  *
  * Prints the mean and median round trip in microseconds. */
 #include <errno.h>
@@ -15,7 +19,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mmapfs.h>
+
 #define MSG 64
+
+/* One end: a way to read and a way to write, by descriptors or a handle. */
+struct end {
+	int rfd, wfd;
+	struct mmapfs_chan *c;
+};
 
 static double now_us(void)
 {
@@ -25,23 +37,24 @@ static double now_us(void)
 	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
-static int full(ssize_t (*op)(int, void *, size_t), int fd, char *buf)
+static int full(struct end *e, char *buf, int wr)
 {
 	size_t done = 0;
 
 	while (done < MSG) {
-		ssize_t n = op(fd, buf + done, MSG - done);
+		ssize_t n;
 
+		if (e->c)
+			n = wr ? mmapfs_write(e->c, buf + done, MSG - done)
+			       : mmapfs_read(e->c, buf + done, MSG - done);
+		else
+			n = wr ? write(e->wfd, buf + done, MSG - done)
+			       : read(e->rfd, buf + done, MSG - done);
 		if (n <= 0)
 			return -1;
 		done += (size_t)n;
 	}
 	return 0;
-}
-
-static ssize_t do_write(int fd, void *buf, size_t n)
-{
-	return write(fd, buf, n);
 }
 
 static int cmp(const void *a, const void *b)
@@ -51,59 +64,88 @@ static int cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static void echo(int in, int out, long count)
+/* A channel end through the files (dir/data) or the library. */
+static struct end open_end(const char *chan, int lib, int files_are_paths)
 {
-	char buf[MSG];
+	struct end e = { -1, -1, NULL };
+	char path[4096];
 
-	for (long i = 0; i < count; i++)
-		if (full(read, in, buf) < 0 || full(do_write, out, buf) < 0)
+	if (lib) {
+		e.c = mmapfs_open(chan, O_RDWR);
+		if (!e.c) {
+			fprintf(stderr, "pingpong: %s: %s\n", chan, strerror(errno));
 			exit(1);
-	exit(0);
+		}
+		return e;
+	}
+	snprintf(path, sizeof(path), files_are_paths ? "%s" : "%s/data", chan);
+	e.wfd = open(path, O_WRONLY);
+	e.rfd = open(path, O_RDONLY);
+	if (e.rfd < 0 || e.wfd < 0) {
+		fprintf(stderr, "pingpong: %s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+	return e;
 }
 
 int main(int argc, char **argv)
 {
-	int to_echo[2], from_echo[2], status;
+	int to_echo[2], from_echo[2], status, sync[2];
+	const char *mode = argc > 1 ? argv[1] : "";
+	int pipes = strcmp(mode, "pipe") == 0, paths = strcmp(mode, "files") == 0;
+	int lib = strcmp(mode, "lib") == 0, libfiles = strcmp(mode, "libfiles") == 0;
+	struct end me, echo;
 	long count;
 	double *rt, sum = 0;
 	char buf[MSG];
 	pid_t pid;
 
-	if (argc < 3 || (strcmp(argv[1], "files") == 0 && argc != 5)) {
-		fprintf(stderr, "usage: %s pipe COUNT | files COUNT A_DATA B_DATA\n", argv[0]);
+	if (argc < 3 || (!pipes && argc != 5) || !(pipes || paths || lib || libfiles)) {
+		fprintf(stderr, "usage: %s pipe COUNT | {files,lib,libfiles} COUNT A B\n", argv[0]);
 		return 2;
 	}
 	count = atol(argv[2]);
 	rt = calloc((size_t)count, sizeof(*rt));
-	if (!rt || count <= 0)
+	if (!rt || count <= 0 || pipe(sync) < 0)
 		return 2;
-	if (strcmp(argv[1], "pipe") == 0) {
+	if (pipes) {
 		if (pipe(to_echo) < 0 || pipe(from_echo) < 0)
 			return perror("pipe"), 1;
-	} else {
-		/* A's data: write goes to B, read comes from B */
-		to_echo[1] = open(argv[3], O_WRONLY);
-		from_echo[0] = open(argv[3], O_RDONLY);
-		to_echo[0] = open(argv[4], O_RDONLY);
-		from_echo[1] = open(argv[4], O_WRONLY);
-		if (to_echo[0] < 0 || to_echo[1] < 0 || from_echo[0] < 0 || from_echo[1] < 0)
-			return perror("open"), 1;
+		me = (struct end){ from_echo[0], to_echo[1], NULL };
+		echo = (struct end){ to_echo[0], from_echo[1], NULL };
 	}
 	pid = fork();
-	if (pid == 0)
-		echo(to_echo[0], from_echo[1], count);
+	if (pid == 0) {
+		/* the echo end: B's data, read and written back */
+		if (!pipes)
+			echo = open_end(argv[4], lib, paths);
+		if (write(sync[1], "", 1) != 1)
+			_exit(1);
+		for (long i = 0; i < count; i++)
+			if (full(&echo, buf, 0) < 0 || full(&echo, buf, 1) < 0)
+				_exit(1);
+		if (echo.c)
+			mmapfs_close(echo.c);
+		_exit(0);
+	}
+	if (!pipes)
+		me = open_end(argv[3], lib || libfiles, paths);
+	if (read(sync[0], buf, 1) != 1)
+		return 1;
 	memset(buf, 'p', sizeof(buf));
 	for (long i = 0; i < count; i++) {
 		double t0 = now_us();
 
-		if (full(do_write, to_echo[1], buf) < 0 || full(read, from_echo[0], buf) < 0)
+		if (full(&me, buf, 1) < 0 || full(&me, buf, 0) < 0)
 			return perror("pingpong"), 1;
 		rt[i] = now_us() - t0;
 		sum += rt[i];
 	}
 	waitpid(pid, &status, 0);
+	if (me.c)
+		mmapfs_close(me.c);
 	qsort(rt, (size_t)count, sizeof(*rt), cmp);
 	printf("%s: %ld round trips of %d bytes: mean %.1f us, median %.1f us\n",
-	       argv[1], count, MSG, sum / count, rt[count / 2]);
+	       mode, count, MSG, sum / count, rt[count / 2]);
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }

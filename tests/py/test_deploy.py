@@ -478,6 +478,10 @@ def installed(tmp_path_factory):
         "handshake.sh": os.path.join(under(o["datadir"]), "mmapfs", "handshake.sh"),
         "handshake.py": os.path.join(under(o["datadir"]), "mmapfs", "handshake.py"),
         "sysconfdir": under(o["sysconfdir"]),
+        "lib": os.path.join(under(o["libdir"]), "libmmapfs.so"),
+        "header": os.path.join(under(o["includedir"]), "mmapfs.h"),
+        "pc": os.path.join(under(o["libdir"]), "pkgconfig", "mmapfs.pc"),
+        "man3": os.path.join(under(o["mandir"]), "man3", "libmmapfs.3"),
     }
     return {"dest": str(dest), "paths": paths,
             "at": lambda key: str(dest) + paths[key]}
@@ -497,6 +501,25 @@ def test_install_layout(installed):
             continue
         h = subprocess.run([at(key), "--help"], capture_output=True, text=True, timeout=20)
         assert h.returncode == 0 and "--listen" in h.stdout, (key, h.stderr)
+
+
+def test_install_library(installed):
+    """libmmapfs: the library (its API alone exported), header, pkg-config
+    file and man page."""
+    at = installed["at"]
+    for key in ("lib", "header", "pc", "man3"):
+        assert os.path.exists(at(key)), f"{key}: {at(key)} not installed"
+    assert os.path.realpath(at("lib")).endswith(".so.0.1.0")
+    pc = open(at("pc")).read()
+    assert "Name: mmapfs" in pc and "-lmmapfs" in pc
+    if shutil.which("nm"):
+        out = subprocess.run(["nm", "-D", "--defined-only", at("lib")], capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+        exported = {line.split()[-1].split("@")[0] for line in out.splitlines()
+                    if line.split()[-2] != "A"}     # not the version node
+        assert exported == {"mmapfs_open", "mmapfs_read", "mmapfs_write",
+                            "mmapfs_read_begin", "mmapfs_read_end", "mmapfs_fd",
+                            "mmapfs_close"}, exported
 
 
 def test_install_man_page(installed):

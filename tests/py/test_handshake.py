@@ -168,20 +168,30 @@ def test_token_file(chans):
 
 def test_status_keys(chans):
     c, a = chans
-    keys = ["state", "role", "peer", "error"] + [
-        f"{d}.{k}" for d in ("read", "write")
-        for k in ("size", "data_start", "data_end", "used", "free", "bytes")]
+    area = ("size", "data_start", "data_end", "used", "free", "bytes")
+    keys = ["state", "role", "peer", "error", "mmapfs"] + [
+        f"{d}.{k}" for d in ("read", "write") for k in area]
     st = c.status("chan")
-    assert list(st) == keys
-    assert (st["state"], st["role"], st["error"]) == ("offered", "creator", "")
+    assert list(st) == keys                 # no area usable yet: no file, ring_end
+    assert (st["state"], st["role"], st["error"], st["mmapfs"]) == ("offered", "creator", "", "0")
     assert st["read.size"] == caps(c)["read.size"]
     finish_handshake(c, a)
+    # where a library finds the areas (docs/PROTOCOL.md, "Native access")
+    keys = keys[:5] + [f"{d}.{k}" for d in ("read", "write")
+                       for k in area + ("file", "offset", "ring_end", "local")]
     for m in (c, a):
         st = m.status("chan")
         assert list(st) == keys
-        for k in keys[4:]:
-            assert st[k].isdigit(), (k, st[k])
+        assert st["mmapfs"] == "1"
+        for k in keys[5:]:
+            if not k.endswith(".file"):
+                assert st[k].isdigit(), (k, st[k])
         assert int(st["write.used"]) + int(st["write.free"]) < int(st["write.size"])
+        for d in ("read", "write"):
+            assert os.path.getsize(st[f"{d}.file"]) == int(st[f"{d}.size"])
+            assert int(st[f"{d}.ring_end"]) == (int(st[f"{d}.size"]) - 64) & ~7
+            assert st[f"{d}.local"] == "1"          # created here, not a declared path
+    assert c.status("chan")["read.file"] == a.status("chan")["write.file"]
 
 
 # ---- 2. input tolerance ----

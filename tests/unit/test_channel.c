@@ -6,9 +6,11 @@
 #include <errno.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chunks.h"
@@ -518,6 +520,143 @@ static void test_reused_file(void)
 	unlink(path);
 }
 
+/* A view (view.c): the library's channel, made from the status text of A
+ * after A gave its claim up, moves bytes with C, takes ends of stream that
+ * A then knows, and follows C's heartbeat without beating itself. */
+static void test_view(void)
+{
+	struct mm_channel V;
+	struct mm_slice s;
+	char st[TEXT];
+	uint8_t b[16];
+	uint32_t beat;
+	int n;
+
+	if (!handshake(true))
+		goto out;
+	mm_channel_unclaim(&A, &A);	/* as a file closes: an empty stream */
+	CHECK_INT(mm_stream_read_begin(&C, sizeof(b), &s), ==, 0);
+	n = mm_channel_status_text(&A, st, sizeof(st));
+	CHECK_HAS(st, "mmapfs=1\n");
+	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), ==,
+		       MM_RD | MM_WR))
+		goto out;
+	CHECK_INT(V.rd.ring.end, ==, A.rd.ring.end);
+	CHECK(V.rd.local && V.wr.local);
+	CHECK_INT(mm_stream_wait_max(&V, MM_RD), ==, MM_BEAT_MS * 1000);
+	CHECK(V.rd.area.base != A.rd.area.base && V.rd.area.fd == -1);
+	stream(&C, &V, 2 * RING + 5);
+	stream(&V, &C, RING + 3);
+	/* C's stream ends: V takes the end, A knows it at its next claim */
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_stream_read_begin(&V, sizeof(b), &s), ==, 0);
+	mm_channel_destroy(&V);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, 1);
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 1);
+	CHECK_INT(mm_stream_read_begin(&A, sizeof(b), &s), ==, 0);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+	/* no beat of its own; C's standing still for a second is a death */
+	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), >, 0))
+		goto out;
+	beat = A.beat;
+	mm_channel_tick(&C, now + MM_BEAT_MS);
+	CHECK(mm_channel_watch(&V, now + MM_BEAT_MS) == false);
+	CHECK(mm_channel_watch(&V, now + MM_BEAT_MS + MM_DEAD_MS + 1));
+	CHECK_INT(mm_channel_peer_state(&V), ==, MM_PEER_DEAD);
+	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
+	CHECK_INT(A.beat, ==, beat);
+	mm_channel_tick(&C, now + 3 * MM_DEAD_MS);
+	mm_channel_watch(&V, now + 3 * MM_DEAD_MS);
+	CHECK_INT(mm_channel_peer_state(&V), ==, MM_PEER_ALIVE);
+	CHECK_INT(mm_stream_write(&V, "y", 1), ==, 1);
+	/* a daemon's word for it (poll's POLLHUP) */
+	CHECK(mm_channel_peer_dead(&V));
+	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
+	/* and a new session is a restart */
+	mm_ext_store(V.rd.ext, MM_EXT_W_SESSION, 0x9999);
+	CHECK(mm_channel_watch(&V, now + 3 * MM_DEAD_MS));
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
+	mm_channel_destroy(&V);
+	/* one direction only: the other is not mapped */
+	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_WR, now, &err), ==, MM_WR);
+	CHECK(!V.rd.present);
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ENXIO);
+	mm_channel_destroy(&V);
+	/* a status without the extension, or without the keys */
+	st[strstr(st, "mmapfs=1") - st + 7] = '0';
+	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD, now, &err), ==, -EOPNOTSUPP);
+	CHECK_INT(mm_channel_view(&V, "role=creator\n", 13, MM_RD, now, &err), ==, -EPROTO);
+out:
+	close_pair();
+}
+
+/* The waiters word (trailer word 15): a sleeper counts itself in, the
+ * other side wakes it because of that, and a claim forgets the counts of
+ * the holders before it. */
+static uint32_t waiters(struct mm_dir *d)
+{
+	uint32_t v = 0;
+
+	mm_ext_load(d->ext, MM_EXT_W_WAITERS, &v);
+	return v;
+}
+
+static double waited;
+
+static void *sleeper(void *arg)
+{
+	struct timespec t0, t1;
+	uint8_t b[8];
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (mm_stream_read(&A, b, sizeof(b)) == -EAGAIN)
+		mm_stream_wait(&A, MM_RD, 5000000);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	waited = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	return NULL;
+}
+
+static void test_waiters(void)
+{
+	pthread_t th;
+
+	if (!handshake(true))
+		goto out;
+	CHECK_U64(waiters(&A.rd), ==, 0);
+	mm_stream_sleepers(&A, POLLIN | POLLOUT, true);
+	CHECK_U64(waiters(&A.rd), ==, 1);			/* on its end */
+	CHECK_U64(waiters(&A.wr), ==, 1u << 16);		/* on its start */
+	CHECK_U64(waiters(&C.wr), ==, 1);			/* the same area */
+	mm_stream_sleepers(&A, POLLIN | POLLOUT, false);
+	mm_stream_sleepers(&A, POLLIN, false);			/* never below 0 */
+	CHECK_U64(waiters(&A.rd), ==, 0);
+	CHECK_U64(waiters(&A.wr), ==, 0);
+	/* a reader asleep is counted, and woken by the next write */
+	if (!CHECK_INT(pthread_create(&th, NULL, sleeper, NULL), ==, 0))
+		goto out;
+	for (int i = 0; i < 1000 && waiters(&A.rd) == 0; i++)
+		usleep(1000);
+	CHECK_U64(waiters(&A.rd), ==, 1);
+	CHECK_INT(mm_stream_write(&C, "wake", 4), ==, 4);
+	pthread_join(th, NULL);
+	CHECK(waited < 1);
+	CHECK_U64(waiters(&A.rd), ==, 0);
+	/* a holder that died asleep: the next claim starts from none */
+	mm_ext_count(A.rd.ext, MM_EXT_W_WAITERS, MM_EXT_WAIT_END_SHIFT, 3);
+	mm_ext_count(A.rd.ext, MM_EXT_W_WAITERS, MM_EXT_WAIT_START_SHIFT, 2);
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	CHECK_U64(waiters(&A.rd), ==, 2u << 16);		/* the peer's count stays */
+out:
+	close_pair();
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -538,6 +677,8 @@ int main(void)
 		TAP_TEST(test_zero_length_chunk),
 		TAP_TEST(test_corrupt_pointers),
 		TAP_TEST(test_reused_file),
+		TAP_TEST(test_view),
+		TAP_TEST(test_waiters),
 	};
 	const char *tmp = getenv("TMPDIR");
 	int ret;

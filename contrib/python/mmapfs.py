@@ -1,0 +1,208 @@
+"""mmapfs channels through the shared memory itself: libmmapfs over ctypes.
+
+The files of a mount are the way in for every language; this module gives a
+Python program the library's path (no FUSE request per read or write), with
+the standard library only and no build step:
+
+    import mmapfs
+
+    with mmapfs.open("/mnt/a/chan", "w") as ch:      # as open(CHAN/data)
+        ch.write(b"hello")                           # the reader sees EOF at close
+
+    with mmapfs.open("/mnt/b/chan") as ch:
+        data = ch.read()                             # to the end of the stream
+        view = ch.read_view(1 << 20)                 # zero copy: a memoryview
+        ...                                          # of the shared area
+        ch.release()                                 # gives the bytes back
+
+A Channel is an io.RawIOBase: read, readinto, readall, write, fileno (for
+select/poll/epoll), close, and the with statement; io.BufferedReader can wrap
+it. Errors are OSError with the errno of libmmapfs(3): ENOTCONN (not ready),
+EBUSY (taken), ENXIO (a direction the peer did not offer), EOPNOTSUPP (a peer
+without the mmapfs extension), ECONNRESET and EPIPE (the peer died), EPROTO
+and EIO (the peer broke the area). In non-blocking mode (nonblock=True) read
+and write return None where they would block.
+
+The library is found from MMAPFS_LIB (a path to libmmapfs.so), else from the
+system (ctypes.util.find_library), else in a build directory of this source
+tree.
+
+A view from read_view() is the shared memory itself: it is valid until
+release() or close(), and a peer that truncates its area makes touching it
+raise SIGBUS, which kills the interpreter (read() copies under the
+library's guard and fails with EIO instead).
+"""
+import ctypes
+import ctypes.util
+import errno
+import glob
+import io
+import os
+
+__all__ = ["open", "Channel", "library_path"]
+
+_lib = None
+
+
+def library_path():
+    """Where libmmapfs is taken from (see the module's docstring)."""
+    env = os.environ.get("MMAPFS_LIB")
+    if env:
+        return env
+    found = ctypes.util.find_library("mmapfs")
+    if found:
+        return found
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for build in ["build", "build-release"] + sorted(glob.glob(os.path.join(top, "build*"))):
+        cand = os.path.join(top, build, "core", "libmmapfs.so")
+        if os.path.exists(cand):
+            return cand
+    raise OSError(errno.ENOENT, "libmmapfs not found: set MMAPFS_LIB=path/to/libmmapfs.so")
+
+
+def _load():
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(library_path(), use_errno=True)
+        vp, sz, ssz = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_ssize_t
+        for name, res, args in (
+                ("mmapfs_open", vp, [ctypes.c_char_p, ctypes.c_int]),
+                ("mmapfs_read", ssz, [vp, vp, sz]),
+                ("mmapfs_write", ssz, [vp, vp, sz]),
+                ("mmapfs_read_begin", ssz, [vp, ctypes.POINTER(vp), sz]),
+                ("mmapfs_read_end", ctypes.c_int, [vp, sz]),
+                ("mmapfs_fd", ctypes.c_int, [vp]),
+                ("mmapfs_close", ctypes.c_int, [vp])):
+            f = getattr(lib, name)
+            f.restype, f.argtypes = res, args
+        _lib = lib
+    return _lib
+
+
+def _error(what):
+    e = ctypes.get_errno()
+    return OSError(e, f"{what}: {os.strerror(e)}")
+
+
+_MODES = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "r+": os.O_RDWR}
+
+
+def open(chan_dir, mode="r", nonblock=False):  # noqa: A001 (as io.open)
+    """Take the channel's stream as open(CHAN/data) would: mode "r", "w" or
+    "rw"."""
+    return Channel(chan_dir, mode, nonblock)
+
+
+class Channel(io.RawIOBase):
+    """One end of a channel's stream through libmmapfs."""
+
+    def __init__(self, chan_dir, mode="r", nonblock=False):
+        super().__init__()
+        self._c = self._view = None
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+        self._lib = _load()
+        self._mode = mode
+        self._nonblock = nonblock
+        flags = _MODES[mode] | (os.O_NONBLOCK if nonblock else 0)
+        self._c = self._lib.mmapfs_open(os.fsencode(chan_dir), flags)
+        if not self._c:
+            raise _error(f"mmapfs_open {chan_dir}")
+
+    def _call(self, fn, *args):
+        """A call of the library: its result, None for EAGAIN; a signal's
+        EINTR runs Python's handlers (KeyboardInterrupt) and goes on."""
+        if self.closed:
+            raise ValueError("I/O operation on closed channel")
+        while True:
+            n = fn(self._c, *args)
+            if n >= 0:
+                return n
+            e = ctypes.get_errno()
+            if e == errno.EINTR:
+                continue
+            if e == errno.EAGAIN and self._nonblock:
+                return None
+            raise _error(fn.__name__)
+
+    def readable(self):
+        return self._mode != "w"
+
+    def writable(self):
+        return self._mode != "r"
+
+    def fileno(self):
+        """A descriptor for select/poll/epoll; never read or write it."""
+        if self.closed:
+            raise ValueError("I/O operation on closed channel")
+        return self._lib.mmapfs_fd(self._c)
+
+    def readinto(self, b):
+        """Read into a writable buffer: the count, 0 at the end of a stream."""
+        view = memoryview(b).cast("B")
+        if len(view) == 0:
+            return 0
+        buf = (ctypes.c_char * len(view)).from_buffer(view)
+        return self._call(self._lib.mmapfs_read, buf, len(view))
+
+    def write(self, data):
+        """Write bytes-like data: the count (all of it, unless non-blocking)."""
+        view = memoryview(data).cast("B")
+        if len(view) == 0:
+            return 0
+        if view.readonly:
+            keep = data if isinstance(data, bytes) else bytes(view)   # bytes: no copy
+            ptr = ctypes.cast(ctypes.c_char_p(keep), ctypes.c_void_p)
+        else:
+            ptr = (ctypes.c_char * len(view)).from_buffer(view)
+        return self._call(self._lib.mmapfs_write, ptr, len(view))
+
+    def read_view(self, max_bytes=1 << 20):
+        """Zero copy: up to max_bytes of the stream as a read-only memoryview
+        of the shared area (empty at the end of a stream; None if
+        non-blocking and nothing is there). Call release() when done."""
+        self._drop_view()
+        p = ctypes.c_void_p()
+        n = self._call(self._lib.mmapfs_read_begin, ctypes.byref(p), max_bytes)
+        if not n:
+            return memoryview(b"") if n == 0 else None
+        area = (ctypes.c_char * n).from_address(p.value)
+        self._view = memoryview(area).cast("B").toreadonly()
+        return self._view
+
+    def release(self, n=None):
+        """Give back the first n bytes of the last view (all by default): the
+        writer may reuse their space, and the view is no longer valid."""
+        if self._view is None:
+            raise ValueError("no view to release")
+        n = len(self._view) if n is None else n
+        self._drop_view()
+        if self._lib.mmapfs_read_end(self._c, n) < 0:
+            raise _error("mmapfs_read_end")
+
+    def _drop_view(self):
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:         # something still holds it: not ours
+                pass
+            self._view = None
+
+    def readall(self):
+        """Everything to the end of the stream (None: non-blocking, none yet)."""
+        parts = []
+        while True:
+            part = self.read(1 << 20)
+            if not part:
+                return b"".join(parts) if parts or part is not None else None
+            parts.append(part)
+
+    def close(self):
+        """End the stream (the reader sees end of file) and unmap."""
+        if self.closed:
+            return
+        super().close()
+        self._drop_view()
+        c, self._c = self._c, None
+        if c and self._lib.mmapfs_close(c) < 0:
+            raise _error("mmapfs_close")

@@ -1,0 +1,300 @@
+/* libmmapfs (mmapfs.h): a channel's stream through the mapped areas, on
+ * top of core (docs/PROTOCOL.md, "Native access").
+ *
+ * The claim is an open descriptor of CHAN/data: the daemon's own open()
+ * gives ENOTCONN, EBUSY, ENXIO and EAGAIN, and its release of that
+ * descriptor ends our stream. The areas are found in CHAN/status and
+ * mapped as a view (view.c); bytes move with core's stream calls, and a
+ * wait watches the peer's heartbeat. Inside: -errno, as in core; -1 and
+ * errno only at the public edge. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "guard.h"
+#include "mmapfs.h"
+#include "stream.h"
+
+#define STATUS_MAX (32 * 1024)
+/* How long a call that has to wait looks again before it sleeps. */
+#define SPIN_NS 10000
+#define SPIN_PAUSES 16		/* between two looks: less traffic on the pointers */
+
+struct mmapfs_chan {
+	struct mm_channel ch;		/* the view */
+	int fd;				/* CHAN/data: the claim */
+	bool nonblock;
+	unsigned dirs;
+	uint64_t watched_ms;		/* atomic: the peer's beat last looked at */
+	/* the reader's */
+	struct mm_slice slice;		/* the last read_begin's, until its end */
+	size_t handed;			/* how much of it the caller has */
+};
+
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static int guard_err;
+
+static void guard_setup(void)
+{
+	guard_err = mm_guard_init_chained();
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ms(void)
+{
+	return now_ns() / 1000000;
+}
+
+/* The public edge: -1 and errno from a -errno. */
+static int fail(long r)
+{
+	errno = (int)-r;
+	return -1;
+}
+
+/* CHAN/status, whole, into buf: its length or -errno. */
+static ssize_t read_status(const char *dir, char *buf, size_t max)
+{
+	char path[PATH_MAX];
+	size_t len = 0;
+	ssize_t n = 1;
+	int fd, e;
+
+	if (snprintf(path, sizeof(path), "%s/status", dir) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	while (len < max && (n = read(fd, buf + len, max - len)) > 0)
+		len += (size_t)n;
+	e = errno;
+	close(fd);
+	return n < 0 ? -e : (ssize_t)len;
+}
+
+struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
+{
+	int acc = flags & O_ACCMODE, e;
+	struct mm_err err = { "" };
+	struct mmapfs_chan *c;
+	char path[PATH_MAX];
+	char *status;
+	ssize_t n;
+
+	if ((flags & ~(O_ACCMODE | O_NONBLOCK | O_CLOEXEC)) || acc == O_ACCMODE) {
+		errno = EINVAL;
+		return NULL;
+	}
+	pthread_once(&guard_once, guard_setup);
+	if (guard_err) {
+		errno = -guard_err;
+		return NULL;
+	}
+	if (snprintf(path, sizeof(path), "%s/data", chan_dir) >= (int)sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	c = calloc(1, sizeof(*c));
+	status = malloc(STATUS_MAX);
+	if (!c || !status) {
+		free(c);
+		free(status);
+		errno = ENOMEM;
+		return NULL;
+	}
+	c->nonblock = flags & O_NONBLOCK;
+	/* the claim: the daemon's open() says whether we may */
+	c->fd = open(path, acc | (flags & O_NONBLOCK) | O_CLOEXEC);
+	if (c->fd < 0) {
+		e = errno;
+		goto out;
+	}
+	/* claimed: no handshake can change the areas the status names now */
+	n = read_status(chan_dir, status, STATUS_MAX);
+	e = n < 0 ? (int)-n : 0;
+	if (n >= 0) {
+		int r = mm_channel_view(&c->ch, status, (size_t)n,
+					acc == O_RDONLY ? MM_RD : acc == O_WRONLY ? MM_WR : MM_RD | MM_WR,
+					now_ms(), &err);
+
+		e = r < 0 ? -r : 0;
+		c->dirs = r < 0 ? 0 : (unsigned)r;
+	}
+	if (e)
+		close(c->fd);	/* gives the claim back */
+out:
+	free(status);
+	if (e) {
+		free(c);
+		errno = e;
+		return NULL;
+	}
+	c->watched_ms = now_ms();
+	return c;
+}
+
+/* Look at the peer's heartbeat. A view looks only when a call finds
+ * nothing to do: a blocked call at least every beat, but a non-blocking
+ * one, after a pause, cannot tell when the beat last moved; it then asks
+ * the daemon of this end, which watches all the time (poll's POLLHUP: the
+ * peer is dead; POLLERR: the channel or that daemon failed). */
+static void watch(struct mmapfs_chan *c, bool ask)
+{
+	uint64_t now = now_ms();
+	uint64_t last = __atomic_exchange_n(&c->watched_ms, now, __ATOMIC_RELAXED);
+	struct pollfd p = { .fd = c->fd, .events = POLLIN | POLLOUT };
+
+	mm_channel_watch(&c->ch, now);
+	if (ask && now - last > MM_BEAT_MS && poll(&p, 1, 0) == 1 &&
+	    (p.revents & (POLLHUP | POLLERR)))
+		mm_channel_peer_dead(&c->ch);
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+enum op { OP_READ, OP_READ_BEGIN, OP_WRITE };
+
+/* One stream call, repeated while it says -EAGAIN (unless non-blocking).
+ * A peer that answers within SPIN_NS is met by looking again: sleeping
+ * and being woken cost tens of microseconds on a VM. After that, a futex
+ * wait, woken at once by a peer on this host, bounded so that the
+ * heartbeat is looked at every beat (and a peer that may be across a VM
+ * boundary, which cannot wake us, every 10 ms). */
+static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t len)
+{
+	unsigned dir = op == OP_WRITE ? MM_WR : MM_RD, step = MM_WAIT_MIN_US;
+	uint64_t spin_end = 0;
+
+	for (;;) {
+		ssize_t n;
+		int r;
+
+		if (op == OP_WRITE)
+			n = mm_stream_write(&c->ch, buf, len);
+		else if (op == OP_READ)
+			n = mm_stream_read(&c->ch, buf, len);
+		else
+			n = mm_stream_read_begin(&c->ch, len, &c->slice);
+		if (n != -EAGAIN)
+			return n;
+		if (c->nonblock) {
+			watch(c, true);
+			if (mm_channel_peer_state(&c->ch) == MM_PEER_DEAD || mm_channel_failed(&c->ch))
+				continue;	/* say so now: EPIPE, ECONNRESET */
+			return n;
+		}
+		if (spin_end == 0)
+			spin_end = now_ns() + SPIN_NS;
+		if (now_ns() < spin_end) {
+			for (int k = 0; k < SPIN_PAUSES; k++)
+				cpu_relax();
+			continue;
+		}
+		r = mm_stream_wait(&c->ch, dir, step);
+		watch(c, false);
+		if (r == -EINTR)
+			return -EINTR;
+		if ((step *= 2) > mm_stream_wait_max(&c->ch, dir))
+			step = mm_stream_wait_max(&c->ch, dir);
+	}
+}
+
+ssize_t mmapfs_read(struct mmapfs_chan *c, void *buf, size_t len)
+{
+	ssize_t n;
+
+	if (!c || !(c->dirs & MM_RD))
+		return fail(-EBADF);
+	if (len == 0)
+		return 0;
+	n = stream_call(c, OP_READ, buf, len);
+	return n < 0 ? fail(n) : n;
+}
+
+ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
+{
+	size_t done = 0;
+	ssize_t n = 0;
+
+	if (!c || !(c->dirs & MM_WR))
+		return fail(-EBADF);
+	/* blocking: the whole count; non-blocking: what fits, or EAGAIN */
+	while (done < len) {
+		n = stream_call(c, OP_WRITE, (char *)buf + done, len - done);
+		if (n <= 0)
+			break;
+		done += (size_t)n;
+	}
+	if (done > 0 || len == 0)
+		return (ssize_t)done;
+	return fail(n);
+}
+
+ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max)
+{
+	ssize_t n;
+
+	if (!c || !(c->dirs & MM_RD))
+		return fail(-EBADF);
+	if (max == 0 || !p)
+		return fail(-EINVAL);
+	c->handed = 0;
+	n = stream_call(c, OP_READ_BEGIN, NULL, max);
+	if (n <= 0)
+		return n < 0 ? fail(n) : 0;
+	/* one piece: up to where the ring wraps */
+	*p = c->slice.iov[0].iov_base;
+	c->handed = c->slice.iov[0].iov_len;
+	return (ssize_t)c->handed;
+}
+
+int mmapfs_read_end(struct mmapfs_chan *c, size_t n)
+{
+	int r;
+
+	if (!c || !(c->dirs & MM_RD))
+		return fail(-EBADF);
+	if (n > c->handed || (n == 0 && c->handed == 0))
+		return fail(-EINVAL);
+	r = mm_stream_read_end(&c->ch, &c->slice, n);
+	c->handed = 0;
+	return r < 0 ? fail(r) : 0;
+}
+
+int mmapfs_fd(struct mmapfs_chan *c)
+{
+	return c ? c->fd : fail(-EBADF);
+}
+
+int mmapfs_close(struct mmapfs_chan *c)
+{
+	int r;
+
+	if (!c)
+		return fail(-EBADF);
+	mm_channel_destroy(&c->ch);
+	/* the daemon's release of the claim ends our stream */
+	r = close(c->fd);
+	free(c);
+	return r;
+}

@@ -1,0 +1,51 @@
+/* libmmapfs: an mmapfs channel's stream through the shared memory itself.
+ *
+ * The files of an mmapfs mount are the interface for every language; a
+ * program that wants memory speed links this library (pkg-config mmapfs)
+ * and uses the same channel directory. mmapfs_open() takes its directions
+ * of CHAN/data as an open() does, then maps the channel's areas and moves
+ * bytes through them with the daemon's own format, checks and wake-ups, so
+ * either end may be the library, the files, or another program speaking
+ * the format. Errors are -1 (or NULL) with errno. See libmmapfs(3). */
+#ifndef MMAPFS_H
+#define MMAPFS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct mmapfs_chan;
+
+/* chan_dir: a channel directory of a mount (MOUNTPOINT/NAME). flags:
+ * O_RDONLY, O_WRONLY or O_RDWR, optionally | O_NONBLOCK (| O_CLOEXEC,
+ * which is always on). */
+struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags);
+
+/* As read(2) and write(2) on data: a read returns what is there (at least
+ * a byte), 0 at the end of a stream; a write blocks until all is written
+ * (O_NONBLOCK: what fits, or EAGAIN). */
+ssize_t mmapfs_read(struct mmapfs_chan *c, void *buf, size_t len);
+ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len);
+
+/* Zero copy: *p points at up to max bytes of the stream in the shared
+ * area (the count is returned; 0 at the end of a stream); they stay
+ * there until mmapfs_read_end(c, n) gives back the first n of them. */
+ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max);
+int mmapfs_read_end(struct mmapfs_chan *c, size_t n);
+
+/* A descriptor for poll(2)/epoll(7): readable, writable, hang-up. Never
+ * read or write it; mmapfs_close() closes it. */
+int mmapfs_fd(struct mmapfs_chan *c);
+
+/* End the stream (the reader sees end of file after the bytes written),
+ * as close(2) on data does, and free c. */
+int mmapfs_close(struct mmapfs_chan *c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
