@@ -41,6 +41,7 @@
 #include "chunks.h"
 #include "guard.h"
 #include "stream.h"
+#include "fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -124,45 +125,16 @@ static void cleanup(void)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	const char *tmp = getenv("TMPDIR");
-
 	(void)argc;
 	(void)argv;
 	if (mm_guard_init() < 0)
 		fail("mm_guard_init");
-	snprintf(dir, sizeof(dir), "%s/fuzz-chunks.XXXXXX",
-		 tmp && strlen(tmp) < 200 ? tmp : "/tmp");
-	if (!mkdtemp(dir))	/* mode 0700 */
+	if (fuzz_area_dir(dir, sizeof(dir), "fuzz-chunks", &opts, dirs) < 0)
 		fail("mkdtemp");
-	opts.mmap_dir = dir;
-	opts.size = 64 * 1024;
-	opts.rules.dirs = dirs;
-	opts.rules.ndirs = 1;
 	verbose = getenv("FUZZ_VERBOSE") != NULL;
 	pair_open();
 	atexit(cleanup);
 	return 0;
-}
-
-struct input {
-	const uint8_t *p;
-	size_t left;
-};
-
-static uint32_t take(struct input *in, unsigned nbytes)
-{
-	uint32_t v = 0;
-
-	for (unsigned i = 0; i < nbytes; i++) {
-		uint32_t b = 0;
-
-		if (in->left) {
-			b = *in->p++;
-			in->left--;
-		}
-		v |= b << (8 * i);
-	}
-	return v;
 }
 
 /* Our own calls publish only valid pointers. */

@@ -44,6 +44,7 @@
 #include "caps.h"
 #include "channel.h"
 #include "guard.h"
+#include "fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -130,19 +131,12 @@ static int lowest_fd(void)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	const char *tmp = getenv("TMPDIR");
-
 	(void)argc;
 	(void)argv;
 	if (mm_guard_init() < 0)
 		fail("mm_guard_init");
-	snprintf(dir, sizeof(dir), "%s/fuzz-peer.XXXXXX", tmp && strlen(tmp) < 200 ? tmp : "/tmp");
-	if (!mkdtemp(dir))	/* mode 0700 */
+	if (fuzz_area_dir(dir, sizeof(dir), "fuzz-peer", &opts, dirs) < 0)
 		fail("mkdtemp");
-	opts.mmap_dir = dir;
-	opts.size = 64 * 1024;
-	opts.rules.dirs = dirs;
-	opts.rules.ndirs = 1;
 	verbose = getenv("FUZZ_VERBOSE") != NULL;
 	creator_open();
 	strcpy(vals['$'], "$");

@@ -17,31 +17,11 @@
 #include <string.h>
 
 #include "ring.h"
+#include "fuzz.h"
 
 #define AREA (4096 + 64)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-struct input {
-	const uint8_t *p;
-	size_t left;
-};
-
-static uint32_t take(struct input *in, unsigned nbytes)
-{
-	uint32_t v = 0;
-
-	for (unsigned i = 0; i < nbytes; i++) {
-		uint32_t b = 0;
-
-		if (in->left) {
-			b = *in->p++;
-			in->left--;
-		}
-		v |= b << (8 * i);
-	}
-	return v;
-}
 
 static uint8_t stream_byte(uint64_t pos)
 {
