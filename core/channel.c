@@ -180,16 +180,6 @@ static bool busy_locked(struct mm_channel *ch)
 	return ch->rd.owner || ch->wr.owner || ch->handshaking;
 }
 
-bool mm_channel_claimed(struct mm_channel *ch)
-{
-	bool busy;
-
-	pthread_mutex_lock(&ch->lock);
-	busy = busy_locked(ch);
-	pthread_mutex_unlock(&ch->lock);
-	return busy;
-}
-
 const void *mm_channel_owner(struct mm_channel *ch, unsigned dir)
 {
 	const void *o;

@@ -208,9 +208,6 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner);
  * sees end of file after the bytes written so far). */
 void mm_channel_unclaim(struct mm_channel *ch, const void *owner);
 
-/* Is any direction claimed, or a handshake opening files? */
-bool mm_channel_claimed(struct mm_channel *ch);
-
 /* Who holds direction dir (MM_RD or MM_WR), or NULL. */
 const void *mm_channel_owner(struct mm_channel *ch, unsigned dir);
 
