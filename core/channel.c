@@ -268,16 +268,27 @@ out:
 	return r;
 }
 
-void mm_channel_unclaim(struct mm_channel *ch, const void *owner)
+static void unclaim(struct mm_channel *ch, const void *owner, bool end_stream)
 {
 	pthread_mutex_lock(&ch->lock);
 	if (ch->rd.owner == owner)
 		ch->rd.owner = NULL;
 	if (ch->wr.owner == owner) {
-		mm_writer_end(ch);
+		if (end_stream)
+			mm_writer_end(ch);
 		ch->wr.owner = NULL;
 	}
 	pthread_mutex_unlock(&ch->lock);
+}
+
+void mm_channel_unclaim(struct mm_channel *ch, const void *owner)
+{
+	unclaim(ch, owner, true);
+}
+
+void mm_channel_abandon(struct mm_channel *ch, const void *owner)
+{
+	unclaim(ch, owner, false);
 }
 
 /* ---- display ---- */

@@ -208,6 +208,11 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner);
  * sees end of file after the bytes written so far). */
 void mm_channel_unclaim(struct mm_channel *ch, const void *owner);
 
+/* Give back what owner holds without ending a stream: for a claim taken
+ * for an opener that never came (a FIFO open that failed after its
+ * lookup). */
+void mm_channel_abandon(struct mm_channel *ch, const void *owner);
+
 /* Who holds direction dir (MM_RD or MM_WR), or NULL. */
 const void *mm_channel_owner(struct mm_channel *ch, unsigned dir);
 

@@ -69,12 +69,16 @@ static enum holders holders(struct mmfs *fs, struct chan *ch)
 	pthread_mutex_lock(&fs->lock);
 	for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
 		const struct handle *o = mm_channel_owner(&ch->mc, dir);
+		bool gone;
 
-		/* a holder stays listed in fs->handles until after it lets
-		 * go, so o is alive while fs->lock is held */
-		if (o && !o->flushed)
+		/* a holder stays listed in fs->handles (or fs->pipes) until
+		 * after it lets go, so o is alive while fs->lock is held */
+		if (!o)
+			continue;
+		gone = o->kind == F_DATA ? o->flushed : pipe_gone(o);
+		if (!gone)
 			state = HELD_LIVE;
-		else if (o && state == HELD_BY_NONE)
+		else if (state == HELD_BY_NONE)
 			state = HELD_CLOSING;
 	}
 	pthread_mutex_unlock(&fs->lock);
@@ -96,26 +100,32 @@ bool data_wait_released(fuse_req_t req, struct chan *ch)
 	return h == HELD_BY_NONE;
 }
 
-int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi)
+int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
+	       bool nonblock)
 {
-	struct mmfs *fs = fs_of(req);
 	unsigned step = MM_WAIT_MIN_US;
-	bool nonblock = fi->flags & O_NONBLOCK;
 	int r;
 
 	fuse_req_interrupt_func(req, on_interrupt, &ch->mc);
 	for (;;) {
-		r = mm_channel_claim(&ch->mc, dirs_of(fi->flags & O_ACCMODE), h);
+		r = mm_channel_claim(&ch->mc, dirs, owner);
 		if (r == -EBUSY && !nonblock && data_wait_released(req, ch))
 			continue;
 		if (r != -EAGAIN || nonblock)
-			break;
+			return r;
 		/* the reader has yet to take six earlier ends of stream */
 		if (wait_over(req))
 			return -EINTR;
 		mm_stream_wait(&ch->mc, MM_WR, step);
 		step = mm_wait_next(step);
 	}
+}
+
+int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi)
+{
+	struct mmfs *fs = fs_of(req);
+	int r = claim_wait(req, ch, dirs_of(fi->flags & O_ACCMODE), h, fi->flags & O_NONBLOCK);
+
 	if (r < 0)
 		return r;
 	h->dirs = (unsigned)r;

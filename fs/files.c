@@ -85,7 +85,7 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mmfs *fs = fs_of(req);
 	struct handle *h = calloc(1, sizeof(*h));
-	enum file_kind k;
+	enum file_kind k = F_DIR;
 	struct chan *ch = NULL;
 	int r;
 
@@ -94,12 +94,16 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	ch = chan_get(fs, ino, &k);	/* the handle keeps this reference */
+	h->ch = ch;
+	h->kind = k;
 	if (!ch)
 		r = -ENOENT;
 	else if (k == F_DIR)
 		r = -EISDIR;
 	else if (k == F_DATA)
 		r = data_open(req, ch, h, fi);
+	else if (k == F_PIPE || k == F_PIPE_IN)
+		r = -ENXIO;	/* a FIFO: the kernel serves its opens */
 	else
 		r = text_open(fs, ch, k, h, fi);
 	if (r < 0) {
@@ -109,8 +113,6 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -r);
 		return;
 	}
-	h->ch = ch;
-	h->kind = k;
 	pthread_mutex_lock(&fs->lock);
 	h->next = fs->handles;
 	fs->handles = h;
