@@ -5,8 +5,9 @@
  * gives ENOTCONN, EBUSY, ENXIO and EAGAIN, and its release of that
  * descriptor ends our stream. The areas are found in CHAN/status and
  * mapped as a view (view.c); bytes move with core's stream calls, and a
- * wait watches the peer's heartbeat. Inside: -errno, as in core; -1 and
- * errno only at the public edge. */
+ * wait watches the peer's heartbeat. With an xpra peer the view's chunk
+ * lists (chunks.c) are filled and emptied by the program's calls. Inside:
+ * -errno, as in core; -1 and errno only at the public edge. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -14,12 +15,17 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "chunks.h"
 #include "guard.h"
 #include "mmapfs.h"
 #include "stream.h"
+
+/* Any list fits: MM_CHUNKS_MAX lines of "4294967295 4294967295\n", a NUL. */
+_Static_assert(MM_CHUNKS_MAX * 22 + 1 <= MMAPFS_CHUNKS_TEXT_MAX, "MMAPFS_CHUNKS_TEXT_MAX");
 
 #define STATUS_MAX (32 * 1024)
 /* How long a call that has to wait looks again before it sleeps. */
@@ -279,6 +285,31 @@ int mmapfs_read_end(struct mmapfs_chan *c, size_t n)
 	r = mm_stream_read_end(&c->ch, &c->slice, n);
 	c->handed = 0;
 	return r < 0 ? fail(r) : 0;
+}
+
+int mmapfs_chunks_put(struct mmapfs_chan *c, const char *text)
+{
+	struct mm_err err = { "" };
+	int r;
+
+	if (!c || !(c->dirs & MM_RD))
+		return fail(-EBADF);
+	if (!text)
+		return fail(-EINVAL);
+	r = mm_channel_chunks_add(&c->ch, text, strlen(text), &err);
+	return r < 0 ? fail(r) : 0;
+}
+
+ssize_t mmapfs_chunks_get(struct mmapfs_chan *c, char *buf, size_t len)
+{
+	int r;
+
+	if (!c || !(c->dirs & MM_WR))
+		return fail(-EBADF);
+	if (!buf)
+		return fail(-EINVAL);
+	r = mm_channel_chunks_text(&c->ch, buf, len);
+	return r < 0 ? fail(r) : r;
 }
 
 int mmapfs_fd(struct mmapfs_chan *c)

@@ -206,14 +206,14 @@ def test_ebusy_against_file_openers(chan, mode):
 
 def test_enxio_and_a_peer_without_the_extension(chans_one_way):
     """An xpra-style offer of one direction, without mmapfs=1: the missing
-    direction is ENXIO as for the files; the other one EOPNOTSUPP, since an
-    xpra writer's chunk lists live in the daemon."""
+    direction is ENXIO as for the files; the other one opens (its chunk
+    lists: test_lib_xpra.py), and a refusal gives the claim back."""
     c, a = chans_one_way
     assert run("open", c / "chan", "w") == "ENXIO"
     assert run("open", a / "chan", "r") == "ENXIO"
-    assert run("open", c / "chan", "r") == "EOPNOTSUPP"
-    assert run("open", a / "chan", "rw") == "EOPNOTSUPP"
-    # the refusal gave the claim back: the files work
+    assert run("open", c / "chan", "r") == "ok"
+    assert run("open", a / "chan", "rw") == "ok"
+    # the refusals gave the claim back: the files work
     sh(f"echo one way > {a / 'chan/data'}")
     fd = os.open(c / "chan/data", os.O_RDONLY)
     try:
@@ -300,6 +300,25 @@ def test_hostile_truncated_area(chan, mode):
     os.truncate(area_path(a, "chan", "read" if mode == "r" else "write"), 0)
     assert finish(p, 5).endswith("EIO")
     assert c.proc.poll() is None and a.proc.poll() is None
+
+
+def test_area_path_replaced(chan, tmp_path):
+    """Another file put in an area's place (or the path gone, as xpra's
+    clients delete theirs): the library maps the daemon's own file, found
+    by its descriptor, never what the path names now."""
+    c, a = chan
+    path = area_path(a, "chan", "read")
+    os.rename(path, path + ".moved")
+    with open(path, "wb") as f:
+        f.truncate(os.path.getsize(path + ".moved"))
+    src = src_file(tmp_path, "src", 1 << 20)
+    reader = start("read", a / "chan", src, 1, "zc")
+    assert run("write", c / "chan", src, 2) == f"ok {1 << 20}"
+    assert finish(reader) == f"ok {1 << 20}"
+    with open(path, "rb") as f:
+        assert f.read(4096) == bytes(4096), "the impostor was written"
+    os.unlink(path)
+    assert run("open", a / "chan", "r") == "ok"
 
 
 def test_sigbus_goes_to_the_programs_handler(chan):

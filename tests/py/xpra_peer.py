@@ -103,6 +103,7 @@ class Peer:
 
     def __init__(self, gen, log):
         self.gen = gen
+        self.name = f"xpra {gen}"
         self.log = log
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
@@ -124,7 +125,7 @@ class Peer:
     def _answer(self):
         line = self.proc.stdout.readline()
         if not line:
-            raise PeerError(f"xpra {self.gen} peer died:\n{self.log_tail()}")
+            raise PeerError(f"{self.name} died:\n{self.log_tail()}")
         return json.loads(line)
 
     def log_tail(self, lines=20):
@@ -136,7 +137,7 @@ class Peer:
         self.proc.stdin.flush()
         out = self._answer()
         if "error" in out:
-            raise PeerError(f"xpra {self.gen} {op}: {out['error']}\n"
+            raise PeerError(f"{self.name} {op}: {out['error']}\n"
                             f"--- peer log:\n{self.log_tail()}")
         return out["result"]
 
