@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,16 +32,28 @@ _Static_assert(MM_CHUNKS_MAX * 22 + 1 <= MMAPFS_CHUNKS_TEXT_MAX, "MMAPFS_CHUNKS_
 /* How long a call that has to wait looks again before it sleeps. */
 #define SPIN_NS 10000
 #define SPIN_PAUSES 16		/* between two looks: less traffic on the pointers */
+/* How often at most the bytes moved are told to the daemon (status). */
+#define TELL_MS 250
+
+/* What a direction told its daemon last: its own thread's. */
+struct told {
+	uint64_t bytes;
+	uint64_t ms;
+};
 
 struct mmapfs_chan {
 	struct mm_channel ch;		/* the view */
 	int fd;				/* CHAN/data: the claim */
 	bool nonblock;
+	bool tells;			/* the daemon takes our counts */
 	unsigned dirs;
 	uint64_t watched_ms;		/* atomic: the peer's beat last looked at */
 	/* the reader's */
 	struct mm_slice slice;		/* the last read_begin's, until its end */
 	size_t handed;			/* how much of it the caller has */
+	struct told rd_told;
+	/* the writer's */
+	struct told wr_told;
 };
 
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
@@ -62,6 +75,36 @@ static uint64_t now_ns(void)
 static uint64_t now_ms(void)
 {
 	return now_ns() / 1000000;
+}
+
+static uint64_t coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Tell the daemon of this end what dir moved since the last time, for
+ * status's counters (MM_IOC_BYTES): at most every TELL_MS, unless `now`.
+ * Called by dir's own thread. */
+static void tell(struct mmapfs_chan *c, unsigned dir, bool now)
+{
+	struct told *t = dir == MM_RD ? &c->rd_told : &c->wr_told;
+	uint64_t moved = __atomic_load_n(dir == MM_RD ? &c->ch.rd.bytes : &c->ch.wr.bytes,
+					 __ATOMIC_RELAXED);
+	struct mm_ioc_bytes b = { 0, 0 };
+	uint64_t ms;
+
+	if (!c->tells || moved == t->bytes)
+		return;
+	ms = coarse_ms();
+	if (!now && ms - t->ms < TELL_MS)
+		return;
+	*(dir == MM_RD ? &b.read : &b.written) = moved - t->bytes;
+	ioctl(c->fd, MM_IOC_BYTES, &b);
+	t->bytes = moved;
+	t->ms = ms;
 }
 
 /* The public edge: -1 and errno from a -errno. */
@@ -149,6 +192,9 @@ out:
 		return NULL;
 	}
 	c->watched_ms = now_ms();
+	/* a library's claim, from now on: its daemon knows whose the chunk
+	 * lists are (a daemon without the call: ENOTTY, and nothing to tell) */
+	c->tells = ioctl(c->fd, MM_IOC_BYTES, &(struct mm_ioc_bytes){ 0, 0 }) == 0;
 	return c;
 }
 
@@ -218,6 +264,7 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 		}
 		r = mm_stream_wait(&c->ch, dir, step);
 		watch(c, false);
+		tell(c, dir, false);
 		if (r == -EINTR)
 			return -EINTR;
 		if ((step *= 2) > mm_stream_wait_max(&c->ch, dir))
@@ -234,6 +281,7 @@ ssize_t mmapfs_read(struct mmapfs_chan *c, void *buf, size_t len)
 	if (len == 0)
 		return 0;
 	n = stream_call(c, OP_READ, buf, len);
+	tell(c, MM_RD, false);
 	return n < 0 ? fail(n) : n;
 }
 
@@ -251,6 +299,7 @@ ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
 			break;
 		done += (size_t)n;
 	}
+	tell(c, MM_WR, false);
 	if (done > 0 || len == 0)
 		return (ssize_t)done;
 	return fail(n);
@@ -284,6 +333,7 @@ int mmapfs_read_end(struct mmapfs_chan *c, size_t n)
 		return fail(-EINVAL);
 	r = mm_stream_read_end(&c->ch, &c->slice, n);
 	c->handed = 0;
+	tell(c, MM_RD, false);
 	return r < 0 ? fail(r) : 0;
 }
 
@@ -323,6 +373,8 @@ int mmapfs_close(struct mmapfs_chan *c)
 
 	if (!c)
 		return fail(-EBADF);
+	tell(c, MM_RD, true);
+	tell(c, MM_WR, true);
 	mm_channel_destroy(&c->ch);
 	/* the daemon's release of the claim ends our stream */
 	r = close(c->fd);

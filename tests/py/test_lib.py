@@ -140,6 +140,9 @@ def test_library_against_files(chan, tmp_path, lib_end):
         t.join(120)
         assert not t.is_alive()
     assert int(files.status("chan")["write.bytes"]) == 3 * len(payload)
+    # the library told its daemon what it moved: status counts it too
+    st = lib.status("chan")
+    assert (int(st["write.bytes"]), int(st["read.bytes"])) == (len(payload), 3 * len(payload))
 
 
 def test_ends_of_stream_between_library_and_files(chan, tmp_path):

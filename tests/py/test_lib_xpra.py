@@ -144,6 +144,34 @@ def test_library_ends_pass_chunk_lists(chans_one_way, lib, tmp_path):
         assert r.read(chunks, "copy", i)["len"] == len(data)
 
 
+def test_chunks_file_while_a_library_holds_the_stream(chans_one_way, lib):
+    """The `chunks` file serves the files' stream: while a library end
+    holds the direction, its lists go through its calls, and the file says
+    so (EBUSY) rather than keep a list nobody reads."""
+    c, a = chans_one_way
+    r, w = lib(), lib()
+    r.open(str(c / "chan"), "r")
+    w.open(str(a / "chan"), "w")
+    with pytest.raises(OSError) as e:
+        with open(c / "chan/chunks", "w") as f:
+            f.write("8 1\n")
+    assert e.value.errno == errno.EBUSY
+    assert "mmapfs_chunks_put" in c.status("chan")["error"]
+    with pytest.raises(OSError) as e:
+        open(a / "chan/chunks").close()
+    assert e.value.errno == errno.EBUSY
+    assert "mmapfs_chunks_get" in a.status("chan")["error"]
+    # and what the library ends moved is in status
+    sent = w.write(30000, 1)
+    assert r.read(sent["chunks"], "copy", 1) == same(sent)
+    r.done()
+    w.done()
+    assert int(a.status("chan")["write.bytes"]) == int(c.status("chan")["read.bytes"]) == 30000
+    with open(c / "chan/chunks", "w") as f:
+        f.write("8 0\n")
+    assert open(a / "chan/chunks").read() == ""
+
+
 def test_chunk_lists_refused(chans_one_way, lib):
     """A list is the peer's text: every line is checked, all or nothing."""
     c, a = chans_one_way
