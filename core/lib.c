@@ -107,11 +107,37 @@ static void tell(struct mmapfs_chan *c, unsigned dir, bool now)
 	t->ms = ms;
 }
 
-/* The public edge: -1 and errno from a -errno. */
-static int fail(long r)
+/* Why this thread's last call failed (mmapfs_reason). */
+static __thread char reason[512];
+
+const char *mmapfs_reason(void)
 {
+	return reason;
+}
+
+/* The public edge: -1 and errno from a -errno, and the reason: why, else
+ * the errno's text. */
+static int fail_why(long r, const char *why)
+{
+	snprintf(reason, sizeof(reason), "%s", why && *why ? why : strerror((int)-r));
 	errno = (int)-r;
 	return -1;
+}
+
+static int fail(long r)
+{
+	return fail_why(r, NULL);
+}
+
+/* A stream call's failure: the channel's reason where it broke or its
+ * peer died (status's error=, what the files would say). */
+static int fail_stream(struct mmapfs_chan *c, long r)
+{
+	char why[sizeof(reason)] = "";
+
+	if (mm_channel_failed(&c->ch) < 0 || mm_channel_peer_state(&c->ch) == MM_PEER_DEAD)
+		mm_channel_reason(&c->ch, why, sizeof(why));
+	return fail_why(r, why);
 }
 
 /* CHAN/status, whole, into buf: its length or -errno. */
@@ -144,16 +170,16 @@ struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
 	ssize_t n;
 
 	if ((flags & ~(O_ACCMODE | O_NONBLOCK | O_CLOEXEC)) || acc == O_ACCMODE) {
-		errno = EINVAL;
+		fail_why(-EINVAL, "flags: O_RDONLY, O_WRONLY or O_RDWR, and O_NONBLOCK");
 		return NULL;
 	}
 	pthread_once(&guard_once, guard_setup);
 	if (guard_err) {
-		errno = -guard_err;
+		fail_why(guard_err, "cannot install the SIGBUS handler");
 		return NULL;
 	}
 	if (snprintf(path, sizeof(path), "%s/data", chan_dir) >= (int)sizeof(path)) {
-		errno = ENAMETOOLONG;
+		fail(-ENAMETOOLONG);
 		return NULL;
 	}
 	c = calloc(1, sizeof(*c));
@@ -161,7 +187,7 @@ struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
 	if (!c || !status) {
 		free(c);
 		free(status);
-		errno = ENOMEM;
+		fail(-ENOMEM);
 		return NULL;
 	}
 	c->nonblock = flags & O_NONBLOCK;
@@ -169,11 +195,14 @@ struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
 	c->fd = open(path, acc | (flags & O_NONBLOCK) | O_CLOEXEC);
 	if (c->fd < 0) {
 		e = errno;
+		mm_fail(&err, -e, "%s: %s", path, strerror(e));
 		goto out;
 	}
 	/* claimed: no handshake can change the areas the status names now */
 	n = read_status(chan_dir, status, STATUS_MAX);
 	e = n < 0 ? (int)-n : 0;
+	if (n < 0)
+		mm_fail(&err, -e, "%s/status: %s", chan_dir, strerror(e));
 	if (n >= 0) {
 		int r = mm_channel_view(&c->ch, status, (size_t)n,
 					acc == O_RDONLY ? MM_RD : acc == O_WRONLY ? MM_WR : MM_RD | MM_WR,
@@ -188,7 +217,7 @@ out:
 	free(status);
 	if (e) {
 		free(c);
-		errno = e;
+		fail_why(-e, err.msg);
 		return NULL;
 	}
 	c->watched_ms = now_ms();
@@ -282,7 +311,7 @@ ssize_t mmapfs_read(struct mmapfs_chan *c, void *buf, size_t len)
 		return 0;
 	n = stream_call(c, OP_READ, buf, len);
 	tell(c, MM_RD, false);
-	return n < 0 ? fail(n) : n;
+	return n < 0 ? fail_stream(c, n) : n;
 }
 
 ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
@@ -302,7 +331,7 @@ ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
 	tell(c, MM_WR, false);
 	if (done > 0 || len == 0)
 		return (ssize_t)done;
-	return fail(n);
+	return fail_stream(c, n);
 }
 
 ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max)
@@ -316,7 +345,7 @@ ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max)
 	c->handed = 0;
 	n = stream_call(c, OP_READ_BEGIN, NULL, max);
 	if (n <= 0)
-		return n < 0 ? fail(n) : 0;
+		return n < 0 ? fail_stream(c, n) : 0;
 	/* one piece: up to where the ring wraps */
 	*p = c->slice.iov[0].iov_base;
 	c->handed = c->slice.iov[0].iov_len;
@@ -334,7 +363,7 @@ int mmapfs_read_end(struct mmapfs_chan *c, size_t n)
 	r = mm_stream_read_end(&c->ch, &c->slice, n);
 	c->handed = 0;
 	tell(c, MM_RD, false);
-	return r < 0 ? fail(r) : 0;
+	return r < 0 ? fail_stream(c, r) : 0;
 }
 
 int mmapfs_chunks_put(struct mmapfs_chan *c, const char *text)
@@ -347,7 +376,7 @@ int mmapfs_chunks_put(struct mmapfs_chan *c, const char *text)
 	if (!text)
 		return fail(-EINVAL);
 	r = mm_channel_chunks_add(&c->ch, text, strlen(text), &err);
-	return r < 0 ? fail(r) : 0;
+	return r < 0 ? fail_why(r, err.msg) : 0;
 }
 
 ssize_t mmapfs_chunks_get(struct mmapfs_chan *c, char *buf, size_t len)
@@ -359,6 +388,18 @@ ssize_t mmapfs_chunks_get(struct mmapfs_chan *c, char *buf, size_t len)
 	if (!buf)
 		return fail(-EINVAL);
 	r = mm_channel_chunks_text(&c->ch, buf, len);
+	if (r == -ENOSPC)
+		return fail_why(r, "chunks: the list is longer than the buffer");
+	if (r == -EOVERFLOW) {
+		char why[80];
+
+		snprintf(why, sizeof(why), "chunks: more than %d pieces since the last call: "
+			 "the list is lost", MM_CHUNKS_MAX);
+		return fail_why(r, why);
+	}
+	if (r == -EOPNOTSUPP)
+		return fail_why(r, "chunks: the peer is mmapfs, whose writer always wraps: "
+				"chunk lists are for xpra peers");
 	return r < 0 ? fail(r) : r;
 }
 

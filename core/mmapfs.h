@@ -52,6 +52,11 @@ ssize_t mmapfs_chunks_get(struct mmapfs_chan *c, char *buf, size_t len);
  * read or write it; mmapfs_close() closes it. */
 int mmapfs_fd(struct mmapfs_chan *c);
 
+/* Why this thread's last failed call failed, one line naming the file or
+ * the value at fault (a line of a chunk list, an area's path), or the
+ * errno's text: as errno, meaningful only after a failure. */
+const char *mmapfs_reason(void);
+
 /* End the stream (the reader sees end of file after the bytes written),
  * as close(2) on data does, and free c. */
 int mmapfs_close(struct mmapfs_chan *c);

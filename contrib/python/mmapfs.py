@@ -17,7 +17,8 @@ the standard library only and no build step:
 
 A Channel is an io.RawIOBase: read, readinto, readall, write, fileno (for
 select/poll/epoll), close, and the with statement; io.BufferedReader can wrap
-it. Errors are OSError with the errno of libmmapfs(3): ENOTCONN (not ready),
+it. Errors are OSError with the errno of libmmapfs(3), and its reason (the
+file or value at fault, mmapfs_reason) in the message: ENOTCONN (not ready),
 EBUSY (taken), ENXIO (a direction the peer did not offer), ECONNRESET and
 EPIPE (the peer died), EPROTO and EIO (the peer broke the area). In
 non-blocking mode (nonblock=True) read and write return None where they would
@@ -87,6 +88,7 @@ def _load():
                 ("mmapfs_chunks_put", ctypes.c_int, [vp, ctypes.c_char_p]),
                 ("mmapfs_chunks_get", ssz, [vp, ctypes.c_char_p, sz]),
                 ("mmapfs_fd", ctypes.c_int, [vp]),
+                ("mmapfs_reason", ctypes.c_char_p, []),
                 ("mmapfs_close", ctypes.c_int, [vp])):
             f = getattr(lib, name)
             f.restype, f.argtypes = res, args
@@ -95,8 +97,11 @@ def _load():
 
 
 def _error(what):
+    """The last call's failure: its errno, and the library's reason (the
+    file or the value at fault) in the message."""
     e = ctypes.get_errno()
-    return OSError(e, f"{what}: {os.strerror(e)}")
+    why = _lib.mmapfs_reason().decode(errors="replace") or os.strerror(e)
+    return OSError(e, f"{what}: {why}")
 
 
 _MODES = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "r+": os.O_RDWR}

@@ -72,11 +72,11 @@ class End:
 
     def method(self, method, *args):
         """Any other method of the channel, for the refusals: its result, or
-        {"errno": number} for an OSError."""
+        {"errno": number, "why": its message} for an OSError."""
         try:
             return getattr(self.ch, method)(*args)
         except OSError as e:
-            return {"errno": e.errno}
+            return {"errno": e.errno, "why": e.strerror}
 
     def done(self):
         """Close the channel (the process goes on)."""
