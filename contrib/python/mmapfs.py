@@ -17,7 +17,7 @@ the standard library only and no build step:
 
 A Channel is an io.RawIOBase: read, readinto, readall, write, fileno (for
 select/poll/epoll), close, and the with statement; io.BufferedReader can wrap
-it. Errors are OSError with the errno of libmmapfs(3), and its reason (the
+it (not with an xpra peer's chunk lists: it reads ahead). Errors are OSError with the errno of libmmapfs(3), and its reason (the
 file or value at fault, mmapfs_reason) in the message: ENOTCONN (not ready),
 EBUSY (taken), ENXIO (a direction the peer did not offer), ECONNRESET and
 EPIPE (the peer died), EPROTO and EIO (the peer broke the area). In

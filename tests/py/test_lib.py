@@ -281,14 +281,19 @@ def area_path(m, chan, which):
     return read_kv(os.path.join(m.path, chan, "status"))[which + ".file"]
 
 
-def test_hostile_corrupt_pointers(chan):
+@pytest.mark.parametrize("mode", ["r", "w"])
+def test_hostile_corrupt_pointers(chan, mode):
+    """The peer's pointer past the end of the ring: data_end under a
+    reader, data_start under a writer (which has filled the ring and
+    waits): EPROTO, and both daemons go on."""
     c, a = chan
-    reader = start("error", a / "chan", "r")
-    first_line(reader)
-    with open(area_path(a, "chan", "read"), "r+b") as f:
-        f.seek(4)
-        f.write((0xFFFFFFF0).to_bytes(4, "little"))        # data_end past the end
-    assert finish(reader, 5).endswith("EPROTO")
+    p = start("error", a / "chan", mode)
+    first_line(p)
+    time.sleep(0.2)
+    with open(area_path(a, "chan", "read" if mode == "r" else "write"), "r+b") as f:
+        f.seek(4 if mode == "r" else 0)
+        f.write((0xFFFFFFF0).to_bytes(4, "little"))
+    assert finish(p, 5).endswith("EPROTO")
     assert c.proc.poll() is None and a.proc.poll() is None
 
 
