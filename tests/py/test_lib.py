@@ -376,14 +376,29 @@ def test_mmapfs_cat(chan, tmp_path):
     assert out.split()[0] == sh(f"sha256sum {src}").stdout.split()[0]
 
 
-def python_env():
-    """The module in a child interpreter; an ASan build of the library needs
-    its runtime loaded first (and Python's own leaks are not ours)."""
-    env = dict(os.environ, MMAPFS_LIB=LIBSO, PYTHONPATH=PYDIR)
+def asan_runtime():
+    """The ASan runtime an ASan build of the library needs loaded first:
+    gcc's libasan, which the library names, or clang's, which it expects
+    from the program (core/meson.build); None for a plain build."""
     for line in subprocess.run(["ldd", LIBSO], capture_output=True, text=True).stdout.splitlines():
         if "libasan" in line and "=>" in line:
-            env["LD_PRELOAD"] = line.split("=>")[1].split()[0]
-            env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+            return line.split("=>")[1].split()[0]
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", LIBSO], capture_output=True,
+                               text=True).stdout
+    if "__asan_" in undefined:
+        return subprocess.run(["clang", "-print-file-name=libclang_rt.asan-x86_64.so"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    return None
+
+
+def python_env():
+    """The module in a child interpreter, with the ASan runtime of an ASan
+    build loaded first (and Python's own leaks are not ours)."""
+    env = dict(os.environ, MMAPFS_LIB=LIBSO, PYTHONPATH=PYDIR)
+    runtime = asan_runtime()
+    if runtime:
+        env["LD_PRELOAD"] = runtime
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     return env
 
 
