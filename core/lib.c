@@ -12,11 +12,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <sys/ioctl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 

@@ -6,7 +6,8 @@
  * of CHAN/data as an open() does, then maps the channel's areas and moves
  * bytes through them with the daemon's own format, checks and wake-ups, so
  * either end may be the library, the files, or another program speaking
- * the format, xpra's own included. Errors are -1 (or NULL) with errno. See libmmapfs(3). */
+ * the format, xpra's own included. Errors are -1 (or NULL) with errno,
+ * and mmapfs_reason(). See libmmapfs(3). */
 #ifndef MMAPFS_H
 #define MMAPFS_H
 

@@ -51,6 +51,15 @@ static int status_u64(const char *text, size_t len, const char *key, uint64_t *v
 	return 0;
 }
 
+/* "AREA.field" in key (KEY_MAX bytes). */
+#define KEY_MAX 32
+
+static const char *key_of(char *key, const char *area, const char *field)
+{
+	snprintf(key, KEY_MAX, "%s.%s", area, field);
+	return key;
+}
+
 /* name opened read-write, if it is the file (dev, ino): its descriptor,
  * or -errno (-ESTALE for another file). */
 static int open_same(const char *name, uint64_t dev, uint64_t ino)
@@ -91,33 +100,20 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 {
 	struct mm_dir *d = dir == MM_RD ? &ch->rd : &ch->wr;
 	const char *name = dir_name(dir);
-	char key[32], path[PATH_MAX], proc[64];
+	char key[KEY_MAX], path[PATH_MAX], proc[64];
 	uint64_t size, end, local, offset, dev, ino;
 	struct mm_window win;
 	int r, fd;
 
-	snprintf(key, sizeof(key), "%s.file", name);
-	if (status_value(text, len, key, path, sizeof(path)) < 0)
+	if (status_value(text, len, key_of(key, name, "file"), path, sizeof(path)) < 0)
 		return mm_fail(err, -ENXIO, "status: no %s area", name);
-	snprintf(key, sizeof(key), "%s.size", name);
-	r = status_u64(text, len, key, &size);
-	snprintf(key, sizeof(key), "%s.ring_end", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &end);
-	snprintf(key, sizeof(key), "%s.offset", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &offset);
-	snprintf(key, sizeof(key), "%s.local", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &local);
-	snprintf(key, sizeof(key), "%s.dev", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &dev);
-	snprintf(key, sizeof(key), "%s.ino", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &ino);
-	snprintf(key, sizeof(key), "%s.fd", name);
-	if (r < 0 || status_value(text, len, key, proc, sizeof(proc)) < 0)
+	if (status_u64(text, len, key_of(key, name, "size"), &size) < 0 ||
+	    status_u64(text, len, key_of(key, name, "ring_end"), &end) < 0 ||
+	    status_u64(text, len, key_of(key, name, "offset"), &offset) < 0 ||
+	    status_u64(text, len, key_of(key, name, "local"), &local) < 0 ||
+	    status_u64(text, len, key_of(key, name, "dev"), &dev) < 0 ||
+	    status_u64(text, len, key_of(key, name, "ino"), &ino) < 0 ||
+	    status_value(text, len, key_of(key, name, "fd"), proc, sizeof(proc)) < 0)
 		return mm_fail(err, -EPROTO,
 			       "status: no %s.size, offset, ring_end, local, dev, ino or fd", name);
 	/* the area as the daemon maps it: a window of the file, or all of it */

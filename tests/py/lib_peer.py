@@ -9,14 +9,12 @@ the build under test, the sanitizer's runtime preloaded for an ASan build);
 how, seed)`, `peer.method(name, *args)`, `peer.done()` (closes the channel;
 `peer.close()` ends the process). Only digests travel, never the bytes.
 """
-import json
 import os
 import random
 import subprocess
 import sys
-import traceback
 
-from xpra_peer import Peer, digest
+from xpra_peer import Peer, answerer, digest, serve_requests
 
 SIZES = [1, 5, 4093, 65535, 65537, 100000, 1 << 20]
 
@@ -84,25 +82,11 @@ class End:
             self.ch.close()
             self.ch = None
 
-
-def serve():
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-
-    def answer(obj):
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-    end = End()
-    answer({"ready": "library"})
-    for line in sys.stdin:
-        op, *args = json.loads(line)
-        try:
-            answer({"result": getattr(end, op)(*args)})
-        except Exception as e:
-            traceback.print_exc()
-            answer({"error": "".join(traceback.format_exception_only(e)).strip()})
-    end.done()
+    close = done                # at the end of the requests
 
 
 if __name__ == "__main__":
-    serve()
+    answer = answerer()
+    end = End()
+    answer({"ready": "library"})
+    serve_requests(end, answer)
