@@ -17,12 +17,12 @@ the standard library only and no build step:
 
 A Channel is an io.RawIOBase: read, readinto, readall, write, fileno (for
 select/poll/epoll), close, and the with statement; io.BufferedReader can wrap
-it (not with an xpra peer's chunk lists: it reads ahead). Errors are OSError with the errno of libmmapfs(3), and its reason (the
-file or value at fault, mmapfs_reason) in the message: ENOTCONN (not ready),
-EBUSY (taken), ENXIO (a direction the peer did not offer), ECONNRESET and
-EPIPE (the peer died), EPROTO and EIO (the peer broke the area). In
-non-blocking mode (nonblock=True) read and write return None where they would
-block.
+it (not with an xpra peer's chunk lists: it reads ahead). Errors are OSError
+with the errno of libmmapfs(3), and its reason (the file or value at fault,
+mmapfs_reason) in the message: ENOTCONN (not ready), EBUSY (taken), ENXIO (a
+direction the peer did not offer), ECONNRESET and EPIPE (the peer died),
+EPROTO and EIO (the peer broke the area). In non-blocking mode
+(nonblock=True) read and write return None where they would block.
 
 With an xpra peer, whose data is described by chunk lists that travel in its
 own packets (docs/xpra.md), chunks_put(pairs) gives the list an xpra writer
