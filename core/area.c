@@ -299,7 +299,6 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 		      uint64_t create_size, uint64_t size, const struct mm_window *win,
 		      struct mm_err *err)
 {
-	uint64_t len, off = win ? win->offset : 0;
 	int fd, r;
 
 	fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -313,6 +312,15 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 	}
 	if (fd < 0)
 		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	return mm_area_open_fd(a, fd, path, size, win, err);
+}
+
+int mm_area_open_fd(struct mm_area *a, int fd, const char *path, uint64_t size,
+		    const struct mm_window *win, struct mm_err *err)
+{
+	uint64_t len, off = win ? win->offset : 0;
+	int r;
+
 	r = mm_fd_length(fd, &len);
 	if (r < 0) {
 		mm_fail(err, r, "%s: cannot tell its size: %s", path, strerror(-r));

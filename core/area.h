@@ -107,6 +107,10 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 		      uint64_t create_size, uint64_t size, const struct mm_window *win,
 		      struct mm_err *err);
+/* The same for a file already open read-write (fd, which is taken: kept
+ * in a, or closed on failure), named path in messages. */
+int mm_area_open_fd(struct mm_area *a, int fd, const char *path, uint64_t size,
+		    const struct mm_window *win, struct mm_err *err);
 
 /* A store into the area faulted (SIGBUS): why? -ENOSPC when the file is
  * still as long as the mapping (its filesystem had no page to give: the

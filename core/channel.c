@@ -293,6 +293,11 @@ void mm_channel_abandon(struct mm_channel *ch, const void *owner)
 
 /* ---- display ---- */
 
+void mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
+{
+	__atomic_add_fetch(dir == MM_RD ? &ch->rd.bytes : &ch->wr.bytes, n, __ATOMIC_RELAXED);
+}
+
 bool mm_channel_dir_info(struct mm_channel *ch, unsigned dir, struct mm_dir_info *info)
 {
 	const struct mm_dir *d = dir == MM_RD ? &ch->rd : &ch->wr;

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ext.h"
 #include "internal.h"
@@ -190,12 +192,21 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 		      name, (unsigned long long)d->area.size, name, s, name, e,
 		      name, used, name, fr, name,
 		      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
-	/* where a library finds an area the handshake made usable (view.c) */
-	if (r == 0 && d->usable)
+	/* where a library finds an area the handshake made usable (view.c):
+	 * its path, and the file itself (the one we map, even once its peer
+	 * deleted the path, as xpra's clients do) */
+	if (r == 0 && d->usable) {
+		struct stat st = { 0 };
+
+		fstat(d->area.fd, &st);
 		r = mm_text_append(buf, len, pos,
-				   "%s.file=%s\n%s.offset=%llu\n%s.ring_end=%u\n%s.local=%d\n",
+				   "%s.file=%s\n%s.offset=%llu\n%s.ring_end=%u\n%s.local=%d\n"
+				   "%s.dev=%llu\n%s.ino=%llu\n%s.fd=/proc/%d/fd/%d\n",
 				   name, d->area.path, name, (unsigned long long)d->area.offset,
-				   name, d->ring.end, name, d->local);
+				   name, d->ring.end, name, d->local,
+				   name, (unsigned long long)st.st_dev, name,
+				   (unsigned long long)st.st_ino, name, (int)getpid(), d->area.fd);
+	}
 	return r;
 }
 

@@ -142,6 +142,40 @@ void data_release(struct mmfs *fs, struct handle *h)
 	trace_rings(fs, h->ch, h->dirs & MM_WR ? "data closed, end of stream" : "data closed");
 }
 
+/* A library's report (MM_IOC_BYTES): the bytes it moved through the areas
+ * since its last, for status; and the claim is a library's from now on. */
+void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len)
+{
+	struct mmfs *fs = fs_of(req);
+	struct mm_ioc_bytes b;
+
+	if (cmd != MM_IOC_BYTES || in_len != sizeof(b)) {
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	memcpy(&b, in, sizeof(b));
+	pthread_mutex_lock(&fs->lock);
+	h->library = true;
+	pthread_mutex_unlock(&fs->lock);
+	if (h->dirs & MM_RD)
+		mm_channel_add_bytes(&h->ch->mc, MM_RD, b.read);
+	if (h->dirs & MM_WR)
+		mm_channel_add_bytes(&h->ch->mc, MM_WR, b.written);
+	fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir)
+{
+	const struct handle *o;
+	bool lib;
+
+	pthread_mutex_lock(&fs->lock);
+	o = mm_channel_owner(&ch->mc, dir);
+	lib = o && o->library;		/* alive while fs->lock is held */
+	pthread_mutex_unlock(&fs->lock);
+	return lib;
+}
+
 /* Start a data call: the calls on one direction run one at a time (two
  * threads may share a descriptor), a waiting one still answering an
  * interrupt. 0 or -errno. */

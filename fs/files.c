@@ -54,6 +54,20 @@ static void renew(struct mmfs *fs, struct chan *ch)
 		fuse_log(FUSE_LOG_INFO, "mmapfs: %s: no new session: %s\n", ch->key.name, err.msg);
 }
 
+/* The chunk lists of a direction a library holds are the library's
+ * (libmmapfs(3)): the file's would never meet its stream. 0, or -EBUSY
+ * with the reason in the status. */
+static int chunks_library(struct mmfs *fs, struct chan *ch, unsigned dir)
+{
+	if (!data_library_holds(fs, ch, dir))
+		return 0;
+	mm_channel_set_reason(&ch->mc, "chunks: the stream's %s is a library end: its lists go "
+			      "through mmapfs_chunks_%s()", dir == MM_RD ? "reader" : "writer",
+			      dir == MM_RD ? "put" : "get");
+	trace(fs, "%s: chunks refused: the library's\n", ch->key.name);
+	return -EBUSY;
+}
+
 /* Open a text file: 0 or -errno. */
 static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct handle *h,
 		     struct fuse_file_info *fi)
@@ -65,6 +79,8 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 		return -EACCES;
 	if (accmode == O_RDWR)
 		return -EINVAL;	/* peer and chunks: read what is, or write */
+	if (k == F_CHUNKS && (n = chunks_library(fs, ch, accmode == O_RDONLY ? MM_WR : MM_RD)))
+		return n;
 	if (accmode != O_RDONLY)
 		return 0;	/* the text written is gathered in h->buf */
 	h->buf = malloc(TEXT_MAX);
@@ -214,8 +230,12 @@ static void chunks_write(fuse_req_t req, struct handle *h, const char *buf, size
 	struct mm_err err = { "" };
 	char *lines = NULL;
 	size_t whole = 0;
-	int r;
+	int r = chunks_library(fs, h->ch, MM_RD);
 
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
 	pthread_mutex_lock(&fs->lock);
 	r = gather(h, buf, size, MM_CHUNKS_LINES_MAX * MM_CHUNKS_LINE_MAX);
 	if (r == 0) {
@@ -293,6 +313,18 @@ void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 		chunks_write(req, h, buf, size);
 	else
 		fuse_reply_err(req, EBADF);
+}
+
+void mm_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+	      struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+	      size_t in_bufsz, size_t out_bufsz)
+{
+	struct handle *h = handle_of(fi);
+
+	if (h->kind == F_DATA && !(flags & FUSE_IOCTL_COMPAT))
+		data_ioctl(req, h, cmd, in_buf, in_bufsz);
+	else
+		fuse_reply_err(req, ENOTTY);
 }
 
 void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

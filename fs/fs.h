@@ -90,6 +90,7 @@ struct handle {
 	size_t len;
 	size_t done;			/* peer: how much was handed over */
 	bool flushed;			/* data: closed once, no I/O since */
+	bool library;			/* data: a libmmapfs handle's claim */
 	bool polling;			/* in fs->pollers: */
 	struct fuse_pollhandle *ph;	/* a poll waiting for a change, or */
 	bool moved;			/* a pump's wait for ring_seen to move */
@@ -175,6 +176,9 @@ void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	      off_t off, struct fuse_file_info *fi);
 void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void mm_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+	      struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+	      size_t in_bufsz, size_t out_bufsz);
 
 /* data.c */
 int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi);
@@ -187,6 +191,9 @@ void data_release(struct mmfs *fs, struct handle *h);
  * unless nonblock. The mask taken, or -errno. */
 int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
 	       bool nonblock);
+void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len);
+/* Is dir of ch's stream held by a library (whose chunk lists are its own)? */
+bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir);
 /* Wait (a little, interruptibly) while the holders of ch's stream are
  * handles already closed whose release is on its way: true once free. */
 bool data_wait_released(fuse_req_t req, struct chan *ch);

@@ -54,6 +54,7 @@ const struct fuse_lowlevel_ops mmfs_ops = {
 	.flush = mm_flush,
 	.release = mm_release,
 	.poll = mm_poll,
+	.ioctl = mm_ioctl,
 };
 
 /* The default configuration file, read only when it exists. */

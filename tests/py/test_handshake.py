@@ -178,19 +178,25 @@ def test_status_keys(chans):
     finish_handshake(c, a)
     # where a library finds the areas (docs/PROTOCOL.md, "Native access")
     keys = keys[:5] + [f"{d}.{k}" for d in ("read", "write")
-                       for k in area + ("file", "offset", "ring_end", "local")]
+                       for k in area + ("file", "offset", "ring_end", "local", "dev", "ino",
+                                        "fd")]
     for m in (c, a):
         st = m.status("chan")
         assert list(st) == keys
         assert st["mmapfs"] == "1"
         for k in keys[5:]:
-            if not k.endswith(".file"):
+            if not k.endswith((".file", ".fd")):
                 assert st[k].isdigit(), (k, st[k])
         assert int(st["write.used"]) + int(st["write.free"]) < int(st["write.size"])
         for d in ("read", "write"):
             assert os.path.getsize(st[f"{d}.file"]) == int(st[f"{d}.size"])
             assert int(st[f"{d}.ring_end"]) == (int(st[f"{d}.size"]) - 64) & ~7
             assert st[f"{d}.local"] == "1"          # created here, not a declared path
+            # the file itself: its identity, and the daemon's descriptor of it
+            f = os.stat(st[f"{d}.file"])
+            assert (int(st[f"{d}.dev"]), int(st[f"{d}.ino"])) == (f.st_dev, f.st_ino)
+            assert st[f"{d}.fd"].startswith(f"/proc/{m.proc.pid}/fd/")
+            assert os.path.samestat(os.stat(st[f"{d}.fd"]), f)
     assert c.status("chan")["read.file"] == a.status("chan")["write.file"]
 
 
