@@ -366,6 +366,8 @@ static int connect_end(struct mmfs *fs, struct pipe_sess *s)
 	/* out: a reader end opens at once (and lets the writer's open
 	 * through); in: a writer end opens once the reader is in its open */
 	fd = open_end(fs, s, s->h.dirs == MM_WR ? O_RDONLY : O_WRONLY);
+	if (fd == -ENXIO && doing(s->tid, &flags) == DOING_OTHER)
+		fd = open_end(fs, s, O_WRONLY);	/* out of its open since: in? */
 	if (fd == -ENXIO) {
 		if (doing(s->tid, &flags) == DOING_OTHER ||
 		    mmfs_now_ms() - s->since_ms > ARRIVE_MS)
