@@ -1,5 +1,5 @@
 /* The stream file `pipe`: the same stream as `data`, as a FIFO node
- * (docs/mmapfs.1, "PIPE"; docs/PROTOCOL.md, "The pipe file").
+ * (docs/mmapfs.1, DATA; docs/PROTOCOL.md, "The pipe file").
  *
  * The kernel serves a FIFO's open, read and write itself, as a local pipe:
  * none of them reaches the daemon. What does is the LOOKUP of `pipe` that
@@ -55,6 +55,7 @@
 #define TAIL_MIN_US 100			/* bytes in the FIFO, nothing new: */
 #define TAIL_MAX_US 20000		/* how often to see what was read */
 #define RUNNING_TRIES 100		/* 10 us apart: a caller on its way to sleep */
+#define NOSPACE_US 100000		/* a write area's disk full: try again */
 
 /* The daemon opens its ends of a channel's FIFOs by names of their own
  * at the top, .pipe.ID.out and .pipe.ID.in, that only its own threads
@@ -286,11 +287,12 @@ bool pipe_ring_ready(struct handle *h, const uint32_t *v, unsigned n)
 {
 	unsigned mask = mm_stream_poll(&h->ch->mc);
 
-	if (mask & (POLLERR | POLLHUP))
+	if (mask & POLLERR)
 		return true;
 	if (!h->moved)
-		return (mask & h->ph_events) != 0;
-	/* bytes of ours in the ring: wait for its words to move */
+		return (mask & (h->ph_events | POLLHUP)) != 0;
+	/* bytes of ours in the ring: wait for its words to move (a dead
+	 * peer's bytes still go to the reader, looked at on a timer) */
 	for (unsigned i = 0; i < n; i++)
 		if (v[i] != h->ring_seen[i])
 			return true;
@@ -432,6 +434,10 @@ static enum step_end pump_out(struct mmfs *fs, struct pipe_sess *s, char *buf)
 				wait_ring(fs, s, false, none);
 				return GOING;
 			}
+			if (w == -ENOSPC) {
+				set_due(s, NOSPACE_US);	/* the reason is in status */
+				return GOING;
+			}
 			if (w < 0)
 				return END_STREAM;
 			memmove(s->pend, s->pend + w, s->pend_len - (size_t)w);
@@ -449,6 +455,8 @@ static enum step_end pump_out(struct mmfs *fs, struct pipe_sess *s, char *buf)
 		if (n > 0) {
 			s->arrived = true;
 			w = mm_stream_write(mc, buf, (size_t)n);
+			if (w == -ENOSPC)
+				w = 0;	/* a full disk: kept, and tried again */
 			if (w < 0)
 				return END_STREAM;
 			if (w < n) {

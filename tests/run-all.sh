@@ -113,7 +113,8 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 exitcode=66}
 no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" meson test -C build-tsan --suite unit --print-errorlogs
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
-# truncated area, a handshake in pieces, and xpra's chunk lists: about 25 s
+# truncated area, a handshake in pieces, xpra's chunk lists, and the pipe
+# file's pump: about 30 s
 tsan_tests=(
 	tests/py/test_data.py::test_dd_both_ways_at_once
 	tests/py/test_data.py::test_end_of_file_and_next_stream
@@ -128,6 +129,9 @@ tsan_tests=(
 	tests/py/test_handshake.py::test_shell_handshake
 	tests/py/test_handshake.py::test_python_five_byte_writes
 	tests/py/test_xpra.py::test_xpra_writes_mmapfs_reads_restart_and_split
+	tests/py/test_pipe.py::test_exactly_once_random_sizes_across_readers
+	tests/py/test_pipe.py::test_nonblocking_open_poll_and_eof
+	tests/py/test_pipe.py::test_dead_peer
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1

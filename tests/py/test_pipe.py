@@ -1,5 +1,5 @@
 """The pipe file: the stream as a FIFO the kernel serves (DESIGN.md, "Two ways
-into the stream"; docs/mmapfs.1, PIPE). Shell tools, Python, and the real
+into the stream"; docs/mmapfs.1, DATA, pipe). Shell tools, Python, and the real
 ends of the other files: data on the other side, a second user of the file,
 a dead peer, rmdir and unmount."""
 import errno
