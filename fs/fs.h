@@ -47,6 +47,7 @@ enum file_kind {
 };
 
 #define INO_SHIFT 4
+#define WATCHERS_MAX 128		/* poll.c: 127 waits' words each */
 #define TEXT_MAX (32 * 1024)		/* any of our text files fits */
 #define DATA_MAX_IO (1024 * 1024)	/* the largest read or write of data */
 
@@ -107,6 +108,7 @@ struct mmfs {
 	uint64_t next_id;		/* lock */
 	struct handle *handles;		/* lock: every open handle */
 	struct handle *pollers;		/* lock: handles with a poll handle */
+	bool polls_changed;		/* lock: one of them went */
 	bool stop;			/* lock */
 	/* fixed after start-up */
 	struct mm_config cfg;
@@ -125,6 +127,8 @@ struct mmfs {
 	struct fuse_session *se;
 	pthread_t ticker;
 	uint32_t kick;			/* the ticker's futex word (atomic) */
+	struct watcher *watchers[WATCHERS_MAX];	/* lock: more words to wait on */
+	unsigned nwatchers;		/* lock */
 	/* the pump (pipe.c) */
 	char *mountpoint;		/* fixed: absolute, for the pump's opens */
 	struct pipe_sess *pipes;	/* lock: the sessions of `pipe` */

@@ -198,20 +198,14 @@ int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k)
 	struct pipe_sess *s;
 	unsigned dir;
 	int flags = 0, r;
-
 	enum doing what = doing(tid, &flags);
 
 	trace(fs, "%s: pipe looked up by thread %d: %s, flags %#x\n", ch->key.name, (int)tid,
-	      what == DOING_OPEN ? "open" : what == DOING_OTHER ? "other" : "unknown", flags);
-	switch (what) {
-	case DOING_OTHER:
+	      what == DOING_OPEN ? "open" : what == DOING_OTHER ? "no open" : "cannot tell", flags);
+	if (what == DOING_OTHER)
 		return 0;		/* stat, ls, access: the writers' FIFO */
-	case DOING_UNKNOWN:
-		trace(fs, "%s: pipe: cannot tell what thread %d does\n", ch->key.name, (int)tid);
+	if (what == DOING_UNKNOWN)
 		return -EACCES;
-	case DOING_OPEN:
-		break;
-	}
 	if (flags & O_PATH)
 		return 0;
 	if ((flags & O_ACCMODE) == O_RDWR)

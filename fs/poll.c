@@ -1,9 +1,12 @@
 /* poll/select/epoll on `data`, and the ticker thread: every MM_BEAT_MS
  * the channels' heartbeats and the peers' liveness; in between, it sleeps
- * in one futex_waitv on the shared words the waiting polls are about, so a
- * same-host peer's wake turns into a poll notification at once. */
+ * in one futex_waitv on the shared words the waiting polls (and the pipe
+ * pump's waits) are about, so a same-host peer's wake turns into a poll
+ * notification at once; words beyond one futex_waitv's go to watchers. */
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "ext.h"
@@ -15,6 +18,8 @@
 #define POLL_RECHECK_US 10000
 /* Where futex_waitv cannot wait (a PCI BAR), how long to sleep instead. */
 #define POLL_NAP_US 2000
+/* A watcher's wait: its kick or its words end it; this only bounds it. */
+#define WATCH_TIMEOUT_US 60000000
 
 /* The events that matter to h: what it asked, less the directions it does
  * not hold. */
@@ -41,6 +46,7 @@ void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
 		}
 	}
 	h->polling = false;
+	fs->polls_changed = true;
 	if (h->ph) {
 		if (notify)
 			fuse_lowlevel_notify_poll(h->ph);
@@ -107,53 +113,147 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	fuse_reply_poll(req, mask);
 }
 
+/* Watchers: one futex_waitv takes at most MM_FUTEX_WAITV_MAX words, the
+ * ticker's first of them its own kick. The words of more waits (a reader
+ * blocked on each of a thousand pipes) go to watcher threads, up to
+ * MM_FUTEX_WAITV_MAX - 1 each, which kick the ticker when one of theirs
+ * moves: waits cost nothing while nothing moves, however many. Made when
+ * first needed, kept until the end. */
+struct watcher {
+	struct mmfs *fs;
+	pthread_t thread;
+	uint32_t kick;			/* atomic: bumped with a new slice */
+	unsigned n;			/* fs->lock: the slice */
+	uint32_t *words[MM_FUTEX_WAITV_MAX - 1];
+	uint32_t seen[MM_FUTEX_WAITV_MAX - 1];
+};
+
+static void *watch(void *arg)
+{
+	struct watcher *w = arg;
+	struct mmfs *fs = w->fs;
+	uint32_t *words[MM_FUTEX_WAITV_MAX];
+	uint32_t seen[MM_FUTEX_WAITV_MAX];
+
+	pthread_mutex_lock(&fs->lock);
+	while (!fs->stop) {
+		unsigned n = w->n;
+		int r;
+
+		words[0] = &w->kick;
+		seen[0] = __atomic_load_n(&w->kick, __ATOMIC_SEQ_CST);
+		memcpy(words + 1, w->words, n * sizeof(words[0]));
+		memcpy(seen + 1, w->seen, n * sizeof(seen[0]));
+		pthread_mutex_unlock(&fs->lock);
+		r = mm_futex_waitv(words, seen, n + 1, true, WATCH_TIMEOUT_US);
+		pthread_mutex_lock(&fs->lock);
+		/* a word of its slice moved (not a new slice): the ticker looks */
+		if (r != -ETIMEDOUT && __atomic_load_n(&w->kick, __ATOMIC_SEQ_CST) == seen[0])
+			ticker_kick(fs);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return NULL;
+}
+
+/* The word at index i of all the waits: the ticker's own (i below
+ * MM_FUTEX_WAITV_MAX), else a watcher's, made if need be. false if it
+ * cannot be placed. fs->lock held. */
+static bool place_word(struct mmfs *fs, unsigned i, uint32_t *word, uint32_t v,
+		       uint32_t **words, uint32_t *seen)
+{
+	unsigned per = MM_FUTEX_WAITV_MAX - 1, k;
+	struct watcher *w;
+
+	if (i < MM_FUTEX_WAITV_MAX) {
+		words[i] = word;
+		seen[i] = v;
+		return true;
+	}
+	k = (i - MM_FUTEX_WAITV_MAX) / per;
+	if (k >= WATCHERS_MAX)
+		return false;
+	if (k == fs->nwatchers) {
+		w = calloc(1, sizeof(*w));
+		if (!w)
+			return false;
+		w->fs = fs;
+		if (pthread_create(&w->thread, NULL, watch, w) != 0) {
+			free(w);
+			return false;
+		}
+		fs->watchers[fs->nwatchers++] = w;
+	}
+	w = fs->watchers[k];
+	w->words[(i - MM_FUTEX_WAITV_MAX) % per] = word;
+	w->seen[(i - MM_FUTEX_WAITV_MAX) % per] = v;
+	w->n = (i - MM_FUTEX_WAITV_MAX) % per + 1;
+	return true;
+}
+
 /* Notify the polls that came true; gather the shared words the others wait
- * on into words/seen from index n (loaded before the check, so a change in
- * between is not lost). Returns the new count, or MM_FUTEX_WAITV_MAX + 1 if
- * they did not all fit. fs->lock held. */
-static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, unsigned n)
+ * on (loaded before the check, so a change in between is not lost): the
+ * first into words/seen from index 1, the rest to watchers. The count for
+ * the ticker's own wait, or MM_FUTEX_WAITV_MAX + 1 if they could not all be
+ * placed. *recheck: some wait is on an area whose peer cannot wake us (a
+ * VM's, an xpra peer's), to be looked at every POLL_RECHECK_US. fs->lock
+ * held. */
+static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, bool *recheck)
 {
 	struct handle *h = fs->pollers, *next;
+	unsigned n = 1;
 	bool full = false;
 
+	*recheck = false;
+	for (unsigned k = 0; k < fs->nwatchers; k++)
+		fs->watchers[k]->n = 0;
 	for (; h; h = next) {
+		unsigned events = handle_events(h, h->ph_events);
 		uint32_t *w[2];
 		uint32_t v[2];
 		unsigned k;
 
 		next = h->poll_next;
-		k = mm_stream_poll_words(&h->ch->mc, handle_events(h, h->ph_events), w, v);
+		k = mm_stream_poll_words(&h->ch->mc, events, w, v);
 		if (h->ph ? (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) != 0 :
 			    pipe_ring_ready(h, v, k)) {
 			poll_drop(fs, h, true);
 			continue;
 		}
-		for (unsigned i = 0; i < k; i++) {
-			if (n == MM_FUTEX_WAITV_MAX) {
-				full = true;
-				break;
-			}
-			words[n] = w[i];
-			seen[n++] = v[i];
-		}
+		for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1)
+			if ((events & (dir == MM_RD ? POLLIN : POLLOUT)) &&
+			    mm_stream_wait_max(&h->ch->mc, dir) < MM_BEAT_MS * 1000)
+				*recheck = true;
+		for (unsigned i = 0; i < k && !full; i++)
+			full = !place_word(fs, n++, w[i], v[i], words, seen);
 	}
-	return full ? MM_FUTEX_WAITV_MAX + 1 : n;
+	for (unsigned k = 0; k < fs->nwatchers; k++) {
+		__atomic_add_fetch(&fs->watchers[k]->kick, 1, __ATOMIC_SEQ_CST);
+		mm_futex_wake_private(&fs->watchers[k]->kick);
+	}
+	if (full)
+		return MM_FUTEX_WAITV_MAX + 1;
+	return n < MM_FUTEX_WAITV_MAX ? n : MM_FUTEX_WAITV_MAX;
 }
 
 /* Every channel's heartbeat; a change of state or of the peer's liveness
- * goes to the log, once. fs->lock held (each tick is short). */
-static void tick_channels(struct mmfs *fs, uint64_t now)
+ * goes to the log, once. Whether any changed. fs->lock held (each tick is
+ * short). */
+static bool tick_channels(struct mmfs *fs, uint64_t now)
 {
+	bool changed = false;
+
 	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
 		char why[512];
 
 		if (!mm_channel_tick(&ch->mc, now))
 			continue;
+		changed = true;
 		mm_channel_reason(&ch->mc, why, sizeof(why));
 		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->key.name,
 			 mm_state_name(mm_channel_state(&ch->mc)),
 			 mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
 	}
+	return changed;
 }
 
 static void *ticker(void *arg)
@@ -162,28 +262,36 @@ static void *ticker(void *arg)
 	uint32_t *words[MM_FUTEX_WAITV_MAX];
 	uint32_t seen[MM_FUTEX_WAITV_MAX];
 	uint64_t next_beat = 0;
+	unsigned n = 1;
+	bool recheck = false;
+	int r = 0;
 
 	pthread_mutex_lock(&fs->lock);
 	while (!fs->stop) {
 		uint64_t now = mmfs_now_ms();
-		unsigned n, timeout_us;
-		bool polls;
+		unsigned timeout_us;
 
 		if (now >= next_beat) {
-			tick_channels(fs, now);
+			if (tick_channels(fs, now))
+				fs->polls_changed = true;
 			next_beat = now + MM_BEAT_MS;
 		}
-		/* sleep until a kick, a peer's wake on a polled word, a recheck
-		 * of the polls, or the next heartbeat */
+		/* the polls are looked at again only when something moved: a
+		 * kick, a word, a channel's state, a poll come or gone, or the
+		 * recheck of areas whose peers cannot wake us; a heartbeat alone
+		 * leaves the waits as they are */
 		words[0] = &fs->kick;
 		seen[0] = __atomic_load_n(&fs->kick, __ATOMIC_SEQ_CST);
-		n = tick_polls(fs, words, seen, 1);
-		polls = fs->pollers != NULL;
-		timeout_us = polls ? POLL_RECHECK_US : (unsigned)(next_beat - now) * 1000;
+		if (r != -ETIMEDOUT || recheck || fs->polls_changed) {
+			fs->polls_changed = false;
+			n = tick_polls(fs, words, seen, &recheck);
+		}
+		timeout_us = recheck ? POLL_RECHECK_US : (unsigned)(next_beat - now) * 1000;
 		pthread_mutex_unlock(&fs->lock);
-		if (n > MM_FUTEX_WAITV_MAX ||
-		    mm_futex_waitv(words, seen, n, true, timeout_us) == -ENOSYS)
-			usleep(polls && timeout_us > POLL_NAP_US ? POLL_NAP_US : timeout_us);
+		r = n > MM_FUTEX_WAITV_MAX ? -ENOSYS :
+		    mm_futex_waitv(words, seen, n, true, timeout_us);
+		if (r == -ENOSYS)
+			usleep(timeout_us > POLL_NAP_US ? POLL_NAP_US : timeout_us);
 		pthread_mutex_lock(&fs->lock);
 	}
 	pthread_mutex_unlock(&fs->lock);
@@ -202,4 +310,13 @@ void mmfs_ticker_stop(struct mmfs *fs)
 	pthread_mutex_unlock(&fs->lock);
 	ticker_kick(fs);
 	pthread_join(fs->ticker, NULL);
+	for (unsigned k = 0; k < fs->nwatchers; k++) {
+		struct watcher *w = fs->watchers[k];
+
+		__atomic_add_fetch(&w->kick, 1, __ATOMIC_SEQ_CST);
+		mm_futex_wake_private(&w->kick);
+		pthread_join(w->thread, NULL);
+		free(w);
+	}
+	fs->nwatchers = 0;
 }

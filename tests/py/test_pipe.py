@@ -77,11 +77,14 @@ def test_shell_tools_both_ways(chan, tmp_path):
     assert out.stdout.splitlines() == [f"got line {i}" for i in range(1, 1001)]
 
 
-def test_exactly_once_random_sizes_across_readers(chan):
+@pytest.mark.parametrize("way", ["creator-to-attacher", "attacher-to-creator"])
+def test_exactly_once_random_sizes_across_readers(chan, way):
     """Random write and read sizes through a 64 KiB ring (it wraps hundreds of
     times), and readers that leave in the middle: what one reader left in
     the FIFO unread goes to the next reader, nothing lost, nothing twice."""
     cdir, adir, c, a = chan
+    if way == "attacher-to-creator":
+        cdir, adir, c, a = adir, cdir, a, c
     rnd = random.Random(7)
     data = os.urandom(6 << 20)
 
