@@ -18,9 +18,12 @@
 #define MM_AREA_MIN (UINT64_C(64) * 1024)
 #define MM_AREA_MAX (UINT64_C(4) * 1024 * 1024 * 1024 - 1)	/* below 4 GiB */
 
+/* An area keeps no descriptor: the mapping outlives it. What needs the file
+ * again (mm_area_fault, mm_area_reserve, deleting what we created) finds it
+ * by its path and checks that it is still the file mapped (dev, ino). */
 struct mm_area {
-	int fd;				/* -1 when closed */
-	uint8_t *base;			/* MAP_SHARED mapping of size bytes */
+	uint8_t *base;			/* MAP_SHARED mapping of size bytes, or
+					 * NULL when closed */
 	uint64_t offset;		/* in the file (a window) */
 	uint64_t size;
 	bool created;			/* made by us: deleted on close */
@@ -28,9 +31,9 @@ struct mm_area {
 					 * sysfs): the kernel may copy from the
 					 * mapping, e.g. into a FUSE reply. Not
 					 * so a PCI BAR or a device. */
-	dev_t dev;			/* identity of what we created, */
-	ino_t ino;			/* checked before deleting it */
-	char path[PATH_MAX];
+	dev_t dev;			/* identity of the file mapped, */
+	ino_t ino;			/* checked before it is used by path */
+	char *path;			/* as opened (malloc'd), or NULL */
 };
 
 /* A part of a file that is the whole area (header and ring), so one device
@@ -110,16 +113,18 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 
 /* A store into the area faulted (SIGBUS): why? -ENOSPC when the file is
  * still as long as the mapping (its filesystem had no page to give: the
- * area is sparse), -EIO when it was truncated or is not a regular file. */
+ * area is sparse), -EIO when it was truncated, is not a regular file, or
+ * its path no longer names it. */
 int mm_area_fault(const struct mm_area *a);
 
 /* Give every page of a created area its space now (-o reserve), so that a
- * full filesystem fails here and not in the middle of a stream. 0 or
- * -errno (-ENOSPC), err names the file. */
+ * full filesystem fails here and not in the middle of a stream: the file is
+ * opened again by its path for that. 0 or -errno (-ENOSPC; -ESTALE if the
+ * path names another file now), err names the file. */
 int mm_area_reserve(struct mm_area *a, struct mm_err *err);
 
-/* Unmap and close; delete the file if we created it and it is still ours.
- * Accepts a closed area. */
+/* Unmap; delete the file if we created it and it is still ours. Accepts a
+ * closed area. */
 void mm_area_close(struct mm_area *a);
 
 /* The usable length of what fd refers to: st_size for a regular file (which

@@ -125,7 +125,7 @@ void mm_fail_clear(struct mm_channel *ch)
 
 void mm_dir_init(struct mm_dir *d)
 {
-	*d = (struct mm_dir){ .area.fd = -1 };
+	*d = (struct mm_dir){ 0 };
 }
 
 void mm_dir_close(struct mm_dir *d)

@@ -451,10 +451,12 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 
 static bool same_file(const struct mm_dir *d, const struct mm_caps_area *a)
 {
-	const char *mine = strrchr(d->area.path, '/'), *theirs = strrchr(a->file, '/');
+	const char *mine, *theirs = strrchr(a->file, '/');
 
-	return d->present && (a->have & MM_CAP_FILE) &&
-	       strcmp(mine ? mine + 1 : d->area.path, theirs ? theirs + 1 : a->file) == 0;
+	if (!d->present || !(a->have & MM_CAP_FILE))
+		return false;
+	mine = strrchr(d->area.path, '/');
+	return strcmp(mine ? mine + 1 : d->area.path, theirs ? theirs + 1 : a->file) == 0;
 }
 
 /* Text naming this end's own areas is a (failed) answer, never an offer. */

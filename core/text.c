@@ -109,7 +109,7 @@ static void failure_text(struct mm_channel *ch, char *buf, size_t len)
 	switch (f->why) {
 	case MM_WHY_FAULT:
 		snprintf(buf, len, "%s area %s: the mapping faulted (file truncated?)",
-			 dir_name(f->dir), d->area.path);
+			 dir_name(f->dir), d->area.path ? d->area.path : "(closed)");
 		break;
 	case MM_WHY_CORRUPT:
 		snprintf(buf, len,

@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ext.h"
 #include "internal.h"
@@ -75,9 +74,6 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	r = mm_area_open_path(&d->area, path, false, 0, size, &win, err);
 	if (r < 0)
 		return r;
-	/* the mapping is all we need: no descriptor kept per area */
-	close(d->area.fd);
-	d->area.fd = -1;
 	d->present = d->usable = true;
 	d->local = local != 0;
 	if (mm_dir_setup_ring(d, true) < 0 || d->ring.end != end)

@@ -219,7 +219,8 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 	return 0;
 }
 
-/* Each channel keeps descriptors open: take all the system allows. */
+/* Take all the descriptors the system allows: an area keeps none once
+ * mapped, but handshakes, streams and FUSE requests in flight open some. */
 static void raise_nofile(void)
 {
 	struct rlimit rl;

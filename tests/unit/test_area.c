@@ -113,18 +113,18 @@ static void test_create(void)
 	char path[PATH_MAX];
 	uint8_t byte = 0;
 	bool zero = true;
-
-	int fd0 = open_fds();
+	int fd, fd0 = open_fds();
 
 	if (!make_dir(dir, 0700))
 		return;
 	mm_area_init(&a);
-	CHECK(a.fd == -1 && a.base == NULL);
+	CHECK(a.base == NULL && a.path == NULL);
 	if (!CHECK_INT(mm_area_create(&a, dir, NULL, size, NULL, &err), ==, 0)) {
 		printf("#     %s\n", err.msg);
 		return;
 	}
-	CHECK(a.fd >= 0 && a.base != NULL && a.created);
+	CHECK(a.base != NULL && a.created);
+	CHECK_INT(open_fds(), ==, fd0);	/* the mapping keeps no descriptor */
 	CHECK_U64(a.size, ==, size);
 	CHECK(strncmp(a.path, dir, strlen(dir)) == 0);
 	CHECK_HAS(a.path, "/mmapfs.");
@@ -140,12 +140,22 @@ static void test_create(void)
 	CHECK(zero);
 	/* shared with the file */
 	a.base[size - 1] = 0x42;
-	CHECK_INT(pread(a.fd, &byte, 1, (off_t)size - 1), ==, 1);
+	fd = open(a.path, O_RDONLY | O_CLOEXEC);
+	CHECK_INT(pread(fd, &byte, 1, (off_t)size - 1), ==, 1);
 	CHECK_INT(byte, ==, 0x42);
+	close(fd);
+	/* a fault on a file still whole is a full filesystem; truncated, not */
+	CHECK_INT(mm_area_fault(&a), ==, -ENOSPC);
+	CHECK_INT(truncate(a.path, 4096), ==, 0);
+	CHECK_INT(mm_area_fault(&a), ==, -EIO);
+	CHECK_INT(mm_area_reserve(&a, &err), ==, 0);	/* by its path */
+	CHECK_INT(stat(a.path, &st), ==, 0);
+	CHECK_U64(st.st_size, ==, size);
+	CHECK_INT(mm_area_fault(&a), ==, -ENOSPC);
 
 	snprintf(path, sizeof(path), "%s", a.path);
 	mm_area_close(&a);
-	CHECK(a.fd == -1 && a.base == NULL && !a.created);
+	CHECK(a.base == NULL && a.path == NULL && !a.created);
 	CHECK_INT(access(path, F_OK), ==, -1);
 	CHECK_INT(count_entries(dir), ==, 0);
 	mm_area_close(&a);	/* closing a closed area is fine */
@@ -178,7 +188,7 @@ static void test_create_refused(void)
 	CHECK_INT(mm_area_create(&a, dir, NULL, MM_AREA_MAX + 1, NULL, &err), ==, -EINVAL);
 	CHECK_INT(mm_area_create(&a, path_in("missing"), NULL, K64, NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "missing");
-	CHECK(a.fd == -1 && a.base == NULL);
+	CHECK(a.base == NULL && a.path == NULL);
 	CHECK_INT(count_entries(dir), ==, 0);
 }
 
@@ -199,6 +209,10 @@ static void test_create_replaced(void)
 	if (!make_file(other, 1234))
 		return;
 	CHECK_INT(rename(other, path), ==, 0);
+	/* another file under its name: not the one mapped */
+	CHECK_INT(mm_area_fault(&a), ==, -EIO);
+	CHECK_INT(mm_area_reserve(&a, &err), ==, -ESTALE);
+	CHECK_HAS(err.msg, path);
 	mm_area_close(&a);
 	CHECK_INT(stat(path, &st), ==, 0);
 	CHECK_U64(st.st_size, ==, 1234);
@@ -206,8 +220,10 @@ static void test_create_replaced(void)
 	/* and one already deleted by someone else is no error */
 	CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL, &err), ==, 0);
 	CHECK_INT(unlink(a.path), ==, 0);
+	CHECK_INT(mm_area_fault(&a), ==, -EIO);	/* its path names nothing */
+	CHECK_INT(mm_area_reserve(&a, &err), ==, -ENOENT);
 	mm_area_close(&a);
-	CHECK(a.fd == -1);
+	CHECK(a.base == NULL);
 	CHECK_INT(count_entries(dir), ==, 1);
 }
 
@@ -282,7 +298,7 @@ static void expect_refused(const char *file, uint64_t size,
 		printf("#     offered %s size %llu: %s\n", file,
 		       (unsigned long long)size, err.msg);
 	CHECK_HAS(err.msg, mention);
-	CHECK(a.fd == -1 && a.base == NULL);
+	CHECK(a.base == NULL && a.path == NULL);
 	CHECK_INT(open_fds(), ==, fd0);
 	if (r == 0)
 		mm_area_close(&a);
@@ -302,7 +318,7 @@ static void test_offered_ok(void)
 		printf("#     %s\n", err.msg);
 		return;
 	}
-	CHECK(a.fd >= 0 && a.base != NULL && !a.created);
+	CHECK(a.base != NULL && !a.created);
 	CHECK_U64(a.size, ==, K64);
 	CHECK_STR(a.path, want);
 	/* the same memory as the file */
@@ -510,7 +526,8 @@ static void test_open_path(void)
 	mm_area_init(&a);
 	if (CHECK_INT(mm_area_open_path(&a, sym, false, 0, 0, NULL, &err), ==, 0)) {
 		CHECK_U64(a.size, ==, K128);
-		CHECK(!a.created && a.fd >= 0 && a.base != NULL);
+		CHECK(!a.created && a.base != NULL);
+		CHECK_INT(open_fds(), ==, fd0);
 		a.base[K128 - 1] = 5;
 		mm_area_close(&a);
 	}
@@ -523,7 +540,7 @@ static void test_open_path(void)
 	mm_area_close(&a);
 	CHECK_INT(mm_area_open_path(&a, f, false, 0, K128 + 1, NULL, &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, f);
-	CHECK(a.fd == -1);
+	CHECK(a.base == NULL);
 
 	CHECK_INT(mm_area_open_path(&a, fresh, false, K128, 0, NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, fresh);

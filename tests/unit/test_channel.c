@@ -543,7 +543,7 @@ static void test_view(void)
 	CHECK_INT(V.rd.ring.end, ==, A.rd.ring.end);
 	CHECK(V.rd.local && V.wr.local);
 	CHECK_INT(mm_stream_wait_max(&V, MM_RD), ==, MM_BEAT_MS * 1000);
-	CHECK(V.rd.area.base != A.rd.area.base && V.rd.area.fd == -1);
+	CHECK(V.rd.area.base != A.rd.area.base);
 	stream(&C, &V, 2 * RING + 5);
 	stream(&V, &C, RING + 3);
 	/* C's stream ends: V takes the end, A knows it at its next claim */
