@@ -146,8 +146,8 @@ struct mm_channel {
 	struct mm_dir rd, wr;
 	struct mm_chan_opts opts;	/* fixed after open */
 	char *read_file, *write_file;	/* copies of the administrator's paths */
-	struct mm_caps accepted;	/* the peer's last accepted half */
-	bool have_accepted;
+	char *accepted;			/* the peer's last accepted half, as
+					 * text (malloc'd), or NULL */
 	unsigned handshaking;		/* a handshake is opening files */
 	char error[512];		/* last refusal, one line */
 	/* lock (liveness) */

@@ -496,21 +496,27 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 {
 	struct mm_err why = { "" };
 	struct mm_caps *c = calloc(1, sizeof(*c));
+	char *accepted = NULL;
 	int r;
 
 	if (!c)
 		return mm_fail(err, -ENOMEM, "out of memory");
 	r = mm_caps_parse(text, len, c, &why);
+	/* what `peer` reads back if it is accepted: only the text is kept */
+	if (r == 0 && !(accepted = mm_caps_text(c)))
+		r = mm_fail(&why, -ENOMEM, "out of memory");
 	if (pthread_mutex_trylock(&ch->hs_lock) != 0) {
 		free(c);
+		free(accepted);
 		return mm_fail(err, -EBUSY, "another handshake is in progress");
 	}
 	pthread_mutex_lock(&ch->lock);
 	if (r == 0)
 		r = peer_locked(ch, c, now_ms, &why);
 	if (r == 0) {
-		ch->accepted = *c;
-		ch->have_accepted = true;
+		free(ch->accepted);
+		ch->accepted = accepted;
+		accepted = NULL;
 		ch->error[0] = '\0';
 		mm_fail_clear(ch);
 	} else {
@@ -521,6 +527,7 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 	pthread_mutex_unlock(&ch->lock);
 	pthread_mutex_unlock(&ch->hs_lock);
 	free(c);
+	free(accepted);
 	return r;
 }
 
@@ -579,7 +586,8 @@ int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *
 	}
 	if (r == 1) {
 		ch->ext = false;
-		ch->have_accepted = false;
+		free(ch->accepted);
+		ch->accepted = NULL;
 		ch->error[0] = '\0';
 		ch->session = new_session();
 		ch->peer_session = 0;

@@ -79,25 +79,20 @@ int mm_channel_token_text(struct mm_channel *ch, char *buf, size_t len)
 
 int mm_channel_peer_text(struct mm_channel *ch, char *buf, size_t len)
 {
-	struct mm_caps *c = NULL;
+	size_t n = 0;
 	int r = 0;
 
 	if (len == 0)
 		return -ENOSPC;
-	buf[0] = '\0';
 	pthread_mutex_lock(&ch->lock);
-	if (ch->have_accepted) {
-		c = malloc(sizeof(*c));
-		if (c)
-			*c = ch->accepted;
-		else
-			r = -ENOMEM;
-	}
+	if (ch->accepted)
+		n = strlen(ch->accepted);
+	if (n >= len)
+		r = -ENOSPC;
+	else
+		memcpy(buf, ch->accepted ? ch->accepted : "", n + 1);
 	pthread_mutex_unlock(&ch->lock);
-	if (c)
-		r = mm_caps_format(c, buf, len);
-	free(c);
-	return r;
+	return r < 0 ? r : (int)n;
 }
 
 /* The failure record as text. ch->lock held. */

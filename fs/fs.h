@@ -67,7 +67,7 @@ struct chan {
 	 * made for that user, its areas in user_dir (core/channel.h) */
 	bool for_user;
 	struct mm_owner user;
-	char user_dir[PATH_MAX];
+	char *user_dir;			/* malloc'd; NULL unless for_user */
 	const char *user_dirs[1];	/* the allowed directory, without allow_dirs */
 	/* its own locks */
 	struct mm_channel mc;

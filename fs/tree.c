@@ -90,12 +90,19 @@ static struct chan *find_ino(struct mmfs *fs, fuse_ino_t ino, enum file_kind *ki
 	return ch;
 }
 
+/* Free a channel whose core part is closed or was never opened. */
+static void chan_discard(struct chan *ch)
+{
+	pthread_mutex_destroy(&ch->rd_lock);
+	pthread_mutex_destroy(&ch->wr_lock);
+	free(ch->user_dir);
+	free(ch);
+}
+
 static void chan_free(struct chan *ch)
 {
 	mm_channel_destroy(&ch->mc);
-	pthread_mutex_destroy(&ch->rd_lock);
-	pthread_mutex_destroy(&ch->wr_lock);
-	free(ch);
+	chan_discard(ch);
 }
 
 struct chan *chan_get(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind)
@@ -191,8 +198,11 @@ static int chan_owner(struct mmfs *fs, struct chan *ch, uid_t uid, gid_t gid, bo
 	ch->user = (struct mm_owner){ uid, gid };
 	while (len > 1 && dir[len - 1] == '/')
 		len--;
-	if (snprintf(ch->user_dir, sizeof(ch->user_dir), "%.*s-u%u", (int)len, dir,
-		     (unsigned)uid) >= (int)sizeof(ch->user_dir))
+	if (asprintf(&ch->user_dir, "%.*s-u%u", (int)len, dir, (unsigned)uid) < 0) {
+		ch->user_dir = NULL;
+		return mm_fail(err, -ENOMEM, "out of memory");
+	}
+	if (strlen(ch->user_dir) >= PATH_MAX)
 		return mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
 	ch->user_dirs[0] = ch->user_dir;
 	return 0;
@@ -282,9 +292,7 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		r = ch->for_user ? user_dir(ch, err) : mmfs_mmap_dir(fs, err);
 	if (r < 0) {
 		*res = r;
-		pthread_mutex_destroy(&ch->rd_lock);
-		pthread_mutex_destroy(&ch->wr_lock);
-		free(ch);
+		chan_discard(ch);
 		return NULL;
 	}
 	chan_opts(fs, ch, &o);
@@ -303,9 +311,7 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		mm_channel_destroy(&ch->mc);
 	}
 	if (r < 0) {
-		pthread_mutex_destroy(&ch->rd_lock);
-		pthread_mutex_destroy(&ch->wr_lock);
-		free(ch);
+		chan_discard(ch);
 		ch = NULL;
 	}
 	*res = r;
