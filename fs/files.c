@@ -65,7 +65,8 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 		return -EACCES;
 	if (accmode == O_RDWR)
 		return -EINVAL;	/* peer and chunks: read what is, or write */
-	if (accmode != O_RDONLY)
+	h->writer = accmode != O_RDONLY;
+	if (h->writer)
 		return 0;	/* the text written is gathered in h->buf */
 	h->buf = malloc(TEXT_MAX);
 	if (!h->buf)
@@ -300,11 +301,12 @@ void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	bool rest = false;
 	int r = 0;
 
-	/* FLUSH comes with every close of every duplicate: it ends nothing */
+	/* FLUSH comes with every close of every duplicate: it ends nothing.
+	 * A reader's buffer is the snapshot it read, not text to hand over. */
 	pthread_mutex_lock(&fs->lock);
 	if (h->kind == F_DATA)
 		h->flushed = true;
-	else if (h->kind == F_PEER)
+	else if (h->kind == F_PEER && h->writer)
 		rest = h->len > h->done;
 	pthread_mutex_unlock(&fs->lock);
 	if (rest)

@@ -79,6 +79,7 @@ struct handle {
 	/* fixed */
 	struct chan *ch;
 	enum file_kind kind;
+	bool writer;			/* peer, chunks: opened to write */
 	unsigned dirs;			/* data: MM_RD/MM_WR it holds */
 	/* fs->lock */
 	char *buf;			/* text snapshot, or input so far */

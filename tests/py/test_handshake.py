@@ -150,6 +150,11 @@ def test_peer_reads_back_what_was_accepted(chans):
     sh(f"cat {a / 'chan/capabilities'} > {c / 'chan/peer'}")
     assert read_text(c / "chan/peer") == answer
     wait_state(a, "chan", "ready")
+    # reading it back hands nothing over again: the attacher taking its
+    # offer anew would start a new session, a restart to the creator
+    assert read_text(a / "chan/peer") == offer and read_text(c / "chan/peer") == answer
+    assert read_text(a / "chan/capabilities") == answer
+    assert c.status("chan")["state"] == a.status("chan")["state"] == "ready"
 
 
 def token_lines(m):
