@@ -68,11 +68,13 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 			 uint64_t avoid_len, struct mm_err *err, const char *name)
 {
 	uint64_t end = mm_ext_offset(d->area.size), bytes = MM_TOKEN_DEFAULT_BYTES, idx;
+	struct mm_token t;
 	int r;
 
-	r = mm_token_random(&d->token, MM_TOKEN_RANDOM_BYTES);
+	r = mm_token_random(&t, sizeof(d->token));
 	if (r < 0)
 		return mm_fail(err, r, "%s: no random token: %s", name, strerror(-r));
+	memcpy(d->token, t.v, sizeof(d->token));
 	idx = end - bytes;
 	for (int tries = 0; tries < 64; tries++) {
 		if (!at_end || tries > 0)
@@ -86,7 +88,7 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 	}
 	d->token_bytes = bytes;
 	d->token_index = idx;
-	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &d->token);
+	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &t);
 	return r < 0 ? store_fail(d, r, "the token", err) : 0;
 }
 

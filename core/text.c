@@ -15,7 +15,7 @@ static void caps_of_dir(const struct mm_dir *d, bool offer, struct mm_caps_area 
 	if (!d->present)
 		return;
 	c->have = MM_CAP_TOKEN_ALL;
-	c->token = d->token;
+	mm_dir_token(d, &c->token);
 	c->token_index = d->token_index;
 	c->token_bytes = d->token_bytes;
 	if (offer) {
@@ -52,10 +52,12 @@ static int token_line(const char *name, const struct mm_dir *d, char *buf,
 		      size_t len, size_t *pos)
 {
 	char hex[MM_TOKEN_HEX_MAX];
+	struct mm_token t;
 
 	if (!d->present)
 		return 0;
-	mm_token_format(&d->token, hex);
+	mm_dir_token(d, &t);
+	mm_token_format(&t, hex);
 	return mm_text_append(buf, len, pos, "%s %s %llu %llu\n", name, hex,
 		      (unsigned long long)d->token_index,
 		      (unsigned long long)d->token_bytes);

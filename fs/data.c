@@ -118,6 +118,10 @@ int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_fil
 	}
 	if (r < 0)
 		return r;
+	/* someone may wait on it now: the peer is watched every beat */
+	pthread_mutex_lock(&fs->lock);
+	mmfs_tick_soon(fs, ch);
+	pthread_mutex_unlock(&fs->lock);
 	h->dirs = (unsigned)r;
 	fi->direct_io = 1;
 	fi->nonseekable = 1;

@@ -71,6 +71,10 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 	h->buf = malloc(TEXT_MAX);
 	if (!h->buf)
 		return -ENOMEM;
+	/* the peer as it is now, not as at the last tick (an idle channel's
+	 * come every other beat) */
+	if ((k == F_STATUS || k == F_CAPABILITIES) && mm_channel_watch(&ch->mc, mmfs_now_ms()))
+		chan_log_change(ch);
 	if (k == F_CAPABILITIES)
 		renew(fs, ch);
 	n = file_text(ch, k, h->buf, TEXT_MAX);
@@ -146,6 +150,8 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 	clock_gettime(CLOCK_REALTIME, &ch->mtime);
 	if (r < 0)
 		h->len = h->done = 0;
+	else
+		mmfs_tick_soon(fs, ch);	/* a peer to beat for, or none now */
 	pthread_mutex_unlock(&fs->lock);
 	if (r < 0) {
 		fuse_log(fs->debug ? FUSE_LOG_DEBUG : FUSE_LOG_INFO,

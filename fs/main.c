@@ -356,6 +356,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_chans:
 	mmfs_close_all(&fs);
+	mmfs_tick_free(&fs);
 	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
 	mm_config_free(&fs.cfg);
 	free(opts.mountpoint);

@@ -91,7 +91,7 @@ static struct chan *find_ino(struct mmfs *fs, fuse_ino_t ino, enum file_kind *ki
 }
 
 /* Free a channel whose core part is closed or was never opened. */
-static void chan_discard(struct chan *ch)
+static void chan_discard(struct mmfs *fs, struct chan *ch)
 {
 	pthread_mutex_destroy(&ch->rd_lock);
 	pthread_mutex_destroy(&ch->wr_lock);
@@ -99,10 +99,10 @@ static void chan_discard(struct chan *ch)
 	free(ch);
 }
 
-static void chan_free(struct chan *ch)
+static void chan_free(struct mmfs *fs, struct chan *ch)
 {
 	mm_channel_destroy(&ch->mc);
-	chan_discard(ch);
+	chan_discard(fs, ch);
 }
 
 struct chan *chan_get(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind)
@@ -125,7 +125,7 @@ void chan_put(struct mmfs *fs, struct chan *ch)
 	last = --ch->refs == 0;
 	pthread_mutex_unlock(&fs->lock);
 	if (last)
-		chan_free(ch);
+		chan_free(fs, ch);
 }
 
 /* Take ch out of the table. fs->lock held; the caller drops its ref. */
@@ -133,19 +133,22 @@ static void chan_unlink(struct mmfs *fs, struct chan *ch)
 {
 	tdelete(&ch->key, &fs->by_name, cmp_name);
 	tdelete(&ch->key, &fs->by_id, cmp_id);
+	mmfs_tick_forget(fs, ch);
+	fs->nchans--;
 	*(ch->prev ? &ch->prev->next : &fs->chans) = ch->next;
 	*(ch->next ? &ch->next->prev : &fs->last) = ch->prev;
 	ch->removed = true;
 	ch->refs--;
 }
 
-static struct chan *chan_new(const char *name)
+static struct chan *chan_new(struct mmfs *fs, const char *name)
 {
 	struct chan *ch = calloc(1, sizeof(*ch));
 
 	if (!ch)
 		return NULL;
 	snprintf(ch->key.name, sizeof(ch->key.name), "%s", name);
+	ch->tick_slot = -1;
 	pthread_mutex_init(&ch->rd_lock, NULL);
 	pthread_mutex_init(&ch->wr_lock, NULL);
 	clock_gettime(CLOCK_REALTIME, &ch->ctime);
@@ -163,6 +166,8 @@ static int chan_link(struct mmfs *fs, struct chan *ch)
 	ch->key.id = fs->next_id;
 	if (find_name(fs, ch->key.name)) {
 		r = -EEXIST;
+	} else if (mmfs_tick_room(fs, fs->nchans + 1) < 0) {
+		r = -ENOMEM;
 	} else if (!tsearch(&ch->key, &fs->by_name, cmp_name)) {
 		r = -ENOMEM;
 	} else if (!tsearch(&ch->key, &fs->by_id, cmp_id)) {
@@ -170,6 +175,7 @@ static int chan_link(struct mmfs *fs, struct chan *ch)
 		r = -ENOMEM;
 	} else {
 		fs->next_id++;
+		fs->nchans++;
 		ch->refs = 1;
 		ch->prev = fs->last;
 		*(fs->last ? &fs->last->next : &fs->chans) = ch;
@@ -276,7 +282,7 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 {
 	const char *read_file = decl ? decl->read_file : NULL;
 	const char *write_file = decl ? decl->write_file : NULL;
-	struct chan *ch = chan_new(name);
+	struct chan *ch = chan_new(fs, name);
 	char origin[PATH_MAX + 16];
 	struct mm_chan_opts o;
 	int r;
@@ -292,7 +298,7 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		r = ch->for_user ? user_dir(ch, err) : mmfs_mmap_dir(fs, err);
 	if (r < 0) {
 		*res = r;
-		chan_discard(ch);
+		chan_discard(fs, ch);
 		return NULL;
 	}
 	chan_opts(fs, ch, &o);
@@ -311,7 +317,7 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		mm_channel_destroy(&ch->mc);
 	}
 	if (r < 0) {
-		chan_discard(ch);
+		chan_discard(fs, ch);
 		ch = NULL;
 	}
 	*res = r;
@@ -348,7 +354,7 @@ void mmfs_close_all(struct mmfs *fs)
 		if (h->dirs)
 			mm_channel_unclaim(&h->ch->mc, h);
 		if (--h->ch->refs == 0)
-			chan_free(h->ch);
+			chan_free(fs, h->ch);
 		handle_free(h);
 	}
 	while (fs->chans) {
@@ -356,7 +362,7 @@ void mmfs_close_all(struct mmfs *fs)
 
 		chan_unlink(fs, ch);
 		if (ch->refs == 0)
-			chan_free(ch);
+			chan_free(fs, ch);
 	}
 }
 
