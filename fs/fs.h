@@ -113,6 +113,12 @@ struct mmfs {
 	unsigned wheel_at;		/* lock */
 	unsigned wheel_room;		/* lock */
 	unsigned nchans;		/* lock: in the table */
+	struct {			/* where channels are made (tree.c) */
+		pthread_mutex_t lock;
+		struct chan *free;	/* lock: freed ones, for the next */
+		char *chunk;		/* lock: the chunk being filled */
+		size_t used;		/* lock */
+	} pool;
 	bool stop;			/* lock */
 	/* fixed after start-up */
 	struct mm_config cfg;

@@ -265,6 +265,7 @@ int main(int argc, char *argv[])
 	memset(&fs, 0, sizeof(fs));
 	pthread_mutex_init(&fs.lock, NULL);
 	pthread_mutex_init(&fs.dir_lock, NULL);
+	pthread_mutex_init(&fs.pool.lock, NULL);
 	fs.dir_lockfd = -1;
 	fs.next_id = 1;
 	fs.uid = getuid();
