@@ -50,7 +50,7 @@ trap cleanup EXIT
 # thread that exits takes with it; else (no schedstat) its clock ticks.
 cpu_ns() {
 	local sum
-	sum=$(cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}')
+	sum=$(cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}')
 	if [ "$sum" -gt 0 ]; then
 		echo "$sum"
 	else
