@@ -19,6 +19,7 @@
 void mm_area_init(struct mm_area *a)
 {
 	memset(a, 0, sizeof(*a));
+	a->fd = -1;
 }
 
 uint64_t mm_area_size_for(uint64_t ring_bytes)
@@ -248,7 +249,8 @@ static int file_allowed(int fd, const char *dir, const char *name, uint64_t size
 }
 
 int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
-			 const struct mm_attach_rules *rules, struct mm_err *err)
+			 const struct mm_attach_rules *rules, bool keep_fd,
+			 struct mm_err *err)
 {
 	const char *name = strrchr(file, '/');
 	int r = -EACCES;
@@ -295,7 +297,10 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 			snprintf(path, sizeof(path), "%s/%s", dir, name);
 			r = map_area(a, fd, 0, size, path, err);
 		}
-		close(fd);
+		if (r == 0 && keep_fd)
+			a->fd = fd;
+		else
+			close(fd);
 		return r;
 	}
 	return r;
@@ -305,7 +310,6 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 		      uint64_t create_size, uint64_t size, const struct mm_window *win,
 		      struct mm_err *err)
 {
-	uint64_t len, off = win ? win->offset : 0;
 	int fd, r;
 
 	fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -319,6 +323,15 @@ int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 	}
 	if (fd < 0)
 		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	return mm_area_open_fd(a, fd, path, size, win, err);
+}
+
+int mm_area_open_fd(struct mm_area *a, int fd, const char *path, uint64_t size,
+		    const struct mm_window *win, struct mm_err *err)
+{
+	uint64_t len, off = win ? win->offset : 0;
+	int r;
+
 	r = mm_fd_length(fd, &len);
 	if (r < 0) {
 		mm_fail(err, r, "%s: cannot tell its size: %s", path, strerror(-r));
@@ -361,8 +374,9 @@ static bool same_file(const struct mm_area *a, const struct stat *st)
 int mm_area_fault(const struct mm_area *a)
 {
 	struct stat st;
+	int r = a->fd >= 0 ? fstat(a->fd, &st) : a->path ? stat(a->path, &st) : -1;
 
-	if (a->path && stat(a->path, &st) == 0 && same_file(a, &st) && S_ISREG(st.st_mode) &&
+	if (r == 0 && same_file(a, &st) && S_ISREG(st.st_mode) &&
 	    (uint64_t)st.st_size >= a->offset + a->size)
 		return -ENOSPC;
 	return -EIO;
@@ -398,6 +412,8 @@ void mm_area_close(struct mm_area *a)
 		munmap(a->base, (size_t)a->size);
 	if (a->created && lstat(a->path, &st) == 0 && same_file(a, &st))
 		unlink(a->path);
+	if (a->fd >= 0)
+		close(a->fd);
 	free(a->path);
 	mm_area_init(a);
 }

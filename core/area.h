@@ -20,8 +20,12 @@
 
 /* An area keeps no descriptor: the mapping outlives it. What needs the file
  * again (mm_area_fault, mm_area_reserve, deleting what we created) finds it
- * by its path and checks that it is still the file mapped (dev, ino). */
+ * by its path and checks that it is still the file mapped (dev, ino). The
+ * one exception is an offered file its maker may delete while we map it
+ * (an xpra client's, once answered): its descriptor is kept, for a library
+ * that maps the area later (status's fd). */
 struct mm_area {
+	int fd;				/* kept (see above), else -1 */
 	uint8_t *base;			/* MAP_SHARED mapping of size bytes, or
 					 * NULL when closed */
 	uint64_t offset;		/* in the file (a window) */
@@ -96,9 +100,12 @@ void mm_area_dir_unlock(const char *dir, const char *tag, int lockfd);
  * set), in a directory that is
  * not writable by everyone without the sticky bit; size must be within
  * [MM_AREA_MIN, MM_AREA_MAX] and not beyond the file. The first size bytes
- * are mapped. -EACCES for a refused file, -EINVAL for a bad size. */
+ * are mapped; the descriptor is kept in a->fd if keep_fd (the peer may
+ * delete the file), else closed. -EACCES for a refused file, -EINVAL for a
+ * bad size. */
 int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
-			 const struct mm_attach_rules *rules, struct mm_err *err);
+			 const struct mm_attach_rules *rules, bool keep_fd,
+			 struct mm_err *err);
 
 /* Open an administrator's path as given (symlinks, devices, sysfs files
  * allowed). If it is missing and create is set, it is created (mode 0600,
@@ -110,6 +117,10 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 int mm_area_open_path(struct mm_area *a, const char *path, bool create,
 		      uint64_t create_size, uint64_t size, const struct mm_window *win,
 		      struct mm_err *err);
+/* The same for a file already open read-write (fd, which is taken: kept
+ * in a, or closed on failure), named path in messages. */
+int mm_area_open_fd(struct mm_area *a, int fd, const char *path, uint64_t size,
+		    const struct mm_window *win, struct mm_err *err);
 
 /* A store into the area faulted (SIGBUS): why? -ENOSPC when the file is
  * still as long as the mapping (its filesystem had no page to give: the
@@ -123,8 +134,8 @@ int mm_area_fault(const struct mm_area *a);
  * path names another file now), err names the file. */
 int mm_area_reserve(struct mm_area *a, struct mm_err *err);
 
-/* Unmap; delete the file if we created it and it is still ours. Accepts a
- * closed area. */
+/* Unmap (and close a kept descriptor); delete the file if we created it
+ * and it is still ours. Accepts a closed area. */
 void mm_area_close(struct mm_area *a);
 
 /* The usable length of what fd refers to: st_size for a regular file (which

@@ -125,7 +125,7 @@ void mm_fail_clear(struct mm_channel *ch)
 
 void mm_dir_init(struct mm_dir *d)
 {
-	*d = (struct mm_dir){ 0 };
+	*d = (struct mm_dir){ .area.fd = -1 };
 }
 
 void mm_dir_close(struct mm_dir *d)
@@ -269,19 +269,35 @@ out:
 	return r;
 }
 
-void mm_channel_unclaim(struct mm_channel *ch, const void *owner)
+static void unclaim(struct mm_channel *ch, const void *owner, bool end_stream)
 {
 	pthread_mutex_lock(&ch->lock);
 	if (ch->rd.owner == owner)
 		ch->rd.owner = NULL;
 	if (ch->wr.owner == owner) {
-		mm_writer_end(ch);
+		if (end_stream)
+			mm_writer_end(ch);
 		ch->wr.owner = NULL;
 	}
 	pthread_mutex_unlock(&ch->lock);
 }
 
+void mm_channel_unclaim(struct mm_channel *ch, const void *owner)
+{
+	unclaim(ch, owner, true);
+}
+
+void mm_channel_abandon(struct mm_channel *ch, const void *owner)
+{
+	unclaim(ch, owner, false);
+}
+
 /* ---- display ---- */
+
+void mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
+{
+	__atomic_add_fetch(dir == MM_RD ? &ch->rd.bytes : &ch->wr.bytes, n, __ATOMIC_RELAXED);
+}
 
 bool mm_channel_dir_info(struct mm_channel *ch, unsigned dir, struct mm_dir_info *info)
 {

@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 
 #include "area.h"
 #include "caps.h"
@@ -221,6 +222,11 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner);
  * sees end of file after the bytes written so far). */
 void mm_channel_unclaim(struct mm_channel *ch, const void *owner);
 
+/* Give back what owner holds without ending a stream: for a claim taken
+ * for an opener that never came (a FIFO open that failed after its
+ * lookup). */
+void mm_channel_abandon(struct mm_channel *ch, const void *owner);
+
 /* Who holds direction dir (MM_RD or MM_WR), or NULL. */
 const void *mm_channel_owner(struct mm_channel *ch, unsigned dir);
 
@@ -314,13 +320,27 @@ void mm_channel_refresh_locked(struct mm_channel *ch);
 /* Set ch up as a view of a channel served by a daemon, for a process that
  * took `dirs` of its data file (MM_RD, MM_WR, or both: what the channel
  * has): map the areas that the daemon's status text (len bytes) names,
- * ready for the calls of stream.h and mm_channel_watch(). Returns the
- * directions set up (> 0), or -EOPNOTSUPP (no mmapfs extension: an xpra
- * peer, whose chunk lists live in the daemon), -ENXIO, -EPROTO (a status
- * without the keys), or an area's open or mmap errno, with err set; on
- * failure ch holds nothing. mm_channel_destroy() unmaps it. */
+ * ready for the calls of stream.h and mm_channel_watch(); with an xpra
+ * peer (status's mmapfs=0) each direction gets chunk lists of the view's
+ * own, for the calls of chunks.h. Returns the directions set up (> 0), or
+ * -ENXIO, -EPROTO (a status without the keys), or an area's open or mmap
+ * errno, with err set; on failure ch holds nothing. mm_channel_destroy()
+ * unmaps it. */
 int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsigned dirs,
 		    uint64_t now_ms, struct mm_err *err);
+
+/* A view's process tells the daemon of its end the bytes it moved, for
+ * status's counters: an ioctl on its claim (the data descriptor), which
+ * also marks that claim as a library's (docs/PROTOCOL.md, "Native
+ * access"). The counts are those since the last report. */
+struct mm_ioc_bytes {
+	uint64_t read;
+	uint64_t written;
+};
+#define MM_IOC_BYTES _IOW('M', 1, struct mm_ioc_bytes)
+
+/* Add n bytes moved by someone else (a library) to dir's counter. */
+void mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n);
 
 /* --- texts (text.c): length written, or -ENOSPC --- */
 

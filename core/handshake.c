@@ -278,7 +278,9 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (admin)
 		r = mm_area_open_path(&d->area, admin, false, 0, c->size, win, &why);
 	else
-		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, &why);
+		/* an xpra client deletes its files once answered: a library
+		 * then maps this end's through its descriptor */
+		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, !ext, &why);
 	if (r < 0 && admin && ch->opts.origin)
 		return mm_fail(err, r, "%s.file: %s: %s", name, ch->opts.origin, why.msg);
 	if (r < 0)

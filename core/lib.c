@@ -5,8 +5,9 @@
  * gives ENOTCONN, EBUSY, ENXIO and EAGAIN, and its release of that
  * descriptor ends our stream. The areas are found in CHAN/status and
  * mapped as a view (view.c); bytes move with core's stream calls, and a
- * wait watches the peer's heartbeat. Inside: -errno, as in core; -1 and
- * errno only at the public edge. */
+ * wait watches the peer's heartbeat. With an xpra peer the view's chunk
+ * lists (chunks.c) are filled and emptied by the program's calls. Inside:
+ * -errno, as in core; -1 and errno only at the public edge. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -14,27 +15,45 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "chunks.h"
 #include "guard.h"
 #include "mmapfs.h"
 #include "stream.h"
+
+/* Any list fits: MM_CHUNKS_MAX lines of "4294967295 4294967295\n", a NUL. */
+_Static_assert(MM_CHUNKS_MAX * 22 + 1 <= MMAPFS_CHUNKS_TEXT_MAX, "MMAPFS_CHUNKS_TEXT_MAX");
 
 #define STATUS_MAX (32 * 1024)
 /* How long a call that has to wait looks again before it sleeps. */
 #define SPIN_NS 10000
 #define SPIN_PAUSES 16		/* between two looks: less traffic on the pointers */
+/* How often at most the bytes moved are told to the daemon (status). */
+#define TELL_MS 250
+
+/* What a direction told its daemon last: its own thread's. */
+struct told {
+	uint64_t bytes;
+	uint64_t ms;
+};
 
 struct mmapfs_chan {
 	struct mm_channel ch;		/* the view */
 	int fd;				/* CHAN/data: the claim */
 	bool nonblock;
+	bool tells;			/* the daemon takes our counts */
 	unsigned dirs;
 	uint64_t watched_ms;		/* atomic: the peer's beat last looked at */
 	/* the reader's */
 	struct mm_slice slice;		/* the last read_begin's, until its end */
 	size_t handed;			/* how much of it the caller has */
+	struct told rd_told;
+	/* the writer's */
+	struct told wr_told;
 };
 
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
@@ -58,11 +77,67 @@ static uint64_t now_ms(void)
 	return now_ns() / 1000000;
 }
 
-/* The public edge: -1 and errno from a -errno. */
-static int fail(long r)
+static uint64_t coarse_ms(void)
 {
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Tell the daemon of this end what dir moved since the last time, for
+ * status's counters (MM_IOC_BYTES): at most every TELL_MS, unless `now`.
+ * Called by dir's own thread. */
+static void tell(struct mmapfs_chan *c, unsigned dir, bool now)
+{
+	struct told *t = dir == MM_RD ? &c->rd_told : &c->wr_told;
+	uint64_t moved = __atomic_load_n(dir == MM_RD ? &c->ch.rd.bytes : &c->ch.wr.bytes,
+					 __ATOMIC_RELAXED);
+	struct mm_ioc_bytes b = { 0, 0 };
+	uint64_t ms;
+
+	if (!c->tells || moved == t->bytes)
+		return;
+	ms = coarse_ms();
+	if (!now && ms - t->ms < TELL_MS)
+		return;
+	*(dir == MM_RD ? &b.read : &b.written) = moved - t->bytes;
+	ioctl(c->fd, MM_IOC_BYTES, &b);
+	t->bytes = moved;
+	t->ms = ms;
+}
+
+/* Why this thread's last call failed (mmapfs_reason). */
+static __thread char reason[512];
+
+const char *mmapfs_reason(void)
+{
+	return reason;
+}
+
+/* The public edge: -1 and errno from a -errno, and the reason: why, else
+ * the errno's text. */
+static int fail_why(long r, const char *why)
+{
+	snprintf(reason, sizeof(reason), "%s", why && *why ? why : strerror((int)-r));
 	errno = (int)-r;
 	return -1;
+}
+
+static int fail(long r)
+{
+	return fail_why(r, NULL);
+}
+
+/* A stream call's failure: the channel's reason where it broke or its
+ * peer died (status's error=, what the files would say). */
+static int fail_stream(struct mmapfs_chan *c, long r)
+{
+	char why[sizeof(reason)] = "";
+
+	if (mm_channel_failed(&c->ch) < 0 || mm_channel_peer_state(&c->ch) == MM_PEER_DEAD)
+		mm_channel_reason(&c->ch, why, sizeof(why));
+	return fail_why(r, why);
 }
 
 /* CHAN/status, whole, into buf: its length or -errno. */
@@ -95,16 +170,16 @@ struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
 	ssize_t n;
 
 	if ((flags & ~(O_ACCMODE | O_NONBLOCK | O_CLOEXEC)) || acc == O_ACCMODE) {
-		errno = EINVAL;
+		fail_why(-EINVAL, "flags: O_RDONLY, O_WRONLY or O_RDWR, and O_NONBLOCK");
 		return NULL;
 	}
 	pthread_once(&guard_once, guard_setup);
 	if (guard_err) {
-		errno = -guard_err;
+		fail_why(guard_err, "cannot install the SIGBUS handler");
 		return NULL;
 	}
 	if (snprintf(path, sizeof(path), "%s/data", chan_dir) >= (int)sizeof(path)) {
-		errno = ENAMETOOLONG;
+		fail(-ENAMETOOLONG);
 		return NULL;
 	}
 	c = calloc(1, sizeof(*c));
@@ -112,7 +187,7 @@ struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
 	if (!c || !status) {
 		free(c);
 		free(status);
-		errno = ENOMEM;
+		fail(-ENOMEM);
 		return NULL;
 	}
 	c->nonblock = flags & O_NONBLOCK;
@@ -120,11 +195,14 @@ struct mmapfs_chan *mmapfs_open(const char *chan_dir, int flags)
 	c->fd = open(path, acc | (flags & O_NONBLOCK) | O_CLOEXEC);
 	if (c->fd < 0) {
 		e = errno;
+		mm_fail(&err, -e, "%s: %s", path, strerror(e));
 		goto out;
 	}
 	/* claimed: no handshake can change the areas the status names now */
 	n = read_status(chan_dir, status, STATUS_MAX);
 	e = n < 0 ? (int)-n : 0;
+	if (n < 0)
+		mm_fail(&err, -e, "%s/status: %s", chan_dir, strerror(e));
 	if (n >= 0) {
 		int r = mm_channel_view(&c->ch, status, (size_t)n,
 					acc == O_RDONLY ? MM_RD : acc == O_WRONLY ? MM_WR : MM_RD | MM_WR,
@@ -139,10 +217,13 @@ out:
 	free(status);
 	if (e) {
 		free(c);
-		errno = e;
+		fail_why(-e, err.msg);
 		return NULL;
 	}
 	c->watched_ms = now_ms();
+	/* a library's claim, from now on: its daemon knows whose the chunk
+	 * lists are (a daemon without the call: ENOTTY, and nothing to tell) */
+	c->tells = ioctl(c->fd, MM_IOC_BYTES, &(struct mm_ioc_bytes){ 0, 0 }) == 0;
 	return c;
 }
 
@@ -212,6 +293,7 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 		}
 		r = mm_stream_wait(&c->ch, dir, step);
 		watch(c, false);
+		tell(c, dir, false);
 		if (r == -EINTR)
 			return -EINTR;
 		if ((step *= 2) > mm_stream_wait_max(&c->ch, dir))
@@ -228,7 +310,8 @@ ssize_t mmapfs_read(struct mmapfs_chan *c, void *buf, size_t len)
 	if (len == 0)
 		return 0;
 	n = stream_call(c, OP_READ, buf, len);
-	return n < 0 ? fail(n) : n;
+	tell(c, MM_RD, false);
+	return n < 0 ? fail_stream(c, n) : n;
 }
 
 ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
@@ -245,9 +328,10 @@ ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
 			break;
 		done += (size_t)n;
 	}
+	tell(c, MM_WR, false);
 	if (done > 0 || len == 0)
 		return (ssize_t)done;
-	return fail(n);
+	return fail_stream(c, n);
 }
 
 ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max)
@@ -261,7 +345,7 @@ ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max)
 	c->handed = 0;
 	n = stream_call(c, OP_READ_BEGIN, NULL, max);
 	if (n <= 0)
-		return n < 0 ? fail(n) : 0;
+		return n < 0 ? fail_stream(c, n) : 0;
 	/* one piece: up to where the ring wraps */
 	*p = c->slice.iov[0].iov_base;
 	c->handed = c->slice.iov[0].iov_len;
@@ -278,7 +362,45 @@ int mmapfs_read_end(struct mmapfs_chan *c, size_t n)
 		return fail(-EINVAL);
 	r = mm_stream_read_end(&c->ch, &c->slice, n);
 	c->handed = 0;
-	return r < 0 ? fail(r) : 0;
+	tell(c, MM_RD, false);
+	return r < 0 ? fail_stream(c, r) : 0;
+}
+
+int mmapfs_chunks_put(struct mmapfs_chan *c, const char *text)
+{
+	struct mm_err err = { "" };
+	int r;
+
+	if (!c || !(c->dirs & MM_RD))
+		return fail(-EBADF);
+	if (!text)
+		return fail(-EINVAL);
+	r = mm_channel_chunks_add(&c->ch, text, strlen(text), &err);
+	return r < 0 ? fail_why(r, err.msg) : 0;
+}
+
+ssize_t mmapfs_chunks_get(struct mmapfs_chan *c, char *buf, size_t len)
+{
+	int r;
+
+	if (!c || !(c->dirs & MM_WR))
+		return fail(-EBADF);
+	if (!buf)
+		return fail(-EINVAL);
+	r = mm_channel_chunks_text(&c->ch, buf, len);
+	if (r == -ENOSPC)
+		return fail_why(r, "chunks: the list is longer than the buffer");
+	if (r == -EOVERFLOW) {
+		char why[80];
+
+		snprintf(why, sizeof(why), "chunks: more than %d pieces since the last call: "
+			 "the list is lost", MM_CHUNKS_MAX);
+		return fail_why(r, why);
+	}
+	if (r == -EOPNOTSUPP)
+		return fail_why(r, "chunks: the peer is mmapfs, whose writer always wraps: "
+				"chunk lists are for xpra peers");
+	return r < 0 ? fail(r) : r;
 }
 
 int mmapfs_fd(struct mmapfs_chan *c)
@@ -292,6 +414,8 @@ int mmapfs_close(struct mmapfs_chan *c)
 
 	if (!c)
 		return fail(-EBADF);
+	tell(c, MM_RD, true);
+	tell(c, MM_WR, true);
 	mm_channel_destroy(&c->ch);
 	/* the daemon's release of the claim ends our stream */
 	r = close(c->fd);

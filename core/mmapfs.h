@@ -6,7 +6,8 @@
  * of CHAN/data as an open() does, then maps the channel's areas and moves
  * bytes through them with the daemon's own format, checks and wake-ups, so
  * either end may be the library, the files, or another program speaking
- * the format. Errors are -1 (or NULL) with errno. See libmmapfs(3). */
+ * the format, xpra's own included. Errors are -1 (or NULL) with errno,
+ * and mmapfs_reason(). See libmmapfs(3). */
 #ifndef MMAPFS_H
 #define MMAPFS_H
 
@@ -36,9 +37,26 @@ ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len);
 ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max);
 int mmapfs_read_end(struct mmapfs_chan *c, size_t n);
 
+/* An xpra peer (the channel's status says mmapfs=0) describes its data
+ * with chunk lists that travel in its own packets (docs/xpra.md), as
+ * "OFFSET LENGTH" lines, the text of the channel's chunks file. Reading:
+ * give the list an xpra writer sent, then read that many bytes: the reads
+ * return exactly those pieces, in order. Writing: after writing, take the
+ * list of where the bytes went (NUL-terminated in buf, its length
+ * returned; MMAPFS_CHUNKS_TEXT_MAX always suffices) and send it to the
+ * xpra reader. EOPNOTSUPP with an mmapfs peer, whose writer needs none. */
+#define MMAPFS_CHUNKS_TEXT_MAX 22529
+int mmapfs_chunks_put(struct mmapfs_chan *c, const char *text);
+ssize_t mmapfs_chunks_get(struct mmapfs_chan *c, char *buf, size_t len);
+
 /* A descriptor for poll(2)/epoll(7): readable, writable, hang-up. Never
  * read or write it; mmapfs_close() closes it. */
 int mmapfs_fd(struct mmapfs_chan *c);
+
+/* Why this thread's last failed call failed, one line naming the file or
+ * the value at fault (a line of a chunk list, an area's path), or the
+ * errno's text: as errno, meaningful only after a failure. */
+const char *mmapfs_reason(void);
 
 /* End the stream (the reader sees end of file after the bytes written),
  * as close(2) on data does, and free c. */

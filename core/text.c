@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ext.h"
 #include "internal.h"
@@ -187,12 +188,20 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 		      name, (unsigned long long)d->area.size, name, s, name, e,
 		      name, used, name, fr, name,
 		      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
-	/* where a library finds an area the handshake made usable (view.c) */
+	/* where a library finds an area the handshake made usable (view.c):
+	 * its path and the identity of the file we map, and that file itself
+	 * where its peer may delete the path (as xpra's clients do) */
 	if (r == 0 && d->usable)
 		r = mm_text_append(buf, len, pos,
-				   "%s.file=%s\n%s.offset=%llu\n%s.ring_end=%u\n%s.local=%d\n",
+				   "%s.file=%s\n%s.offset=%llu\n%s.ring_end=%u\n%s.local=%d\n"
+				   "%s.dev=%llu\n%s.ino=%llu\n",
 				   name, d->area.path, name, (unsigned long long)d->area.offset,
-				   name, d->ring.end, name, d->local);
+				   name, d->ring.end, name, d->local,
+				   name, (unsigned long long)d->area.dev, name,
+				   (unsigned long long)d->area.ino);
+	if (r == 0 && d->usable && d->area.fd >= 0)
+		r = mm_text_append(buf, len, pos, "%s.fd=/proc/%d/fd/%d\n", name, (int)getpid(),
+				   d->area.fd);
 	return r;
 }
 

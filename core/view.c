@@ -3,11 +3,18 @@
  * maps the areas named by the daemon's `status` and moves bytes through
  * them with the calls of stream.h (docs/PROTOCOL.md, "Native access").
  * A view never handshakes and never publishes a heartbeat: the daemon of
- * this end keeps doing that; mm_channel_watch() follows the peer's. */
+ * this end keeps doing that; mm_channel_watch() follows the peer's. With
+ * an xpra peer (no mmapfs extension) a view keeps chunk lists of its own,
+ * which its process fills and empties (chunks.h): the daemon's are for
+ * its own stream. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "chunks.h"
 #include "ext.h"
 #include "internal.h"
 
@@ -44,41 +51,93 @@ static int status_u64(const char *text, size_t len, const char *key, uint64_t *v
 	return 0;
 }
 
+/* "AREA.field" in key (KEY_MAX bytes). */
+#define KEY_MAX 32
+
+static const char *key_of(char *key, const char *area, const char *field)
+{
+	snprintf(key, KEY_MAX, "%s.%s", area, field);
+	return key;
+}
+
+/* name opened read-write, if it is the file (dev, ino): its descriptor,
+ * or -errno (-ESTALE for another file). */
+static int open_same(const char *name, uint64_t dev, uint64_t ino)
+{
+	struct stat st;
+	int fd = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
+		return fd;
+	close(fd);
+	return -ESTALE;
+}
+
+/* The file the daemon maps for an area: by its path, else by the daemon's
+ * own descriptor (proc, /proc/PID/fd/N, or "" where the daemon keeps
+ * none), for a path that is gone or names another file now (xpra's
+ * clients delete their files once answered). Its descriptor, or -errno
+ * with err set. */
+static int open_area(const char *path, const char *proc, uint64_t dev, uint64_t ino,
+		     struct mm_err *err)
+{
+	int fd = open_same(path, dev, ino), r;
+
+	if (fd >= 0)
+		return fd;
+	if (!proc[0])
+		return mm_fail(err, fd, "%s: %s", path,
+			       fd == -ESTALE ? "not the file the daemon maps" : strerror(-fd));
+	r = open_same(proc, dev, ino);
+	if (r >= 0)
+		return r;
+	return mm_fail(err, r, "%s: %s; the daemon's descriptor %s: %s", path,
+		       fd == -ESTALE ? "not the file the daemon maps" : strerror(-fd), proc,
+		       r == -ESTALE ? "not the daemon's file" : strerror(-r));
+}
+
 /* Map the area the status names for direction dir. */
 static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_t len,
 		    struct mm_err *err)
 {
 	struct mm_dir *d = dir == MM_RD ? &ch->rd : &ch->wr;
 	const char *name = dir_name(dir);
-	char key[32], path[PATH_MAX];
-	uint64_t size, end, local, offset;
+	char key[KEY_MAX], path[PATH_MAX], proc[64];
+	uint64_t size, end, local, offset, dev, ino;
 	struct mm_window win;
-	int r;
+	int r, fd;
 
-	snprintf(key, sizeof(key), "%s.file", name);
-	if (status_value(text, len, key, path, sizeof(path)) < 0)
+	if (status_value(text, len, key_of(key, name, "file"), path, sizeof(path)) < 0)
 		return mm_fail(err, -ENXIO, "status: no %s area", name);
-	snprintf(key, sizeof(key), "%s.size", name);
-	r = status_u64(text, len, key, &size);
-	snprintf(key, sizeof(key), "%s.ring_end", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &end);
-	snprintf(key, sizeof(key), "%s.offset", name);
-	if (r == 0)
-		r = status_u64(text, len, key, &offset);
-	snprintf(key, sizeof(key), "%s.local", name);
-	if (r < 0 || status_u64(text, len, key, &local) < 0)
-		return mm_fail(err, -EPROTO, "status: no %s.size, offset, ring_end or local", name);
+	if (status_u64(text, len, key_of(key, name, "size"), &size) < 0 ||
+	    status_u64(text, len, key_of(key, name, "ring_end"), &end) < 0 ||
+	    status_u64(text, len, key_of(key, name, "offset"), &offset) < 0 ||
+	    status_u64(text, len, key_of(key, name, "local"), &local) < 0 ||
+	    status_u64(text, len, key_of(key, name, "dev"), &dev) < 0 ||
+	    status_u64(text, len, key_of(key, name, "ino"), &ino) < 0)
+		return mm_fail(err, -EPROTO,
+			       "status: no %s.size, offset, ring_end, local, dev or ino", name);
+	/* only for a file its maker may delete (core/area.h) */
+	if (status_value(text, len, key_of(key, name, "fd"), proc, sizeof(proc)) < 0)
+		proc[0] = '\0';
 	/* the area as the daemon maps it: a window of the file, or all of it */
+	fd = open_area(path, proc, dev, ino, err);
+	if (fd < 0)
+		return fd;
 	win = (struct mm_window){ offset, size };
-	r = mm_area_open_path(&d->area, path, false, 0, size, &win, err);
+	r = mm_area_open_fd(&d->area, fd, path, size, &win, err);
 	if (r < 0)
 		return r;
 	d->present = d->usable = true;
 	d->local = local != 0;
-	if (mm_dir_setup_ring(d, true) < 0 || d->ring.end != end)
+	if (mm_dir_setup_ring(d, ch->ext) < 0 || d->ring.end != end)
 		return mm_fail(err, -EPROTO, "%s: ring end %llu, status says %llu", path,
 			       (unsigned long long)d->ring.end, (unsigned long long)end);
+	/* an xpra peer: this view's own chunk lists (chunks.h) */
+	if (!ch->ext)
+		return mm_chunks_new(d) < 0 ? mm_fail(err, -ENOMEM, "out of memory") : 0;
 	/* the ends of stream the last reader took, whichever process it was */
 	if (dir == MM_RD && mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &d->eof_ack) < 0)
 		return mm_fail(err, -EIO, "%s: the mapping faulted", path);
@@ -107,11 +166,7 @@ int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsig
 		r = mm_fail(err, -EPROTO, "status: no role or mmapfs line");
 		goto fail;
 	}
-	if (!ext) {
-		r = mm_fail(err, -EOPNOTSUPP,
-			    "the peer does not speak the mmapfs extension (an xpra peer)");
-		goto fail;
-	}
+	ch->ext = ext != 0;	/* else an xpra peer: no trailer, chunk lists */
 	for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
 		if (!(dirs & dir))
 			continue;
@@ -126,7 +181,6 @@ int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsig
 		r = mm_fail(err, -ENXIO, "status: no area");
 		goto fail;
 	}
-	ch->ext = true;
 	mm_note_peer(ch, now_ms);
 	mm_set_state(ch, MM_STATE_READY);
 	return (int)have;

@@ -69,12 +69,16 @@ static enum holders holders(struct mmfs *fs, struct chan *ch)
 	pthread_mutex_lock(&fs->lock);
 	for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
 		const struct handle *o = mm_channel_owner(&ch->mc, dir);
+		bool gone;
 
-		/* a holder stays listed in fs->handles until after it lets
-		 * go, so o is alive while fs->lock is held */
-		if (o && !o->flushed)
+		/* a holder stays listed in fs->handles (or fs->pipes) until
+		 * after it lets go, so o is alive while fs->lock is held */
+		if (!o)
+			continue;
+		gone = o->kind == F_DATA ? o->flushed : pipe_gone(o);
+		if (!gone)
 			state = HELD_LIVE;
-		else if (o && state == HELD_BY_NONE)
+		else if (state == HELD_BY_NONE)
 			state = HELD_CLOSING;
 	}
 	pthread_mutex_unlock(&fs->lock);
@@ -96,32 +100,41 @@ bool data_wait_released(fuse_req_t req, struct chan *ch)
 	return h == HELD_BY_NONE;
 }
 
-int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi)
+int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
+	       bool nonblock)
 {
-	struct mmfs *fs = fs_of(req);
 	unsigned step = MM_WAIT_MIN_US;
-	bool nonblock = fi->flags & O_NONBLOCK;
 	int r;
 
 	fuse_req_interrupt_func(req, on_interrupt, &ch->mc);
 	for (;;) {
-		r = mm_channel_claim(&ch->mc, dirs_of(fi->flags & O_ACCMODE), h);
+		r = mm_channel_claim(&ch->mc, dirs, owner);
 		if (r == -EBUSY && !nonblock && data_wait_released(req, ch))
 			continue;
+		if (r > 0) {
+			/* someone may wait on it now: the peer is watched
+			 * every beat */
+			pthread_mutex_lock(&fs_of(req)->lock);
+			mmfs_tick_soon(fs_of(req), ch);
+			pthread_mutex_unlock(&fs_of(req)->lock);
+		}
 		if (r != -EAGAIN || nonblock)
-			break;
+			return r;
 		/* the reader has yet to take six earlier ends of stream */
 		if (wait_over(req))
 			return -EINTR;
 		mm_stream_wait(&ch->mc, MM_WR, step);
 		step = mm_wait_next(step);
 	}
+}
+
+int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi)
+{
+	struct mmfs *fs = fs_of(req);
+	int r = claim_wait(req, ch, dirs_of(fi->flags & O_ACCMODE), h, fi->flags & O_NONBLOCK);
+
 	if (r < 0)
 		return r;
-	/* someone may wait on it now: the peer is watched every beat */
-	pthread_mutex_lock(&fs->lock);
-	mmfs_tick_soon(fs, ch);
-	pthread_mutex_unlock(&fs->lock);
 	h->dirs = (unsigned)r;
 	fi->direct_io = 1;
 	fi->nonseekable = 1;
@@ -134,6 +147,40 @@ void data_release(struct mmfs *fs, struct handle *h)
 {
 	mm_channel_unclaim(&h->ch->mc, h);
 	trace_rings(fs, h->ch, h->dirs & MM_WR ? "data closed, end of stream" : "data closed");
+}
+
+/* A library's report (MM_IOC_BYTES): the bytes it moved through the areas
+ * since its last, for status; and the claim is a library's from now on. */
+void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len)
+{
+	struct mmfs *fs = fs_of(req);
+	struct mm_ioc_bytes b;
+
+	if (cmd != MM_IOC_BYTES || in_len != sizeof(b)) {
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	memcpy(&b, in, sizeof(b));
+	pthread_mutex_lock(&fs->lock);
+	h->library = true;
+	pthread_mutex_unlock(&fs->lock);
+	if (h->dirs & MM_RD)
+		mm_channel_add_bytes(&h->ch->mc, MM_RD, b.read);
+	if (h->dirs & MM_WR)
+		mm_channel_add_bytes(&h->ch->mc, MM_WR, b.written);
+	fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir)
+{
+	const struct handle *o;
+	bool lib;
+
+	pthread_mutex_lock(&fs->lock);
+	o = mm_channel_owner(&ch->mc, dir);
+	lib = o && o->library;		/* alive while fs->lock is held */
+	pthread_mutex_unlock(&fs->lock);
+	return lib;
 }
 
 /* Start a data call: the calls on one direction run one at a time (two

@@ -54,6 +54,20 @@ static void renew(struct mmfs *fs, struct chan *ch)
 		fuse_log(FUSE_LOG_INFO, "mmapfs: %s: no new session: %s\n", ch->key.name, err.msg);
 }
 
+/* The chunk lists of a direction a library holds are the library's
+ * (libmmapfs(3)): the file's would never meet its stream. 0, or -EBUSY
+ * with the reason in the status. */
+static int chunks_library(struct mmfs *fs, struct chan *ch, unsigned dir)
+{
+	if (!data_library_holds(fs, ch, dir))
+		return 0;
+	mm_channel_set_reason(&ch->mc, "chunks: the stream's %s is a library end: its lists go "
+			      "through mmapfs_chunks_%s()", dir == MM_RD ? "reader" : "writer",
+			      dir == MM_RD ? "put" : "get");
+	trace(fs, "%s: chunks refused: the library's\n", ch->key.name);
+	return -EBUSY;
+}
+
 /* Open a text file: 0 or -errno. */
 static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct handle *h,
 		     struct fuse_file_info *fi)
@@ -65,6 +79,8 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 		return -EACCES;
 	if (accmode == O_RDWR)
 		return -EINVAL;	/* peer and chunks: read what is, or write */
+	if (k == F_CHUNKS && (n = chunks_library(fs, ch, accmode == O_RDONLY ? MM_WR : MM_RD)))
+		return n;
 	h->writer = accmode != O_RDONLY;
 	if (h->writer)
 		return 0;	/* the text written is gathered in h->buf */
@@ -90,7 +106,7 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mmfs *fs = fs_of(req);
 	struct handle *h = calloc(1, sizeof(*h));
-	enum file_kind k;
+	enum file_kind k = F_DIR;
 	struct chan *ch = NULL;
 	int r;
 
@@ -99,12 +115,16 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	ch = chan_get(fs, ino, &k);	/* the handle keeps this reference */
+	h->ch = ch;
+	h->kind = k;
 	if (!ch)
 		r = -ENOENT;
 	else if (k == F_DIR)
 		r = -EISDIR;
 	else if (k == F_DATA)
 		r = data_open(req, ch, h, fi);
+	else if (k == F_PIPE || k == F_PIPE_IN)
+		r = -ENXIO;	/* a FIFO: the kernel serves its opens */
 	else
 		r = text_open(fs, ch, k, h, fi);
 	if (r < 0) {
@@ -114,8 +134,6 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -r);
 		return;
 	}
-	h->ch = ch;
-	h->kind = k;
 	pthread_mutex_lock(&fs->lock);
 	h->next = fs->handles;
 	fs->handles = h;
@@ -219,8 +237,12 @@ static void chunks_write(fuse_req_t req, struct handle *h, const char *buf, size
 	struct mm_err err = { "" };
 	char *lines = NULL;
 	size_t whole = 0;
-	int r;
+	int r = chunks_library(fs, h->ch, MM_RD);
 
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
 	pthread_mutex_lock(&fs->lock);
 	r = gather(h, buf, size, MM_CHUNKS_LINES_MAX * MM_CHUNKS_LINE_MAX);
 	if (r == 0) {
@@ -298,6 +320,18 @@ void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 		chunks_write(req, h, buf, size);
 	else
 		fuse_reply_err(req, EBADF);
+}
+
+void mm_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+	      struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+	      size_t in_bufsz, size_t out_bufsz)
+{
+	struct handle *h = handle_of(fi);
+
+	if (h->kind == F_DATA && !(flags & FUSE_IOCTL_COMPAT))
+		data_ioctl(req, h, cmd, in_buf, in_bufsz);
+	else
+		fuse_reply_err(req, ENOTTY);
 }
 
 void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -6,8 +6,11 @@
  *   files.c   open/read/write/flush/release of the text files (capabilities,
  *             peer, token, status, chunks); dispatch of data to data.c
  *   data.c    the stream file `data`: claims, blocking reads and writes
+ *   pipe.c    the stream file `pipe`: a FIFO the kernel serves, and the
+ *             pump thread between FIFOs and rings
  *   poll.c    poll on `data`, and the ticker thread (heartbeats, liveness,
- *             poll notifications): it visits only the channels due
+ *             poll notifications, and the pump's waits on rings): it
+ *             visits only the channels due
  *
  * Locks: fs->lock guards the channel table, the handles and the pollers,
  * and is only ever held briefly: never across a call that may block, nor
@@ -29,7 +32,7 @@
 #include "config.h"
 
 /* The files of a channel, in the order readdir lists them. Inode numbers:
- * 1 is the root, channel `id` is id * 8, its files id * 8 + kind. */
+ * 1 is the root, channel `id` is id * 16, its files id * 16 + kind. */
 enum file_kind {
 	F_DIR = 0,
 	F_CAPABILITIES,
@@ -38,10 +41,13 @@ enum file_kind {
 	F_STATUS,
 	F_DATA,
 	F_CHUNKS,			/* xpra interoperability: docs/xpra.md */
-	F_NKINDS,
+	F_PIPE,				/* `pipe` to its writers: the FIFO out */
+	F_NKINDS,			/* (the files listed) */
+	F_PIPE_IN = F_NKINDS,		/* `pipe` to its readers: the FIFO in */
+	F_NINOS,
 };
 
-#define INO_SHIFT 3
+#define INO_SHIFT 4
 /* The ticker's wheel: a slot for each of the next beats (poll.c). */
 #define TICK_SLOTS 4
 #define TEXT_MAX (32 * 1024)		/* any of our text files fits */
@@ -93,9 +99,13 @@ struct handle {
 	size_t len;
 	size_t done;			/* peer: how much was handed over */
 	bool flushed;			/* data: closed once, no I/O since */
-	struct fuse_pollhandle *ph;	/* a poll waiting for a change */
+	bool library;			/* data: a libmmapfs handle's claim */
+	bool polling;			/* in fs->pollers: */
+	struct fuse_pollhandle *ph;	/* a poll waiting for a change, or */
+	bool moved;			/* a pump's wait for ring_seen to move */
+	uint32_t ring_seen[2];		/* (else for ph_events to come true) */
 	unsigned ph_events;
-	struct handle *poll_next;	/* in fs->pollers while ph is set */
+	struct handle *poll_next;	/* in fs->pollers while polling */
 	struct handle *next;		/* in fs->handles */
 };
 
@@ -137,6 +147,11 @@ struct mmfs {
 	struct fuse_session *se;
 	pthread_t ticker;
 	uint32_t kick;			/* the ticker's futex word (atomic) */
+	/* the pump (pipe.c) */
+	char *mountpoint;		/* fixed: absolute, for the pump's opens */
+	struct pipe_sess *pipes;	/* lock: the sessions of `pipe` */
+	pthread_t pump;
+	int pump_ep, pump_ev;		/* its epoll set, its eventfd */
 };
 
 extern const struct fuse_lowlevel_ops mmfs_ops;
@@ -183,6 +198,9 @@ void mm_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	      off_t off, struct fuse_file_info *fi);
 void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void mm_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void mm_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+	      struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+	      size_t in_bufsz, size_t out_bufsz);
 
 /* data.c */
 int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi);
@@ -190,14 +208,35 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
 		struct fuse_file_info *fi);
 void data_release(struct mmfs *fs, struct handle *h);
+/* Claim `dirs` of ch's stream for owner as an open does: waits for a
+ * release on its way, or for the reader to take earlier ends of stream,
+ * unless nonblock. The mask taken, or -errno. */
+int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
+	       bool nonblock);
+void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len);
+/* Is dir of ch's stream held by a library (whose chunk lists are its own)? */
+bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir);
 /* Wait (a little, interruptibly) while the holders of ch's stream are
  * handles already closed whose release is on its way: true once free. */
 bool data_wait_released(fuse_req_t req, struct chan *ch);
 void trace_rings(struct mmfs *fs, struct chan *ch, const char *what);
 
+/* pipe.c */
+fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k);
+int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k);
+fuse_ino_t pipe_end_ino(fuse_req_t req, const char *name);
+bool pipe_gone(const struct handle *h);
+bool pipe_ring_ready(struct handle *h, const uint32_t *v, unsigned n);
+void pipe_wake(struct mmfs *fs, struct handle *h);
+int mmfs_pump_start(struct mmfs *fs);
+void mmfs_pump_stop(struct mmfs *fs);
+
 /* poll.c */
 void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	     struct fuse_pollhandle *ph);
+/* Watch h's stream for `events` (h->ph set: a poll's, else a pump's wait).
+ * fs->lock held. */
+void poll_add(struct mmfs *fs, struct handle *h, unsigned events);
 void poll_drop(struct mmfs *fs, struct handle *h, bool notify);
 int mmfs_ticker_start(struct mmfs *fs);
 void mmfs_ticker_stop(struct mmfs *fs);

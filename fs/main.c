@@ -30,6 +30,10 @@ static void mm_init(void *userdata, struct fuse_conn_info *conn)
 	 * after the other, in order, never at once. */
 	conn->want &= ~FUSE_CAP_ASYNC_DIO;
 	conn->max_write = DATA_MAX_IO;
+	/* lookups in one directory at once: the pump opens its end of a
+	 * channel's pipe (pipe.c) while an opener's lookup there waits */
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 }
 
 const struct fuse_lowlevel_ops mmfs_ops = {
@@ -50,6 +54,7 @@ const struct fuse_lowlevel_ops mmfs_ops = {
 	.flush = mm_flush,
 	.release = mm_release,
 	.poll = mm_poll,
+	.ioctl = mm_ioctl,
 };
 
 /* The default configuration file, read only when it exists. */
@@ -260,7 +265,7 @@ int main(int argc, char *argv[])
 	struct fuse_loop_config *loop = NULL;
 	struct cmdline cl = { 0 };
 	struct mmfs fs;
-	int ret = 1;
+	int ret = 1, r;
 
 	memset(&fs, 0, sizeof(fs));
 	pthread_mutex_init(&fs.lock, NULL);
@@ -316,6 +321,13 @@ int main(int argc, char *argv[])
 		goto out_chans;
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_session;
+	/* the pump opens FIFOs through the mount: by a path that stays
+	 * right after fuse_daemonize()'s chdir("/") */
+	fs.mountpoint = realpath(opts.mountpoint, NULL);
+	if (!fs.mountpoint) {
+		fprintf(stderr, "mmapfs: %s: %s\n", opts.mountpoint, strerror(errno));
+		goto out_signals;
+	}
 	if (fuse_session_mount(fs.se, opts.mountpoint) != 0)
 		goto out_signals;
 	if (fuse_daemonize(opts.foreground) != 0)
@@ -324,6 +336,10 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "mmapfs: cannot start a thread\n");
 		goto out_unmount;
 	}
+	if ((r = mmfs_pump_start(&fs)) < 0) {
+		fprintf(stderr, "mmapfs: cannot start the pump: %s\n", strerror(-r));
+		goto out_ticker;
+	}
 	log_mounted(&fs, opts.mountpoint, cl.config ? cl.config : fs.cfg.file, cl.allow_other);
 
 	if (opts.singlethread) {
@@ -331,7 +347,7 @@ int main(int argc, char *argv[])
 	} else {
 		loop = fuse_loop_cfg_create();
 		if (!loop)
-			goto out_ticker;
+			goto out_pump;
 		fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
 		if (opts.max_idle_threads != UINT_MAX)
 			fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
@@ -346,6 +362,8 @@ int main(int argc, char *argv[])
 	if (ret < 0)
 		ret = -ret;
 	ret = !(ret == 0 || ret == SIGTERM || ret == SIGINT || ret == SIGHUP);
+out_pump:
+	mmfs_pump_stop(&fs);
 out_ticker:
 	mmfs_ticker_stop(&fs);
 out_unmount:
@@ -360,6 +378,7 @@ out_chans:
 	mmfs_tick_free(&fs);
 	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
 	mm_config_free(&fs.cfg);
+	free(fs.mountpoint);
 	free(opts.mountpoint);
 out_args:
 	fuse_opt_free_args(&args);

@@ -30,10 +30,11 @@ static unsigned handle_events(const struct handle *h, unsigned events)
 	return events;
 }
 
-/* Forget h's poll handle, if any. fs->lock held. */
+/* Stop watching h, if it was: a poll is notified (if notify) and its
+ * handle forgotten; a pump is woken (if notify). fs->lock held. */
 void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
 {
-	if (!h->ph)
+	if (!h->polling)
 		return;
 	mm_stream_sleepers(&h->ch->mc, handle_events(h, h->ph_events), false);
 	for (struct handle **p = &fs->pollers; *p; p = &(*p)->poll_next) {
@@ -42,10 +43,15 @@ void poll_drop(struct mmfs *fs, struct handle *h, bool notify)
 			break;
 		}
 	}
-	if (notify)
-		fuse_lowlevel_notify_poll(h->ph);
-	fuse_pollhandle_destroy(h->ph);
-	h->ph = NULL;
+	h->polling = false;
+	if (h->ph) {
+		if (notify)
+			fuse_lowlevel_notify_poll(h->ph);
+		fuse_pollhandle_destroy(h->ph);
+		h->ph = NULL;
+	} else if (notify) {
+		pipe_wake(fs, h);
+	}
 }
 
 /* Wake the ticker: a new poll to watch, or the end. */
@@ -61,6 +67,18 @@ static unsigned handle_mask(const struct handle *h)
 	unsigned mask = mm_stream_poll(&h->ch->mc);
 
 	return handle_events(h, mask) | (mask & (POLLERR | POLLHUP));
+}
+
+void poll_add(struct mmfs *fs, struct handle *h, unsigned events)
+{
+	poll_drop(fs, h, false);
+	h->polling = true;
+	h->ph_events = events;
+	/* the peer wakes the ticker only if it knows someone waits */
+	mm_stream_sleepers(&h->ch->mc, handle_events(h, events), true);
+	h->poll_next = fs->pollers;
+	fs->pollers = h;
+	ticker_kick(fs);
 }
 
 void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
@@ -86,12 +104,7 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		fuse_pollhandle_destroy(ph);	/* ready now: nothing to wait for */
 	} else if (ph) {
 		h->ph = ph;
-		h->ph_events = events;
-		/* the peer wakes the ticker only if it knows someone waits */
-		mm_stream_sleepers(&h->ch->mc, handle_events(h, events), true);
-		h->poll_next = fs->pollers;
-		fs->pollers = h;
-		ticker_kick(fs);
+		poll_add(fs, h, events);
 	}
 	pthread_mutex_unlock(&fs->lock);
 	fuse_reply_poll(req, mask);
@@ -113,7 +126,8 @@ static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, un
 
 		next = h->poll_next;
 		k = mm_stream_poll_words(&h->ch->mc, handle_events(h, h->ph_events), w, v);
-		if (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) {
+		if (h->ph ? (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) != 0 :
+			    pipe_ring_ready(h, v, k)) {
 			poll_drop(fs, h, true);
 			continue;
 		}

@@ -19,11 +19,12 @@ static const char *const file_names[F_NKINDS] = {
 	[F_STATUS] = "status",
 	[F_DATA] = "data",
 	[F_CHUNKS] = "chunks",
+	[F_PIPE] = "pipe",
 };
 
 /* For the owner; the group gets the same when the channel is group-writable
  * (docs/mmapfs.1, "USERS"); others nothing. */
-static const mode_t file_modes[F_NKINDS] = {
+static const mode_t file_modes[F_NINOS] = {
 	[F_DIR] = S_IFDIR | 0700,
 	[F_CAPABILITIES] = S_IFREG | 0400,
 	[F_PEER] = S_IFREG | 0600,
@@ -31,6 +32,8 @@ static const mode_t file_modes[F_NKINDS] = {
 	[F_STATUS] = S_IFREG | 0400,
 	[F_DATA] = S_IFREG | 0600,
 	[F_CHUNKS] = S_IFREG | 0600,
+	[F_PIPE] = S_IFIFO | 0600,
+	[F_PIPE_IN] = S_IFIFO | 0600,
 };
 
 uint64_t mmfs_now_ms(void)
@@ -41,7 +44,7 @@ uint64_t mmfs_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k)
+fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k)
 {
 	return (fuse_ino_t)((ch->key.id << INO_SHIFT) | k);
 }
@@ -84,7 +87,7 @@ static struct chan *find_ino(struct mmfs *fs, fuse_ino_t ino, enum file_kind *ki
 	unsigned k = ino & ((1u << INO_SHIFT) - 1);
 	struct chan *ch;
 
-	if (k >= F_NKINDS)
+	if (k >= F_NINOS)
 		return NULL;
 	ch = find(&fs->by_id, &key, cmp_id);
 	if (ch)
@@ -452,7 +455,7 @@ static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
 	group_w = ch->group_w;
 	pthread_mutex_unlock(&fs->lock);
 	st->st_mode = file_modes[k] | (group_w ? (file_modes[k] & 0700) >> 3 : 0);
-	if (k != F_DIR && k != F_DATA && k != F_CHUNKS) {
+	if (k != F_DIR && k != F_DATA && k != F_CHUNKS && k != F_PIPE && k != F_PIPE_IN) {
 		/* st_size is the text's length: `cat` and editors rely on it */
 		char *buf = malloc(TEXT_MAX);
 		int n = buf ? file_text(ch, k, buf, TEXT_MAX) : 0;
@@ -462,16 +465,18 @@ static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
 	}
 }
 
-static void reply_entry(fuse_req_t req, const struct stat *st)
+/* Sizes and states change under the kernel's feet: nothing is cached
+ * (and so every open of `pipe` looks it up first), but the names only the
+ * pump uses. */
+static void reply_entry(fuse_req_t req, const struct stat *st, double timeout)
 {
 	struct fuse_entry_param e;
 
 	memset(&e, 0, sizeof(e));
 	e.ino = st->st_ino;
 	e.attr = *st;
-	/* sizes and states change under the kernel's feet: cache nothing */
 	e.attr_timeout = 0;
-	e.entry_timeout = 0;
+	e.entry_timeout = timeout;
 	fuse_reply_entry(req, &e);
 }
 
@@ -488,22 +493,28 @@ void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct mmfs *fs = fs_of(req);
 	enum file_kind k = F_DIR;
 	struct chan *ch = NULL;
+	double timeout = 0;
 	struct stat st;
 	int err = 0;
 
 	if (parent == FUSE_ROOT_ID) {
+		fuse_ino_t end = pipe_end_ino(req, name);
+
 		pthread_mutex_lock(&fs->lock);
-		ch = find_name(fs, name);
+		ch = end ? find_ino(fs, end, &k) : find_name(fs, name);
 		if (ch)
 			ch->refs++;
 		pthread_mutex_unlock(&fs->lock);
 		err = ch ? 0 : ENOENT;
+		timeout = end ? 3600 : 0;
 	} else if ((ch = chan_get(fs, parent, &k)) == NULL) {
 		err = ENOENT;
 	} else if (k != F_DIR) {
 		err = ENOTDIR;
 	} else if ((k = kind_of_name(name)) == F_NKINDS) {
 		err = ENOENT;
+	} else if (k == F_PIPE) {
+		err = -pipe_lookup(req, ch, &k);
 	}
 	if (err == 0)
 		fill_attr(fs, &st, chan_ino(ch, k), ch, k);
@@ -512,7 +523,7 @@ void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (err)
 		fuse_reply_err(req, err);
 	else
-		reply_entry(req, &st);
+		reply_entry(req, &st, timeout);
 }
 
 void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -616,7 +627,8 @@ void mm_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (r == 0)
 			r = dirbuf_add(req, &b, "..", FUSE_ROOT_ID, S_IFDIR);
 		for (unsigned i = 1; i < F_NKINDS && r == 0; i++)
-			r = dirbuf_add(req, &b, file_names[i], chan_ino(ch, i), S_IFREG);
+			r = dirbuf_add(req, &b, file_names[i], chan_ino(ch, i),
+				       file_modes[i] & S_IFMT);
 	} else {
 		r = ch ? -ENOTDIR : -ENOENT;
 	}
@@ -665,7 +677,7 @@ void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 	    mm_channel_dir_info(&ch->mc, MM_WR, &wr))
 		trace(fs, "%s: created, read area %s, write area %s\n", name, rd.path, wr.path);
 	fill_attr(fs, &st, chan_ino(ch, F_DIR), ch, F_DIR);
-	reply_entry(req, &st);
+	reply_entry(req, &st, 0);
 }
 
 void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)

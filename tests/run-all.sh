@@ -62,13 +62,14 @@ step "unit tests"
 meson test -C build-asan --print-errorlogs
 
 step "fuzzers, ${fuzz_seconds} s each (build-fuzz, clang)"
+# the whole tree, not only the harnesses: this is also the clang build with
+# sanitizers (libmmapfs included, core/meson.build says why it links)
 if [ -d build-fuzz ]; then
 	CC=clang meson setup --reconfigure build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
 else
 	CC=clang meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
 fi
-ninja -C build-fuzz tests/fuzz/fuzz_caps tests/fuzz/fuzz_ring tests/fuzz/fuzz_peer \
-	tests/fuzz/fuzz_chunks
+ninja -C build-fuzz
 tests/fuzz/run.sh build-fuzz "$fuzz_seconds"
 
 # pytest ("$@": the command, to which --basetemp is added) in this run's own
@@ -112,7 +113,8 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 exitcode=66}
 no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" meson test -C build-tsan --suite unit --print-errorlogs
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
-# truncated area, a handshake in pieces, and xpra's chunk lists: about 25 s
+# truncated area, a handshake in pieces, xpra's chunk lists, and the pipe
+# file's pump: about 30 s
 tsan_tests=(
 	tests/py/test_data.py::test_dd_both_ways_at_once
 	tests/py/test_data.py::test_end_of_file_and_next_stream
@@ -127,6 +129,9 @@ tsan_tests=(
 	tests/py/test_handshake.py::test_shell_handshake
 	tests/py/test_handshake.py::test_python_five_byte_writes
 	tests/py/test_xpra.py::test_xpra_writes_mmapfs_reads_restart_and_split
+	tests/py/test_pipe.py::test_exactly_once_random_sizes_across_readers
+	tests/py/test_pipe.py::test_nonblocking_open_poll_and_eof
+	tests/py/test_pipe.py::test_dead_peer
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1

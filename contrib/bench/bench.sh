@@ -12,11 +12,16 @@
 # (b) latency: 64-byte round trips, one direction each way: two pipes; the
 #     files at both ends; the library at both ends; the library at one end
 #     and the files at the other;
-# (c) block sizes from 512 B to 1 MiB: pipe, files (dd), library (copying
-#     reads of that size, every byte compared);
-# (d) cost of waiting: CPU of a daemon with one blocked file reader, of a
-#     blocked library reader, and of both daemons while two library ends
-#     stream.
+# (c) block sizes from 512 B to 1 MiB: pipe, files (dd into data, dd out
+#     of data), the pipe file (dd into A's pipe, dd out of B's: a FIFO at
+#     each end, the kernel's), library (copying reads of that size, every
+#     byte compared);
+# (d) cost of waiting: CPU of a daemon with one blocked file reader, with
+#     one blocked reader of the pipe file, of a blocked library reader, and
+#     of both daemons while two library ends stream;
+# (e) the pipe file at scale: PIPES channels (default 1000), a reader
+#     blocked on each one's pipe: the daemon's threads, descriptors and
+#     CPU over 10 s, then one line through each.
 # Each figure is measured RUNS times (default 3) and the table at the end
 # gives the range. Areas live in SHM (default a new directory in /dev/shm,
 # a tmpfs as the daemon's default mmap_dir), mounts in WORK (default a new
@@ -96,6 +101,15 @@ files_rate() {	# BS BYTES: dd into A's data, dd out of B's ($c), GB/s
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
 }
+pipefile_rate() {	# BS BYTES: dd into A's pipe, dd out of B's ($c), GB/s
+	local t0 t1
+	t0=$(now)
+	dd if="$B/$c/pipe" of=/dev/null bs="$1" 2>/dev/null &
+	dd if=/dev/zero of="$A/$c/pipe" bs="$1" count=$(($2 / $1)) 2>/dev/null
+	wait $!
+	t1=$(now)
+	gbs "$2" "$t0" "$t1"
+}
 lib_rate() {	# BS BYTES zc|copy: bench_lib over $c, GB/s
 	"$bench_lib" "$A/$c" "$B/$c" "$2" "$1" "$3" | sed 's/.*, \([0-9.]*\) GB\/s$/\1/'
 }
@@ -133,10 +147,13 @@ for bs in 512 4096 16384 65536 262144 1048576; do
 	lib_bytes=$((bs < 4096 ? 512 << 20 : bs < 65536 ? 2 << 30 : 4 << 30))
 	pipe_bytes=$((bs < 4096 ? 256 << 20 : bs < 65536 ? 2 << 30 : 2 << 30))
 	files_bytes=$((bs < 4096 ? 16 << 20 : bs < 65536 ? 256 << 20 : 2 << 30))
+	pipefile_bytes=$((bs < 4096 ? 128 << 20 : 1 << 30))
 	for i in $(seq "$RUNS"); do
 		record "c.$bs.pipe" "$(pipe_rate "$bs" "$pipe_bytes")"
 		newchan
 		record "c.$bs.files" "$(files_rate "$bs" "$files_bytes")"
+		newchan
+		record "c.$bs.pipefile" "$(pipefile_rate "$bs" "$pipefile_bytes")"
 		newchan
 		record "c.$bs.library" "$(lib_rate "$bs" "$lib_bytes" copy)"
 	done
@@ -157,6 +174,17 @@ for i in $(seq "$RUNS"); do
 	record "d.daemon-file-reader" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
 
 	newchan
+	cat "$B/$c/pipe" >/dev/null &
+	reader=$!
+	sleep 1
+	t0=$(now); d0=$(cpu_ns "${pids[1]}")
+	sleep 10
+	t1=$(now); d1=$(cpu_ns "${pids[1]}")
+	kill "$reader"
+	wait "$reader" 2>/dev/null || true
+	record "d.daemon-pipefile-reader" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+
+	newchan
 	"$build/contrib/examples/mmapfs-cat" "$B/$c" >/dev/null &
 	reader=$!
 	sleep 1
@@ -174,6 +202,36 @@ for i in $(seq "$RUNS"); do
 	t1=$(now); a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
 	record "d.daemons-library-stream" "$(pct $((a1 - a0 + b1 - b0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
 done
+echo
+PIPES=${PIPES:-1000}
+echo "(e) $PIPES channels, a reader blocked on each one's pipe"
+for i in $(seq "$PIPES"); do
+	mkdir "$A/p$i" "$B/p$i"
+	cat "$A/p$i/capabilities" > "$B/p$i/peer"
+	cat "$B/p$i/capabilities" > "$A/p$i/peer"
+done
+readers=()
+for i in $(seq "$PIPES"); do
+	cat "$B/p$i/pipe" > "$work/p$i.out" &
+	readers+=($!)
+done
+fifos() { find /proc/"${pids[1]}"/fd -lname "$B/*" 2>/dev/null | wc -l; }
+for i in $(seq 200); do [ "$(fifos)" -ge "$PIPES" ] && break; sleep 0.05; done
+sleep 1
+t0=$(now); d0=$(cpu_ns "${pids[1]}")
+sleep 10
+t1=$(now); d1=$(cpu_ns "${pids[1]}")
+record "e.daemon-threads" "$(ls /proc/"${pids[1]}"/task | wc -l)"
+record "e.daemon-fifo-fds" "$(fifos)"
+record "e.daemon-idle-cpu" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+t0=$(now)
+for i in $(seq "$PIPES"); do echo "line $i" > "$A/p$i/pipe"; done
+for p in "${readers[@]}"; do wait "$p"; done
+t1=$(now)
+ok=0
+for i in $(seq "$PIPES"); do [ "$(cat "$work/p$i.out")" = "line $i" ] && ok=$((ok + 1)); done
+record "e.lines-delivered" "$ok"
+record "e.lines-seconds" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
 echo
 echo "summary: min-max of $RUNS runs"
 awk '{ k = $1; v = $2 + 0

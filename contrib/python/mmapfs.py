@@ -17,11 +17,24 @@ the standard library only and no build step:
 
 A Channel is an io.RawIOBase: read, readinto, readall, write, fileno (for
 select/poll/epoll), close, and the with statement; io.BufferedReader can wrap
-it. Errors are OSError with the errno of libmmapfs(3): ENOTCONN (not ready),
-EBUSY (taken), ENXIO (a direction the peer did not offer), EOPNOTSUPP (a peer
-without the mmapfs extension), ECONNRESET and EPIPE (the peer died), EPROTO
-and EIO (the peer broke the area). In non-blocking mode (nonblock=True) read
-and write return None where they would block.
+it (not with an xpra peer's chunk lists: it reads ahead). Errors are OSError
+with the errno of libmmapfs(3), and its reason (the file or value at fault,
+mmapfs_reason) in the message: ENOTCONN (not ready), EBUSY (taken), ENXIO (a
+direction the peer did not offer), ECONNRESET and EPIPE (the peer died),
+EPROTO and EIO (the peer broke the area). In non-blocking mode
+(nonblock=True) read and write return None where they would block.
+
+With an xpra peer, whose data is described by chunk lists that travel in its
+own packets (docs/xpra.md), chunks_put(pairs) gives the list an xpra writer
+sent, before its bytes are read (read exactly their total: each read returns
+at most one piece, and a read past the list would follow the pointers), and
+chunks_get() returns where the bytes written since the last call went, for
+an xpra reader:
+
+    ch.chunks_put(packet_chunks)                     # e.g. [(69000, 632), (8, 29368)]
+    data = ch.read(632) + ch.read(29368)             # exactly those bytes
+    ch.write(pixels)
+    send(ch.chunks_get())                            # e.g. [(29376, 500000)]
 
 The library is found from MMAPFS_LIB (a path to libmmapfs.so), else from the
 system (ctypes.util.find_library), else in a build directory of this source
@@ -42,6 +55,7 @@ import os
 __all__ = ["open", "Channel", "library_path"]
 
 _lib = None
+CHUNKS_TEXT_MAX = 22529         # mmapfs.h's MMAPFS_CHUNKS_TEXT_MAX
 
 
 def library_path():
@@ -71,7 +85,10 @@ def _load():
                 ("mmapfs_write", ssz, [vp, vp, sz]),
                 ("mmapfs_read_begin", ssz, [vp, ctypes.POINTER(vp), sz]),
                 ("mmapfs_read_end", ctypes.c_int, [vp, sz]),
+                ("mmapfs_chunks_put", ctypes.c_int, [vp, ctypes.c_char_p]),
+                ("mmapfs_chunks_get", ssz, [vp, ctypes.c_char_p, sz]),
                 ("mmapfs_fd", ctypes.c_int, [vp]),
+                ("mmapfs_reason", ctypes.c_char_p, []),
                 ("mmapfs_close", ctypes.c_int, [vp])):
             f = getattr(lib, name)
             f.restype, f.argtypes = res, args
@@ -80,8 +97,11 @@ def _load():
 
 
 def _error(what):
+    """The last call's failure: its errno, and the library's reason (the
+    file or the value at fault) in the message."""
     e = ctypes.get_errno()
-    return OSError(e, f"{what}: {os.strerror(e)}")
+    why = _lib.mmapfs_reason().decode(errors="replace") or os.strerror(e)
+    return OSError(e, f"{what}: {why}")
 
 
 _MODES = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "r+": os.O_RDWR}
@@ -187,6 +207,22 @@ class Channel(io.RawIOBase):
             except BufferError:         # something still holds it: not ours
                 pass
             self._view = None
+
+    def chunks_put(self, chunks):
+        """An xpra writer's chunk list, given before reading its bytes: the
+        next reads return exactly those pieces. chunks: (offset, length)
+        pairs as xpra's packets carry them, or the text of "OFFSET LENGTH"
+        lines."""
+        if not isinstance(chunks, str):
+            chunks = "".join(f"{int(off)} {int(n)}\n" for off, n in chunks)
+        self._call(self._lib.mmapfs_chunks_put, chunks.encode())
+
+    def chunks_get(self):
+        """For an xpra reader: where the bytes written since the last call
+        went, as a list of (offset, length) pairs for its packet."""
+        buf = ctypes.create_string_buffer(CHUNKS_TEXT_MAX)
+        self._call(self._lib.mmapfs_chunks_get, buf, len(buf))
+        return [tuple(int(x) for x in line.split()) for line in buf.value.decode().splitlines()]
 
     def readall(self):
         """Everything to the end of the stream (None: non-blocking, none yet)."""

@@ -62,6 +62,7 @@ BENIGN_LOG = [
     r"mmapfs: .+: end of stream",
     r"mmapfs: .+: state \w+, peer \w+(, .+)?",
     r"mmapfs: .+: chunks.*",
+    r"mmapfs: .+: pipe (looked up|opened|reader|writer|closed|: cannot tell) .+",
     # libfuse's own words at unmount and for -o fuse_debug runs
     r"unique: .*|INIT: .*|   .*|opcode: .*",
 ]

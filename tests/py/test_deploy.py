@@ -518,8 +518,9 @@ def test_install_library(installed):
         exported = {line.split()[-1].split("@")[0] for line in out.splitlines()
                     if line.split()[-2] != "A"}     # not the version node
         assert exported == {"mmapfs_open", "mmapfs_read", "mmapfs_write",
-                            "mmapfs_read_begin", "mmapfs_read_end", "mmapfs_fd",
-                            "mmapfs_close"}, exported
+                            "mmapfs_read_begin", "mmapfs_read_end", "mmapfs_chunks_put",
+                            "mmapfs_chunks_get", "mmapfs_fd", "mmapfs_close",
+                            "mmapfs_reason"}, exported
 
 
 def test_install_man_page(installed):

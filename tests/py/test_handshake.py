@@ -183,7 +183,7 @@ def test_status_keys(chans):
     finish_handshake(c, a)
     # where a library finds the areas (docs/PROTOCOL.md, "Native access")
     keys = keys[:5] + [f"{d}.{k}" for d in ("read", "write")
-                       for k in area + ("file", "offset", "ring_end", "local")]
+                       for k in area + ("file", "offset", "ring_end", "local", "dev", "ino")]
     for m in (c, a):
         st = m.status("chan")
         assert list(st) == keys
@@ -196,6 +196,10 @@ def test_status_keys(chans):
             assert os.path.getsize(st[f"{d}.file"]) == int(st[f"{d}.size"])
             assert int(st[f"{d}.ring_end"]) == (int(st[f"{d}.size"]) - 64) & ~7
             assert st[f"{d}.local"] == "1"          # created here, not a declared path
+            # the file itself: its identity; no descriptor is kept of a
+            # file an mmapfs end made (only of an xpra client's: test_lib_xpra)
+            f = os.stat(st[f"{d}.file"])
+            assert (int(st[f"{d}.dev"]), int(st[f"{d}.ino"])) == (f.st_dev, f.st_ino)
     assert c.status("chan")["read.file"] == a.status("chan")["write.file"]
 
 

@@ -14,14 +14,14 @@ from conftest import areas_in, handshake, read_kv, read_text, sh, unmount
 FILES = ["capabilities", "peer", "token", "status", "data"]
 # private to the channel's owner (docs/mmapfs.1, USERS; test_users.py)
 MODES = {"capabilities": 0o400, "peer": 0o600, "token": 0o400, "status": 0o400,
-         "data": 0o600, "chunks": 0o600}
+         "data": 0o600, "chunks": 0o600, "pipe": 0o600}
 
 
 def listing(path):
     """The channel's files in readdir order: the five of DESIGN.md's tree,
-    then at most the `chunks` file of the xpra interoperability work."""
+    then `chunks` (xpra's lists) and `pipe` (a FIFO: test_pipe.py)."""
     names = os.listdir(path)
-    assert names[:5] == FILES and names[5:] in ([], ["chunks"]), names
+    assert names == FILES + ["chunks", "pipe"], names
     return names
 
 
@@ -55,7 +55,7 @@ def test_mkdir_makes_five_files(mount_factory):
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
     for f in names:
         st = os.stat(m / f"chan/{f}")
-        assert stat.S_ISREG(st.st_mode), f
+        assert stat.S_ISFIFO(st.st_mode) if f == "pipe" else stat.S_ISREG(st.st_mode), f
         assert stat.S_IMODE(st.st_mode) == MODES[f], (f, oct(st.st_mode))
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), f
 

@@ -136,8 +136,9 @@ def xpra_to_mmapfs(m, chan, xpra, n):
 
 # ---- xpra creates, mmapfs attaches -----------------------------------------
 
-def test_xpra_creator_mmapfs_attacher(xpra, mount_factory, shm):
-    m = mount_factory()
+def xpra_creates(xpra, m, shm, chan="x"):
+    """xpra's client offers, m/chan attaches and answers, xpra's client
+    accepts: the areas xpra offered, by xpra's names."""
     # xpra's client makes its areas in our allowed directory, at its own
     # default size (3.1: one area of 256 MiB, the one its server writes;
     # 6.6 with --mmap=DIR:DIR: two of 2 GiB), and says so in its hello,
@@ -147,17 +148,23 @@ def test_xpra_creator_mmapfs_attacher(xpra, mount_factory, shm):
     offered = {"3.1": {"read"}, "6.6": {"read", "write"}}[xpra.gen]
     assert set(offer) == {f"{n}.{k}" for n in offered for k in AREA_KEYS}
     assert all(int(offer[f"{n}.size"]) >= 64 << 20 for n in offered)
-    os.mkdir(m / "x")
-    with open(m / "x/peer", "w") as f:
+    os.mkdir(m / chan)
+    with open(m / f"{chan}/peer", "w") as f:
         f.write(caps_text(offer))
-    st = wait_state(m, "x", "ready")
+    st = wait_state(m, chan, "ready")
     assert st["role"] == "attacher" and st["peer"] == "unknown"
-    answer = caps_of(m / "x/capabilities")
+    answer = caps_of(m / f"{chan}/capabilities")
     # named from our side: xpra's read area is the one we write
     ours = {"read": "write", "write": "read"}
     assert set(answer) == {f"{ours[n]}.{k}" for n in offered for k in TOKEN_KEYS}
     # xpra's client checks our tokens in its own areas, with its own code
     assert xpra.client_accept(answer_hello(xpra.gen, answer)) == {n: True for n in offered}
+    return offered
+
+
+def test_xpra_creator_mmapfs_attacher(xpra, mount_factory, shm):
+    m = mount_factory()
+    offered = xpra_creates(xpra, m, shm)
     # our bytes, read by xpra's mmap_read from the chunks we report
     mmapfs_to_xpra(m, "x", xpra, 300000)
     assert int(m.status("x")["write.used"]) == 0, "xpra's reader freed the space"

@@ -103,6 +103,7 @@ class Peer:
 
     def __init__(self, gen, log):
         self.gen = gen
+        self.name = f"xpra {gen}"
         self.log = log
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
@@ -124,7 +125,7 @@ class Peer:
     def _answer(self):
         line = self.proc.stdout.readline()
         if not line:
-            raise PeerError(f"xpra {self.gen} peer died:\n{self.log_tail()}")
+            raise PeerError(f"{self.name} died:\n{self.log_tail()}")
         return json.loads(line)
 
     def log_tail(self, lines=20):
@@ -136,7 +137,7 @@ class Peer:
         self.proc.stdin.flush()
         out = self._answer()
         if "error" in out:
-            raise PeerError(f"xpra {self.gen} {op}: {out['error']}\n"
+            raise PeerError(f"{self.name} {op}: {out['error']}\n"
                             f"--- peer log:\n{self.log_tail()}")
         return out["result"]
 
@@ -304,19 +305,21 @@ class Xpra66:
         self.client.clean_areas()
 
 
-def serve(gen):
+def answerer():
+    """The peer's side: a function that sends one JSON answer a line on the
+    real stdout, which it keeps to itself (prints and logs go to the log)."""
     out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)               # xpra's own prints and logs go to the log
+    os.dup2(2, 1)
 
     def answer(obj):
         out.write(json.dumps(obj) + "\n")
         out.flush()
-    try:
-        peer = {"3.1": Xpra31, "6.6": Xpra66}[gen]()
-    except ImportError as e:
-        answer({"unavailable": f"xpra {gen} cannot be imported: {e}"})
-        return
-    answer({"ready": gen})
+    return answer
+
+
+def serve_requests(peer, answer):
+    """Run each request line (JSON [op, *args]) as peer.op(*args) and answer
+    its result or its error; at the end of input, peer.close()."""
     for line in sys.stdin:
         op, *args = json.loads(line)
         try:
@@ -325,6 +328,17 @@ def serve(gen):
             traceback.print_exc()
             answer({"error": "".join(traceback.format_exception_only(e)).strip()})
     peer.close()
+
+
+def serve(gen):
+    answer = answerer()
+    try:
+        peer = {"3.1": Xpra31, "6.6": Xpra66}[gen]()
+    except ImportError as e:
+        answer({"unavailable": f"xpra {gen} cannot be imported: {e}"})
+        return
+    answer({"ready": gen})
+    serve_requests(peer, answer)
 
 
 if __name__ == "__main__":

@@ -292,7 +292,7 @@ static void expect_refused(const char *file, uint64_t size,
 	mm_area_init(&a);
 	strcpy(err.msg, "(unset)");
 	alarm(10);	/* a FIFO must not hang us */
-	r = mm_area_open_offered(&a, file, size, rl, &err);
+	r = mm_area_open_offered(&a, file, size, rl, false, &err);
 	alarm(0);
 	if (!CHECK_INT(r, ==, want))
 		printf("#     offered %s size %llu: %s\n", file,
@@ -308,17 +308,18 @@ static void test_offered_ok(void)
 {
 	char want[PATH_MAX];
 	uint8_t byte = 0;
-	int fd;
+	int fd, fd0 = open_fds();
 
 	if (!setup_allowed())
 		return;
 	snprintf(want, sizeof(want), "%s/f", allowed);
 	mm_area_init(&a);
-	if (!CHECK_INT(mm_area_open_offered(&a, want, K64, &rules, &err), ==, 0)) {
+	if (!CHECK_INT(mm_area_open_offered(&a, want, K64, &rules, false, &err), ==, 0)) {
 		printf("#     %s\n", err.msg);
 		return;
 	}
-	CHECK(a.base != NULL && !a.created);
+	CHECK(a.base != NULL && !a.created && a.fd == -1);
+	CHECK_INT(open_fds(), ==, fd0);
 	CHECK_U64(a.size, ==, K64);
 	CHECK_STR(a.path, want);
 	/* the same memory as the file */
@@ -335,17 +336,23 @@ static void test_offered_ok(void)
 	CHECK_INT(access(want, F_OK), ==, 0);	/* never deleted */
 
 	/* the whole file */
-	CHECK_INT(mm_area_open_offered(&a, want, K128, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, want, K128, &rules, false, &err), ==, 0);
 	mm_area_close(&a);
+	/* a file its maker may delete: the descriptor is kept, closed with it */
+	CHECK_INT(mm_area_open_offered(&a, want, K64, &rules, true, &err), ==, 0);
+	CHECK(a.fd >= 0);
+	CHECK_INT(open_fds(), ==, fd0 + 1);
+	mm_area_close(&a);
+	CHECK_INT(open_fds(), ==, fd0);
 
 	/* only the basename counts */
-	CHECK_INT(mm_area_open_offered(&a, "/some/other/dir/f", K64, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "/some/other/dir/f", K64, &rules, false, &err), ==, 0);
 	CHECK_STR(a.path, want);
 	mm_area_close(&a);
-	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rules, false, &err), ==, 0);
 	CHECK_STR(a.path, want);
 	mm_area_close(&a);
-	CHECK_INT(mm_area_open_offered(&a, "../../f", K64, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "../../f", K64, &rules, false, &err), ==, 0);
 	CHECK_STR(a.path, want);
 	mm_area_close(&a);
 
@@ -354,7 +361,7 @@ static void test_offered_ok(void)
 		const char *dirs[] = { path_in("missing-dir"), path_in("fresh"), allowed };
 		struct mm_attach_rules rl = { dirs, 3, NULL, 0, NULL };
 
-		CHECK_INT(mm_area_open_offered(&a, "/x/f", K64, &rl, &err), ==, 0);
+		CHECK_INT(mm_area_open_offered(&a, "/x/f", K64, &rl, false, &err), ==, 0);
 		CHECK_STR(a.path, want);
 		mm_area_close(&a);
 	}
@@ -431,7 +438,7 @@ static void test_offered_owner(void)
 	expect_refused("theirs", K64, &rules, -EACCES, "theirs");
 	expect_refused("theirs", K64, &rules, -EACCES, "12345");
 	mm_area_init(&a);
-	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &with, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &with, false, &err), ==, 0);
 	mm_area_close(&a);
 }
 
@@ -488,7 +495,7 @@ static void test_user(void)
 	CHECK_INT(chown(path_in("user/theirs"), OTHER_UID, (gid_t)-1), ==, 0);
 	expect_refused("mine", K64, &rl, -EACCES, "owned by uid 0");
 	mm_area_init(&a);
-	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
 }
 
@@ -504,11 +511,11 @@ static void test_offered_world_writable(void)
 	expect_refused("f", K64, &rl, -EACCES, "sticky");
 	CHECK_INT(chmod(w, 01777), ==, 0);
 	mm_area_init(&a);
-	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
 	/* writable by the group only is not refused by this rule */
 	CHECK_INT(chmod(w, 0770), ==, 0);
-	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
 }
 
