@@ -69,9 +69,13 @@ static bool kernel_can_copy(int fd)
 	       fstatfs(fd, &sfs) == 0 && sfs.f_type != SYSFS_MAGIC;
 }
 
+/* Map size bytes of fd at offset as the area a, named path. The caller
+ * closes fd either way: the mapping is all an area keeps. */
 static int map_area(struct mm_area *a, int fd, uint64_t offset, uint64_t size,
 		    const char *path, struct mm_err *err)
 {
+	struct stat st;
+	char *name;
 	void *p;
 
 	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
@@ -79,15 +83,23 @@ static int map_area(struct mm_area *a, int fd, uint64_t offset, uint64_t size,
 			       path, (unsigned long long)size,
 			       (unsigned long long)MM_AREA_MIN,
 			       (unsigned long long)MM_AREA_MAX);
+	if (fstat(fd, &st) < 0)
+		return mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	name = strdup(path);
+	if (!name)
+		return mm_fail(err, -ENOMEM, "%s: out of memory", path);
 	p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
-	if (p == MAP_FAILED)
+	if (p == MAP_FAILED) {
+		free(name);
 		return mm_fail(err, -errno, "%s: mmap: %s", path, strerror(errno));
-	a->fd = fd;
+	}
 	a->base = p;
 	a->offset = offset;
 	a->kernel_copy = kernel_can_copy(fd);
 	a->size = size;
-	snprintf(a->path, sizeof(a->path), "%s", path);
+	a->dev = st.st_dev;
+	a->ino = st.st_ino;
+	a->path = name;
 	return 0;
 }
 
@@ -155,7 +167,6 @@ int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t
 		   const struct mm_owner *user, struct mm_err *err)
 {
 	char name[NAME_MAX + 1], path[PATH_MAX];
-	struct stat st;
 	int dfd, fd, r;
 
 	if (size < MM_AREA_MIN || size > MM_AREA_MAX)
@@ -178,18 +189,15 @@ int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t
 	else if (user && fchown(fd, user->uid, user->gid) < 0)
 		r = mm_fail(err, -errno, "%s: cannot give it to uid %u: %s", path,
 			    (unsigned)user->uid, strerror(errno));
-	else if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0)
+	else if (ftruncate(fd, (off_t)size) < 0)
 		r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
 	else
 		r = map_area(a, fd, 0, size, path, err);
-	if (r < 0) {
+	if (r < 0)
 		unlinkat(dfd, name, 0);
-		close(fd);
-	} else {
+	else
 		a->created = true;
-		a->dev = st.st_dev;
-		a->ino = st.st_ino;
-	}
+	close(fd);
 	close(dfd);
 	return r;
 }
@@ -241,7 +249,8 @@ static int file_allowed(int fd, const char *dir, const char *name, uint64_t size
 }
 
 int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
-			 const struct mm_attach_rules *rules, struct mm_err *err)
+			 const struct mm_attach_rules *rules, bool keep_fd,
+			 struct mm_err *err)
 {
 	const char *name = strrchr(file, '/');
 	int r = -EACCES;
@@ -288,7 +297,9 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 			snprintf(path, sizeof(path), "%s/%s", dir, name);
 			r = map_area(a, fd, 0, size, path, err);
 		}
-		if (r < 0)
+		if (r == 0 && keep_fd)
+			a->fd = fd;
+		else
 			close(fd);
 		return r;
 	}
@@ -349,18 +360,23 @@ int mm_area_open_fd(struct mm_area *a, int fd, const char *path, uint64_t size,
 		goto fail;
 	}
 	r = map_area(a, fd, off, size > MM_AREA_MAX ? MM_AREA_MAX : size, path, err);
-	if (r == 0)
-		return 0;
 fail:
 	close(fd);
 	return r;
 }
 
+/* Does st describe the file a maps? */
+static bool same_file(const struct mm_area *a, const struct stat *st)
+{
+	return st->st_dev == a->dev && st->st_ino == a->ino;
+}
+
 int mm_area_fault(const struct mm_area *a)
 {
 	struct stat st;
+	int r = a->fd >= 0 ? fstat(a->fd, &st) : a->path ? stat(a->path, &st) : -1;
 
-	if (fstat(a->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	if (r == 0 && same_file(a, &st) && S_ISREG(st.st_mode) &&
 	    (uint64_t)st.st_size >= a->offset + a->size)
 		return -ENOSPC;
 	return -EIO;
@@ -368,8 +384,18 @@ int mm_area_fault(const struct mm_area *a)
 
 int mm_area_reserve(struct mm_area *a, struct mm_err *err)
 {
-	int r = posix_fallocate(a->fd, 0, (off_t)a->size);
+	struct stat st;
+	int fd, r;
 
+	fd = open(a->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return mm_fail(err, -errno, "%s: %s", a->path, strerror(errno));
+	if (fstat(fd, &st) < 0 || !same_file(a, &st)) {
+		close(fd);
+		return mm_fail(err, -ESTALE, "%s: no longer the file mapped", a->path);
+	}
+	r = posix_fallocate(fd, (off_t)a->offset, (off_t)a->size);
+	close(fd);
 	if (r == ENOSPC)
 		return mm_fail(err, -ENOSPC, "%s: no space left for its %llu bytes", a->path,
 			       (unsigned long long)a->size);
@@ -384,11 +410,11 @@ void mm_area_close(struct mm_area *a)
 
 	if (a->base)
 		munmap(a->base, (size_t)a->size);
-	if (a->created && lstat(a->path, &st) == 0 &&
-	    st.st_dev == a->dev && st.st_ino == a->ino)
+	if (a->created && lstat(a->path, &st) == 0 && same_file(a, &st))
 		unlink(a->path);
 	if (a->fd >= 0)
 		close(a->fd);
+	free(a->path);
 	mm_area_init(a);
 }
 

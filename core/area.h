@@ -18,9 +18,16 @@
 #define MM_AREA_MIN (UINT64_C(64) * 1024)
 #define MM_AREA_MAX (UINT64_C(4) * 1024 * 1024 * 1024 - 1)	/* below 4 GiB */
 
+/* An area keeps no descriptor: the mapping outlives it. What needs the file
+ * again (mm_area_fault, mm_area_reserve, deleting what we created) finds it
+ * by its path and checks that it is still the file mapped (dev, ino). The
+ * one exception is an offered file its maker may delete while we map it
+ * (an xpra client's, once answered): its descriptor is kept, for a library
+ * that maps the area later (status's fd). */
 struct mm_area {
-	int fd;				/* -1 when closed */
-	uint8_t *base;			/* MAP_SHARED mapping of size bytes */
+	int fd;				/* kept (see above), else -1 */
+	uint8_t *base;			/* MAP_SHARED mapping of size bytes, or
+					 * NULL when closed */
 	uint64_t offset;		/* in the file (a window) */
 	uint64_t size;
 	bool created;			/* made by us: deleted on close */
@@ -28,9 +35,9 @@ struct mm_area {
 					 * sysfs): the kernel may copy from the
 					 * mapping, e.g. into a FUSE reply. Not
 					 * so a PCI BAR or a device. */
-	dev_t dev;			/* identity of what we created, */
-	ino_t ino;			/* checked before deleting it */
-	char path[PATH_MAX];
+	dev_t dev;			/* identity of the file mapped, */
+	ino_t ino;			/* checked before it is used by path */
+	char *path;			/* as opened (malloc'd), or NULL */
 };
 
 /* A part of a file that is the whole area (header and ring), so one device
@@ -93,9 +100,12 @@ void mm_area_dir_unlock(const char *dir, const char *tag, int lockfd);
  * set), in a directory that is
  * not writable by everyone without the sticky bit; size must be within
  * [MM_AREA_MIN, MM_AREA_MAX] and not beyond the file. The first size bytes
- * are mapped. -EACCES for a refused file, -EINVAL for a bad size. */
+ * are mapped; the descriptor is kept in a->fd if keep_fd (the peer may
+ * delete the file), else closed. -EACCES for a refused file, -EINVAL for a
+ * bad size. */
 int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
-			 const struct mm_attach_rules *rules, struct mm_err *err);
+			 const struct mm_attach_rules *rules, bool keep_fd,
+			 struct mm_err *err);
 
 /* Open an administrator's path as given (symlinks, devices, sysfs files
  * allowed). If it is missing and create is set, it is created (mode 0600,
@@ -114,16 +124,18 @@ int mm_area_open_fd(struct mm_area *a, int fd, const char *path, uint64_t size,
 
 /* A store into the area faulted (SIGBUS): why? -ENOSPC when the file is
  * still as long as the mapping (its filesystem had no page to give: the
- * area is sparse), -EIO when it was truncated or is not a regular file. */
+ * area is sparse), -EIO when it was truncated, is not a regular file, or
+ * its path no longer names it. */
 int mm_area_fault(const struct mm_area *a);
 
 /* Give every page of a created area its space now (-o reserve), so that a
- * full filesystem fails here and not in the middle of a stream. 0 or
- * -errno (-ENOSPC), err names the file. */
+ * full filesystem fails here and not in the middle of a stream: the file is
+ * opened again by its path for that. 0 or -errno (-ENOSPC; -ESTALE if the
+ * path names another file now), err names the file. */
 int mm_area_reserve(struct mm_area *a, struct mm_err *err);
 
-/* Unmap and close; delete the file if we created it and it is still ours.
- * Accepts a closed area. */
+/* Unmap (and close a kept descriptor); delete the file if we created it
+ * and it is still ours. Accepts a closed area. */
 void mm_area_close(struct mm_area *a);
 
 /* The usable length of what fd refers to: st_size for a regular file (which

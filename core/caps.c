@@ -221,6 +221,23 @@ static int format_area(const char *name, const struct mm_caps_area *a,
 	return r;
 }
 
+/* What any formatted mm_caps fits in: per area a file, a token in hex,
+ * three numbers and the keys; then the marker. */
+#define CAPS_TEXT_MAX (2 * (PATH_MAX + MM_TOKEN_HEX_MAX + 256) + 64)
+
+char *mm_caps_text(const struct mm_caps *c)
+{
+	char *buf = malloc(CAPS_TEXT_MAX), *text;
+	int n = buf ? mm_caps_format(c, buf, CAPS_TEXT_MAX) : -ENOMEM;
+
+	if (n < 0) {
+		free(buf);
+		return NULL;
+	}
+	text = realloc(buf, (size_t)n + 1);
+	return text ? text : buf;
+}
+
 int mm_caps_format(const struct mm_caps *c, char *buf, size_t buflen)
 {
 	size_t pos = 0;

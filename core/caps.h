@@ -59,6 +59,9 @@ int mm_caps_parse(const char *text, size_t len, struct mm_caps *c,
  * the NUL) or -ENOSPC if buf is too small. */
 int mm_caps_format(const struct mm_caps *c, char *buf, size_t buflen);
 
+/* The same in a string of its own length (malloc'd), or NULL (ENOMEM). */
+char *mm_caps_text(const struct mm_caps *c);
+
 /* Append printf-style text to buf (len bytes) at *pos, which moves past
  * it; -ENOSPC (and *pos unmoved) when it does not fit. */
 int mm_text_append(char *buf, size_t len, size_t *pos, const char *fmt, ...)

@@ -196,7 +196,8 @@ static void close_locked(struct mm_channel *ch)
 	mm_dir_close(&ch->wr);
 	free(ch->read_file);
 	free(ch->write_file);
-	ch->read_file = ch->write_file = NULL;
+	free(ch->accepted);
+	ch->read_file = ch->write_file = ch->accepted = NULL;
 	ch->opts.read_file = ch->opts.write_file = NULL;
 	mm_set_state(ch, MM_STATE_CLOSED);
 }

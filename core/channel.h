@@ -93,22 +93,26 @@ struct mm_chunks;
 
 /* One direction, named from this end: rd is the area we read from. */
 struct mm_dir {
-	/* set by the handshake under ch->lock; fixed while claimed */
+	/* set by the handshake under ch->lock; fixed while claimed (first,
+	 * with owner: what a tick reads) */
 	bool present;			/* this end has the area */
 	bool usable;			/* the handshake covered it */
 	bool local;			/* a file one of the ends created on this
 					 * host, not an administrator's path
 					 * (which may be shared with another VM):
 					 * the peer's futex wakes reach us */
-	struct mm_area area;
-	struct mm_ring ring;
 	uint8_t *ext;			/* the trailer, or NULL */
-	struct mm_token token;		/* our token in this area */
-	uint64_t token_index;
-	uint64_t token_bytes;
-	struct mm_chunks *chunks;	/* xpra peer only (chunks.h) */
 	/* ch->lock */
 	const void *owner;		/* who holds the claim, or NULL */
+	/* set by the handshake under ch->lock; fixed while claimed */
+	struct mm_area area;
+	struct mm_ring ring;
+	uint64_t token_index;		/* our token in this area: where, */
+	uint64_t token_bytes;		/* over how many bytes, and its value
+					 * (least significant byte first; the
+					 * bytes above are zero) */
+	uint8_t token[MM_TOKEN_RANDOM_BYTES];
+	struct mm_chunks *chunks;	/* xpra peer only (chunks.h) */
 	/* claim holder */
 	uint32_t seen;			/* raw pointer word the last -EAGAIN saw */
 	uint32_t eof_ack;		/* reader: ends of stream delivered */
@@ -136,34 +140,43 @@ struct mm_chan_opts {
 };
 
 struct mm_channel {
+	/* First, together, what a tick touches (a daemon ticks thousands of
+	 * channels: each line is a cache miss). */
 	pthread_mutex_t lock;
-	pthread_mutex_t hs_lock;
 	/* atomic; written under lock */
 	enum mm_state state;
+	/* atomic */
+	int peer;			/* enum mm_peer */
 	/* lock */
 	enum mm_chan_role role;
-	bool declared;			/* from the configuration: role fixed */
 	bool ext;			/* both ends speak the extension */
-	struct mm_dir rd, wr;
-	struct mm_chan_opts opts;	/* fixed after open */
-	char *read_file, *write_file;	/* copies of the administrator's paths */
-	struct mm_caps accepted;	/* the peer's last accepted half */
-	bool have_accepted;
-	unsigned handshaking;		/* a handshake is opening files */
-	char error[512];		/* last refusal, one line */
 	/* lock (liveness) */
 	uint32_t session;		/* random, new at each handshake */
 	uint32_t beat;			/* our heartbeat */
 	uint32_t peer_session;
 	uint32_t peer_beat;
 	uint64_t peer_beat_ms;		/* when peer_beat last moved */
+	/* lock */
+	struct mm_dir rd, wr;
+	/* the rest */
+	pthread_mutex_t hs_lock;
+	bool declared;			/* from the configuration: role fixed */
+	struct mm_chan_opts opts;	/* fixed after open */
+	char *read_file, *write_file;	/* copies of the administrator's paths */
+	char *accepted;			/* the peer's last accepted half, as
+					 * text (malloc'd), or NULL */
+	unsigned handshaking;		/* a handshake is opening files */
+	char error[512];		/* last refusal, one line */
 	/* atomic */
-	int peer;			/* enum mm_peer */
 	struct mm_failure fail;
 };
 
-/* Heartbeat period and the silence after which a peer is dead. */
+/* Heartbeat periods (docs/PROTOCOL.md, "Liveness"): every MM_BEAT_MS while
+ * someone may wait on the channel (its stream claimed, or an attacher
+ * waiting for the go-ahead), every MM_IDLE_BEAT_MS otherwise; and the
+ * silence after which a peer is dead, which must stay well above both. */
 #define MM_BEAT_MS 250
+#define MM_IDLE_BEAT_MS 500
 #define MM_DEAD_MS 1000
 
 /* A valid channel name: 1 to 255 bytes, not "." or "..", no '/' and no
@@ -272,13 +285,24 @@ void mm_channel_set_reason(struct mm_channel *ch, const char *fmt, ...)
 
 /* --- liveness (live.c) --- */
 
-/* Every MM_BEAT_MS: our heartbeat, the peer's, the creator's go-ahead for
- * an attacher. Returns true if the state or the peer's liveness changed. */
-bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms);
+/* Our heartbeat, the peer's, the creator's go-ahead for an attacher.
+ * Returns true if the state or the peer's liveness changed. *every (if not
+ * NULL) says when the next tick is due, in ms: MM_BEAT_MS while someone
+ * may wait on the channel (a claim, an attacher waiting for the go-ahead),
+ * MM_IDLE_BEAT_MS while it is otherwise handshaken with an mmapfs peer, 0
+ * while nothing needs ticks (no such peer yet, an xpra peer, in error,
+ * closed) until a handshake or a claim changes that. */
+bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms, unsigned *every);
 
-/* The peer's half of a tick alone, for an end that is not the daemon (a
- * library's view): the peer's session and beat, never our own, which the
- * daemon of this end publishes. Returns true if the state or the peer's
+/* Start fetching what a tick of ch touches, as a daemon does a few
+ * channels ahead of the one it ticks: the channel's first lines, or (once
+ * those are on their way) its trailers. A hint: nothing is locked. */
+void mm_channel_prefetch(const struct mm_channel *ch, bool trailers);
+
+/* The peer's half of a tick alone: the peer's session and beat, never our
+ * own. For an end that is not the daemon (a library's view, whose daemon
+ * publishes this end's), and for the daemon between ticks (a status read
+ * sees the peer as it is now). Returns true if the state or the peer's
  * liveness changed. */
 bool mm_channel_watch(struct mm_channel *ch, uint64_t now_ms);
 

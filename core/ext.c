@@ -35,10 +35,10 @@ static int do_word(void *arg)
 
 	switch (a->op) {
 	case STORE:
-		__atomic_store_n(a->w, htole32(a->v), __ATOMIC_RELEASE);
+		mm_ext_put((uint8_t *)a->w, 0, a->v);
 		break;
 	case LOAD:
-		a->v = le32toh(__atomic_load_n(a->w, __ATOMIC_ACQUIRE));
+		a->v = mm_ext_get((const uint8_t *)a->w, 0);
 		break;
 	case COUNT:
 		old = __atomic_load_n(a->w, __ATOMIC_RELAXED);

@@ -13,7 +13,8 @@
  *   4  eof_ack             reader: ends of stream delivered so far
  *   5..10 eof_pos[6]       writer: data_end at each close, by close_seq % 6
  *   11 creator_session     creator: random at each daemon start
- *   12 creator_beat        creator: incremented every 250 ms
+ *   12 creator_beat        creator: incremented every 250 ms (500 when
+ *                          idle: docs/PROTOCOL.md, "Liveness")
  *   13 attacher_session    attacher, likewise
  *   14 attacher_beat
  *   15 waiters             both: how many may sleep on the area's end (low
@@ -22,6 +23,7 @@
 #ifndef MMAPFS_EXT_H
 #define MMAPFS_EXT_H
 
+#include <endian.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -54,6 +56,19 @@ enum mm_ext_word {
 static inline uint64_t mm_ext_offset(uint64_t size)
 {
 	return (size - MM_EXT_SIZE) & ~UINT64_C(7);
+}
+
+/* Word access as such, for code that runs under mm_guard_run() itself:
+ * a release store, an acquire load. */
+static inline void mm_ext_put(uint8_t *ext, unsigned word, uint32_t v)
+{
+	__atomic_store_n((uint32_t *)(void *)(ext + 4 * word), htole32(v), __ATOMIC_RELEASE);
+}
+
+static inline uint32_t mm_ext_get(const uint8_t *ext, unsigned word)
+{
+	return le32toh(__atomic_load_n((const uint32_t *)(const void *)(ext + 4 * word),
+				       __ATOMIC_ACQUIRE));
 }
 
 /* Guarded word access: 0 or -EFAULT. */

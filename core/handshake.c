@@ -68,11 +68,13 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 			 uint64_t avoid_len, struct mm_err *err, const char *name)
 {
 	uint64_t end = mm_ext_offset(d->area.size), bytes = MM_TOKEN_DEFAULT_BYTES, idx;
+	struct mm_token t;
 	int r;
 
-	r = mm_token_random(&d->token, MM_TOKEN_RANDOM_BYTES);
+	r = mm_token_random(&t, sizeof(d->token));
 	if (r < 0)
 		return mm_fail(err, r, "%s: no random token: %s", name, strerror(-r));
+	memcpy(d->token, t.v, sizeof(d->token));
 	idx = end - bytes;
 	for (int tries = 0; tries < 64; tries++) {
 		if (!at_end || tries > 0)
@@ -86,7 +88,7 @@ static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 	}
 	d->token_bytes = bytes;
 	d->token_index = idx;
-	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &d->token);
+	r = mm_token_write(d->area.base, d->area.size, d->token_index, bytes, &t);
 	return r < 0 ? store_fail(d, r, "the token", err) : 0;
 }
 
@@ -276,7 +278,9 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (admin)
 		r = mm_area_open_path(&d->area, admin, false, 0, c->size, win, &why);
 	else
-		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, &why);
+		/* an xpra client deletes its files once answered: a library
+		 * then maps this end's through its descriptor */
+		r = mm_area_open_offered(&d->area, c->file, c->size, &ch->opts.rules, !ext, &why);
 	if (r < 0 && admin && ch->opts.origin)
 		return mm_fail(err, r, "%s.file: %s: %s", name, ch->opts.origin, why.msg);
 	if (r < 0)
@@ -451,10 +455,12 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 
 static bool same_file(const struct mm_dir *d, const struct mm_caps_area *a)
 {
-	const char *mine = strrchr(d->area.path, '/'), *theirs = strrchr(a->file, '/');
+	const char *mine, *theirs = strrchr(a->file, '/');
 
-	return d->present && (a->have & MM_CAP_FILE) &&
-	       strcmp(mine ? mine + 1 : d->area.path, theirs ? theirs + 1 : a->file) == 0;
+	if (!d->present || !(a->have & MM_CAP_FILE))
+		return false;
+	mine = strrchr(d->area.path, '/');
+	return strcmp(mine ? mine + 1 : d->area.path, theirs ? theirs + 1 : a->file) == 0;
 }
 
 /* Text naming this end's own areas is a (failed) answer, never an offer. */
@@ -494,21 +500,27 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 {
 	struct mm_err why = { "" };
 	struct mm_caps *c = calloc(1, sizeof(*c));
+	char *accepted = NULL;
 	int r;
 
 	if (!c)
 		return mm_fail(err, -ENOMEM, "out of memory");
 	r = mm_caps_parse(text, len, c, &why);
+	/* what `peer` reads back if it is accepted: only the text is kept */
+	if (r == 0 && !(accepted = mm_caps_text(c)))
+		r = mm_fail(&why, -ENOMEM, "out of memory");
 	if (pthread_mutex_trylock(&ch->hs_lock) != 0) {
 		free(c);
+		free(accepted);
 		return mm_fail(err, -EBUSY, "another handshake is in progress");
 	}
 	pthread_mutex_lock(&ch->lock);
 	if (r == 0)
 		r = peer_locked(ch, c, now_ms, &why);
 	if (r == 0) {
-		ch->accepted = *c;
-		ch->have_accepted = true;
+		free(ch->accepted);
+		ch->accepted = accepted;
+		accepted = NULL;
 		ch->error[0] = '\0';
 		mm_fail_clear(ch);
 	} else {
@@ -519,6 +531,7 @@ int mm_channel_peer(struct mm_channel *ch, const char *text, size_t len,
 	pthread_mutex_unlock(&ch->lock);
 	pthread_mutex_unlock(&ch->hs_lock);
 	free(c);
+	free(accepted);
 	return r;
 }
 
@@ -577,7 +590,8 @@ int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *
 	}
 	if (r == 1) {
 		ch->ext = false;
-		ch->have_accepted = false;
+		free(ch->accepted);
+		ch->accepted = NULL;
 		ch->error[0] = '\0';
 		ch->session = new_session();
 		ch->peer_session = 0;

@@ -3,6 +3,8 @@
 #ifndef MMAPFS_INTERNAL_H
 #define MMAPFS_INTERNAL_H
 
+#include <string.h>
+
 #include "channel.h"
 
 /* The direction names used in capabilities, from this end's side. */
@@ -12,6 +14,13 @@
 static inline const char *dir_name(unsigned dir)
 {
 	return dir == MM_RD ? RD_NAME : WR_NAME;
+}
+
+/* Our token in d as a whole value (the bytes above d->token are zero). */
+static inline void mm_dir_token(const struct mm_dir *d, struct mm_token *t)
+{
+	memset(t, 0, sizeof(*t));
+	memcpy(t->v, d->token, sizeof(d->token));
 }
 
 void mm_set_state(struct mm_channel *ch, enum mm_state s);

@@ -1,11 +1,13 @@
 /* The peer's liveness: between two mmapfs ends each writes its session id
- * and a heartbeat into the trailer every MM_BEAT_MS; a heartbeat that stops
+ * and a heartbeat into the trailer every MM_BEAT_MS while someone may wait
+ * on the channel, every MM_IDLE_BEAT_MS otherwise; a heartbeat that stops
  * for MM_DEAD_MS means the peer is dead, a new session id that it
  * restarted (docs/PROTOCOL.md, "Liveness"). An xpra peer has no heartbeat:
  * its liveness is unknown. */
 #include <errno.h>
 
 #include "ext.h"
+#include "guard.h"
 #include "internal.h"
 #include "stream.h"
 
@@ -64,19 +66,9 @@ void mm_channel_refresh_locked(struct mm_channel *ch)
 		mm_set_state(ch, MM_STATE_READY);
 }
 
-/* The peer's half of a tick: its session and beat, read from the trailer.
- * ch->lock held. */
-static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
+/* What the peer's session and beat, just read, say. ch->lock held. */
+static void peer_seen(struct mm_channel *ch, uint64_t now_ms, uint32_t session, uint32_t beat)
 {
-	unsigned w = peer_word(ch);
-	uint32_t session, beat;
-	struct mm_dir *d = mm_ext_dir(ch);
-
-	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
-	    mm_ext_load(d->ext, w + 1, &beat) < 0) {
-		mm_channel_fail(ch, EIO, MM_WHY_FAULT, d == &ch->wr ? MM_WR : MM_RD, 0, 0);
-		return;
-	}
 	if (ch->peer_session == 0) {
 		ch->peer_session = session;	/* it had not started when we looked */
 	} else if (session != ch->peer_session) {
@@ -93,6 +85,50 @@ static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
 	}
 }
 
+/* The peer's half of a tick: its session and beat, read from the trailer.
+ * ch->lock held. */
+static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
+{
+	unsigned w = peer_word(ch);
+	uint32_t session, beat;
+	struct mm_dir *d = mm_ext_dir(ch);
+
+	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
+	    mm_ext_load(d->ext, w + 1, &beat) < 0) {
+		mm_channel_fail(ch, EIO, MM_WHY_FAULT, d == &ch->wr ? MM_WR : MM_RD, 0, 0);
+		return;
+	}
+	peer_seen(ch, now_ms, session, beat);
+}
+
+/* A tick's words in one guarded run (each run costs a setjmp, and a daemon
+ * ticks thousands of channels): our session and beat into each area we
+ * map (the peer's daemon and its library read them from either), then the
+ * peer's from `from`. */
+struct tick_words {
+	struct mm_channel *ch;
+	const struct mm_dir *from;
+	uint32_t session, beat;		/* the peer's */
+};
+
+static int tick_words(void *arg)
+{
+	struct tick_words *t = arg;
+	struct mm_channel *ch = t->ch;
+	unsigned w = session_word(ch->role), p = peer_word(ch);
+	struct mm_dir *dirs[2] = { &ch->rd, &ch->wr };
+
+	for (int i = 0; i < 2; i++) {
+		if (dirs[i]->present && dirs[i]->ext) {
+			mm_ext_put(dirs[i]->ext, w, ch->session);
+			mm_ext_put(dirs[i]->ext, w + 1, ch->beat);
+		}
+	}
+	t->session = mm_ext_get(t->from->ext, p);
+	t->beat = mm_ext_get(t->from->ext, p + 1);
+	return 0;
+}
+
 static bool live(struct mm_channel *ch)
 {
 	enum mm_state st = mm_channel_state(ch);
@@ -103,19 +139,36 @@ static bool live(struct mm_channel *ch)
 /* ch->lock held. */
 static void tick_locked(struct mm_channel *ch, uint64_t now_ms)
 {
+	struct tick_words t = { ch, mm_ext_dir(ch), 0, 0 };
+
 	if (!live(ch))
 		return;
 	ch->beat++;
-	mm_publish_session(ch, &ch->rd);
-	mm_publish_session(ch, &ch->wr);
-	watch_locked(ch, now_ms);
+	if (t.from && mm_guard_run(tick_words, &t) == 0) {
+		peer_seen(ch, now_ms, t.session, t.beat);
+	} else {
+		/* a fault: again a word at a time, which tells the area */
+		mm_publish_session(ch, &ch->rd);
+		mm_publish_session(ch, &ch->wr);
+		watch_locked(ch, now_ms);
+	}
 	mm_channel_refresh_locked(ch);	/* nothing after a failure: not attached */
 }
 
+/* When the next tick is due (mm_channel_tick). ch->lock held. */
+static unsigned every_locked(struct mm_channel *ch)
+{
+	if (!live(ch))
+		return 0;
+	if (ch->rd.owner || ch->wr.owner || mm_channel_state(ch) == MM_STATE_ATTACHED)
+		return MM_BEAT_MS;
+	return MM_IDLE_BEAT_MS;
+}
+
 /* A tick or a watch, under the lock; wake the waiters if the state or the
- * peer's liveness changed. */
+ * peer's liveness changed. *every, if asked, as in mm_channel_tick. */
 static bool look(struct mm_channel *ch, uint64_t now_ms,
-		 void (*fn)(struct mm_channel *ch, uint64_t now_ms))
+		 void (*fn)(struct mm_channel *ch, uint64_t now_ms), unsigned *every)
 {
 	enum mm_state was;
 	enum mm_peer peer_was;
@@ -126,15 +179,38 @@ static bool look(struct mm_channel *ch, uint64_t now_ms,
 	peer_was = mm_channel_peer_state(ch);
 	fn(ch, now_ms);
 	changed = mm_channel_state(ch) != was || mm_channel_peer_state(ch) != peer_was;
+	if (every)
+		*every = every_locked(ch);
 	pthread_mutex_unlock(&ch->lock);
 	if (changed)
 		mm_stream_wake(ch);
 	return changed;
 }
 
-bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms)
+bool mm_channel_tick(struct mm_channel *ch, uint64_t now_ms, unsigned *every)
 {
-	return look(ch, now_ms, tick_locked);
+	return look(ch, now_ms, tick_locked, every);
+}
+
+/* The trailers' addresses are read without the lock (a handshake may be
+ * changing them): a stale one only fetches a line for nothing. */
+__attribute__((no_sanitize("thread")))
+void mm_channel_prefetch(const struct mm_channel *ch, bool trailers)
+{
+	const struct mm_dir *dirs[2] = { &ch->rd, &ch->wr };
+
+	if (!trailers) {
+		__builtin_prefetch(ch, 1);
+		__builtin_prefetch(dirs[0], 1);
+		__builtin_prefetch(dirs[1], 1);
+		return;
+	}
+	for (int i = 0; i < 2; i++) {
+		uint8_t *ext = *(uint8_t *const volatile *)&dirs[i]->ext;
+
+		if (ext)
+			__builtin_prefetch(ext + 4 * MM_EXT_W_SESSION, 1);
+	}
 }
 
 static void watch_live_locked(struct mm_channel *ch, uint64_t now_ms)
@@ -145,7 +221,7 @@ static void watch_live_locked(struct mm_channel *ch, uint64_t now_ms)
 
 bool mm_channel_watch(struct mm_channel *ch, uint64_t now_ms)
 {
-	return look(ch, now_ms, watch_live_locked);
+	return look(ch, now_ms, watch_live_locked, NULL);
 }
 
 static void dead_locked(struct mm_channel *ch, uint64_t now_ms)
@@ -156,5 +232,5 @@ static void dead_locked(struct mm_channel *ch, uint64_t now_ms)
 
 bool mm_channel_peer_dead(struct mm_channel *ch)
 {
-	return look(ch, 0, dead_locked);
+	return look(ch, 0, dead_locked, NULL);
 }

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ext.h"
@@ -17,7 +16,7 @@ static void caps_of_dir(const struct mm_dir *d, bool offer, struct mm_caps_area 
 	if (!d->present)
 		return;
 	c->have = MM_CAP_TOKEN_ALL;
-	c->token = d->token;
+	mm_dir_token(d, &c->token);
 	c->token_index = d->token_index;
 	c->token_bytes = d->token_bytes;
 	if (offer) {
@@ -54,10 +53,12 @@ static int token_line(const char *name, const struct mm_dir *d, char *buf,
 		      size_t len, size_t *pos)
 {
 	char hex[MM_TOKEN_HEX_MAX];
+	struct mm_token t;
 
 	if (!d->present)
 		return 0;
-	mm_token_format(&d->token, hex);
+	mm_dir_token(d, &t);
+	mm_token_format(&t, hex);
 	return mm_text_append(buf, len, pos, "%s %s %llu %llu\n", name, hex,
 		      (unsigned long long)d->token_index,
 		      (unsigned long long)d->token_bytes);
@@ -81,25 +82,20 @@ int mm_channel_token_text(struct mm_channel *ch, char *buf, size_t len)
 
 int mm_channel_peer_text(struct mm_channel *ch, char *buf, size_t len)
 {
-	struct mm_caps *c = NULL;
+	size_t n = 0;
 	int r = 0;
 
 	if (len == 0)
 		return -ENOSPC;
-	buf[0] = '\0';
 	pthread_mutex_lock(&ch->lock);
-	if (ch->have_accepted) {
-		c = malloc(sizeof(*c));
-		if (c)
-			*c = ch->accepted;
-		else
-			r = -ENOMEM;
-	}
+	if (ch->accepted)
+		n = strlen(ch->accepted);
+	if (n >= len)
+		r = -ENOSPC;
+	else
+		memcpy(buf, ch->accepted ? ch->accepted : "", n + 1);
 	pthread_mutex_unlock(&ch->lock);
-	if (c)
-		r = mm_caps_format(c, buf, len);
-	free(c);
-	return r;
+	return r < 0 ? r : (int)n;
 }
 
 /* The failure record as text. ch->lock held. */
@@ -111,7 +107,7 @@ static void failure_text(struct mm_channel *ch, char *buf, size_t len)
 	switch (f->why) {
 	case MM_WHY_FAULT:
 		snprintf(buf, len, "%s area %s: the mapping faulted (file truncated?)",
-			 dir_name(f->dir), d->area.path);
+			 dir_name(f->dir), d->area.path ? d->area.path : "(closed)");
 		break;
 	case MM_WHY_CORRUPT:
 		snprintf(buf, len,
@@ -193,20 +189,19 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 		      name, used, name, fr, name,
 		      (unsigned long long)__atomic_load_n(&d->bytes, __ATOMIC_RELAXED));
 	/* where a library finds an area the handshake made usable (view.c):
-	 * its path, and the file itself (the one we map, even once its peer
-	 * deleted the path, as xpra's clients do) */
-	if (r == 0 && d->usable) {
-		struct stat st = { 0 };
-
-		fstat(d->area.fd, &st);
+	 * its path and the identity of the file we map, and that file itself
+	 * where its peer may delete the path (as xpra's clients do) */
+	if (r == 0 && d->usable)
 		r = mm_text_append(buf, len, pos,
 				   "%s.file=%s\n%s.offset=%llu\n%s.ring_end=%u\n%s.local=%d\n"
-				   "%s.dev=%llu\n%s.ino=%llu\n%s.fd=/proc/%d/fd/%d\n",
+				   "%s.dev=%llu\n%s.ino=%llu\n",
 				   name, d->area.path, name, (unsigned long long)d->area.offset,
 				   name, d->ring.end, name, d->local,
-				   name, (unsigned long long)st.st_dev, name,
-				   (unsigned long long)st.st_ino, name, (int)getpid(), d->area.fd);
-	}
+				   name, (unsigned long long)d->area.dev, name,
+				   (unsigned long long)d->area.ino);
+	if (r == 0 && d->usable && d->area.fd >= 0)
+		r = mm_text_append(buf, len, pos, "%s.fd=/proc/%d/fd/%d\n", name, (int)getpid(),
+				   d->area.fd);
 	return r;
 }
 

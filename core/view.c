@@ -76,9 +76,10 @@ static int open_same(const char *name, uint64_t dev, uint64_t ino)
 }
 
 /* The file the daemon maps for an area: by its path, else by the daemon's
- * own descriptor (proc, /proc/PID/fd/N), for a path that is gone or names
- * another file now (xpra's clients delete their files once answered).
- * Its descriptor, or -errno with err set. */
+ * own descriptor (proc, /proc/PID/fd/N, or "" where the daemon keeps
+ * none), for a path that is gone or names another file now (xpra's
+ * clients delete their files once answered). Its descriptor, or -errno
+ * with err set. */
 static int open_area(const char *path, const char *proc, uint64_t dev, uint64_t ino,
 		     struct mm_err *err)
 {
@@ -86,6 +87,9 @@ static int open_area(const char *path, const char *proc, uint64_t dev, uint64_t 
 
 	if (fd >= 0)
 		return fd;
+	if (!proc[0])
+		return mm_fail(err, fd, "%s: %s", path,
+			       fd == -ESTALE ? "not the file the daemon maps" : strerror(-fd));
 	r = open_same(proc, dev, ino);
 	if (r >= 0)
 		return r;
@@ -112,10 +116,12 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	    status_u64(text, len, key_of(key, name, "offset"), &offset) < 0 ||
 	    status_u64(text, len, key_of(key, name, "local"), &local) < 0 ||
 	    status_u64(text, len, key_of(key, name, "dev"), &dev) < 0 ||
-	    status_u64(text, len, key_of(key, name, "ino"), &ino) < 0 ||
-	    status_value(text, len, key_of(key, name, "fd"), proc, sizeof(proc)) < 0)
+	    status_u64(text, len, key_of(key, name, "ino"), &ino) < 0)
 		return mm_fail(err, -EPROTO,
-			       "status: no %s.size, offset, ring_end, local, dev, ino or fd", name);
+			       "status: no %s.size, offset, ring_end, local, dev or ino", name);
+	/* only for a file its maker may delete (core/area.h) */
+	if (status_value(text, len, key_of(key, name, "fd"), proc, sizeof(proc)) < 0)
+		proc[0] = '\0';
 	/* the area as the daemon maps it: a window of the file, or all of it */
 	fd = open_area(path, proc, dev, ino, err);
 	if (fd < 0)
@@ -124,9 +130,6 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	r = mm_area_open_fd(&d->area, fd, path, size, &win, err);
 	if (r < 0)
 		return r;
-	/* the mapping is all we need: no descriptor kept per area */
-	close(d->area.fd);
-	d->area.fd = -1;
 	d->present = d->usable = true;
 	d->local = local != 0;
 	if (mm_dir_setup_ring(d, ch->ext) < 0 || d->ring.end != end)

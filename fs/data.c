@@ -111,6 +111,13 @@ int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner
 		r = mm_channel_claim(&ch->mc, dirs, owner);
 		if (r == -EBUSY && !nonblock && data_wait_released(req, ch))
 			continue;
+		if (r > 0) {
+			/* someone may wait on it now: the peer is watched
+			 * every beat */
+			pthread_mutex_lock(&fs_of(req)->lock);
+			mmfs_tick_soon(fs_of(req), ch);
+			pthread_mutex_unlock(&fs_of(req)->lock);
+		}
 		if (r != -EAGAIN || nonblock)
 			return r;
 		/* the reader has yet to take six earlier ends of stream */

@@ -81,11 +81,16 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 		return -EINVAL;	/* peer and chunks: read what is, or write */
 	if (k == F_CHUNKS && (n = chunks_library(fs, ch, accmode == O_RDONLY ? MM_WR : MM_RD)))
 		return n;
-	if (accmode != O_RDONLY)
+	h->writer = accmode != O_RDONLY;
+	if (h->writer)
 		return 0;	/* the text written is gathered in h->buf */
 	h->buf = malloc(TEXT_MAX);
 	if (!h->buf)
 		return -ENOMEM;
+	/* the peer as it is now, not as at the last tick (an idle channel's
+	 * come every other beat) */
+	if ((k == F_STATUS || k == F_CAPABILITIES) && mm_channel_watch(&ch->mc, mmfs_now_ms()))
+		chan_log_change(ch);
 	if (k == F_CAPABILITIES)
 		renew(fs, ch);
 	n = file_text(ch, k, h->buf, TEXT_MAX);
@@ -163,6 +168,8 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 	clock_gettime(CLOCK_REALTIME, &ch->mtime);
 	if (r < 0)
 		h->len = h->done = 0;
+	else
+		mmfs_tick_soon(fs, ch);	/* a peer to beat for, or none now */
 	pthread_mutex_unlock(&fs->lock);
 	if (r < 0) {
 		fuse_log(fs->debug ? FUSE_LOG_DEBUG : FUSE_LOG_INFO,
@@ -334,11 +341,12 @@ void mm_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	bool rest = false;
 	int r = 0;
 
-	/* FLUSH comes with every close of every duplicate: it ends nothing */
+	/* FLUSH comes with every close of every duplicate: it ends nothing.
+	 * A reader's buffer is the snapshot it read, not text to hand over. */
 	pthread_mutex_lock(&fs->lock);
 	if (h->kind == F_DATA)
 		h->flushed = true;
-	else if (h->kind == F_PEER)
+	else if (h->kind == F_PEER && h->writer)
 		rest = h->len > h->done;
 	pthread_mutex_unlock(&fs->lock);
 	if (rest)

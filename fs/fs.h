@@ -9,7 +9,8 @@
  *   pipe.c    the stream file `pipe`: a FIFO the kernel serves, and the
  *             pump thread between FIFOs and rings
  *   poll.c    poll on `data`, and the ticker thread (heartbeats, liveness,
- *             poll notifications, and the pump's waits on rings)
+ *             poll notifications, and the pump's waits on rings): it
+ *             visits only the channels due
  *
  * Locks: fs->lock guards the channel table, the handles and the pollers,
  * and is only ever held briefly: never across a call that may block, nor
@@ -48,6 +49,8 @@ enum file_kind {
 
 #define INO_SHIFT 4
 #define WATCHERS_MAX 128		/* poll.c: 127 waits' words each */
+/* The ticker's wheel: a slot for each of the next beats (poll.c). */
+#define TICK_SLOTS 4
 #define TEXT_MAX (32 * 1024)		/* any of our text files fits */
 #define DATA_MAX_IO (1024 * 1024)	/* the largest read or write of data */
 
@@ -60,6 +63,15 @@ struct chan_key {
 struct chan {
 	/* fixed */
 	struct chan_key key;
+	/* fs->lock: where it is in the ticker's wheel (poll.c) while it
+	 * needs ticks, else tick_slot -1 */
+	int tick_slot;
+	unsigned tick_idx;
+	/* its own locks */
+	struct mm_channel mc;
+	pthread_mutex_t rd_lock;	/* one data read at a time */
+	pthread_mutex_t wr_lock;	/* one data write at a time */
+	/* fixed */
 	struct timespec ctime;
 	/* fs->lock */
 	struct chan *next, *prev;	/* in fs->chans, in the order made */
@@ -73,18 +85,15 @@ struct chan {
 	 * made for that user, its areas in user_dir (core/channel.h) */
 	bool for_user;
 	struct mm_owner user;
-	char user_dir[PATH_MAX];
+	char *user_dir;			/* malloc'd; NULL unless for_user */
 	const char *user_dirs[1];	/* the allowed directory, without allow_dirs */
-	/* its own locks */
-	struct mm_channel mc;
-	pthread_mutex_t rd_lock;	/* one data read at a time */
-	pthread_mutex_t wr_lock;	/* one data write at a time */
 };
 
 struct handle {
 	/* fixed */
 	struct chan *ch;
 	enum file_kind kind;
+	bool writer;			/* peer, chunks: opened to write */
 	unsigned dirs;			/* data: MM_RD/MM_WR it holds */
 	/* fs->lock */
 	char *buf;			/* text snapshot, or input so far */
@@ -109,6 +118,19 @@ struct mmfs {
 	struct handle *handles;		/* lock: every open handle */
 	struct handle *pollers;		/* lock: handles with a poll handle */
 	bool polls_changed;		/* lock: one of them went */
+	struct tick_slot {		/* lock: the channels due at each of the */
+		struct chan **chans;	/* next ticks, the next at wheel_at; */
+		unsigned n;		/* each has room for every channel */
+	} wheel[TICK_SLOTS];
+	unsigned wheel_at;		/* lock */
+	unsigned wheel_room;		/* lock */
+	unsigned nchans;		/* lock: in the table */
+	struct {			/* where channels are made (tree.c) */
+		pthread_mutex_t lock;
+		struct chan *free;	/* lock: freed ones, for the next */
+		char *chunk;		/* lock: the chunk being filled */
+		size_t used;		/* lock */
+	} pool;
 	bool stop;			/* lock */
 	/* fixed after start-up */
 	struct mm_config cfg;
@@ -222,5 +244,14 @@ void poll_add(struct mmfs *fs, struct handle *h, unsigned events);
 void poll_drop(struct mmfs *fs, struct handle *h, bool notify);
 int mmfs_ticker_start(struct mmfs *fs);
 void mmfs_ticker_stop(struct mmfs *fs);
+/* Room in the wheel for n channels: 0 or -ENOMEM. fs->lock held. */
+int mmfs_tick_room(struct mmfs *fs, unsigned n);
+/* Tick ch at the next beat (a handshake or a claim may change what it
+ * needs), or never again (it is gone). fs->lock held. */
+void mmfs_tick_soon(struct mmfs *fs, struct chan *ch);
+void mmfs_tick_forget(struct mmfs *fs, struct chan *ch);
+void mmfs_tick_free(struct mmfs *fs);
+/* Log a change of ch's state or of its peer's liveness. */
+void chan_log_change(struct chan *ch);
 
 #endif

@@ -224,7 +224,8 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 	return 0;
 }
 
-/* Each channel keeps descriptors open: take all the system allows. */
+/* Take all the descriptors the system allows: an area keeps none once
+ * mapped, but handshakes, streams and FUSE requests in flight open some. */
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -269,6 +270,7 @@ int main(int argc, char *argv[])
 	memset(&fs, 0, sizeof(fs));
 	pthread_mutex_init(&fs.lock, NULL);
 	pthread_mutex_init(&fs.dir_lock, NULL);
+	pthread_mutex_init(&fs.pool.lock, NULL);
 	fs.dir_lockfd = -1;
 	fs.next_id = 1;
 	fs.uid = getuid();
@@ -373,6 +375,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_chans:
 	mmfs_close_all(&fs);
+	mmfs_tick_free(&fs);
 	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
 	mm_config_free(&fs.cfg);
 	free(fs.mountpoint);

@@ -1,8 +1,10 @@
 /* poll/select/epoll on `data`, and the ticker thread: every MM_BEAT_MS
- * the channels' heartbeats and the peers' liveness; in between, it sleeps
- * in one futex_waitv on the shared words the waiting polls (and the pipe
- * pump's waits) are about, so a same-host peer's wake turns into a poll
- * notification at once; words beyond one futex_waitv's go to watchers. */
+ * the heartbeats and the peers' liveness of the channels due then (each
+ * channel says how often it needs a tick: an idle one every other beat, one
+ * without an mmapfs peer never); in between, it sleeps in one futex_waitv
+ * on the shared words the waiting polls (and the pipe pump's waits) are
+ * about, so a same-host peer's wake turns into a poll notification at
+ * once; words beyond one futex_waitv's go to watchers. */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -235,24 +237,112 @@ static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, bo
 	return n < MM_FUTEX_WAITV_MAX ? n : MM_FUTEX_WAITV_MAX;
 }
 
-/* Every channel's heartbeat; a change of state or of the peer's liveness
- * goes to the log, once. Whether any changed. fs->lock held (each tick is
- * short). */
+void chan_log_change(struct chan *ch)
+{
+	char why[512];
+
+	mm_channel_reason(&ch->mc, why, sizeof(why));
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->key.name,
+		 mm_state_name(mm_channel_state(&ch->mc)),
+		 mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
+}
+
+/* The wheel: fs->wheel[(fs->wheel_at + k) % TICK_SLOTS] holds the channels
+ * due k beats after the next one. A channel is in it while it needs ticks,
+ * so a beat costs what the channels due then need, nothing for the others.
+ * Each slot is an array with room for every channel (made when a channel
+ * is), so the ticker never allocates and can look ahead. fs->lock held. */
+_Static_assert(MM_IDLE_BEAT_MS / MM_BEAT_MS < TICK_SLOTS, "the wheel is too small");
+
+int mmfs_tick_room(struct mmfs *fs, unsigned n)
+{
+	unsigned room = fs->wheel_room ? fs->wheel_room : 64;
+
+	if (n <= fs->wheel_room)
+		return 0;
+	while (room < n)
+		room *= 2;
+	for (unsigned i = 0; i < TICK_SLOTS; i++) {
+		struct chan **p = realloc(fs->wheel[i].chans, room * sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;	/* the slots grown so far keep their room */
+		fs->wheel[i].chans = p;
+	}
+	fs->wheel_room = room;
+	return 0;
+}
+
+void mmfs_tick_free(struct mmfs *fs)
+{
+	for (unsigned i = 0; i < TICK_SLOTS; i++)
+		free(fs->wheel[i].chans);
+}
+
+static void wheel_in(struct mmfs *fs, struct chan *ch, unsigned beats)
+{
+	unsigned at = (fs->wheel_at + beats) % TICK_SLOTS;
+	struct tick_slot *s = &fs->wheel[at];
+
+	ch->tick_slot = (int)at;
+	ch->tick_idx = s->n;
+	s->chans[s->n++] = ch;
+}
+
+void mmfs_tick_forget(struct mmfs *fs, struct chan *ch)
+{
+	struct tick_slot *s;
+	struct chan *last;
+
+	if (ch->tick_slot < 0)
+		return;
+	s = &fs->wheel[ch->tick_slot];
+	last = s->chans[--s->n];
+	s->chans[ch->tick_idx] = last;
+	last->tick_idx = ch->tick_idx;
+	ch->tick_slot = -1;
+}
+
+void mmfs_tick_soon(struct mmfs *fs, struct chan *ch)
+{
+	if (ch->removed)
+		return;
+	mmfs_tick_forget(fs, ch);
+	wheel_in(fs, ch, 0);
+}
+
+/* How far ahead the ticker starts fetching a channel's memory, and its
+ * trailers': each channel is a few cache misses, which overlap so. */
+#define AHEAD 16
+
+/* The heartbeats due now; each channel goes back into the wheel as far
+ * ahead as it says, or out of it. A change of state or of the peer's
+ * liveness goes to the log, once. Whether any changed. fs->lock held
+ * (each tick is short). */
 static bool tick_channels(struct mmfs *fs, uint64_t now)
 {
+	struct tick_slot *s = &fs->wheel[fs->wheel_at];
 	bool changed = false;
 
-	for (struct chan *ch = fs->chans; ch; ch = ch->next) {
-		char why[512];
+	/* what goes back in goes into other slots: s stays as it is */
+	fs->wheel_at = (fs->wheel_at + 1) % TICK_SLOTS;
+	for (unsigned i = 0; i < s->n; i++) {
+		struct chan *ch = s->chans[i];
+		unsigned every;
 
-		if (!mm_channel_tick(&ch->mc, now))
-			continue;
-		changed = true;
-		mm_channel_reason(&ch->mc, why, sizeof(why));
-		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->key.name,
-			 mm_state_name(mm_channel_state(&ch->mc)),
-			 mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
+		if (i + AHEAD < s->n)
+			mm_channel_prefetch(&s->chans[i + AHEAD]->mc, false);
+		if (i + AHEAD / 2 < s->n)
+			mm_channel_prefetch(&s->chans[i + AHEAD / 2]->mc, true);
+		ch->tick_slot = -1;
+		if (mm_channel_tick(&ch->mc, now, &every)) {
+			chan_log_change(ch);
+			changed = true;
+		}
+		if (every)
+			wheel_in(fs, ch, every / MM_BEAT_MS - 1);
 	}
+	s->n = 0;
 	return changed;
 }
 

@@ -374,12 +374,19 @@ def trailer_word(path, word):
     return ((size - 64) & ~7) + 4 * word
 
 
+def wait_peer_dead(m, since, within=2.0):
+    """m's status says peer=dead within `within` s of `since` (monotonic:
+    when the peer stopped or died)."""
+    while m.status("chan")["peer"] != "dead":
+        assert time.monotonic() - since < within, m.status("chan")
+        time.sleep(0.05)
+
+
 def test_stalled_peer_is_dead_then_alive(chan):
     cdir, adir, c, a = chan
     a.proc.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(1.7)
-        assert c.status("chan")["peer"] == "dead"
+        wait_peer_dead(c, time.monotonic())
     finally:
         a.proc.send_signal(signal.SIGCONT)
     deadline = time.monotonic() + 2
@@ -421,9 +428,9 @@ def test_bytes_written_before_the_peer_died_still_arrive(chan):
     with open(adir + "/data", "wb") as f:
         f.write(payload)
     time.sleep(0.2)                        # the release (end of stream) lands
+    killed = time.monotonic()
     a.kill()
-    time.sleep(1.6)
-    assert c.status("chan")["peer"] == "dead"
+    wait_peer_dead(c, killed)
     with open(cdir + "/data", "rb") as f:
         assert f.read() == payload          # up to the end of stream
         with pytest.raises(OSError) as e:

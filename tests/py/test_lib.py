@@ -311,22 +311,26 @@ def test_hostile_truncated_area(chan, mode):
 
 
 def test_area_path_replaced(chan, tmp_path):
-    """Another file put in an area's place (or the path gone, as xpra's
-    clients delete theirs): the library maps the daemon's own file, found
-    by its descriptor, never what the path names now."""
+    """Another file put in an area's place, or the path gone: the library
+    never maps what the path names now. The daemon keeps no descriptor of
+    a file an mmapfs end made (it stays as long as its channel), so the
+    open fails; an xpra client's files, which it deletes once answered,
+    are mapped through the daemon's descriptor (test_lib_xpra.py)."""
     c, a = chan
     path = area_path(a, "chan", "read")
     os.rename(path, path + ".moved")
     with open(path, "wb") as f:
         f.truncate(os.path.getsize(path + ".moved"))
+    assert run("open", a / "chan", "r") == "ESTALE"
+    with open(path, "rb") as f:
+        assert f.read(4096) == bytes(4096), "the impostor was written"
+    os.unlink(path)
+    assert run("open", a / "chan", "r") == "ENOENT"
+    os.rename(path + ".moved", path)        # the file itself again
     src = src_file(tmp_path, "src", 1 << 20)
     reader = start("read", a / "chan", src, 1, "zc")
     assert run("write", c / "chan", src, 2) == f"ok {1 << 20}"
     assert finish(reader) == f"ok {1 << 20}"
-    with open(path, "rb") as f:
-        assert f.read(4096) == bytes(4096), "the impostor was written"
-    os.unlink(path)
-    assert run("open", a / "chan", "r") == "ok"
 
 
 def test_sigbus_goes_to_the_programs_handler(chan):

@@ -113,18 +113,18 @@ static void test_create(void)
 	char path[PATH_MAX];
 	uint8_t byte = 0;
 	bool zero = true;
-
-	int fd0 = open_fds();
+	int fd, fd0 = open_fds();
 
 	if (!make_dir(dir, 0700))
 		return;
 	mm_area_init(&a);
-	CHECK(a.fd == -1 && a.base == NULL);
+	CHECK(a.base == NULL && a.path == NULL);
 	if (!CHECK_INT(mm_area_create(&a, dir, NULL, size, NULL, &err), ==, 0)) {
 		printf("#     %s\n", err.msg);
 		return;
 	}
-	CHECK(a.fd >= 0 && a.base != NULL && a.created);
+	CHECK(a.base != NULL && a.created);
+	CHECK_INT(open_fds(), ==, fd0);	/* the mapping keeps no descriptor */
 	CHECK_U64(a.size, ==, size);
 	CHECK(strncmp(a.path, dir, strlen(dir)) == 0);
 	CHECK_HAS(a.path, "/mmapfs.");
@@ -140,12 +140,22 @@ static void test_create(void)
 	CHECK(zero);
 	/* shared with the file */
 	a.base[size - 1] = 0x42;
-	CHECK_INT(pread(a.fd, &byte, 1, (off_t)size - 1), ==, 1);
+	fd = open(a.path, O_RDONLY | O_CLOEXEC);
+	CHECK_INT(pread(fd, &byte, 1, (off_t)size - 1), ==, 1);
 	CHECK_INT(byte, ==, 0x42);
+	close(fd);
+	/* a fault on a file still whole is a full filesystem; truncated, not */
+	CHECK_INT(mm_area_fault(&a), ==, -ENOSPC);
+	CHECK_INT(truncate(a.path, 4096), ==, 0);
+	CHECK_INT(mm_area_fault(&a), ==, -EIO);
+	CHECK_INT(mm_area_reserve(&a, &err), ==, 0);	/* by its path */
+	CHECK_INT(stat(a.path, &st), ==, 0);
+	CHECK_U64(st.st_size, ==, size);
+	CHECK_INT(mm_area_fault(&a), ==, -ENOSPC);
 
 	snprintf(path, sizeof(path), "%s", a.path);
 	mm_area_close(&a);
-	CHECK(a.fd == -1 && a.base == NULL && !a.created);
+	CHECK(a.base == NULL && a.path == NULL && !a.created);
 	CHECK_INT(access(path, F_OK), ==, -1);
 	CHECK_INT(count_entries(dir), ==, 0);
 	mm_area_close(&a);	/* closing a closed area is fine */
@@ -178,7 +188,7 @@ static void test_create_refused(void)
 	CHECK_INT(mm_area_create(&a, dir, NULL, MM_AREA_MAX + 1, NULL, &err), ==, -EINVAL);
 	CHECK_INT(mm_area_create(&a, path_in("missing"), NULL, K64, NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "missing");
-	CHECK(a.fd == -1 && a.base == NULL);
+	CHECK(a.base == NULL && a.path == NULL);
 	CHECK_INT(count_entries(dir), ==, 0);
 }
 
@@ -199,6 +209,10 @@ static void test_create_replaced(void)
 	if (!make_file(other, 1234))
 		return;
 	CHECK_INT(rename(other, path), ==, 0);
+	/* another file under its name: not the one mapped */
+	CHECK_INT(mm_area_fault(&a), ==, -EIO);
+	CHECK_INT(mm_area_reserve(&a, &err), ==, -ESTALE);
+	CHECK_HAS(err.msg, path);
 	mm_area_close(&a);
 	CHECK_INT(stat(path, &st), ==, 0);
 	CHECK_U64(st.st_size, ==, 1234);
@@ -206,8 +220,10 @@ static void test_create_replaced(void)
 	/* and one already deleted by someone else is no error */
 	CHECK_INT(mm_area_create(&a, dir, NULL, K64, NULL, &err), ==, 0);
 	CHECK_INT(unlink(a.path), ==, 0);
+	CHECK_INT(mm_area_fault(&a), ==, -EIO);	/* its path names nothing */
+	CHECK_INT(mm_area_reserve(&a, &err), ==, -ENOENT);
 	mm_area_close(&a);
-	CHECK(a.fd == -1);
+	CHECK(a.base == NULL);
 	CHECK_INT(count_entries(dir), ==, 1);
 }
 
@@ -276,13 +292,13 @@ static void expect_refused(const char *file, uint64_t size,
 	mm_area_init(&a);
 	strcpy(err.msg, "(unset)");
 	alarm(10);	/* a FIFO must not hang us */
-	r = mm_area_open_offered(&a, file, size, rl, &err);
+	r = mm_area_open_offered(&a, file, size, rl, false, &err);
 	alarm(0);
 	if (!CHECK_INT(r, ==, want))
 		printf("#     offered %s size %llu: %s\n", file,
 		       (unsigned long long)size, err.msg);
 	CHECK_HAS(err.msg, mention);
-	CHECK(a.fd == -1 && a.base == NULL);
+	CHECK(a.base == NULL && a.path == NULL);
 	CHECK_INT(open_fds(), ==, fd0);
 	if (r == 0)
 		mm_area_close(&a);
@@ -292,17 +308,18 @@ static void test_offered_ok(void)
 {
 	char want[PATH_MAX];
 	uint8_t byte = 0;
-	int fd;
+	int fd, fd0 = open_fds();
 
 	if (!setup_allowed())
 		return;
 	snprintf(want, sizeof(want), "%s/f", allowed);
 	mm_area_init(&a);
-	if (!CHECK_INT(mm_area_open_offered(&a, want, K64, &rules, &err), ==, 0)) {
+	if (!CHECK_INT(mm_area_open_offered(&a, want, K64, &rules, false, &err), ==, 0)) {
 		printf("#     %s\n", err.msg);
 		return;
 	}
-	CHECK(a.fd >= 0 && a.base != NULL && !a.created);
+	CHECK(a.base != NULL && !a.created && a.fd == -1);
+	CHECK_INT(open_fds(), ==, fd0);
 	CHECK_U64(a.size, ==, K64);
 	CHECK_STR(a.path, want);
 	/* the same memory as the file */
@@ -319,17 +336,23 @@ static void test_offered_ok(void)
 	CHECK_INT(access(want, F_OK), ==, 0);	/* never deleted */
 
 	/* the whole file */
-	CHECK_INT(mm_area_open_offered(&a, want, K128, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, want, K128, &rules, false, &err), ==, 0);
 	mm_area_close(&a);
+	/* a file its maker may delete: the descriptor is kept, closed with it */
+	CHECK_INT(mm_area_open_offered(&a, want, K64, &rules, true, &err), ==, 0);
+	CHECK(a.fd >= 0);
+	CHECK_INT(open_fds(), ==, fd0 + 1);
+	mm_area_close(&a);
+	CHECK_INT(open_fds(), ==, fd0);
 
 	/* only the basename counts */
-	CHECK_INT(mm_area_open_offered(&a, "/some/other/dir/f", K64, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "/some/other/dir/f", K64, &rules, false, &err), ==, 0);
 	CHECK_STR(a.path, want);
 	mm_area_close(&a);
-	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rules, false, &err), ==, 0);
 	CHECK_STR(a.path, want);
 	mm_area_close(&a);
-	CHECK_INT(mm_area_open_offered(&a, "../../f", K64, &rules, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "../../f", K64, &rules, false, &err), ==, 0);
 	CHECK_STR(a.path, want);
 	mm_area_close(&a);
 
@@ -338,7 +361,7 @@ static void test_offered_ok(void)
 		const char *dirs[] = { path_in("missing-dir"), path_in("fresh"), allowed };
 		struct mm_attach_rules rl = { dirs, 3, NULL, 0, NULL };
 
-		CHECK_INT(mm_area_open_offered(&a, "/x/f", K64, &rl, &err), ==, 0);
+		CHECK_INT(mm_area_open_offered(&a, "/x/f", K64, &rl, false, &err), ==, 0);
 		CHECK_STR(a.path, want);
 		mm_area_close(&a);
 	}
@@ -415,7 +438,7 @@ static void test_offered_owner(void)
 	expect_refused("theirs", K64, &rules, -EACCES, "theirs");
 	expect_refused("theirs", K64, &rules, -EACCES, "12345");
 	mm_area_init(&a);
-	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &with, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &with, false, &err), ==, 0);
 	mm_area_close(&a);
 }
 
@@ -472,7 +495,7 @@ static void test_user(void)
 	CHECK_INT(chown(path_in("user/theirs"), OTHER_UID, (gid_t)-1), ==, 0);
 	expect_refused("mine", K64, &rl, -EACCES, "owned by uid 0");
 	mm_area_init(&a);
-	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
 }
 
@@ -488,11 +511,11 @@ static void test_offered_world_writable(void)
 	expect_refused("f", K64, &rl, -EACCES, "sticky");
 	CHECK_INT(chmod(w, 01777), ==, 0);
 	mm_area_init(&a);
-	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
 	/* writable by the group only is not refused by this rule */
 	CHECK_INT(chmod(w, 0770), ==, 0);
-	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, &err), ==, 0);
+	CHECK_INT(mm_area_open_offered(&a, "f", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
 }
 
@@ -510,7 +533,8 @@ static void test_open_path(void)
 	mm_area_init(&a);
 	if (CHECK_INT(mm_area_open_path(&a, sym, false, 0, 0, NULL, &err), ==, 0)) {
 		CHECK_U64(a.size, ==, K128);
-		CHECK(!a.created && a.fd >= 0 && a.base != NULL);
+		CHECK(!a.created && a.base != NULL);
+		CHECK_INT(open_fds(), ==, fd0);
 		a.base[K128 - 1] = 5;
 		mm_area_close(&a);
 	}
@@ -523,7 +547,7 @@ static void test_open_path(void)
 	mm_area_close(&a);
 	CHECK_INT(mm_area_open_path(&a, f, false, 0, K128 + 1, NULL, &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, f);
-	CHECK(a.fd == -1);
+	CHECK(a.base == NULL);
 
 	CHECK_INT(mm_area_open_path(&a, fresh, false, K128, 0, NULL, &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, fresh);
