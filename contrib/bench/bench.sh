@@ -161,28 +161,22 @@ done
 echo
 echo "(d) cost of waiting, 10 s each, % of a core"
 pct() { awk -v d="$1" -v t="$2" 'BEGIN { printf "%.3f", 100 * d / (t * 1e9) }'; }
+daemon_waiting() {	# FILE KEY: B's daemon's CPU while cat blocks on FILE of $c
+	local reader t0 t1 d0 d1
+	newchan
+	cat "$B/$c/$1" >/dev/null &
+	reader=$!
+	sleep 1
+	t0=$(now); d0=$(cpu_ns "${pids[1]}")
+	sleep 10
+	t1=$(now); d1=$(cpu_ns "${pids[1]}")
+	kill "$reader"
+	wait "$reader" 2>/dev/null || true
+	record "$2" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+}
 for i in $(seq "$RUNS"); do
-	newchan
-	cat "$B/$c/data" >/dev/null &
-	reader=$!
-	sleep 1
-	t0=$(now); d0=$(cpu_ns "${pids[1]}")
-	sleep 10
-	t1=$(now); d1=$(cpu_ns "${pids[1]}")
-	kill "$reader"
-	wait "$reader" 2>/dev/null || true
-	record "d.daemon-file-reader" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
-
-	newchan
-	cat "$B/$c/pipe" >/dev/null &
-	reader=$!
-	sleep 1
-	t0=$(now); d0=$(cpu_ns "${pids[1]}")
-	sleep 10
-	t1=$(now); d1=$(cpu_ns "${pids[1]}")
-	kill "$reader"
-	wait "$reader" 2>/dev/null || true
-	record "d.daemon-pipefile-reader" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+	daemon_waiting data d.daemon-file-reader
+	daemon_waiting pipe d.daemon-pipefile-reader
 
 	newchan
 	"$build/contrib/examples/mmapfs-cat" "$B/$c" >/dev/null &

@@ -208,6 +208,14 @@ def pair(mount_factory):
     return mount_factory(), mount_factory()
 
 
+@pytest.fixture
+def chan(pair):
+    """A handshaken channel: (creator's dir, attacher's dir, creator, attacher)."""
+    c, a = pair
+    handshake(c, a)
+    return c / "chan", a / "chan", c, a
+
+
 def sh(cmd, check=True, **kw):
     """Run a shell command line as a user would type it."""
     kw.setdefault("timeout", 60)

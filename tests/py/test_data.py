@@ -14,13 +14,6 @@ import pytest
 from conftest import handshake, sh, wait_state
 
 
-@pytest.fixture
-def chan(pair):
-    c, a = pair
-    handshake(c, a)
-    return c / "chan", a / "chan", c, a
-
-
 def sha_of_stream(cmd):
     return sh(cmd).stdout.split()[0]
 

@@ -14,14 +14,7 @@ import time
 
 import pytest
 
-from conftest import handshake, mount_factory, sh, wait_state  # noqa: F401
-
-
-@pytest.fixture
-def chan(pair):
-    c, a = pair
-    handshake(c, a)
-    return c / "chan", a / "chan", c, a
+from conftest import handshake, sh
 
 
 def own_fds(m):
