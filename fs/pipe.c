@@ -655,6 +655,23 @@ static void step(struct mmfs *fs, struct pipe_sess *s, char *buf)
 		finish(fs, s, e);
 }
 
+/* epoll_pwait2 for its microseconds; epoll_wait (milliseconds, rounded up)
+ * where a kernel or a seccomp filter lacks it. */
+static int pump_wait(struct mmfs *fs, struct epoll_event *evs, int max, const struct timespec *ts)
+{
+	static bool no_pwait2;
+	int n;
+
+	if (!no_pwait2) {
+		n = epoll_pwait2(fs->pump_ep, evs, max, ts, NULL);
+		if (n >= 0 || (errno != ENOSYS && errno != EPERM))
+			return n;
+		no_pwait2 = true;
+	}
+	return epoll_wait(fs->pump_ep, evs, max,
+			  ts ? (int)(ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000) : -1);
+}
+
 static void *pump(void *arg)
 {
 	struct mmfs *fs = arg;
@@ -680,7 +697,7 @@ static void *pump(void *arg)
 		due = due > now ? due - now : due ? 0 : UINT64_MAX;
 		ts.tv_sec = (time_t)(due / 1000000);
 		ts.tv_nsec = (long)(due % 1000000) * 1000;
-		n = epoll_pwait2(fs->pump_ep, evs, 64, due == UINT64_MAX ? NULL : &ts, NULL);
+		n = pump_wait(fs, evs, 64, due == UINT64_MAX ? NULL : &ts);
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.ptr) {
 				((struct pipe_sess *)evs[i].data.ptr)->fired = true;

@@ -105,6 +105,20 @@ t_stream() {
 	echo "sha256 $(sha256sum < "$dst")"
 }
 
+# the pipe file under the unit's confinement: dd with its default 512-byte
+# blocks into one end's pipe, cat out of the other's
+t_pipe() {
+	local src=/var/tmp/psrc dst=/var/tmp/pdst rd
+	head -c $((1024 * 1024 + 321)) /dev/urandom > "$src"
+	timeout 60 cat "$(mnt b)/chan/pipe" > "$dst" &
+	rd=$!
+	timeout 60 dd if="$src" of="$(mnt a)/chan/pipe" status=none || fail "dd into pipe failed"
+	wait "$rd" || fail "reader of pipe failed"
+	[ "$(sha256sum < "$src")" = "$(sha256sum < "$dst")" ] ||
+		fail "sha256 differs: $(wc -c < "$dst") of $(wc -c < "$src") bytes"
+	echo "pipe: sha256 $(sha256sum < "$dst")"
+}
+
 # systemctl stop while a reader is blocked on data: unmounted, inactive, the
 # reader released, and no error in the unit's journal.
 t_stop_clean() {
@@ -212,6 +226,10 @@ t_user_channel() {
 		timeout 30 dd if=/var/tmp/usrc of=$e/data bs=64k status=none; wait")
 	[ "$sum" = "$want" ] || fail "sha256 $sum, want $want"
 	echo "as $user: sha256 $sum"
+	sum=$(runuser -u "$user" -- sh -c "timeout 30 cat $f/pipe | sha256sum &
+		timeout 30 dd if=/var/tmp/usrc of=$e/pipe status=none; wait")
+	[ "$sum" = "$want" ] || fail "through pipe: sha256 $sum, want $want"
+	echo "as $user, through pipe: sha256 $sum"
 	mkdir "$(mnt e)/rootc"
 	if runuser -u "$user" -- cat "$(mnt e)/rootc/status" 2>/dev/null; then fail "$user reads root's channel"; fi
 	timeout 30 systemctl stop mmapfs@e mmapfs@f
@@ -273,6 +291,7 @@ check enable-now-two-instances t_enable_now
 check run-mmapfs-mode-0755 t_runtime_dir_mode
 check handshake t_handshake
 check stream-8MiB-sha256 t_stream
+check pipe-dd-512-sha256 t_pipe
 check stop-with-blocked-reader t_stop_clean
 check restart-after-kill-9 t_kill9_restart
 check bad-config-fails-fast-no-restart t_bad_config
