@@ -30,10 +30,6 @@ static void mm_init(void *userdata, struct fuse_conn_info *conn)
 	 * after the other, in order, never at once. */
 	conn->want &= ~FUSE_CAP_ASYNC_DIO;
 	conn->max_write = DATA_MAX_IO;
-	/* lookups in one directory at once: the pump opens its end of a
-	 * channel's pipe (pipe.c) while an opener's lookup there waits */
-	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
-		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 }
 
 const struct fuse_lowlevel_ops mmfs_ops = {
