@@ -148,6 +148,13 @@ static void *watch(void *arg)
 		memcpy(seen + 1, w->seen, n * sizeof(seen[0]));
 		pthread_mutex_unlock(&fs->lock);
 		r = mm_futex_waitv(words, seen, n + 1, true, WATCH_TIMEOUT_US);
+		if (r == -ENOSYS) {
+			/* a word no futex can wait on (a BAR): the ticker's
+			 * recheck looks at it; wait for a new slice */
+			if (mm_futex_waitv(words, seen, 1, true, WATCH_TIMEOUT_US) == -ENOSYS)
+				usleep(POLL_RECHECK_US);
+			r = -ETIMEDOUT;	/* nothing of ours to tell */
+		}
 		pthread_mutex_lock(&fs->lock);
 		/* a word of its slice moved (not a new slice): the ticker looks */
 		if (r != -ETIMEDOUT && __atomic_load_n(&w->kick, __ATOMIC_SEQ_CST) == seen[0])

@@ -92,20 +92,11 @@ pipe_rate() {	# BS BYTES: dd | dd, GB/s
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
 }
-files_rate() {	# BS BYTES: dd into A's data, dd out of B's ($c), GB/s
-	local t0 t1
+files_rate() {	# BS BYTES [FILE]: dd into A's FILE (data), dd out of B's ($c), GB/s
+	local t0 t1 f=${3:-data}
 	t0=$(now)
-	dd if="$B/$c/data" of=/dev/null bs="$1" 2>/dev/null &
-	dd if=/dev/zero of="$A/$c/data" bs="$1" count=$(($2 / $1)) 2>/dev/null
-	wait $!
-	t1=$(now)
-	gbs "$2" "$t0" "$t1"
-}
-pipefile_rate() {	# BS BYTES: dd into A's pipe, dd out of B's ($c), GB/s
-	local t0 t1
-	t0=$(now)
-	dd if="$B/$c/pipe" of=/dev/null bs="$1" 2>/dev/null &
-	dd if=/dev/zero of="$A/$c/pipe" bs="$1" count=$(($2 / $1)) 2>/dev/null
+	dd if="$B/$c/$f" of=/dev/null bs="$1" 2>/dev/null &
+	dd if=/dev/zero of="$A/$c/$f" bs="$1" count=$(($2 / $1)) 2>/dev/null
 	wait $!
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
@@ -153,7 +144,7 @@ for bs in 512 4096 16384 65536 262144 1048576; do
 		newchan
 		record "c.$bs.files" "$(files_rate "$bs" "$files_bytes")"
 		newchan
-		record "c.$bs.pipefile" "$(pipefile_rate "$bs" "$pipefile_bytes")"
+		record "c.$bs.pipefile" "$(files_rate "$bs" "$pipefile_bytes" pipe)"
 		newchan
 		record "c.$bs.library" "$(lib_rate "$bs" "$lib_bytes" copy)"
 	done
