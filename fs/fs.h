@@ -230,7 +230,8 @@ fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k);
 int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k);
 fuse_ino_t pipe_end_ino(fuse_req_t req, const char *name);
 bool pipe_gone(const struct handle *h);
-bool pipe_ring_ready(struct handle *h, const uint32_t *v, unsigned n);
+/* A pump's wait for the ring's words to move (h->moved): over? */
+bool pipe_ring_moved(struct handle *h, const uint32_t *v, unsigned n);
 void pipe_wake(struct mmfs *fs, struct handle *h);
 int mmfs_pump_start(struct mmfs *fs);
 void mmfs_pump_stop(struct mmfs *fs);

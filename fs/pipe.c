@@ -76,7 +76,7 @@ struct pipe_sess {
 	bool done;		/* fs->lock: finished, its claim on the way back */
 	bool fired;		/* pump: an epoll event came */
 	bool arrived;		/* pump: the application's end was seen */
-	uint64_t since_ms;	/* pump: made at */
+	uint64_t since_us;	/* made at */
 	uint64_t due_us;	/* pump: next timed look, 0 none */
 	unsigned step_us;	/* pump: the wait before the next look */
 	size_t inflight;	/* pump, in: in the FIFO, not yet taken */
@@ -231,7 +231,7 @@ int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k)
 	s->h.ch = ch;
 	s->tid = tid;
 	s->fd = -1;
-	s->since_ms = mmfs_now_ms();
+	s->since_us = now_us();
 	r = claim_wait(req, ch, dir, &s->h, flags & O_NONBLOCK);
 	if (r < 0) {
 		free(s);
@@ -260,33 +260,43 @@ int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k)
 	return 0;
 }
 
+/* What a FIFO end shows now: POLLIN, POLLHUP (no writer left, for a
+ * reader end), POLLERR (no reader left, for a writer end). */
+static short fifo_state(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return poll(&p, 1, 0) == 1 ? p.revents : 0;
+}
+
+/* A writer that came and left: hung up, and nothing left to read. */
+static bool fifo_writer_gone(int fd)
+{
+	return (fifo_state(fd) & (POLLHUP | POLLIN)) == POLLHUP;
+}
+
 /* Has the application let go of h's FIFO? Its end of stream is then on the
  * way: an opener may wait for it. fs->lock held. */
 bool pipe_gone(const struct handle *h)
 {
 	const struct pipe_sess *s = sess_of(h);
-	struct pollfd p = { .fd = s->fd, .events = 0 };
 
 	if (s->done)
 		return true;
 	if (s->fd < 0)
 		return false;	/* its opener is on the way */
 	/* out: no writer left (POLLHUP); in: no reader left (POLLERR) */
-	return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR));
+	return (fifo_state(s->fd) & (POLLHUP | POLLERR)) != 0;
 }
 
 /* ---- the ticker's side: waits on the ring ---- */
 
-bool pipe_ring_ready(struct handle *h, const uint32_t *v, unsigned n)
+bool pipe_ring_moved(struct handle *h, const uint32_t *v, unsigned n)
 {
-	unsigned mask = mm_stream_poll(&h->ch->mc);
-
-	if (mask & POLLERR)
+	/* a dead peer's bytes still go to the reader, looked at on a timer:
+	 * only a broken channel ends the wait early */
+	if (mm_stream_poll(&h->ch->mc) & POLLERR)
 		return true;
-	if (!h->moved)
-		return (mask & (h->ph_events | POLLHUP)) != 0;
-	/* bytes of ours in the ring: wait for its words to move (a dead
-	 * peer's bytes still go to the reader, looked at on a timer) */
 	for (unsigned i = 0; i < n; i++)
 		if (v[i] != h->ring_seen[i])
 			return true;
@@ -357,16 +367,16 @@ static void size_fifo(struct pipe_sess *s)
 static int connect_end(struct mmfs *fs, struct pipe_sess *s)
 {
 	struct epoll_event ev = { .data.ptr = s };
+	bool left = false;
 	int fd, flags;
 
 	/* out: a reader end opens at once (and lets the writer's open
 	 * through); in: a writer end opens once the reader is in its open */
 	fd = open_end(fs, s, s->h.dirs == MM_WR ? O_RDONLY : O_WRONLY);
-	if (fd == -ENXIO && doing(s->tid, &flags) == DOING_OTHER)
-		fd = open_end(fs, s, O_WRONLY);	/* out of its open since: in? */
+	if (fd == -ENXIO && (left = doing(s->tid, &flags) == DOING_OTHER))
+		fd = open_end(fs, s, O_WRONLY);	/* out of its open: in since the last try? */
 	if (fd == -ENXIO) {
-		if (doing(s->tid, &flags) == DOING_OTHER ||
-		    mmfs_now_ms() - s->since_ms > ARRIVE_MS)
+		if (left || now_us() - s->since_us > ARRIVE_MS * 1000)
 			return -ENXIO;	/* its open failed, or it went */
 		set_due(s, s->step_us ? (s->step_us < ARRIVE_MAX_US / 2 ? s->step_us * 2 :
 					 ARRIVE_MAX_US) : ARRIVE_MIN_US);
@@ -395,19 +405,18 @@ static int connect_end(struct mmfs *fs, struct pipe_sess *s)
  * one), so nobody is disturbed. */
 static enum step_end check_arrival(struct mmfs *fs, struct pipe_sess *s)
 {
-	struct pollfd p = { .fd = s->fd, .events = POLLIN };
 	int flags, w;
 
-	if (doing(s->tid, &flags) != DOING_OTHER && mmfs_now_ms() - s->since_ms < ARRIVE_MS) {
+	if (doing(s->tid, &flags) != DOING_OTHER && now_us() - s->since_us < ARRIVE_MS * 1000) {
 		set_due(s, s->step_us < ARRIVE_MAX_US / 2 ? s->step_us * 2 : ARRIVE_MAX_US);
 		return GOING;
 	}
-	if (poll(&p, 1, 0) == 1 && p.revents)
+	if (fifo_state(s->fd))
 		return GOING;	/* bytes or a hang-up: the events tell */
 	w = open_end(fs, s, O_WRONLY);
 	if (w >= 0)
 		close(w);
-	if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN))
+	if (fifo_writer_gone(s->fd))
 		return END_ABANDON;
 	s->arrived = true;
 	return GOING;
@@ -466,9 +475,7 @@ static enum step_end pump_out(struct mmfs *fs, struct pipe_sess *s, char *buf)
 			return END_STREAM;
 		/* empty: read() says 0 also before the writer came, POLLHUP
 		 * only after it left */
-		struct pollfd p = { .fd = s->fd, .events = POLLIN };
-
-		if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
+		if (fifo_writer_gone(s->fd)) {
 			s->arrived = true;
 			return END_STREAM;
 		}
@@ -554,9 +561,7 @@ static enum step_end pump_in(struct mmfs *fs, struct pipe_sess *s, char *buf)
 					s->inflight -= took;
 			}
 			if (!fresh && s->inflight) {
-				struct pollfd p = { .fd = s->fd, .events = 0 };
-
-				if (poll(&p, 1, 0) == 1 && (p.revents & POLLERR))
+				if (fifo_state(s->fd) & POLLERR)
 					return END_STREAM;	/* the reader left */
 				/* all in the FIFO: look back at it, and wait for more */
 				set_due(s, s->step_us && s->step_us < TAIL_MAX_US / 2 ? s->step_us * 2 :

@@ -66,7 +66,7 @@ static void ticker_kick(struct mmfs *fs)
 	mm_futex_wake_private(&fs->kick);
 }
 
-/* What poll reports for a data handle now. */
+/* What poll reports now for a handle: a poll of data, or a pump's wait. */
 static unsigned handle_mask(const struct handle *h)
 {
 	unsigned mask = mm_stream_poll(&h->ch->mc);
@@ -223,8 +223,8 @@ static unsigned tick_polls(struct mmfs *fs, uint32_t **words, uint32_t *seen, bo
 
 		next = h->poll_next;
 		k = mm_stream_poll_words(&h->ch->mc, events, w, v);
-		if (h->ph ? (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) != 0 :
-			    pipe_ring_ready(h, v, k)) {
+		if (h->moved ? pipe_ring_moved(h, v, k) :
+			       (handle_mask(h) & (h->ph_events | POLLERR | POLLHUP)) != 0) {
 			poll_drop(fs, h, true);
 			continue;
 		}
