@@ -152,40 +152,33 @@ done
 echo
 echo "(d) cost of waiting, 10 s each, % of a core"
 pct() { awk -v d="$1" -v t="$2" 'BEGIN { printf "%.3f", 100 * d / (t * 1e9) }'; }
-daemon_waiting() {	# FILE KEY: B's daemon's CPU while cat blocks on FILE of $c
-	local reader t0 t1 d0 d1
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
+waiting() {	# KEY daemon|reader PROG SUFFIX: PROG "$B/$c$SUFFIX" blocks on a fresh
+	# channel for 10 s: the CPU of B's daemon, or of PROG itself
+	local reader pid t0 t1 d0 d1
 	newchan
-	cat "$B/$c/$1" >/dev/null &
+	"$3" "$B/$c$4" >/dev/null &
 	reader=$!
+	[ "$2" = daemon ] && pid=${pids[1]} || pid=$reader
 	sleep 1
-	t0=$(now); d0=$(cpu_ns "${pids[1]}")
+	t0=$(now); d0=$(cpu_ns "$pid")
 	sleep 10
-	t1=$(now); d1=$(cpu_ns "${pids[1]}")
+	t1=$(now); d1=$(cpu_ns "$pid")
 	kill "$reader"
 	wait "$reader" 2>/dev/null || true
-	record "$2" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+	record "$1" "$(pct $((d1 - d0)) "$(elapsed "$t0" "$t1")")"
 }
 for i in $(seq "$RUNS"); do
-	daemon_waiting data d.daemon-file-reader
-	daemon_waiting pipe d.daemon-pipefile-reader
-
-	newchan
-	"$build/contrib/examples/mmapfs-cat" "$B/$c" >/dev/null &
-	reader=$!
-	sleep 1
-	t0=$(now); r0=$(cpu_ns "$reader")
-	sleep 10
-	t1=$(now); r1=$(cpu_ns "$reader")
-	kill "$reader"
-	wait "$reader" 2>/dev/null || true
-	record "d.library-reader" "$(pct $((r1 - r0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+	waiting d.daemon-file-reader daemon cat /data
+	waiting d.daemon-pipefile-reader daemon cat /pipe
+	waiting d.library-reader reader "$build/contrib/examples/mmapfs-cat" ""
 
 	# two library ends stream for a few seconds: what do the daemons spend?
 	newchan
 	t0=$(now); a0=$(cpu_ns "${pids[0]}"); b0=$(cpu_ns "${pids[1]}")
 	"$bench_lib" "$A/$c" "$B/$c" $((4 * bytes)) 1048576 zc >/dev/null
 	t1=$(now); a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
-	record "d.daemons-library-stream" "$(pct $((a1 - a0 + b1 - b0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+	record "d.daemons-library-stream" "$(pct $((a1 - a0 + b1 - b0)) "$(elapsed "$t0" "$t1")")"
 done
 echo
 PIPES=${PIPES:-1000}
@@ -208,7 +201,7 @@ sleep 10
 t1=$(now); d1=$(cpu_ns "${pids[1]}")
 record "e.daemon-threads" "$(ls /proc/"${pids[1]}"/task | wc -l)"
 record "e.daemon-fifo-fds" "$(fifos)"
-record "e.daemon-idle-cpu" "$(pct $((d1 - d0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+record "e.daemon-idle-cpu" "$(pct $((d1 - d0)) "$(elapsed "$t0" "$t1")")"
 t0=$(now)
 for i in $(seq "$PIPES"); do echo "line $i" > "$A/p$i/pipe"; done
 for p in "${readers[@]}"; do wait "$p"; done
@@ -216,7 +209,7 @@ t1=$(now)
 ok=0
 for i in $(seq "$PIPES"); do [ "$(cat "$work/p$i.out")" = "line $i" ] && ok=$((ok + 1)); done
 record "e.lines-delivered" "$ok"
-record "e.lines-seconds" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
+record "e.lines-seconds" "$(elapsed "$t0" "$t1")"
 echo
 echo "summary: min-max of $RUNS runs"
 awk '{ k = $1; v = $2 + 0
