@@ -269,11 +269,12 @@ out:
 	return r;
 }
 
-static void unclaim(struct mm_channel *ch, const void *owner, bool end_stream)
+static void unclaim(struct mm_channel *ch, const void *owner, bool end_stream,
+		    const void *reader)
 {
 	pthread_mutex_lock(&ch->lock);
 	if (ch->rd.owner == owner)
-		ch->rd.owner = NULL;
+		ch->rd.owner = reader;
 	if (ch->wr.owner == owner) {
 		if (end_stream)
 			mm_writer_end(ch);
@@ -284,12 +285,17 @@ static void unclaim(struct mm_channel *ch, const void *owner, bool end_stream)
 
 void mm_channel_unclaim(struct mm_channel *ch, const void *owner)
 {
-	unclaim(ch, owner, true);
+	unclaim(ch, owner, true, NULL);
+}
+
+void mm_channel_hand_reader(struct mm_channel *ch, const void *owner, const void *to)
+{
+	unclaim(ch, owner, true, to);
 }
 
 void mm_channel_abandon(struct mm_channel *ch, const void *owner)
 {
-	unclaim(ch, owner, false);
+	unclaim(ch, owner, false, NULL);
 }
 
 /* ---- display ---- */

@@ -227,6 +227,11 @@ void mm_channel_unclaim(struct mm_channel *ch, const void *owner);
  * lookup). */
 void mm_channel_abandon(struct mm_channel *ch, const void *owner);
 
+/* Give back what owner holds (its write direction ending its stream),
+ * but its read direction, which passes to `to` at once: the daemon takes
+ * a reader's claim that left in the middle of a stream, to drop the rest. */
+void mm_channel_hand_reader(struct mm_channel *ch, const void *owner, const void *to);
+
 /* Who holds direction dir (MM_RD or MM_WR), or NULL. */
 const void *mm_channel_owner(struct mm_channel *ch, unsigned dir);
 

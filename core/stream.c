@@ -3,6 +3,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <poll.h>
+#include <string.h>
 #include <time.h>
 
 #include "chunks.h"
@@ -383,6 +384,46 @@ unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
 	return n;
 }
 
+void mm_stream_state(struct mm_channel *ch, unsigned events,
+		     uint32_t state[MM_STREAM_STATE_WORDS])
+{
+	memset(state, 0, MM_STREAM_STATE_WORDS * sizeof(state[0]));
+	if (mm_channel_state(ch) != MM_STATE_READY)
+		return;
+	if ((events & POLLIN) && ch->rd.usable) {
+		mm_ring_raw(&ch->rd.ring, &state[0], &state[1]);
+		if (ch->rd.ext)
+			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &state[2]);
+	}
+	if ((events & POLLOUT) && ch->wr.usable) {
+		mm_ring_raw(&ch->wr.ring, &state[3], &state[4]);
+		if (ch->wr.ext)
+			mm_ext_load(ch->wr.ext, MM_EXT_W_EOF_ACK, &state[5]);
+	}
+}
+
+bool mm_stream_has_ends(struct mm_channel *ch)
+{
+	return ch->rd.usable && ch->rd.ext;
+}
+
+bool mm_stream_pending(struct mm_channel *ch)
+{
+	struct mm_ring_pos p;
+	uint32_t cs = 0, ack = 0;
+
+	if (!ch->rd.usable || mm_ring_load(&ch->rd.ring, &p) < 0)
+		return false;
+	/* the trailer's eof_ack, not ours: the reader may be another
+	 * process (a library holding our descriptor) */
+	if (ch->rd.ext) {
+		mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
+		mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ack);
+	}
+	return mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ack ||
+	       (ch->rd.chunks && mm_chunks_pending(&ch->rd));
+}
+
 unsigned mm_stream_poll(struct mm_channel *ch)
 {
 	unsigned mask = 0;
@@ -395,19 +436,8 @@ unsigned mm_stream_poll(struct mm_channel *ch)
 		return 0;
 	if (peer_dead(ch))
 		mask |= POLLHUP | POLLIN;
-	if (ch->rd.usable && mm_ring_load(&ch->rd.ring, &p) == 0) {
-		uint32_t cs = 0, ack = 0;
-
-		/* the trailer's eof_ack, not ours: the reader may be another
-		 * process (a library holding our descriptor) */
-		if (ch->rd.ext) {
-			mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
-			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ack);
-		}
-		if (mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ack ||
-		    (ch->rd.chunks && mm_chunks_pending(&ch->rd)))
-			mask |= POLLIN | POLLRDNORM;
-	}
+	if (mm_stream_pending(ch))
+		mask |= POLLIN | POLLRDNORM;
 	if (ch->wr.usable && mm_ring_load(&ch->wr.ring, &p) == 0 &&
 	    mm_ring_free(&ch->wr.ring, &p) > 0)
 		mask |= POLLOUT | POLLWRNORM;

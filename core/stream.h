@@ -96,7 +96,24 @@ void mm_stream_sleepers(struct mm_channel *ch, unsigned events, bool add);
 unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
 			      uint32_t **words, uint32_t *seen);
 
+/* Where the stream stands for `events`, as raw words: for POLLIN the read
+ * ring's data_start, data_end and the writer's close_seq; for POLLOUT the
+ * write ring's data_start, data_end and the reader's eof_ack (0 where
+ * absent). A wait compares it with what it was at its last look: both
+ * pointers, since a ring's pointer may come back to an old value in one
+ * move (a read of the whole ring), and the ends of stream, which move no
+ * pointer. */
+#define MM_STREAM_STATE_WORDS 6
+void mm_stream_state(struct mm_channel *ch, unsigned events,
+		     uint32_t state[MM_STREAM_STATE_WORDS]);
+
 /* POLLIN/POLLOUT/POLLERR/POLLHUP as they stand now. */
 unsigned mm_stream_poll(struct mm_channel *ch);
+
+/* Does the read direction have ends of stream (an mmapfs peer's trailer)? */
+bool mm_stream_has_ends(struct mm_channel *ch);
+
+/* Do bytes or an end of stream wait in the read ring? */
+bool mm_stream_pending(struct mm_channel *ch);
 
 #endif

@@ -1,15 +1,32 @@
 /* The stream file `data`: an open claims the stream's direction(s) in core,
- * a read or write is one call of core's stream (core/stream.h) on the
- * request's buffer, and a call that has to wait blocks its own worker
- * thread, ending on an interrupt (Ctrl-C) or at shutdown.
+ * a read or write is a non-blocking call of core's stream (core/stream.h)
+ * on the request's buffer.
+ *
+ * No worker waits. A call that has to wait (a read with nothing to read, a
+ * write into a full ring, an open that waits for a release on its way, for
+ * the reader to take earlier ends of stream, or for an abandoned stream to
+ * be dropped) is parked: kept with its request in its channel's queue, one
+ * queue per kind, in the order the calls came, and answered by whichever
+ * thread sees the stream move: the channel's waiter (fired by the ticker,
+ * event.c), a release, an rmdir, or the caller's interrupt (SIGINT,
+ * SIGKILL). An interrupted read moves no bytes; an interrupted write
+ * returns what it had put in the ring, EINTR if nothing. At the end every
+ * parked request gets ENOTCONN.
  *
  * A descriptor's stream ends when its last copy is closed: FUSE sends a
  * FLUSH on every close of every duplicate, and a RELEASE once, after the
  * last; the claim is given back at RELEASE. Since RELEASE arrives after
  * close() has returned, a new opener that finds the stream held by a handle
- * already flushed waits a little for that release instead of failing. */
+ * already flushed waits a little for that release instead of failing.
+ *
+ * A reader whose last copy closes in the middle of a stream abandons it, as
+ * a socket's or a pipe's reader does: the daemon keeps the read claim
+ * (owned by &ch->dropping) and drops the rest of that stream up to its end,
+ * however late the writer closes; the next reader's open waits for that,
+ * and starts at the next stream. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -19,30 +36,29 @@
 
 /* How long a new opener waits for the release of a closed descriptor. */
 #define RELEASE_WAIT_MS 1000
+/* The most dropped in one step of an abandoned stream. */
+#define DROP_STEP (64u << 20)
+
+struct parked {
+	fuse_req_t req;
+	struct handle *h;		/* freed once answered, maybe at once */
+	struct chan *ch;		/* h's, a reference of our own */
+	enum park_kind kind;
+	size_t size;			/* read: the most to read; write: of buf */
+	size_t done;			/* write: of buf, put in the ring so far */
+	size_t before;			/* write: put in before it was parked */
+	char *buf;			/* write: the bytes (a copy) */
+	struct fuse_file_info fi;	/* open: to answer with */
+	uint64_t deadline_ms;		/* open: for a release on its way */
+	/* fs->lock */
+	bool queued;			/* in its queue, else being served */
+	struct parked *next;		/* in its channel's queue */
+	struct parked *all_next, **all_prev;	/* in fs->parked */
+};
 
 static unsigned dirs_of(int accmode)
 {
 	return accmode == O_RDONLY ? MM_RD : accmode == O_WRONLY ? MM_WR : MM_RD | MM_WR;
-}
-
-/* A wait ends when its caller is interrupted (Ctrl-C) or the daemon is
- * shutting down (SIGTERM, unmount): libfuse's loop cannot end while a
- * worker waits. */
-static bool wait_over(fuse_req_t req)
-{
-	return fuse_req_interrupted(req) || fuse_session_exited(fs_of(req)->se);
-}
-
-static void on_interrupt(fuse_req_t req, void *data)
-{
-	mm_stream_wake(data);
-}
-
-static void nap(unsigned us)
-{
-	struct timespec ts = { 0, (long)us * 1000 };
-
-	nanosleep(&ts, NULL);
 }
 
 /* -d: where the rings stand. */
@@ -58,10 +74,11 @@ void trace_rings(struct mmfs *fs, struct chan *ch, const char *what)
 	}
 }
 
-enum holders { HELD_BY_NONE, HELD_CLOSING, HELD_LIVE };
+enum holders { HELD_BY_NONE, HELD_CLOSING, HELD_DROPPING, HELD_LIVE };
 
 /* Who holds ch's stream: nobody, only handles that were closed (flushed,
- * no I/O since) with their release on the way, or someone still using it. */
+ * no I/O since) with their release on the way, the daemon dropping an
+ * abandoned stream, or someone still using it. */
 static enum holders holders(struct mmfs *fs, struct chan *ch)
 {
 	enum holders state = HELD_BY_NONE;
@@ -69,35 +86,74 @@ static enum holders holders(struct mmfs *fs, struct chan *ch)
 	pthread_mutex_lock(&fs->lock);
 	for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
 		const struct handle *o = mm_channel_owner(&ch->mc, dir);
-		bool gone;
+		enum holders this;
 
 		/* a holder stays listed in fs->handles (or fs->pipes) until
 		 * after it lets go, so o is alive while fs->lock is held */
 		if (!o)
 			continue;
-		gone = o->kind == F_DATA ? o->flushed : pipe_gone(o);
-		if (!gone)
-			state = HELD_LIVE;
-		else if (state == HELD_BY_NONE)
-			state = HELD_CLOSING;
+		if (o == (const void *)&ch->dropping)
+			this = HELD_DROPPING;
+		else if (o->kind == F_DATA ? o->flushed : pipe_gone(o))
+			this = HELD_CLOSING;
+		else
+			this = HELD_LIVE;
+		if (this > state)
+			state = this;
 	}
 	pthread_mutex_unlock(&fs->lock);
 	return state;
 }
 
-bool data_wait_released(fuse_req_t req, struct chan *ch)
+/* ---- the pipe file's lookup: a claim waited for in its worker ---- */
+
+static bool wait_over(fuse_req_t req)
+{
+	return fuse_req_interrupted(req) || fuse_session_exited(fs_of(req)->se);
+}
+
+static void nap(unsigned us)
+{
+	struct timespec ts = { 0, (long)us * 1000 };
+
+	nanosleep(&ts, NULL);
+}
+
+/* The end of dropping an abandoned stream, before its end: for an rmdir. */
+static void drop_end(struct mmfs *fs, struct chan *ch)
+{
+	pthread_mutex_lock(&ch->rd_lock);
+	if (ch->dropping) {
+		pthread_mutex_lock(&fs->lock);
+		ch->dropping = false;
+		pthread_mutex_unlock(&fs->lock);
+		mm_channel_abandon(&ch->mc, &ch->dropping);
+	}
+	pthread_mutex_unlock(&ch->rd_lock);
+}
+
+bool data_wait_released(fuse_req_t req, struct chan *ch, bool end_drop)
 {
 	struct mmfs *fs = fs_of(req);
 	unsigned waited = 0;
 	enum holders h;
 
-	while ((h = holders(fs, ch)) == HELD_CLOSING) {
-		if (waited >= RELEASE_WAIT_MS * 1000 || wait_over(req))
+	while ((h = holders(fs, ch)) == HELD_CLOSING || h == HELD_DROPPING) {
+		if (h == HELD_DROPPING && end_drop) {
+			drop_end(fs, ch);
+			continue;
+		}
+		if ((h == HELD_CLOSING && waited >= RELEASE_WAIT_MS * 1000) || wait_over(req))
 			return false;
 		nap(MM_WAIT_MAX_US);
 		waited += MM_WAIT_MAX_US;
 	}
 	return h == HELD_BY_NONE;
+}
+
+static void claim_interrupted(fuse_req_t req, void *data)
+{
+	mm_stream_wake(data);
 }
 
 int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
@@ -106,10 +162,10 @@ int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner
 	unsigned step = MM_WAIT_MIN_US;
 	int r;
 
-	fuse_req_interrupt_func(req, on_interrupt, &ch->mc);
+	fuse_req_interrupt_func(req, claim_interrupted, &ch->mc);
 	for (;;) {
 		r = mm_channel_claim(&ch->mc, dirs, owner);
-		if (r == -EBUSY && !nonblock && data_wait_released(req, ch))
+		if (r == -EBUSY && !nonblock && data_wait_released(req, ch, false))
 			continue;
 		if (r > 0) {
 			/* someone may wait on it now: the peer is watched
@@ -120,7 +176,6 @@ int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner
 		}
 		if (r != -EAGAIN || nonblock)
 			return r;
-		/* the reader has yet to take six earlier ends of stream */
 		if (wait_over(req))
 			return -EINTR;
 		mm_stream_wait(&ch->mc, MM_WR, step);
@@ -128,25 +183,591 @@ int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner
 	}
 }
 
+/* ---- parked requests ---- */
+
+static void on_interrupt(fuse_req_t req, void *data);
+
+/* Queue p (its interrupt function set before, outside fs->lock): at the
+ * back, or (a request being served that must wait again) at the front.
+ * -EINTR, without queuing, if it was interrupted already. fs->lock held. */
+static int enqueue(struct mmfs *fs, struct parked *p, bool front)
+{
+	struct chan *ch = p->ch;
+	enum park_kind k = p->kind;
+
+	if (fuse_req_interrupted(p->req))
+		return -EINTR;
+	if (!p->all_prev) {
+		ch->waiting[k]++;
+		p->all_next = fs->parked;
+		if (fs->parked)
+			fs->parked->all_prev = &p->all_next;
+		p->all_prev = &fs->parked;
+		fs->parked = p;
+	}
+	if (front) {
+		p->next = ch->parked[k];
+		ch->parked[k] = p;
+		if (!p->next)
+			ch->parked_last[k] = p;
+	} else {
+		p->next = NULL;
+		*(ch->parked[k] ? &ch->parked_last[k]->next : &ch->parked[k]) = p;
+		ch->parked_last[k] = p;
+	}
+	p->queued = true;
+	return 0;
+}
+
+/* Take p out of its queue (it is at the head unless interrupted).
+ * fs->lock held. */
+static void dequeue(struct chan *ch, struct parked *p)
+{
+	struct parked *prev = NULL;
+
+	for (struct parked *q = ch->parked[p->kind]; q != p; q = q->next)
+		prev = q;
+	*(prev ? &prev->next : &ch->parked[p->kind]) = p->next;
+	if (ch->parked_last[p->kind] == p)
+		ch->parked_last[p->kind] = prev;
+	p->queued = false;
+}
+
+/* p was answered: out of fs->parked, freed. Its handle may be gone
+ * already (a release right after the answer); its channel is held. */
+static void parked_free(struct mmfs *fs, struct parked *p)
+{
+	pthread_mutex_lock(&fs->lock);
+	if (p->all_prev) {
+		*p->all_prev = p->all_next;
+		if (p->all_next)
+			p->all_next->all_prev = p->all_prev;
+		p->ch->waiting[p->kind]--;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	chan_put(fs, p->ch);
+	free(p->buf);
+	free(p);
+}
+
+static struct parked *parked_new(fuse_req_t req, struct handle *h, enum park_kind kind)
+{
+	struct mmfs *fs = fs_of(req);
+	struct parked *p = calloc(1, sizeof(*p));
+
+	if (p) {
+		p->req = req;
+		p->h = h;
+		p->ch = h->ch;
+		p->kind = kind;
+		pthread_mutex_lock(&fs->lock);
+		p->ch->refs++;
+		pthread_mutex_unlock(&fs->lock);
+	}
+	return p;
+}
+
+/* Park p, or answer it with `interrupted` (its reply) if its caller gave
+ * up already; then look at once whether it can be answered (the stream
+ * may have moved before the waiter was armed). */
+static void park(struct mmfs *fs, struct parked *p, void (*interrupted)(struct mmfs *, struct parked *))
+{
+	struct chan *ch = p->ch;
+	int r;
+
+	fuse_req_interrupt_func(p->req, on_interrupt, fs);
+	pthread_mutex_lock(&fs->lock);
+	r = enqueue(fs, p, false);
+	ch->refs++;	/* p may be answered, its handle released, at once */
+	pthread_mutex_unlock(&fs->lock);
+	if (r < 0)
+		interrupted(fs, p);
+	else
+		data_serve(fs, ch);
+	chan_put(fs, ch);
+}
+
+/* ---- reading ---- */
+
+/* One read for req, rd_lock held: answered (0), or -EAGAIN with nothing
+ * done (nothing to read yet). */
+static int read_once(struct mmfs *fs, fuse_req_t req, struct handle *h, size_t size)
+{
+	struct chan *ch = h->ch;
+	struct mm_slice s;
+	char *buf = NULL;
+	ssize_t n;
+	int r;
+
+	if (mm_stream_zero_copy(&ch->mc)) {
+		/* the reply points into the ring: the kernel copies straight
+		 * from shared memory into the reader's buffer; the space is
+		 * given back after (under rd_lock: a poll meanwhile does not
+		 * count these bytes), and the peer's writer woken. A reply
+		 * that fails (its caller gave up) moves nothing. */
+		n = mm_stream_read_begin(&ch->mc, size, &s);
+		if (n > 0) {
+			r = fuse_reply_iov(req, s.iov, s.niov);
+			if (r == 0)
+				mm_stream_read_end(&ch->mc, &s, (size_t)n);
+			else
+				trace(fs, "%s: read reply failed: %s\n", ch->key.name, strerror(-r));
+		}
+	} else {
+		/* device memory, or an xpra peer (which acts on data_start as
+		 * soon as our reader has its bytes): a copy, the space given
+		 * back before the reply */
+		size = size < DATA_MAX_IO ? size : DATA_MAX_IO;
+		buf = malloc(size);
+		n = buf ? mm_stream_read(&ch->mc, buf, size) : -ENOMEM;
+		if (n > 0)
+			fuse_reply_buf(req, buf, (size_t)n);
+		free(buf);
+	}
+	if (n == -EAGAIN)
+		return -EAGAIN;
+	if (n >= 0) {
+		h->in_stream = n > 0;
+		h->at_end = n == 0;
+	}
+	if (n == 0) {
+		trace(fs, "%s: end of stream\n", ch->key.name);
+		fuse_reply_buf(req, NULL, 0);
+	} else if (n < 0) {
+		fuse_reply_err(req, (int)-n);
+	}
+	return 0;
+}
+
+static void read_interrupted(struct mmfs *fs, struct parked *p)
+{
+	fuse_reply_err(p->req, EINTR);
+	parked_free(fs, p);
+}
+
+/* Start a data call on dir: 0, or -EBADF if h does not hold it. */
+static int io_begin(struct mmfs *fs, struct handle *h, unsigned dir)
+{
+	if (!(h->dirs & dir))
+		return -EBADF;
+	pthread_mutex_lock(&fs->lock);
+	h->flushed = false;
+	pthread_mutex_unlock(&fs->lock);
+	return 0;
+}
+
+void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_info *fi)
+{
+	struct mmfs *fs = fs_of(req);
+	struct chan *ch = h->ch;
+	struct parked *p;
+	bool first;
+	int r = io_begin(fs, h, MM_RD);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	pthread_mutex_lock(&ch->rd_lock);
+	pthread_mutex_lock(&fs->lock);
+	first = !ch->parked[PARK_READ];
+	pthread_mutex_unlock(&fs->lock);
+	/* after the reads parked before it, if any */
+	r = first ? read_once(fs, req, h, size) : -EAGAIN;
+	pthread_mutex_unlock(&ch->rd_lock);
+	if (r == 0)
+		return;
+	if (fi->flags & O_NONBLOCK) {
+		fuse_reply_err(req, EAGAIN);
+		return;
+	}
+	p = parked_new(req, h, PARK_READ);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->size = size;
+	park(fs, p, read_interrupted);
+}
+
+/* ---- writing ---- */
+
+/* Put what fits of p's bytes in the ring: 0 once all are in, -EAGAIN when
+ * it is full, or the stream's error. wr_lock held. */
+static int write_some(struct chan *ch, const char *buf, size_t size, size_t *done)
+{
+	while (*done < size) {
+		ssize_t n = mm_stream_write(&ch->mc, buf + *done, size - *done);
+
+		if (n <= 0)
+			return n == 0 ? -EAGAIN : (int)n;
+		*done += (size_t)n;
+	}
+	return 0;
+}
+
+/* A write's answer: what went in, or the error if nothing did. */
+static void write_reply(fuse_req_t req, size_t done, int r)
+{
+	if (done > 0)
+		fuse_reply_write(req, done);
+	else
+		fuse_reply_err(req, -r);
+}
+
+static void write_interrupted(struct mmfs *fs, struct parked *p)
+{
+	write_reply(p->req, p->before + p->done, -EINTR);
+	parked_free(fs, p);
+}
+
+void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
+		struct fuse_file_info *fi)
+{
+	struct mmfs *fs = fs_of(req);
+	struct chan *ch = h->ch;
+	struct parked *p;
+	size_t done = 0;
+	bool first;
+	int r = io_begin(fs, h, MM_WR);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	pthread_mutex_lock(&ch->wr_lock);
+	pthread_mutex_lock(&fs->lock);
+	first = !ch->parked[PARK_WRITE];
+	pthread_mutex_unlock(&fs->lock);
+	r = first ? write_some(ch, buf, size, &done) : -EAGAIN;
+	pthread_mutex_unlock(&ch->wr_lock);
+	/* blocking: the whole count; non-blocking: what fits, or EAGAIN */
+	if (r != -EAGAIN || (fi->flags & O_NONBLOCK)) {
+		write_reply(req, done, r);
+		return;
+	}
+	p = parked_new(req, h, PARK_WRITE);
+	if (p && !(p->buf = malloc(size - done))) {
+		parked_free(fs, p);
+		p = NULL;
+	}
+	if (!p) {
+		write_reply(req, done, -ENOMEM);
+		return;
+	}
+	/* the rest is ours to keep: libfuse's buffer is not */
+	memcpy(p->buf, buf + done, size - done);
+	p->size = size - done;
+	p->before = done;
+	park(fs, p, write_interrupted);
+}
+
+/* ---- opening ---- */
+
+/* A claim taken: the handle is set up for data. */
+static void opened(struct mmfs *fs, struct handle *h, unsigned dirs, struct fuse_file_info *fi)
+{
+	h->dirs = dirs;
+	fi->direct_io = 1;
+	fi->nonseekable = 1;
+	pthread_mutex_lock(&fs->lock);
+	mmfs_tick_soon(fs, h->ch);	/* someone may wait on it: beat every beat */
+	pthread_mutex_unlock(&fs->lock);
+	trace_rings(fs, h->ch, dirs == (MM_RD | MM_WR) ? "data opened to read and write" :
+		    dirs == MM_RD ? "data opened to read" : "data opened to write");
+}
+
+/* Try the claim of an open: 0 (claimed: opened), -EAGAIN (wait for it),
+ * or the error to answer. */
+static int open_once(struct mmfs *fs, struct handle *h, struct fuse_file_info *fi,
+		     uint64_t deadline_ms)
+{
+	struct chan *ch = h->ch;
+
+	for (;;) {
+		int r = mm_channel_claim(&ch->mc, dirs_of(fi->flags & O_ACCMODE), h);
+		enum holders who;
+
+		if (r > 0) {
+			opened(fs, h, (unsigned)r, fi);
+			return 0;
+		}
+		if (r != -EBUSY)
+			return r;	/* -EAGAIN: six ends of stream not yet read */
+		who = holders(fs, ch);
+		if (who == HELD_BY_NONE)
+			continue;	/* released meanwhile */
+		if (who == HELD_DROPPING ||
+		    (who == HELD_CLOSING && mmfs_now_ms() < deadline_ms))
+			return -EAGAIN;
+		return -EBUSY;
+	}
+}
+
+static void open_interrupted(struct mmfs *fs, struct parked *p)
+{
+	open_finish(p->req, p->h, &p->fi, -EINTR);
+	parked_free(fs, p);
+}
+
 int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi)
 {
 	struct mmfs *fs = fs_of(req);
-	int r = claim_wait(req, ch, dirs_of(fi->flags & O_ACCMODE), h, fi->flags & O_NONBLOCK);
+	uint64_t deadline = mmfs_now_ms() + RELEASE_WAIT_MS;
+	struct parked *p;
+	int r = open_once(fs, h, fi, (fi->flags & O_NONBLOCK) ? 0 : deadline);
 
-	if (r < 0)
+	if (r != -EAGAIN || (fi->flags & O_NONBLOCK))
 		return r;
-	h->dirs = (unsigned)r;
-	fi->direct_io = 1;
-	fi->nonseekable = 1;
-	trace_rings(fs, ch, h->dirs == (MM_RD | MM_WR) ? "data opened to read and write" :
-		    h->dirs == MM_RD ? "data opened to read" : "data opened to write");
-	return 0;
+	p = parked_new(req, h, PARK_OPEN);
+	if (!p)
+		return -ENOMEM;
+	p->fi = *fi;
+	p->deadline_ms = deadline;
+	park(fs, p, open_interrupted);
+	return 1;
+}
+
+/* ---- serving ---- */
+
+/* The next parked request of kind k, taken out of its queue; NULL if
+ * none. */
+static struct parked *next_parked(struct mmfs *fs, struct chan *ch, enum park_kind k)
+{
+	struct parked *p;
+
+	pthread_mutex_lock(&fs->lock);
+	p = ch->parked[k];
+	if (p)
+		dequeue(ch, p);
+	pthread_mutex_unlock(&fs->lock);
+	return p;
+}
+
+/* p must wait again: back at the head of its queue, unless its caller
+ * gave up meanwhile (then answered here). */
+static void requeue(struct mmfs *fs, struct parked *p,
+		    void (*interrupted)(struct mmfs *, struct parked *))
+{
+	int r;
+
+	pthread_mutex_lock(&fs->lock);
+	r = enqueue(fs, p, true);
+	pthread_mutex_unlock(&fs->lock);
+	if (r < 0)
+		interrupted(fs, p);
+}
+
+/* Drop what is left of an abandoned stream, up to its end; then give the
+ * read claim back. rd_lock held. */
+static void drop_some(struct mmfs *fs, struct chan *ch)
+{
+	struct mm_slice s;
+	ssize_t n;
+
+	while ((n = mm_stream_read_begin(&ch->mc, DROP_STEP, &s)) > 0)
+		mm_stream_read_end(&ch->mc, &s, (size_t)n);
+	if (n == -EAGAIN)
+		return;		/* the writer has not ended it yet */
+	/* its end (0); or the peer died, or the channel broke: nothing
+	 * more of it will come */
+	pthread_mutex_lock(&fs->lock);
+	ch->dropping = false;
+	pthread_mutex_unlock(&fs->lock);
+	mm_channel_abandon(&ch->mc, &ch->dropping);
+	trace_rings(fs, ch, n == 0 ? "abandoned stream dropped to its end" :
+		    "abandoned stream dropped, the channel failed");
+}
+
+static void serve_reads(struct mmfs *fs, struct chan *ch)
+{
+	struct parked *p;
+
+	pthread_mutex_lock(&ch->rd_lock);
+	if (ch->dropping)
+		drop_some(fs, ch);
+	while ((p = next_parked(fs, ch, PARK_READ))) {
+		if (read_once(fs, p->req, p->h, p->size) == 0) {
+			parked_free(fs, p);
+		} else {
+			requeue(fs, p, read_interrupted);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&ch->rd_lock);
+}
+
+static void serve_writes(struct mmfs *fs, struct chan *ch)
+{
+	struct parked *p;
+
+	pthread_mutex_lock(&ch->wr_lock);
+	while ((p = next_parked(fs, ch, PARK_WRITE))) {
+		int r = write_some(ch, p->buf, p->size, &p->done);
+
+		if (r == -EAGAIN) {
+			requeue(fs, p, write_interrupted);
+			break;
+		}
+		write_reply(p->req, p->before + p->done, r);
+		parked_free(fs, p);
+	}
+	pthread_mutex_unlock(&ch->wr_lock);
+}
+
+static void serve_opens(struct mmfs *fs, struct chan *ch)
+{
+	struct parked *p, *waiting = NULL;
+
+	/* each is tried once: those that still wait go back in order */
+	while ((p = next_parked(fs, ch, PARK_OPEN))) {
+		int r = open_once(fs, p->h, &p->fi, p->deadline_ms);
+
+		if (r == -EAGAIN) {
+			p->next = waiting;
+			waiting = p;
+			continue;
+		}
+		open_finish(p->req, p->h, &p->fi, r);
+		parked_free(fs, p);
+	}
+	while ((p = waiting)) {
+		waiting = p->next;
+		requeue(fs, p, open_interrupted);
+	}
+}
+
+/* The channel's waiter: what it waits for is what is parked, counting
+ * the requests another thread is serving (they may have to wait again).
+ * fs->lock held. */
+static void chan_arm(struct mmfs *fs, struct chan *ch)
+{
+	struct waiter *w = &ch->wait;
+	bool opens = ch->waiting[PARK_OPEN] > 0;	/* looked at every beat */
+	unsigned events = 0;
+
+	if (ch->waiting[PARK_READ] || ch->dropping)
+		events |= POLLIN;
+	if (ch->waiting[PARK_WRITE])
+		events |= POLLOUT;
+	if (!events && !opens)
+		return;		/* a waiter armed before fires once for nothing */
+	/* armed anew even if armed: its words' values must be from after
+	 * the last attempt (a ring's pointers come back to old values) */
+	w->events = events;
+	w->beat = opens;
+	waiter_arm(fs, w, NULL);
+}
+
+void data_serve(struct mmfs *fs, struct chan *ch)
+{
+	assert_unlocked(fs);
+	/* armed before the looks below, so that a move after them fires it */
+	pthread_mutex_lock(&fs->lock);
+	chan_arm(fs, ch);
+	pthread_mutex_unlock(&fs->lock);
+	serve_reads(fs, ch);
+	serve_writes(fs, ch);
+	serve_opens(fs, ch);
+}
+
+static void chan_fire(struct mmfs *fs, struct waiter *w)
+{
+	data_serve(fs, w->ch);
+}
+
+/* The caller gave up (SIGINT, SIGKILL): a parked request is answered now.
+ * libfuse calls this holding the request's lock, in the thread that took
+ * the INTERRUPT; one being served (not queued) is answered by its server. */
+static void on_interrupt(fuse_req_t req, void *data)
+{
+	struct mmfs *fs = data;
+	struct parked *p;
+
+	pthread_mutex_lock(&fs->lock);
+	for (p = fs->parked; p && p->req != req; p = p->all_next)
+		;
+	if (p && p->queued)
+		dequeue(p->ch, p);
+	else
+		p = NULL;
+	pthread_mutex_unlock(&fs->lock);
+	if (!p)
+		return;
+	if (p->kind == PARK_READ)
+		read_interrupted(fs, p);
+	else if (p->kind == PARK_WRITE)
+		write_interrupted(fs, p);
+	else
+		open_interrupted(fs, p);
+}
+
+void data_cancel_all(struct mmfs *fs)
+{
+	struct parked *p;
+
+	for (;;) {
+		pthread_mutex_lock(&fs->lock);
+		p = fs->parked;
+		if (p && p->queued)
+			dequeue(p->ch, p);
+		pthread_mutex_unlock(&fs->lock);
+		if (!p)
+			break;
+		if (p->kind == PARK_OPEN) {
+			open_finish(p->req, p->h, &p->fi, -ENOTCONN);
+			parked_free(fs, p);
+		} else if (p->kind == PARK_WRITE) {
+			write_reply(p->req, p->before + p->done, -ENOTCONN);
+			parked_free(fs, p);
+		} else {
+			fuse_reply_err(p->req, ENOTCONN);
+			parked_free(fs, p);
+		}
+	}
+}
+
+/* ---- closing ---- */
+
+void data_init_chan(struct chan *ch)
+{
+	ch->wait.ch = ch;
+	ch->wait.fire = chan_fire;
+}
+
+void data_reader_left(struct mmfs *fs, struct chan *ch, const void *owner, bool in_stream,
+		      bool at_end)
+{
+	bool drop;
+
+	pthread_mutex_lock(&ch->rd_lock);
+	drop = mm_stream_has_ends(&ch->mc) &&
+	       (in_stream || (!at_end && mm_stream_pending(&ch->mc)));
+	if (drop) {
+		pthread_mutex_lock(&fs->lock);
+		ch->dropping = true;
+		pthread_mutex_unlock(&fs->lock);
+		mm_channel_hand_reader(&ch->mc, owner, &ch->dropping);
+	}
+	pthread_mutex_unlock(&ch->rd_lock);
+	if (!drop)
+		mm_channel_unclaim(&ch->mc, owner);
+	trace_rings(fs, ch, drop ? "reader gone in the middle of a stream, the rest dropped" :
+		    "reader gone");
+	data_serve(fs, ch);	/* the drop, and opens waiting for this */
 }
 
 void data_release(struct mmfs *fs, struct handle *h)
 {
+	/* a library's reads are its own, not seen here: it is never in the
+	 * middle of a stream as far as the daemon knows */
+	if ((h->dirs & MM_RD) && !h->library) {
+		data_reader_left(fs, h->ch, h, h->in_stream, h->at_end);
+		return;
+	}
 	mm_channel_unclaim(&h->ch->mc, h);
 	trace_rings(fs, h->ch, h->dirs & MM_WR ? "data closed, end of stream" : "data closed");
+	data_serve(fs, h->ch);	/* opens waiting for this release */
 }
 
 /* A library's report (MM_IOC_BYTES): the bytes it moved through the areas
@@ -178,135 +799,7 @@ bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir)
 
 	pthread_mutex_lock(&fs->lock);
 	o = mm_channel_owner(&ch->mc, dir);
-	lib = o && o->library;		/* alive while fs->lock is held */
+	lib = o && o != (const void *)&ch->dropping && o->library;
 	pthread_mutex_unlock(&fs->lock);
 	return lib;
-}
-
-/* Start a data call: the calls on one direction run one at a time (two
- * threads may share a descriptor), a waiting one still answering an
- * interrupt. 0 or -errno. */
-static int io_begin(fuse_req_t req, struct handle *h, unsigned dir)
-{
-	struct mmfs *fs = fs_of(req);
-	pthread_mutex_t *m = dir == MM_WR ? &h->ch->wr_lock : &h->ch->rd_lock;
-	unsigned step = MM_WAIT_MIN_US;
-
-	if (!(h->dirs & dir))
-		return -EBADF;
-	pthread_mutex_lock(&fs->lock);
-	h->flushed = false;
-	pthread_mutex_unlock(&fs->lock);
-	while (pthread_mutex_trylock(m) != 0) {
-		if (wait_over(req))
-			return -EINTR;
-		nap(step);
-		step = mm_wait_next(step);
-	}
-	fuse_req_interrupt_func(req, on_interrupt, &h->ch->mc);
-	return 0;
-}
-
-static void io_end(struct chan *ch, unsigned dir)
-{
-	pthread_mutex_unlock(dir == MM_WR ? &ch->wr_lock : &ch->rd_lock);
-}
-
-enum stream_op { OP_READ_BEGIN, OP_READ, OP_WRITE };
-
-/* One stream call, repeated while it says -EAGAIN, waiting for the peer in
- * between, unless the descriptor is non-blocking or the caller gives up. */
-static ssize_t stream_call(fuse_req_t req, struct fuse_file_info *fi, struct chan *ch,
-			   enum stream_op op, void *buf, size_t len, struct mm_slice *s)
-{
-	unsigned step = MM_WAIT_MIN_US;
-	ssize_t n;
-
-	for (;;) {
-		if (op == OP_WRITE)
-			n = mm_stream_write(&ch->mc, buf, len);
-		else if (op == OP_READ)
-			n = mm_stream_read(&ch->mc, buf, len);
-		else
-			n = mm_stream_read_begin(&ch->mc, len, s);
-		if (n != -EAGAIN || (fi->flags & O_NONBLOCK))
-			return n;
-		if (wait_over(req))
-			return -EINTR;
-		mm_stream_wait(&ch->mc, op == OP_WRITE ? MM_WR : MM_RD, step);
-		step = mm_wait_next(step);
-	}
-}
-
-void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_info *fi)
-{
-	struct mmfs *fs = fs_of(req);
-	struct chan *ch = h->ch;
-	struct mm_slice s;
-	char *buf = NULL;
-	ssize_t n;
-	int r;
-
-	r = io_begin(req, h, MM_RD);
-	if (r < 0) {
-		fuse_reply_err(req, -r);
-		return;
-	}
-	if (mm_stream_zero_copy(&ch->mc)) {
-		/* the reply points into the ring: the kernel copies straight
-		 * from shared memory into the reader's buffer; the space is
-		 * given back after, and the peer's writer woken */
-		n = stream_call(req, fi, ch, OP_READ_BEGIN, NULL, size, &s);
-		if (n > 0) {
-			r = fuse_reply_iov(req, s.iov, s.niov);
-			if (r == 0)
-				mm_stream_read_end(&ch->mc, &s, (size_t)n);
-			else
-				trace(fs, "%s: read reply failed: %s\n", ch->key.name, strerror(-r));
-		}
-	} else {
-		/* device memory, or an xpra peer (which acts on data_start as
-		 * soon as our reader has its bytes): a copy, the space given
-		 * back before the reply */
-		size = size < DATA_MAX_IO ? size : DATA_MAX_IO;
-		buf = malloc(size);
-		n = buf ? stream_call(req, fi, ch, OP_READ, buf, size, NULL) : -ENOMEM;
-		if (n > 0)
-			fuse_reply_buf(req, buf, (size_t)n);
-	}
-	if (n == 0) {
-		trace(fs, "%s: end of stream\n", ch->key.name);
-		fuse_reply_buf(req, NULL, 0);
-	} else if (n < 0) {
-		fuse_reply_err(req, (int)-n);
-	}
-	free(buf);
-	io_end(ch, MM_RD);
-}
-
-void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
-		struct fuse_file_info *fi)
-{
-	struct chan *ch = h->ch;
-	size_t done = 0;
-	ssize_t n = 0;
-	int r;
-
-	r = io_begin(req, h, MM_WR);
-	if (r < 0) {
-		fuse_reply_err(req, -r);
-		return;
-	}
-	/* blocking: the whole count; non-blocking: what fits, or EAGAIN */
-	while (done < size) {
-		n = stream_call(req, fi, ch, OP_WRITE, (char *)buf + done, size - done, NULL);
-		if (n <= 0)
-			break;
-		done += (size_t)n;
-	}
-	if (done > 0)
-		fuse_reply_write(req, done);
-	else
-		fuse_reply_err(req, (int)-n);
-	io_end(ch, MM_WR);
 }

@@ -102,6 +102,26 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 
 static void handle_release(struct mmfs *fs, struct handle *h);
 
+void open_finish(fuse_req_t req, struct handle *h, struct fuse_file_info *fi, int r)
+{
+	struct mmfs *fs = fs_of(req);
+
+	if (r < 0) {
+		if (h->ch)
+			chan_put(fs, h->ch);
+		handle_free(h);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	pthread_mutex_lock(&fs->lock);
+	h->next = fs->handles;
+	fs->handles = h;
+	pthread_mutex_unlock(&fs->lock);
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		handle_release(fs, h);	/* the opener was interrupted: no release comes */
+}
+
 void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mmfs *fs = fs_of(req);
@@ -127,20 +147,9 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = -ENXIO;	/* a FIFO: the kernel serves its opens */
 	else
 		r = text_open(fs, ch, k, h, fi);
-	if (r < 0) {
-		if (ch)
-			chan_put(fs, ch);
-		handle_free(h);
-		fuse_reply_err(req, -r);
-		return;
-	}
-	pthread_mutex_lock(&fs->lock);
-	h->next = fs->handles;
-	fs->handles = h;
-	pthread_mutex_unlock(&fs->lock);
-	fi->fh = (uintptr_t)h;
-	if (fuse_reply_open(req, fi) == -ENOENT)
-		handle_release(fs, h);	/* the opener was interrupted: no release comes */
+	if (r <= 0)
+		open_finish(req, h, fi, r);
+	/* else parked: data.c answers */
 }
 
 /* Hand the text gathered so far to the channel: all of it again if an
@@ -358,10 +367,10 @@ static void handle_release(struct mmfs *fs, struct handle *h)
 {
 	struct chan *ch = h->ch;
 
+	poll_forget(fs, h);
 	if (h->kind == F_DATA)
 		data_release(fs, h);
 	pthread_mutex_lock(&fs->lock);
-	poll_drop(fs, h, false);
 	for (struct handle **p = &fs->handles; *p; p = &(*p)->next) {
 		if (*p == h) {
 			*p = h->next;

@@ -5,18 +5,34 @@
  *             mkdir/rmdir
  *   files.c   open/read/write/flush/release of the text files (capabilities,
  *             peer, token, status, chunks); dispatch of data to data.c
- *   data.c    the stream file `data`: claims, blocking reads and writes
+ *   data.c    the stream file `data`: claims, reads and writes; a call
+ *             that has to wait is parked with its request and answered
+ *             later, by whichever thread sees the stream move
  *   pipe.c    the stream file `pipe`: a FIFO the kernel serves, and the
  *             pump thread between FIFOs and rings
- *   poll.c    poll on `data`, and the ticker thread (heartbeats, liveness,
- *             poll notifications, and the pump's waits on rings): it
- *             visits only the channels due
+ *   poll.c    poll on `data`
+ *   event.c   the event core: waiters (what a wait is for, what to do when
+ *             it moves) and the ticker thread that fires them, beside the
+ *             heartbeats and liveness of the channels due
  *
- * Locks: fs->lock guards the channel table, the handles and the pollers,
- * and is only ever held briefly: never across a call that may block, nor
- * across a handshake. Each channel's core state has its own locks
- * (core/channel.h); fs->lock may be held while calling into a channel,
- * never the other way round. */
+ * No libfuse worker waits: a worker does bounded work and returns.
+ *
+ * Locks, in the order they may be taken (a thread holding one may take
+ * only those after it):
+ *   ch->rd_lock, ch->wr_lock   one stream call at a time per direction,
+ *                              held across that call and its reply (a
+ *                              write to /dev/fuse), never across a wait
+ *   fs->lock                   the channel table, handles, waiters, parked
+ *                              requests: held only for list and field
+ *                              updates, never across a system call (but a
+ *                              futex wake) nor a walk of every channel
+ *   fs->wheel_lock             the ticker's wheel; held across a beat's
+ *                              ticks
+ *   ch->mc's own locks         (core/channel.h)
+ * libfuse calls an interrupt function holding the request's own lock,
+ * which then takes fs->lock: so nothing that takes a request's lock
+ * (fuse_req_interrupt_func) is called under fs->lock. Debug builds check
+ * that fs->lock is not held where it must not be (assert_unlocked). */
 #ifndef MMAPFS_FS_H
 #define MMAPFS_FS_H
 
@@ -48,8 +64,8 @@ enum file_kind {
 };
 
 #define INO_SHIFT 4
-#define WATCHERS_MAX 128		/* poll.c: 127 waits' words each */
-/* The ticker's wheel: a slot for each of the next beats (poll.c). */
+#define WATCHERS_MAX 128		/* event.c: 127 waits' words each */
+/* The ticker's wheel: a slot for each of the next beats (event.c). */
 #define TICK_SLOTS 4
 #define TEXT_MAX (32 * 1024)		/* any of our text files fits */
 #define DATA_MAX_IO (1024 * 1024)	/* the largest read or write of data */
@@ -60,17 +76,55 @@ struct chan_key {
 	char name[256];
 };
 
+struct mmfs;
+
+/* A wait on a channel's stream (event.c). The ticker sleeps on the shared
+ * words the peer moves for `events` (POLLIN: the read ring's data_end,
+ * POLLOUT: the write ring's data_start) and calls fire() once, without
+ * fs->lock, when the stream's state (mm_stream_state: both pointers and
+ * the ends of stream) is no longer what it was when the waiter was armed,
+ * when the channel's state or its peer's liveness changed, or at every
+ * beat if `beat`. A waiter that still waits arms itself again in fire(). */
+struct waiter {
+	/* fixed while armed */
+	struct chan *ch;
+	void (*fire)(struct mmfs *fs, struct waiter *w);
+	/* fs->lock */
+	unsigned events;
+	bool beat;
+	bool armed;			/* in fs->waiters */
+	bool is_due;			/* in fs->due */
+	bool beat_listed;		/* counted in fs->beat_waiters */
+	bool firing;			/* the ticker is in fire() */
+	unsigned counted;		/* the events it is among the sleepers for */
+	uint32_t state[6];		/* the stream's, at arming */
+	struct waiter *next, *prev;	/* in fs->waiters or fs->due */
+};
+
+/* The kinds of request a channel parks (data.c), one queue each. */
+enum park_kind { PARK_READ, PARK_WRITE, PARK_OPEN, PARK_KINDS };
+struct parked;
+
 struct chan {
 	/* fixed */
 	struct chan_key key;
-	/* fs->lock: where it is in the ticker's wheel (poll.c) while it
-	 * needs ticks, else tick_slot -1 */
+	/* fs->wheel_lock: where it is in the ticker's wheel (event.c) while
+	 * it needs ticks, else tick_slot -1 */
 	int tick_slot;
 	unsigned tick_idx;
 	/* its own locks */
 	struct mm_channel mc;
 	pthread_mutex_t rd_lock;	/* one data read at a time */
 	pthread_mutex_t wr_lock;	/* one data write at a time */
+	/* fs->lock: requests that wait, in the order they came (data.c),
+	 * and the waiter that serves them */
+	struct parked *parked[PARK_KINDS], *parked_last[PARK_KINDS];
+	unsigned waiting[PARK_KINDS];	/* parked, queued or being served */
+	struct waiter wait;
+	/* rd_lock: a reader left in the middle of a stream; the daemon holds
+	 * the read claim (owner: &ch->dropping) and drops the rest of that
+	 * stream, up to its end */
+	bool dropping;
 	/* fixed */
 	struct timespec ctime;
 	/* fs->lock */
@@ -101,12 +155,13 @@ struct handle {
 	size_t done;			/* peer: how much was handed over */
 	bool flushed;			/* data: closed once, no I/O since */
 	bool library;			/* data: a libmmapfs handle's claim */
-	bool polling;			/* in fs->pollers: */
-	struct fuse_pollhandle *ph;	/* a poll waiting for a change, or */
-	bool moved;			/* a pump's wait for ring_seen to move */
-	uint32_t ring_seen[2];		/* (else for ph_events to come true) */
-	unsigned ph_events;
-	struct handle *poll_next;	/* in fs->pollers while polling */
+	struct fuse_pollhandle *ph;	/* data: the latest poll's, kept and
+					 * notified at every move (poll.c) */
+	struct waiter wait;		/* ph's; or a pipe session's (pipe.c) */
+	/* rd_lock: data, where its reader stands: in a stream (bytes read
+	 * since its last end of stream), or just past an end of stream */
+	bool in_stream;
+	bool at_end;
 	struct handle *next;		/* in fs->handles */
 };
 
@@ -116,14 +171,19 @@ struct mmfs {
 	void *by_name, *by_id;		/* lock: the same in tsearch(3) trees */
 	uint64_t next_id;		/* lock */
 	struct handle *handles;		/* lock: every open handle */
-	struct handle *pollers;		/* lock: handles with a poll handle */
-	bool polls_changed;		/* lock: one of them went */
-	struct tick_slot {		/* lock: the channels due at each of the */
+	struct waiter *waiters;		/* lock: the armed ones */
+	struct waiter *due;		/* lock: those to fire now */
+	bool waits_changed;		/* lock: one came or went */
+	unsigned beat_waiters;		/* lock: armed ones with beat */
+	pthread_cond_t fired;		/* lock: a waiter's fire() returned */
+	struct parked *parked;		/* lock: every parked request */
+	pthread_mutex_t wheel_lock;
+	struct tick_slot {		/* wheel_lock: the channels due at each of the */
 		struct chan **chans;	/* next ticks, the next at wheel_at; */
 		unsigned n;		/* each has room for every channel */
 	} wheel[TICK_SLOTS];
-	unsigned wheel_at;		/* lock */
-	unsigned wheel_room;		/* lock */
+	unsigned wheel_at;		/* wheel_lock */
+	unsigned wheel_room;		/* wheel_lock */
 	unsigned nchans;		/* lock: in the table */
 	struct {			/* where channels are made (tree.c) */
 		pthread_mutex_t lock;
@@ -193,6 +253,9 @@ void mm_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 	       struct fuse_file_info *fi);
 
 /* files.c */
+/* The end of an open (r: 0 or -errno): h listed and answered, or freed
+ * with the error. */
+void open_finish(fuse_req_t req, struct handle *h, struct fuse_file_info *fi, int r);
 int file_text(struct chan *ch, enum file_kind k, char *buf, size_t len);
 void handle_free(struct handle *h);
 void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
@@ -207,22 +270,40 @@ void mm_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
 	      size_t in_bufsz, size_t out_bufsz);
 
 /* data.c */
+/* Open data for h: 1 if answered later (parked: the reply is data.c's),
+ * 0 (opened) or -errno. */
 int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi);
 void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_info *fi);
 void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
 		struct fuse_file_info *fi);
 void data_release(struct mmfs *fs, struct handle *h);
-/* Claim `dirs` of ch's stream for owner as an open does: waits for a
+/* Claim `dirs` of ch's stream for owner, waiting in this thread for a
  * release on its way, or for the reader to take earlier ends of stream,
- * unless nonblock. The mask taken, or -errno. */
+ * unless nonblock (the pipe file's lookup). The mask taken, or -errno. */
 int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
 	       bool nonblock);
 void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len);
 /* Is dir of ch's stream held by a library (whose chunk lists are its own)? */
 bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir);
-/* Wait (a little, interruptibly) while the holders of ch's stream are
- * handles already closed whose release is on its way: true once free. */
-bool data_wait_released(fuse_req_t req, struct chan *ch);
+/* Wait in this thread (a little, interruptibly) while the holders of ch's
+ * stream are handles already closed whose release is on its way, or the
+ * daemon dropping an abandoned stream (which end_drop ends at once): true
+ * once free. */
+bool data_wait_released(fuse_req_t req, struct chan *ch, bool end_drop);
+void data_init_chan(struct chan *ch);
+/* ch's reader `owner` let go (a release, a FIFO reader gone): in the middle
+ * of a stream (in_stream: it took bytes of one not yet ended; or, unless
+ * at_end, bytes or an end of stream wait), the daemon takes its claim and
+ * drops the rest of that stream; else the claim is given back. Either way
+ * what waited for it is served. */
+void data_reader_left(struct mmfs *fs, struct chan *ch, const void *owner, bool in_stream,
+		      bool at_end);
+/* Answer what ch has parked that can be answered now (the waiter's fire,
+ * and after a release or an rmdir). No lock held. */
+void data_serve(struct mmfs *fs, struct chan *ch);
+/* At the end: answer every parked request (ENOTCONN). No other thread
+ * serves any more. */
+void data_cancel_all(struct mmfs *fs);
 void trace_rings(struct mmfs *fs, struct chan *ch, const char *what);
 
 /* pipe.c */
@@ -230,19 +311,26 @@ fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k);
 int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k);
 fuse_ino_t pipe_end_ino(fuse_req_t req, const char *name);
 bool pipe_gone(const struct handle *h);
-/* A pump's wait for the ring's words to move (h->moved): over? */
-bool pipe_ring_moved(struct handle *h, const uint32_t *v, unsigned n);
-void pipe_wake(struct mmfs *fs, struct handle *h);
 int mmfs_pump_start(struct mmfs *fs);
 void mmfs_pump_stop(struct mmfs *fs);
 
 /* poll.c */
 void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	     struct fuse_pollhandle *ph);
-/* Watch h's stream for `events` (h->ph set: a poll's, else a pump's wait).
- * fs->lock held. */
-void poll_add(struct mmfs *fs, struct handle *h, unsigned events);
-void poll_drop(struct mmfs *fs, struct handle *h, bool notify);
+/* h's poll handle, forgotten at its release. No lock held. */
+void poll_forget(struct mmfs *fs, struct handle *h);
+
+/* event.c */
+/* Arm w (fs->lock held): it fires once the stream's state for w->events
+ * is no longer `state` (loaded before the caller's last look at the
+ * stream), or what it is now if state is NULL: the caller then looks again
+ * after arming, so that no move falls in between. */
+void waiter_arm(struct mmfs *fs, struct waiter *w, const uint32_t *state);
+/* Disarm w, waiting for a fire() under way to return (fs->lock held; so
+ * never from w's own fire(), nor holding a lock that fire() takes: a
+ * fire() takes fs->lock, and a channel's (data_serve) its rd_lock and
+ * wr_lock). */
+void waiter_disarm(struct mmfs *fs, struct waiter *w);
 int mmfs_ticker_start(struct mmfs *fs);
 void mmfs_ticker_stop(struct mmfs *fs);
 /* Room in the wheel for n channels: 0 or -ENOMEM. fs->lock held. */
@@ -254,5 +342,18 @@ void mmfs_tick_forget(struct mmfs *fs, struct chan *ch);
 void mmfs_tick_free(struct mmfs *fs);
 /* Log a change of ch's state or of its peer's liveness. */
 void chan_log_change(struct chan *ch);
+
+/* Where fs->lock must not be held. It is an error-checking mutex (main.c)
+ * unless NDEBUG, so locking it again in its holder fails: a cheap check. */
+#ifdef NDEBUG
+#define assert_unlocked(fs) ((void)(fs))
+#else
+#include <assert.h>
+#define assert_unlocked(fs) do { \
+	int r_ = pthread_mutex_lock(&(fs)->lock); \
+	assert(r_ == 0); \
+	pthread_mutex_unlock(&(fs)->lock); \
+} while (0)
+#endif
 
 #endif

@@ -4,6 +4,7 @@
  *
  * Everything is checked before anything is mounted: a bad option or
  * configuration file is one message naming the culprit and exit status 1. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <grp.h>
 #include <limits.h>
@@ -254,6 +255,19 @@ static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *fil
 		 names[0] ? names : "none", users);
 }
 
+/* fs->lock: error-checking where assert_unlocked() checks (fs.h). */
+static void init_lock(pthread_mutex_t *m)
+{
+	pthread_mutexattr_t a;
+
+	pthread_mutexattr_init(&a);
+#ifndef NDEBUG
+	pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+#endif
+	pthread_mutex_init(m, &a);
+	pthread_mutexattr_destroy(&a);
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -264,7 +278,9 @@ int main(int argc, char *argv[])
 	int ret = 1, r;
 
 	memset(&fs, 0, sizeof(fs));
-	pthread_mutex_init(&fs.lock, NULL);
+	init_lock(&fs.lock);
+	pthread_cond_init(&fs.fired, NULL);
+	pthread_mutex_init(&fs.wheel_lock, NULL);
 	pthread_mutex_init(&fs.dir_lock, NULL);
 	pthread_mutex_init(&fs.pool.lock, NULL);
 	fs.dir_lockfd = -1;
@@ -305,6 +321,10 @@ int main(int argc, char *argv[])
 	}
 	fs.debug = cl.debug;
 	raise_nofile();
+	/* libfuse cancels its workers at the end, for which glibc loads
+	 * libgcc_s: loaded now, while a descriptor is free, so that a daemon
+	 * at its descriptor limit still ends cleanly */
+	dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_NODELETE);
 	if (mm_guard_init() < 0) {
 		perror("mmapfs: sigaction");
 		goto out_args;
@@ -347,9 +367,10 @@ int main(int argc, char *argv[])
 		fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
 		if (opts.max_idle_threads != UINT_MAX)
 			fuse_loop_cfg_set_idle_threads(loop, opts.max_idle_threads);
-		/* each blocked read or write of data holds a worker */
-		fuse_loop_cfg_set_max_threads(loop, opts.max_threads != UINT_MAX ?
-						    opts.max_threads : 256);
+		/* no request waits in a worker (data.c parks them): libfuse's
+		 * own limit (10 in 3.14) serves any number of waiting callers */
+		if (opts.max_threads != UINT_MAX)
+			fuse_loop_cfg_set_max_threads(loop, opts.max_threads);
 		ret = fuse_session_loop_mt(fs.se, loop);
 		fuse_loop_cfg_destroy(loop);
 	}
@@ -362,6 +383,7 @@ out_pump:
 	mmfs_pump_stop(&fs);
 out_ticker:
 	mmfs_ticker_stop(&fs);
+	data_cancel_all(&fs);	/* what waits gets ENOTCONN, before the unmount */
 out_unmount:
 	fuse_session_unmount(fs.se);
 	fuse_log(FUSE_LOG_NOTICE, "mmapfs: unmounted %s\n", opts.mountpoint);

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,12 +81,15 @@ struct pipe_sess {
 	uint64_t due_us;	/* pump: next timed look, 0 none */
 	unsigned step_us;	/* pump: the wait before the next look */
 	size_t inflight;	/* pump, in: in the FIFO, not yet taken */
+	bool in_stream;		/* pump, in: the reader took bytes */
 	char *pend;		/* pump, out: read from the FIFO, not yet */
 	size_t pend_len;	/* in the ring (a short write) */
 	struct pipe_sess *next;	/* fs->lock: in fs->pipes */
 };
 
-enum step_end { GOING, END_STREAM, END_ABANDON };
+/* How a session ends: its stream done (or broken), its opener never came,
+ * or (in) its reader gone before the end of the stream. */
+enum step_end { GOING, END_STREAM, END_ABANDON, END_LEFT };
 
 static struct pipe_sess *sess_of(const struct handle *h)
 {
@@ -289,34 +293,27 @@ bool pipe_gone(const struct handle *h)
 	return (fifo_state(s->fd) & (POLLHUP | POLLERR)) != 0;
 }
 
-/* ---- the ticker's side: waits on the ring ---- */
+/* ---- waits on the ring (event.c) ---- */
 
-bool pipe_ring_moved(struct handle *h, const uint32_t *v, unsigned n)
+static void pipe_fire(struct mmfs *fs, struct waiter *w)
 {
-	/* a dead peer's bytes still go to the reader, looked at on a timer:
-	 * only a broken channel ends the wait early */
-	if (mm_stream_poll(&h->ch->mc) & POLLERR)
-		return true;
-	for (unsigned i = 0; i < n; i++)
-		if (v[i] != h->ring_seen[i])
-			return true;
-	return false;
-}
-
-void pipe_wake(struct mmfs *fs, struct handle *h)
-{
-	sess_of(h)->ready = true;
+	pthread_mutex_lock(&fs->lock);
+	sess_of((struct handle *)((char *)w - offsetof(struct handle, wait)))->ready = true;
+	pthread_mutex_unlock(&fs->lock);
 	pump_kick(fs);
 }
 
-/* Sleep until the ring moves: for room (out), for bytes (in), or (moved)
- * for any change of the words seen before the last look. */
-static void wait_ring(struct mmfs *fs, struct pipe_sess *s, bool moved, const uint32_t *seen)
+/* Sleep until the ring moves from `state`, loaded before the last look:
+ * for room (out), for bytes (in). */
+static void wait_ring(struct mmfs *fs, struct pipe_sess *s, const uint32_t *state)
 {
+	struct waiter *w = &s->h.wait;
+
 	pthread_mutex_lock(&fs->lock);
-	s->h.moved = moved;
-	memcpy(s->h.ring_seen, seen, sizeof(s->h.ring_seen));
-	poll_add(fs, &s->h, s->h.dirs == MM_RD ? POLLIN : POLLOUT);
+	w->ch = s->h.ch;
+	w->fire = pipe_fire;
+	w->events = s->h.dirs == MM_RD ? POLLIN : POLLOUT;
+	waiter_arm(fs, w, state);
 	pthread_mutex_unlock(&fs->lock);
 }
 
@@ -426,15 +423,16 @@ static enum step_end check_arrival(struct mmfs *fs, struct pipe_sess *s)
 static enum step_end pump_out(struct mmfs *fs, struct pipe_sess *s, char *buf)
 {
 	struct mm_channel *mc = &s->h.ch->mc;
-	static const uint32_t none[2];
 
 	for (;;) {
+		uint32_t seen[MM_STREAM_STATE_WORDS];
 		ssize_t room, n, w;
 
+		mm_stream_state(mc, POLLOUT, seen);	/* before the look */
 		if (s->pend_len) {
 			w = mm_stream_write(mc, s->pend, s->pend_len);
 			if (w == -EAGAIN) {
-				wait_ring(fs, s, false, none);
+				wait_ring(fs, s, seen);
 				return GOING;
 			}
 			if (w == -ENOSPC) {
@@ -451,7 +449,7 @@ static enum step_end pump_out(struct mmfs *fs, struct pipe_sess *s, char *buf)
 		if (room < 0)
 			return END_STREAM;	/* the reason is in status */
 		if (room == 0) {
-			wait_ring(fs, s, false, none);
+			wait_ring(fs, s, seen);
 			return GOING;
 		}
 		n = read(s->fd, buf, (size_t)room < PUMP_BATCH ? (size_t)room : PUMP_BATCH);
@@ -527,16 +525,16 @@ static enum step_end pump_in(struct mmfs *fs, struct pipe_sess *s, char *buf)
 	struct mm_channel *mc = &s->h.ch->mc;
 
 	for (;;) {
-		uint32_t *words[2], seen[2] = { 0, 0 };
+		uint32_t seen[MM_STREAM_STATE_WORDS];
 		struct mm_slice sl;
 		ssize_t n, w = 0;
 		size_t fresh, took;
 		int queued = 0;
 
-		mm_stream_poll_words(mc, POLLIN, words, seen);	/* before the look */
+		mm_stream_state(mc, POLLIN, seen);	/* before the look */
 		n = mm_stream_read_begin(mc, s->inflight + PUMP_BATCH, &sl);
 		if (n == -EAGAIN) {
-			wait_ring(fs, s, false, seen);
+			wait_ring(fs, s, seen);
 			return GOING;
 		}
 		if (n <= 0)
@@ -545,8 +543,8 @@ static enum step_end pump_in(struct mmfs *fs, struct pipe_sess *s, char *buf)
 			/* a piece of xpra's chunk list: taken as it goes in */
 			s->inflight = 0;
 			w = fifo_put(s, &sl, 0, (size_t)n, buf);
-			if (w > 0)
-				mm_stream_read_end(mc, &sl, (size_t)w);
+			if (w > 0 && mm_stream_read_end(mc, &sl, (size_t)w) == 0)
+				s->in_stream = true;
 		} else {
 			fresh = (size_t)n > s->inflight ? (size_t)n - s->inflight : 0;
 			if (fresh) {
@@ -557,16 +555,18 @@ static enum step_end pump_in(struct mmfs *fs, struct pipe_sess *s, char *buf)
 			/* what the reader took meanwhile goes back to the writer */
 			if (ioctl(s->fd, FIONREAD, &queued) == 0 && (size_t)queued <= s->inflight) {
 				took = s->inflight - (size_t)queued;
-				if (took && mm_stream_read_end(mc, &sl, took) == 0)
+				if (took && mm_stream_read_end(mc, &sl, took) == 0) {
 					s->inflight -= took;
+					s->in_stream = true;
+				}
 			}
 			if (!fresh && s->inflight) {
 				if (fifo_state(s->fd) & POLLERR)
-					return END_STREAM;	/* the reader left */
+					return END_LEFT;
 				/* all in the FIFO: look back at it, and wait for more */
 				set_due(s, s->step_us && s->step_us < TAIL_MAX_US / 2 ? s->step_us * 2 :
 					   s->step_us ? TAIL_MAX_US : TAIL_MIN_US);
-				wait_ring(fs, s, true, seen);
+				wait_ring(fs, s, seen);
 				return GOING;
 			}
 		}
@@ -579,7 +579,7 @@ static enum step_end pump_in(struct mmfs *fs, struct pipe_sess *s, char *buf)
 			return GOING;	/* the FIFO is full: its reader wakes us */
 		}
 		if (w < 0)
-			return END_STREAM;	/* EPIPE: the reader left */
+			return END_LEFT;	/* EPIPE */
 		s->due_us = 0;
 		s->step_us = 0;
 	}
@@ -596,7 +596,7 @@ static void finish(struct mmfs *fs, struct pipe_sess *s, enum step_end how)
 	if (fd >= 0)
 		epoll_ctl(fs->pump_ep, EPOLL_CTL_DEL, fd, NULL);
 	pthread_mutex_lock(&fs->lock);
-	poll_drop(fs, &s->h, false);
+	waiter_disarm(fs, &s->h.wait);
 	s->fd = -1;
 	s->done = true;
 	for (struct pipe_sess **p = &fs->pipes; *p; p = &(*p)->next) {
@@ -608,7 +608,11 @@ static void finish(struct mmfs *fs, struct pipe_sess *s, enum step_end how)
 	pthread_mutex_unlock(&fs->lock);
 	if (fd >= 0)
 		close(fd);
-	if (how == END_ABANDON)
+	/* what the reader left in its FIFO was put there for it: as good as
+	 * taken, so it is in the middle of the stream */
+	if (how == END_LEFT)
+		data_reader_left(fs, ch, &s->h, s->in_stream || s->inflight, true);
+	else if (how == END_ABANDON)
 		mm_channel_abandon(&ch->mc, &s->h);
 	else
 		mm_channel_unclaim(&ch->mc, &s->h);
@@ -616,8 +620,10 @@ static void finish(struct mmfs *fs, struct pipe_sess *s, enum step_end how)
 	pthread_mutex_lock(&fs->lock);
 	pthread_mutex_unlock(&fs->lock);
 	trace(fs, "%s: pipe %s %s\n", ch->key.name, s->h.dirs == MM_RD ? "reader" : "writer",
-	      how == END_ABANDON ? "never came" : "done");
+	      how == END_ABANDON ? "never came" : how == END_LEFT ? "gone" : "done");
 	trace_rings(fs, ch, "pipe closed");
+	if (how != END_LEFT)
+		data_serve(fs, ch);	/* opens of data waiting for this */
 	free(s->pend);
 	free(s);
 	chan_put(fs, ch);

@@ -163,6 +163,9 @@ static void chan_discard(struct mmfs *fs, struct chan *ch)
 
 static void chan_free(struct mmfs *fs, struct chan *ch)
 {
+	pthread_mutex_lock(&fs->lock);
+	waiter_disarm(fs, &ch->wait);
+	pthread_mutex_unlock(&fs->lock);
 	mm_channel_destroy(&ch->mc);
 	chan_discard(fs, ch);
 }
@@ -213,6 +216,7 @@ static struct chan *chan_new(struct mmfs *fs, const char *name)
 	ch->tick_slot = -1;
 	pthread_mutex_init(&ch->rd_lock, NULL);
 	pthread_mutex_init(&ch->wr_lock, NULL);
+	data_init_chan(ch);
 	clock_gettime(CLOCK_REALTIME, &ch->ctime);
 	ch->mtime = ch->ctime;
 	return ch;
@@ -412,7 +416,7 @@ void mmfs_close_all(struct mmfs *fs)
 		struct handle *h = fs->handles;
 
 		fs->handles = h->next;
-		poll_drop(fs, h, false);
+		poll_forget(fs, h);
 		if (h->dirs)
 			mm_channel_unclaim(&h->ch->mc, h);
 		if (--h->ch->refs == 0)
@@ -422,6 +426,7 @@ void mmfs_close_all(struct mmfs *fs)
 	while (fs->chans) {
 		struct chan *ch = fs->chans;
 
+		mm_channel_abandon(&ch->mc, &ch->dropping);
 		chan_unlink(fs, ch);
 		if (ch->refs == 0)
 			chan_free(fs, ch);
@@ -697,7 +702,7 @@ void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	/* a stream closed just now still holds its slot until its release
 	 * arrives: that does not make the channel busy */
 	r = mm_channel_close(&ch->mc);
-	if (r == -EBUSY && data_wait_released(req, ch))
+	if (r == -EBUSY && data_wait_released(req, ch, true))
 		r = mm_channel_close(&ch->mc);
 	if (r == 0) {
 		pthread_mutex_lock(&fs->lock);
@@ -705,6 +710,7 @@ void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 			chan_unlink(fs, ch);
 		pthread_mutex_unlock(&fs->lock);
 		trace(fs, "%s: removed\n", name);
+		data_serve(fs, ch);	/* opens that waited: ENOTCONN now */
 	}
 	chan_put(fs, ch);
 	fuse_reply_err(req, -r);

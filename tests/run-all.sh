@@ -129,7 +129,7 @@ tsan_tests=(
 	tests/py/test_handshake.py::test_shell_handshake
 	tests/py/test_handshake.py::test_python_five_byte_writes
 	tests/py/test_xpra.py::test_xpra_writes_mmapfs_reads_restart_and_split
-	"tests/py/test_pipe.py::test_exactly_once_random_sizes_across_readers[creator-to-attacher]"
+	"tests/py/test_pipe.py::test_exactly_once_random_sizes_and_readers_that_leave[creator-to-attacher]"
 	tests/py/test_pipe.py::test_nonblocking_open_poll_and_eof
 	tests/py/test_pipe.py::test_dead_peer
 )

@@ -71,47 +71,54 @@ def test_shell_tools_both_ways(chan, tmp_path):
 
 
 @pytest.mark.parametrize("way", ["creator-to-attacher", "attacher-to-creator"])
-def test_exactly_once_random_sizes_across_readers(chan, way):
+def test_exactly_once_random_sizes_and_readers_that_leave(chan, way):
     """Random write and read sizes through a 64 KiB ring (it wraps hundreds of
-    times), and readers that leave in the middle: what one reader left in
-    the FIFO unread goes to the next reader, nothing lost, nothing twice."""
+    times), one stream after another: each arrives whole, once, in order.
+    Then a reader that leaves in the middle of a stream abandons it: its
+    writer finishes (the rest is dropped), and the next reader gets the next
+    stream, nothing of the one before."""
     cdir, adir, c, a = chan
     if way == "attacher-to-creator":
         cdir, adir, c, a = adir, cdir, a, c
     rnd = random.Random(7)
-    data = os.urandom(6 << 20)
+    streams = [os.urandom(rnd.randrange(1, 3 << 20)) for _ in range(3)]
 
-    def writer():
+    def writer(data):
         with open(cdir + "/pipe", "wb", buffering=0) as f:
             i = 0
             while i < len(data):
                 n = rnd.randrange(1, 70000)
                 i += f.write(data[i:i + n])
 
-    t = threading.Thread(target=writer)
-    t.start()
-    got = bytearray()
-    readers = 0
-    while True:
-        readers += 1
+    def read_stream(quota=None):
+        got = bytearray()
         with open(adir + "/pipe", "rb", buffering=0) as f:
-            # each reader takes a random share, then leaves
-            quota = rnd.randrange(1, 1 << 20)
-            n = 0
-            while n < quota:
+            while quota is None or len(got) < quota:
                 b = f.read(rnd.randrange(1, 9000))
                 if not b:
                     break
                 got += b
-                n += len(b)
-            else:
-                continue
-        break  # end of stream
+        return bytes(got)
+
+    for data in streams:
+        t = threading.Thread(target=writer, args=(data,))
+        t.start()
+        assert read_stream() == data
+        t.join(10)
+        assert not t.is_alive()
+    # a reader that leaves early: its stream is dropped, not handed on
+    t = threading.Thread(target=writer, args=(streams[0],))
+    t.start()
+    part = read_stream(quota=100000)
+    assert part == streams[0][:len(part)]
     t.join(10)
-    assert not t.is_alive()
-    assert readers > 3
-    assert len(got) == len(data) and bytes(got) == data
-    assert int(a.status("chan")["read.bytes"]) == len(data)
+    assert not t.is_alive(), "the abandoned stream's writer still waits"
+    t = threading.Thread(target=writer, args=(streams[1],))
+    t.start()
+    assert read_stream() == streams[1]
+    t.join(10)
+    total = sum(map(len, streams)) + len(streams[0]) + len(streams[1])
+    assert int(a.status("chan")["read.bytes"]) == total
 
 
 def test_pipe_to_data_and_data_to_pipe(chan, tmp_path):
