@@ -35,6 +35,9 @@ apt-get install -y -q --no-install-recommends \
 	libfuse3-dev fuse3 libconfig-dev \
 	python3 python3-pytest socat coreutils procps \
 	debootstrap systemd-container
+# real programs that wait on `data` (tests/py/test_waiting.py): Go's
+# runtime (an edge-triggered epoll), curl through a socat tunnel
+apt-get install -y -q --no-install-recommends golang-go curl
 # xpra itself, as the interoperability tests' peer: Debian's 3.1, and xpra
 # 6.6's own modules from ../shared/xpra-6.6, whose packet encoder the tests
 # build with cython3 into build-xpra6/ (tests/py/xpra_peer.py). Under CI
@@ -113,8 +116,9 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 exitcode=66}
 no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" meson test -C build-tsan --suite unit --print-errorlogs
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
-# truncated area, a handshake in pieces, xpra's chunk lists, and the pipe
-# file's pump: about 30 s
+# truncated area, a handshake in pieces, xpra's chunk lists, the pipe
+# file's pump, and parked requests (signals, poll, epoll, SIGTERM, early
+# closes, a tunnel): about a minute
 tsan_tests=(
 	tests/py/test_data.py::test_dd_both_ways_at_once
 	tests/py/test_data.py::test_end_of_file_and_next_stream
@@ -132,6 +136,12 @@ tsan_tests=(
 	"tests/py/test_pipe.py::test_exactly_once_random_sizes_and_readers_that_leave[creator-to-attacher]"
 	tests/py/test_pipe.py::test_nonblocking_open_poll_and_eof
 	tests/py/test_pipe.py::test_dead_peer
+	tests/py/test_waiting.py::test_signals_end_blocked_callers
+	tests/py/test_waiting.py::test_poll_then_read_never_blocks
+	tests/py/test_waiting.py::test_epollet_reader_gets_every_line
+	tests/py/test_waiting.py::test_sigterm_answers_every_waiting_caller
+	"tests/py/test_waiting.py::test_reader_close_abandons_its_stream[head-64K]"
+	tests/py/test_waiting.py::test_curl_through_socat_tunnel
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1

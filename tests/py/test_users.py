@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -306,3 +307,55 @@ def test_declared_user_channel(mount_factory, user, shm, tmp_path):
         wait_state(b, name, "ready")
         src = source(tmp_path)
         assert user_stream(user, src, a / name, b / name) == sha256_file(src), name
+
+
+def test_one_users_waiting_callers_delay_nobody(mount_factory, user):
+    """A user ends six streams nobody reads, then starts 100 writers whose
+    opens wait for the reader, and 20 readers that wait for bytes: root's
+    ls and cat status answer at once; killing the user's processes ends
+    them, and the channel serves the next caller."""
+    a = mount_factory("-o", "allow_other,mkdir=all")
+    b = mount_factory("-o", "allow_other,mkdir=all")
+    os.mkdir(a / "rootc")
+    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
+                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
+                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
+    assert r.returncode == 0, r.stderr
+    wait_state(a, "uc", "ready")
+    wait_state(b, "uc", "ready")
+    for i in range(20):
+        r = as_user(user, f"mkdir {a / f'r{i}'} {b / f'r{i}'} && "
+                          f"cat {a / f'r{i}'}/capabilities > {b / f'r{i}'}/peer && "
+                          f"cat {b / f'r{i}'}/capabilities > {a / f'r{i}'}/peer")
+        assert r.returncode == 0, r.stderr
+    r = as_user(user, f"for i in 1 2 3 4 5 6; do echo $i > {a / 'uc'}/data; done")
+    assert r.returncode == 0, r.stderr
+    setpriv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups"]
+    waiting = [subprocess.Popen(setpriv + ["bash", "-c", f"echo {i} > {a / 'uc'}/data"],
+                                stderr=subprocess.DEVNULL) for i in range(100)]
+    waiting += [subprocess.Popen(setpriv + ["cat", str(b / f"r{i}/data")],
+                                 stdout=subprocess.DEVNULL) for i in range(20)]
+    try:
+        time.sleep(1)
+        assert all(p.poll() is None for p in waiting), "a waiting caller did not wait"
+        for cmd in (["ls", str(a.path)], ["cat", str(a / "rootc/status")],
+                    ["ls", str(a / "uc")], ["cat", str(b / "r0/status")]):
+            t0 = time.monotonic()
+            subprocess.run(cmd, check=True, capture_output=True, timeout=5)
+            assert time.monotonic() - t0 < 1, f"{cmd} took {time.monotonic() - t0:.2f} s"
+        t0 = time.monotonic()
+        for p in waiting:
+            p.kill()
+        for p in waiting:
+            p.wait(5)
+        assert time.monotonic() - t0 < 2
+    finally:
+        for p in waiting:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # the six streams are still there, in order, and the channel goes on
+    got = [as_user(user, f"cat {b / 'uc'}/data").stdout for _ in range(6)]
+    assert got == [f"{i}\n" for i in range(1, 7)]
+    r = as_user(user, f"echo next > {a / 'uc'}/data && cat {b / 'uc'}/data")
+    assert r.stdout == "next\n", r.stderr
