@@ -74,6 +74,16 @@ void trace_rings(struct mmfs *fs, struct chan *ch, const char *what)
 	}
 }
 
+/* Nothing waits on ch any more: its waiter goes, before the stream's claims
+ * can (an idle channel's areas may be replaced by a handshake, and the
+ * ticker must not look at them then). fs->lock held. */
+static void chan_idle(struct mmfs *fs, struct chan *ch)
+{
+	if (!ch->waiting[PARK_READ] && !ch->waiting[PARK_WRITE] && !ch->waiting[PARK_OPEN] &&
+	    !ch->dropping)
+		waiter_cancel(fs, &ch->wait);
+}
+
 enum holders { HELD_BY_NONE, HELD_CLOSING, HELD_DROPPING, HELD_LIVE };
 
 /* Who holds ch's stream: nobody, only handles that were closed (flushed,
@@ -126,6 +136,7 @@ static void drop_end(struct mmfs *fs, struct chan *ch)
 	if (ch->dropping) {
 		pthread_mutex_lock(&fs->lock);
 		ch->dropping = false;
+		chan_idle(fs, ch);
 		pthread_mutex_unlock(&fs->lock);
 		mm_channel_abandon(&ch->mc, &ch->dropping);
 	}
@@ -243,6 +254,7 @@ static void parked_free(struct mmfs *fs, struct parked *p)
 		if (p->all_next)
 			p->all_next->all_prev = p->all_prev;
 		p->ch->waiting[p->kind]--;
+		chan_idle(fs, p->ch);
 	}
 	pthread_mutex_unlock(&fs->lock);
 	chan_put(fs, p->ch);
@@ -289,6 +301,16 @@ static void park(struct mmfs *fs, struct parked *p, void (*interrupted)(struct m
 
 /* ---- reading ---- */
 
+/* Where h's reader stands after a read that returned n (before the reply:
+ * a release may follow it at once). rd_lock held. */
+static void note_read(struct handle *h, ssize_t n)
+{
+	if (n >= 0) {
+		h->in_stream = n > 0;
+		h->at_end = n == 0;
+	}
+}
+
 /* One read for req, rd_lock held: answered (0), or -EAGAIN with nothing
  * done (nothing to read yet). */
 static int read_once(struct mmfs *fs, fuse_req_t req, struct handle *h, size_t size)
@@ -307,6 +329,7 @@ static int read_once(struct mmfs *fs, fuse_req_t req, struct handle *h, size_t s
 		 * that fails (its caller gave up) moves nothing. */
 		n = mm_stream_read_begin(&ch->mc, size, &s);
 		if (n > 0) {
+			note_read(h, n);
 			r = fuse_reply_iov(req, s.iov, s.niov);
 			if (r == 0)
 				mm_stream_read_end(&ch->mc, &s, (size_t)n);
@@ -320,17 +343,16 @@ static int read_once(struct mmfs *fs, fuse_req_t req, struct handle *h, size_t s
 		size = size < DATA_MAX_IO ? size : DATA_MAX_IO;
 		buf = malloc(size);
 		n = buf ? mm_stream_read(&ch->mc, buf, size) : -ENOMEM;
-		if (n > 0)
+		if (n > 0) {
+			note_read(h, n);
 			fuse_reply_buf(req, buf, (size_t)n);
+		}
 		free(buf);
 	}
 	if (n == -EAGAIN)
 		return -EAGAIN;
-	if (n >= 0) {
-		h->in_stream = n > 0;
-		h->at_end = n == 0;
-	}
 	if (n == 0) {
+		note_read(h, n);
 		trace(fs, "%s: end of stream\n", ch->key.name);
 		fuse_reply_buf(req, NULL, 0);
 	} else if (n < 0) {
@@ -345,15 +367,22 @@ static void read_interrupted(struct mmfs *fs, struct parked *p)
 	parked_free(fs, p);
 }
 
-/* Start a data call on dir: 0, or -EBADF if h does not hold it. */
+/* Start a data call on dir: -EBADF if h does not hold it; else with the
+ * direction's lock taken, 1 if it may go at once, 0 if calls of that
+ * direction are parked before it (it queues behind them). */
 static int io_begin(struct mmfs *fs, struct handle *h, unsigned dir)
 {
+	struct chan *ch = h->ch;
+	bool first;
+
 	if (!(h->dirs & dir))
 		return -EBADF;
+	pthread_mutex_lock(dir == MM_RD ? &ch->rd_lock : &ch->wr_lock);
 	pthread_mutex_lock(&fs->lock);
 	h->flushed = false;
+	first = !ch->parked[dir == MM_RD ? PARK_READ : PARK_WRITE];
 	pthread_mutex_unlock(&fs->lock);
-	return 0;
+	return first;
 }
 
 void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_info *fi)
@@ -361,19 +390,13 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 	struct mmfs *fs = fs_of(req);
 	struct chan *ch = h->ch;
 	struct parked *p;
-	bool first;
 	int r = io_begin(fs, h, MM_RD);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
-	pthread_mutex_lock(&ch->rd_lock);
-	pthread_mutex_lock(&fs->lock);
-	first = !ch->parked[PARK_READ];
-	pthread_mutex_unlock(&fs->lock);
-	/* after the reads parked before it, if any */
-	r = first ? read_once(fs, req, h, size) : -EAGAIN;
+	r = r ? read_once(fs, req, h, size) : -EAGAIN;
 	pthread_mutex_unlock(&ch->rd_lock);
 	if (r == 0)
 		return;
@@ -428,18 +451,13 @@ void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
 	struct chan *ch = h->ch;
 	struct parked *p;
 	size_t done = 0;
-	bool first;
 	int r = io_begin(fs, h, MM_WR);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
-	pthread_mutex_lock(&ch->wr_lock);
-	pthread_mutex_lock(&fs->lock);
-	first = !ch->parked[PARK_WRITE];
-	pthread_mutex_unlock(&fs->lock);
-	r = first ? write_some(ch, buf, size, &done) : -EAGAIN;
+	r = r ? write_some(ch, buf, size, &done) : -EAGAIN;
 	pthread_mutex_unlock(&ch->wr_lock);
 	/* blocking: the whole count; non-blocking: what fits, or EAGAIN */
 	if (r != -EAGAIN || (fi->flags & O_NONBLOCK)) {
@@ -573,6 +591,7 @@ static void drop_some(struct mmfs *fs, struct chan *ch)
 	 * more of it will come */
 	pthread_mutex_lock(&fs->lock);
 	ch->dropping = false;
+	chan_idle(fs, ch);
 	pthread_mutex_unlock(&fs->lock);
 	mm_channel_abandon(&ch->mc, &ch->dropping);
 	trace_rings(fs, ch, n == 0 ? "abandoned stream dropped to its end" :
@@ -651,7 +670,7 @@ static void chan_arm(struct mmfs *fs, struct chan *ch)
 	if (ch->waiting[PARK_WRITE])
 		events |= POLLOUT;
 	if (!events && !opens)
-		return;		/* a waiter armed before fires once for nothing */
+		return;
 	/* armed anew even if armed: its words' values must be from after
 	 * the last attempt (a ring's pointers come back to old values) */
 	w->events = events;
@@ -762,7 +781,13 @@ void data_release(struct mmfs *fs, struct handle *h)
 	/* a library's reads are its own, not seen here: it is never in the
 	 * middle of a stream as far as the daemon knows */
 	if ((h->dirs & MM_RD) && !h->library) {
-		data_reader_left(fs, h->ch, h, h->in_stream, h->at_end);
+		bool in_stream, at_end;
+
+		pthread_mutex_lock(&h->ch->rd_lock);
+		in_stream = h->in_stream;
+		at_end = h->at_end;
+		pthread_mutex_unlock(&h->ch->rd_lock);
+		data_reader_left(fs, h->ch, h, in_stream, at_end);
 		return;
 	}
 	mm_channel_unclaim(&h->ch->mc, h);

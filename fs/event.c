@@ -5,8 +5,9 @@
  * The ticker thread sleeps in one futex_waitv on the shared words of the
  * armed waiters and on its own kick, so that a same-host peer's wake
  * reaches it at once; words beyond one futex_waitv's go to watcher
- * threads. A waiter whose words moved from their values at arming is
- * taken off the list and fired, outside fs->lock; a change of a channel's
+ * threads. A waiter whose stream is no longer where it stood at arming
+ * (mm_stream_state) is taken off the list and fired, outside fs->lock, one
+ * at a time; a change of a channel's
  * state or of its peer's liveness fires them all (each looks again, and
  * arms itself again if it still waits). Every MM_BEAT_MS, between two
  * waits, the ticker beats the channels due (the wheel, under its own lock):
@@ -97,6 +98,15 @@ void waiter_arm(struct mmfs *fs, struct waiter *w, const uint32_t *state)
 		fs->beat_waiters++;
 	fs->waits_changed = true;
 	ticker_kick(fs);
+}
+
+void waiter_cancel(struct mmfs *fs, struct waiter *w)
+{
+	if (w->armed)
+		fs->waits_changed = true;
+	unlist(fs, w);
+	if (w->counted && !w->firing)
+		count(w, 0);	/* (a firing one's is, once its fire() returns) */
 }
 
 void waiter_disarm(struct mmfs *fs, struct waiter *w)
@@ -224,8 +234,8 @@ static bool add_watchers(struct mmfs *fs, unsigned want)
 
 /* One look at the armed waiters: those whose stream moved from its state
  * at arming (all of them if `all`, those with beat if `beat`) go to
- * fs->due, to be fired; the words of the others
- * go into words/seen from index 1, the rest to watchers. *n: the count for
+ * fs->due, to be fired; the words of the others go into words/seen from
+ * index 1, the rest to watchers. *n: the count for
  * the ticker's own wait, MM_FUTEX_WAITV_MAX + 1 if they could not all be
  * placed (*want: the watchers that needs). *recheck: some wait is on an
  * area whose peer cannot wake us (a VM's, an xpra peer's), to be looked at
@@ -284,7 +294,7 @@ static void fire(struct mmfs *fs)
 		pthread_mutex_unlock(&fs->lock);
 		w->fire(fs, w);
 		pthread_mutex_lock(&fs->lock);
-		w->firing = false;	/* w may be freed from here on */
+		w->firing = false;	/* freed, maybe, once fs->lock is let go */
 		if (!w->armed && !w->is_due)
 			count(w, 0);	/* it waits no more */
 		pthread_cond_broadcast(&fs->fired);

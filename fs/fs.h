@@ -331,6 +331,9 @@ void waiter_arm(struct mmfs *fs, struct waiter *w, const uint32_t *state);
  * fire() takes fs->lock, and a channel's (data_serve) its rd_lock and
  * wr_lock). */
 void waiter_disarm(struct mmfs *fs, struct waiter *w);
+/* Disarm w without waiting for a fire() under way (fs->lock held): for
+ * a waiter that may be firing in this very thread, and whose memory stays. */
+void waiter_cancel(struct mmfs *fs, struct waiter *w);
 int mmfs_ticker_start(struct mmfs *fs);
 void mmfs_ticker_stop(struct mmfs *fs);
 /* Room in the wheel for n channels: 0 or -ENOMEM. fs->lock held. */

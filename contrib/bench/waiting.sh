@@ -21,6 +21,7 @@ set -euo pipefail
 GIB=${GIB:-4}
 N=${WAITERS:-1000}
 TRIPS=${TRIPS:-20000}
+LOG=${LOG:-/dev/null}		# the daemons' logs
 now() { date +%s.%N; }
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 
@@ -30,8 +31,8 @@ one() {		# BUILDDIR: the figures of one build, as "key value" lines
 	shm=$(mktemp -d /dev/shm/mmapfs-wait.XXXXXX)
 	A=$work/a B=$work/b
 	mkdir "$A" "$B"
-	"$mmapfs" -f -o mmap_dir="$shm" "$A" & pids+=($!)
-	"$mmapfs" -f -o mmap_dir="$shm" "$B" & pids+=($!)
+	"$mmapfs" -f -o mmap_dir="$shm" "$A" 2>>"$LOG" & pids+=($!)
+	"$mmapfs" -f -o mmap_dir="$shm" "$B" 2>>"$LOG" & pids+=($!)
 	for i in $(seq 100); do
 		grep -q " $B fuse" /proc/self/mounts && grep -q " $A fuse" /proc/self/mounts && break
 		sleep 0.05
@@ -71,7 +72,7 @@ one() {		# BUILDDIR: the figures of one build, as "key value" lines
 		t0=$(now)
 		if ! timeout 5 cat "$B/spare/status" >/dev/null; then worst=wedged; break; fi
 		t1=$(now)
-		worst=$(awk -v w="$worst" -v a="$t0" -v z="$t1" 'BEGIN { d = (z - a) * 1000; printf "%.1f", d > w ? d : w }')
+		worst=$(awk -v w="$worst" -v a="$t0" -v z="$t1" 'BEGIN { d = (z - a) * 1000; printf "%.1f", (d > w ? d : w) }')
 	done
 	echo "status-ms $worst"
 	t0=$(now)
