@@ -10,8 +10,8 @@ stream each way:
 
     # end A: the listener; each connection opens A/chan/data
     socat -b 1048576 TCP-LISTEN:8080,bind=127.0.0.1,reuseaddr,fork OPEN:A/chan/data
-    # end B: one socat per connection, to the server
-    while :; do socat -b 1048576 OPEN:B/chan/data TCP:127.0.0.1:80 || sleep 1; done
+    # end B: one socat per connection, the server's connection made first
+    while :; do socat -b 1048576 TCP:127.0.0.1:80 OPEN:B/chan/data || sleep 1; done
 
 curl http://127.0.0.1:8080/... then reaches the server on port 80. When the
 server closes the connection, B's socat closes `data` (after socat's -t, half
@@ -482,8 +482,8 @@ def test_curl_through_socat_tunnel(chan, tmp_path):
         wait_listening(hport, server)
         wait_listening(tport, listener)
         for i in range(ROUNDS):
-            side2 = start("side2", ["socat", "-b", "1048576", f"OPEN:{adir}/data",
-                                    f"TCP:127.0.0.1:{hport}"])
+            side2 = start("side2", ["socat", "-b", "1048576", f"TCP:127.0.0.1:{hport}",
+                                    f"OPEN:{adir}/data"])
             out = tmp_path / "got"
             curl = subprocess.run(["curl", "-sS", "--max-time", "15", "-o", str(out),
                                    f"http://127.0.0.1:{tport}/f{i}"],
@@ -579,3 +579,59 @@ def test_interrupted_reads_leave_nothing_behind(chan):
     if not sanitized(a.proc.pid):
         assert after - before < 4096, f"RSS grew from {before} to {after} kB"
     roundtrip(cdir, adir)
+
+
+LONG = os.environ.get("MMAPFS_LONG") == "1"
+
+
+@pytest.mark.skipif(not LONG, reason="the long suite: MMAPFS_LONG=1 (README)")
+def test_ssh_and_rsync_through_the_tunnel(chan, tmp_path):
+    """A real sshd on a local port, reached through the channel by ssh's
+    ProxyCommand: 10 sessions one after another, then an rsync -e ssh of a
+    tree of 1,000 files, which arrives whole."""
+    need("sshd", "ssh", "ssh-keygen", "rsync", "socat")
+    cdir, adir, c, a = chan
+    (port,) = free_ports(1)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    for name in ("host", "user"):
+        sh(f"ssh-keygen -q -t ed25519 -N '' -f {keys}/{name}")
+    (keys / "authorized").write_text((keys / "user.pub").read_text())
+    conf = tmp_path / "sshd_config"
+    conf.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys}/host\n"
+                    f"AuthorizedKeysFile {keys}/authorized\nPermitRootLogin prohibit-password\n"
+                    f"StrictModes no\nUsePAM no\nPidFile {tmp_path}/sshd.pid\n"
+                    "Subsystem sftp internal-sftp\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    procs, loop = [], None
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sshd.log", "w"))
+    procs.append(sshd)
+    ssh = (f"ssh -i {keys}/user -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+           f"-o BatchMode=yes -o LogLevel=ERROR "
+           f"-o ProxyCommand='socat -b 1048576 - OPEN:{cdir}/data'")
+    try:
+        wait_listening(port, sshd)
+        # end B: one socat per session, connected to sshd first
+        loop = subprocess.Popen(["bash", "-c", f"while :; do socat -b 1048576 "
+                                 f"TCP:127.0.0.1:{port} OPEN:{adir}/data || sleep 0.2; done"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        for i in range(10):
+            r = sh(f"{ssh} root@mmapfs echo session {i}", check=False, timeout=60)
+            assert (r.returncode, r.stdout) == (0, f"session {i}\n"), \
+                r.stderr + (tmp_path / "sshd.log").read_text()
+        src = tmp_path / "src"
+        for i in range(1000):
+            d = src / f"d{i % 10}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"f{i}").write_bytes(os.urandom(i * 37 % 20000))
+        r = sh(f"rsync -a -e \"{ssh}\" {src}/ root@mmapfs:{tmp_path}/dst/", check=False,
+               timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert sh(f"diff -r {src} {tmp_path}/dst", check=False).returncode == 0
+    finally:
+        if loop:
+            os.killpg(loop.pid, signal.SIGKILL)
+            loop.wait()
+        reap(procs, [c, a])
