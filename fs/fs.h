@@ -21,11 +21,14 @@
  * only those after it):
  *   ch->rd_lock, ch->wr_lock   one stream call at a time per direction,
  *                              held across that call and its reply (a
- *                              write to /dev/fuse), never across a wait
+ *                              write to /dev/fuse), never across a wait;
+ *                              one of them at a time
  *   fs->lock                   the channel table, handles, waiters, parked
  *                              requests: held only for list and field
  *                              updates, never across a system call (but a
- *                              futex wake) nor a walk of every channel
+ *                              futex wake) nor a walk of the channels; the
+ *                              one walk under it is the ticker's look at
+ *                              the armed waiters (a few loads each)
  *   fs->wheel_lock             the ticker's wheel; held across a beat's
  *                              ticks
  *   ch->mc's own locks         (core/channel.h)
