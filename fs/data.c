@@ -129,17 +129,23 @@ static void nap(unsigned us)
 	nanosleep(&ts, NULL);
 }
 
+/* Dropping an abandoned stream is over: the read claim goes back.
+ * rd_lock held. */
+static void drop_stop(struct mmfs *fs, struct chan *ch)
+{
+	pthread_mutex_lock(&fs->lock);
+	ch->dropping = false;
+	chan_idle(fs, ch);
+	pthread_mutex_unlock(&fs->lock);
+	mm_channel_abandon(&ch->mc, &ch->dropping);
+}
+
 /* The end of dropping an abandoned stream, before its end: for an rmdir. */
 static void drop_end(struct mmfs *fs, struct chan *ch)
 {
 	pthread_mutex_lock(&ch->rd_lock);
-	if (ch->dropping) {
-		pthread_mutex_lock(&fs->lock);
-		ch->dropping = false;
-		chan_idle(fs, ch);
-		pthread_mutex_unlock(&fs->lock);
-		mm_channel_abandon(&ch->mc, &ch->dropping);
-	}
+	if (ch->dropping)
+		drop_stop(fs, ch);
 	pthread_mutex_unlock(&ch->rd_lock);
 }
 
@@ -262,6 +268,28 @@ static void parked_free(struct mmfs *fs, struct parked *p)
 	free(p);
 }
 
+/* A write's answer: what went in, or the error if nothing did. */
+static void write_reply(fuse_req_t req, size_t done, int r)
+{
+	if (done > 0)
+		fuse_reply_write(req, done);
+	else
+		fuse_reply_err(req, -r);
+}
+
+/* Answer p with r (0, or -errno: EINTR, ENOTCONN, the stream's error), as
+ * its kind does; then free it. A read's bytes are answered by read_once(). */
+static void answer(struct mmfs *fs, struct parked *p, int r)
+{
+	if (p->kind == PARK_OPEN)
+		open_finish(p->req, p->h, &p->fi, r);
+	else if (p->kind == PARK_WRITE)
+		write_reply(p->req, p->before + p->done, r);
+	else
+		fuse_reply_err(p->req, -r);
+	parked_free(fs, p);
+}
+
 static struct parked *parked_new(fuse_req_t req, struct handle *h, enum park_kind kind)
 {
 	struct mmfs *fs = fs_of(req);
@@ -279,10 +307,10 @@ static struct parked *parked_new(fuse_req_t req, struct handle *h, enum park_kin
 	return p;
 }
 
-/* Park p, or answer it with `interrupted` (its reply) if its caller gave
- * up already; then look at once whether it can be answered (the stream
- * may have moved before the waiter was armed). */
-static void park(struct mmfs *fs, struct parked *p, void (*interrupted)(struct mmfs *, struct parked *))
+/* Park p, or answer it with EINTR if its caller gave up already; then
+ * look at once whether it can be answered (the stream may have moved
+ * before the waiter was armed). */
+static void park(struct mmfs *fs, struct parked *p)
 {
 	struct chan *ch = p->ch;
 	int r;
@@ -293,7 +321,7 @@ static void park(struct mmfs *fs, struct parked *p, void (*interrupted)(struct m
 	ch->refs++;	/* p may be answered, its handle released, at once */
 	pthread_mutex_unlock(&fs->lock);
 	if (r < 0)
-		interrupted(fs, p);
+		answer(fs, p, r);
 	else
 		data_serve(fs, ch);
 	chan_put(fs, ch);
@@ -361,12 +389,6 @@ static int read_once(struct mmfs *fs, fuse_req_t req, struct handle *h, size_t s
 	return 0;
 }
 
-static void read_interrupted(struct mmfs *fs, struct parked *p)
-{
-	fuse_reply_err(p->req, EINTR);
-	parked_free(fs, p);
-}
-
 /* Start a data call on dir: -EBADF if h does not hold it; else with the
  * direction's lock taken, 1 if it may go at once, 0 if calls of that
  * direction are parked before it (it queues behind them). */
@@ -410,7 +432,7 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 		return;
 	}
 	p->size = size;
-	park(fs, p, read_interrupted);
+	park(fs, p);
 }
 
 /* ---- writing ---- */
@@ -427,21 +449,6 @@ static int write_some(struct chan *ch, const char *buf, size_t size, size_t *don
 		*done += (size_t)n;
 	}
 	return 0;
-}
-
-/* A write's answer: what went in, or the error if nothing did. */
-static void write_reply(fuse_req_t req, size_t done, int r)
-{
-	if (done > 0)
-		fuse_reply_write(req, done);
-	else
-		fuse_reply_err(req, -r);
-}
-
-static void write_interrupted(struct mmfs *fs, struct parked *p)
-{
-	write_reply(p->req, p->before + p->done, -EINTR);
-	parked_free(fs, p);
 }
 
 void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
@@ -477,7 +484,7 @@ void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
 	memcpy(p->buf, buf + done, size - done);
 	p->size = size - done;
 	p->before = done;
-	park(fs, p, write_interrupted);
+	park(fs, p);
 }
 
 /* ---- opening ---- */
@@ -522,12 +529,6 @@ static int open_once(struct mmfs *fs, struct handle *h, struct fuse_file_info *f
 	}
 }
 
-static void open_interrupted(struct mmfs *fs, struct parked *p)
-{
-	open_finish(p->req, p->h, &p->fi, -EINTR);
-	parked_free(fs, p);
-}
-
 int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_file_info *fi)
 {
 	struct mmfs *fs = fs_of(req);
@@ -542,7 +543,7 @@ int data_open(fuse_req_t req, struct chan *ch, struct handle *h, struct fuse_fil
 		return -ENOMEM;
 	p->fi = *fi;
 	p->deadline_ms = deadline;
-	park(fs, p, open_interrupted);
+	park(fs, p);
 	return 1;
 }
 
@@ -564,8 +565,7 @@ static struct parked *next_parked(struct mmfs *fs, struct chan *ch, enum park_ki
 
 /* p must wait again: back at the head of its queue, unless its caller
  * gave up meanwhile (then answered here). */
-static void requeue(struct mmfs *fs, struct parked *p,
-		    void (*interrupted)(struct mmfs *, struct parked *))
+static void requeue(struct mmfs *fs, struct parked *p)
 {
 	int r;
 
@@ -573,7 +573,7 @@ static void requeue(struct mmfs *fs, struct parked *p,
 	r = enqueue(fs, p, true);
 	pthread_mutex_unlock(&fs->lock);
 	if (r < 0)
-		interrupted(fs, p);
+		answer(fs, p, r);
 }
 
 /* Drop what is left of an abandoned stream, up to its end; then give the
@@ -589,11 +589,7 @@ static void drop_some(struct mmfs *fs, struct chan *ch)
 		return;		/* the writer has not ended it yet */
 	/* its end (0); or the peer died, or the channel broke: nothing
 	 * more of it will come */
-	pthread_mutex_lock(&fs->lock);
-	ch->dropping = false;
-	chan_idle(fs, ch);
-	pthread_mutex_unlock(&fs->lock);
-	mm_channel_abandon(&ch->mc, &ch->dropping);
+	drop_stop(fs, ch);
 	trace_rings(fs, ch, n == 0 ? "abandoned stream dropped to its end" :
 		    "abandoned stream dropped, the channel failed");
 }
@@ -609,7 +605,7 @@ static void serve_reads(struct mmfs *fs, struct chan *ch)
 		if (read_once(fs, p->req, p->h, p->size) == 0) {
 			parked_free(fs, p);
 		} else {
-			requeue(fs, p, read_interrupted);
+			requeue(fs, p);
 			break;
 		}
 	}
@@ -625,11 +621,10 @@ static void serve_writes(struct mmfs *fs, struct chan *ch)
 		int r = write_some(ch, p->buf, p->size, &p->done);
 
 		if (r == -EAGAIN) {
-			requeue(fs, p, write_interrupted);
+			requeue(fs, p);
 			break;
 		}
-		write_reply(p->req, p->before + p->done, r);
-		parked_free(fs, p);
+		answer(fs, p, r);
 	}
 	pthread_mutex_unlock(&ch->wr_lock);
 }
@@ -647,12 +642,11 @@ static void serve_opens(struct mmfs *fs, struct chan *ch)
 			waiting = p;
 			continue;
 		}
-		open_finish(p->req, p->h, &p->fi, r);
-		parked_free(fs, p);
+		answer(fs, p, r);
 	}
 	while ((p = waiting)) {
 		waiting = p->next;
-		requeue(fs, p, open_interrupted);
+		requeue(fs, p);
 	}
 }
 
@@ -711,14 +705,8 @@ static void on_interrupt(fuse_req_t req, void *data)
 	else
 		p = NULL;
 	pthread_mutex_unlock(&fs->lock);
-	if (!p)
-		return;
-	if (p->kind == PARK_READ)
-		read_interrupted(fs, p);
-	else if (p->kind == PARK_WRITE)
-		write_interrupted(fs, p);
-	else
-		open_interrupted(fs, p);
+	if (p)
+		answer(fs, p, -EINTR);
 }
 
 void data_cancel_all(struct mmfs *fs)
@@ -733,16 +721,7 @@ void data_cancel_all(struct mmfs *fs)
 		pthread_mutex_unlock(&fs->lock);
 		if (!p)
 			break;
-		if (p->kind == PARK_OPEN) {
-			open_finish(p->req, p->h, &p->fi, -ENOTCONN);
-			parked_free(fs, p);
-		} else if (p->kind == PARK_WRITE) {
-			write_reply(p->req, p->before + p->done, -ENOTCONN);
-			parked_free(fs, p);
-		} else {
-			fuse_reply_err(p->req, ENOTCONN);
-			parked_free(fs, p);
-		}
+		answer(fs, p, -ENOTCONN);
 	}
 }
 

@@ -113,11 +113,7 @@ void waiter_disarm(struct mmfs *fs, struct waiter *w)
 {
 	while (w->firing)
 		pthread_cond_wait(&fs->fired, &fs->lock);
-	if (w->armed)
-		fs->waits_changed = true;
-	unlist(fs, w);
-	if (w->counted)
-		count(w, 0);
+	waiter_cancel(fs, w);
 }
 
 /* Watchers: one futex_waitv takes at most MM_FUTEX_WAITV_MAX words, the

@@ -44,6 +44,7 @@
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -222,6 +223,12 @@ struct mmfs {
 };
 
 extern const struct fuse_lowlevel_ops mmfs_ops;
+
+/* The handle a waiter is the `wait` of (a poll's, a pipe session's). */
+static inline struct handle *handle_of_wait(struct waiter *w)
+{
+	return (struct handle *)(void *)((char *)w - offsetof(struct handle, wait));
+}
 
 static inline struct mmfs *fs_of(fuse_req_t req)
 {

@@ -32,7 +32,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,7 +297,7 @@ bool pipe_gone(const struct handle *h)
 static void pipe_fire(struct mmfs *fs, struct waiter *w)
 {
 	pthread_mutex_lock(&fs->lock);
-	sess_of((struct handle *)((char *)w - offsetof(struct handle, wait)))->ready = true;
+	sess_of(handle_of_wait(w))->ready = true;
 	pthread_mutex_unlock(&fs->lock);
 	pump_kick(fs);
 }

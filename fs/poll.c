@@ -11,7 +11,6 @@
  * change, also one that comes after a read emptied the ring. A notified
  * kernel asks again, and gets the answer of the moment. */
 #include <poll.h>
-#include <stddef.h>
 
 #include "fs.h"
 #include "stream.h"
@@ -29,7 +28,7 @@ static unsigned handle_events(const struct handle *h, unsigned events)
 
 static void poll_fire(struct mmfs *fs, struct waiter *w)
 {
-	struct handle *h = (struct handle *)((char *)w - offsetof(struct handle, wait));
+	struct handle *h = handle_of_wait(w);
 	struct fuse_pollhandle *ph;
 
 	/* armed again before the notification: what moves after it is
