@@ -2,43 +2,131 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <ucontext.h>
 
 #include "guard.h"
 
+/* A guarded run on this thread: where to jump back to, and the memory of
+ * the areas it touches, the ranges a fault must lie in to be its own. */
+struct frame {
+	sigjmp_buf jb;
+	const struct iovec *areas;	/* NULL: whatever the run touches */
+	int nareas;
+};
+
 /* initial-exec: a plain load, not a __tls_get_addr() call, in the shared
  * library too (one pointer: it fits the static TLS glibc keeps for dlopen) */
-static __thread sigjmp_buf *guard_jmp __attribute__((tls_model("initial-exec")));
-/* The handler we replaced, when chaining (a library's host program may
- * have one); else SIG_DFL. */
+static __thread struct frame *guard_cur __attribute__((tls_model("initial-exec")));
+/* Whether a SIGBUS that is not ours goes to the handler we replaced (a
+ * library's host program may have one), and that handler. Both are set
+ * once, by the first install. */
+static bool chained;
 static struct sigaction prev;
+
+/* The codes of a fault of this thread's own access, which the access would
+ * make again: a truncated file's page (BUS_ADRERR), an object's error, a
+ * memory error met by the access. Not BUS_MCEERR_AO (a page found bad in
+ * the background, not ours to answer), nor a SIGBUS sent by kill(2),
+ * tgkill(2) or sigqueue(3) (si_code <= 0) or by the kernel as such
+ * (SI_KERNEL): those carry no address of ours. */
+static bool access_fault(const siginfo_t *si)
+{
+	switch (si->si_code) {
+	case BUS_ADRALN:
+	case BUS_ADRERR:
+	case BUS_OBJERR:
+#ifdef BUS_MCEERR_AR
+	case BUS_MCEERR_AR:
+#endif
+		return true;
+	default:
+		return false;
+	}
+}
+
+static bool in_areas(const struct frame *f, const void *addr)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	if (!f->areas)
+		return true;
+	for (int i = 0; i < f->nareas; i++) {
+		uintptr_t base = (uintptr_t)f->areas[i].iov_base;
+
+		if (a >= base && a - base < f->areas[i].iov_len)
+			return true;
+	}
+	return false;
+}
+
+/* The default action: death by SIGBUS, with a core dump where the system
+ * makes them. A fault is left to happen again on return, so that the
+ * kernel kills with its own address and code; anything else is raised
+ * again (blocked in a sanitizer's wrapper, it comes as the mask is put
+ * back). */
+static void set_default(int sig)
+{
+	struct sigaction dfl;
+
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	sigaction(sig, &dfl, NULL);
+}
+
+static void die(int sig, const siginfo_t *si)
+{
+	set_default(sig);
+	if (!access_fault(si))
+		raise(sig);
+}
+
+/* A SIGBUS that is not ours, as if we had never been installed: to the
+ * handler there was before us, with its mask and flags, else the default
+ * action (SIG_IGN ignores a signal sent by kill(2); a fault it cannot). */
+static void pass_on(int sig, siginfo_t *si, void *uctx)
+{
+	sigset_t mask, old;
+
+	if (!chained || prev.sa_handler == SIG_DFL ||
+	    (prev.sa_handler == SIG_IGN && access_fault(si))) {
+		die(sig, si);
+		return;
+	}
+	if (prev.sa_handler == SIG_IGN)
+		return;
+	if (prev.sa_flags & SA_RESETHAND)
+		set_default(sig);	/* as the kernel would have, first */
+	mask = prev.sa_mask;
+	if (!(prev.sa_flags & SA_NODEFER))
+		sigaddset(&mask, sig);
+	pthread_sigmask(SIG_BLOCK, &mask, &old);
+	if (prev.sa_flags & SA_SIGINFO)
+		prev.sa_sigaction(sig, si, uctx);
+	else
+		prev.sa_handler(sig);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 {
-	sigjmp_buf *jb = guard_jmp;
+	struct frame *f = guard_cur;
 
-	if (jb) {
-		guard_jmp = NULL;
+	if (f && access_fault(si) && in_areas(f, si->si_addr)) {
+		guard_cur = NULL;	/* mm_guard_run puts back the outer one */
 		/* Leave with the mask of the code that faulted, as a return
 		 * would: a handler wrapped by a sanitizer (TSan) runs with
 		 * every signal blocked, and a SIGBUS blocked kills at once. */
 		pthread_sigmask(SIG_SETMASK, &((ucontext_t *)uctx)->uc_sigmask, NULL);
-		siglongjmp(*jb, 1);
+		siglongjmp(f->jb, 1);
 	}
-	/* Not ours: the handler there was before us, else die as we would
-	 * have without a handler (an ignored SIGBUS from a fault kills too). */
-	if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
-		prev.sa_sigaction(sig, si, uctx);
-		return;
-	}
-	if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL &&
-	    prev.sa_handler != SIG_IGN) {
-		prev.sa_handler(sig);
-		return;
-	}
-	signal(sig, SIG_DFL);
-	raise(sig);
+	/* Not ours. The program's handler may jump out of the guarded call
+	 * that this thread may be in: no run of ours until it returns. */
+	guard_cur = NULL;
+	pass_on(sig, si, uctx);
+	guard_cur = f;
 }
 
 static int install(bool chain)
@@ -55,6 +143,7 @@ static int install(bool chain)
 	sigemptyset(&sa.sa_mask);
 	if (chain)
 		prev = old;
+	chained = chain;
 	if (sigaction(SIGBUS, &sa, NULL) < 0)
 		return -errno;
 	return 0;
@@ -70,23 +159,30 @@ int mm_guard_init_chained(void)
 	return install(true);
 }
 
-int mm_guard_run(int (*fn)(void *arg), void *arg)
+static int run(const struct iovec *areas, int nareas, int (*fn)(void *arg), void *arg)
 {
-	sigjmp_buf jb;
-	sigjmp_buf *volatile outer = guard_jmp;
+	struct frame f;
+	struct frame *volatile outer = guard_cur;
 	int ret;
 
+	f.areas = areas;
+	f.nareas = nareas;
 	/* No mask to save: the handler puts back the faulting code's own
 	 * before it jumps, and saving it here would cost a system call on
 	 * every guarded copy. */
-	if (sigsetjmp(jb, 0)) {
-		guard_jmp = outer;
+	if (sigsetjmp(f.jb, 0)) {
+		guard_cur = outer;
 		return -EFAULT;
 	}
-	guard_jmp = &jb;
+	guard_cur = &f;
 	ret = fn(arg);
-	guard_jmp = outer;
+	guard_cur = outer;
 	return ret;
+}
+
+int mm_guard_run(int (*fn)(void *arg), void *arg)
+{
+	return run(NULL, 0, fn, arg);
 }
 
 struct copy_args {
@@ -106,21 +202,36 @@ static int do_copy(void *arg)
 int mm_guard_copy(void *dst, const void *src, size_t n)
 {
 	struct copy_args c = { dst, src, n };
+	const struct iovec both[2] = { { dst, n }, { (void *)src, n } };
 
-	return mm_guard_run(do_copy, &c);
+	return run(both, 2, do_copy, &c);
+}
+
+struct iov_args {
+	char *buf;
+	const struct iovec *iov;
+	int niov;
+	bool to_iov;
+};
+
+static int do_copy_iov(void *arg)
+{
+	struct iov_args *c = arg;
+	char *b = c->buf;
+
+	for (int i = 0; i < c->niov; i++) {
+		if (c->to_iov)
+			memcpy(c->iov[i].iov_base, b, c->iov[i].iov_len);
+		else
+			memcpy(b, c->iov[i].iov_base, c->iov[i].iov_len);
+		b += c->iov[i].iov_len;
+	}
+	return 0;
 }
 
 int mm_guard_copy_iov(void *buf, const struct iovec *iov, int niov, bool to_iov)
 {
-	char *b = buf;
+	struct iov_args c = { buf, iov, niov, to_iov };
 
-	for (int i = 0; i < niov; i++) {
-		int r = to_iov ? mm_guard_copy(iov[i].iov_base, b, iov[i].iov_len)
-			       : mm_guard_copy(b, iov[i].iov_base, iov[i].iov_len);
-
-		if (r < 0)
-			return r;
-		b += iov[i].iov_len;
-	}
-	return 0;
+	return run(iov, niov, do_copy_iov, &c);
 }

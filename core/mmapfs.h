@@ -7,7 +7,39 @@
  * bytes through them with the daemon's own format, checks and wake-ups, so
  * either end may be the library, the files, or another program speaking
  * the format, xpra's own included. Errors are -1 (or NULL) with errno,
- * and mmapfs_reason(). See libmmapfs(3). */
+ * and mmapfs_reason(). See libmmapfs(3).
+ *
+ * Threads. A handle has two directions, each with its own calls: reading
+ * (mmapfs_read, mmapfs_read_begin, mmapfs_read_end) and writing
+ * (mmapfs_write). One call per direction at a time: a thread may read
+ * while another writes through the same O_RDWR handle, but two reads (or
+ * two writes, or a read_begin and a read_end) must not overlap; the calls
+ * of a direction may come from different threads in turn, ordered by the
+ * program (a mutex, a join). mmapfs_chunks_put and mmapfs_chunks_get take
+ * a lock and may run beside any call but mmapfs_close (a list is put
+ * before the reads of its bytes begin). mmapfs_fd may be called, and its
+ * descriptor polled, from any thread at any time. mmapfs_close runs alone:
+ * no other call on the handle during or after it, and no use of a pointer
+ * read_begin gave. mmapfs_open and mmapfs_reason (this thread's own) are
+ * safe from any thread; different handles are independent. No call is
+ * async-signal-safe. A child of fork(2) must not use the handle.
+ *
+ * SIGBUS. A peer may truncate an area: touching its pages then raises
+ * SIGBUS. The first mmapfs_open installs a SIGBUS handler (sigaction,
+ * SA_SIGINFO) that takes only the faults of the library's own guarded
+ * accesses (its copies into and out of the areas, its reads and writes of
+ * their pointers): the calling thread inside such an access, a kernel
+ * fault (si_code BUS_ADRERR and the like) and si_addr in the area memory
+ * that access touches. Such a call fails with EIO. Every other SIGBUS (a
+ * fault of the program's own memory, even a buffer given to mmapfs_read,
+ * one sent by kill(2)) goes to the handler the program had installed
+ * before (called as the kernel would: SA_SIGINFO or plain, its sa_mask
+ * blocked), or gets the default action (the process dies of SIGBUS) if it
+ * had none. A program with a SIGBUS handler of its own installs it before
+ * the first mmapfs_open, or, later, calls the previous action sigaction(2)
+ * returns for the faults that are not its own. The bytes mmapfs_read_begin
+ * hands out are the area itself, not guarded: a program that must survive
+ * a hostile peer reads with mmapfs_read. */
 #ifndef MMAPFS_H
 #define MMAPFS_H
 

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -285,6 +286,236 @@ static void test_unguarded_dies(void)
 	unmap();
 }
 
+/* --- a library's guard (mm_guard_init_chained) in a program with its own
+ * SIGBUS handling. Each test runs in a child of its own, which sets the
+ * program's disposition, then installs the library's handler over it, as a
+ * program that calls mmapfs_open() does. --- */
+
+/* A second truncated mapping: the program's own file, not an area. */
+static uint8_t *other_truncated(void)
+{
+	int ofd = memfd_create("mmapfs-test-other", MFD_CLOEXEC);
+	uint8_t *p;
+
+	if (!CHECK_INT(ofd, >=, 0) || !CHECK_INT(ftruncate(ofd, SIZE), ==, 0))
+		return NULL;
+	p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, ofd, 0);
+	if (!CHECK(p != MAP_FAILED) || !CHECK_INT(ftruncate(ofd, 0), ==, 0))
+		p = NULL;
+	close(ofd);
+	return p;
+}
+
+/* Run fn in a child; its checks print their diagnostics and its exit
+ * status says whether they held. Returns the child's wait status. */
+static int in_child(void (*fn)(void))
+{
+	int status = 0;
+	pid_t pid;
+
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		fn();
+		fflush(stdout);
+		_exit(tap_ok ? 0 : 1);
+	}
+	if (!CHECK_INT(pid, >, 0) || !CHECK_INT(waitpid(pid, &status, 0), ==, pid))
+		return -1;
+	return status;
+}
+
+static sigjmp_buf prog_jmp;
+static volatile sig_atomic_t prog_calls;
+static void *volatile prog_addr;
+static volatile int prog_code;
+
+/* The program's handler: notes what it got and leaves the faulting code,
+ * as a program that recovers from SIGBUS in its own memory does. */
+static void prog_siginfo(int sig, siginfo_t *si, void *uctx)
+{
+	prog_calls++;
+	prog_addr = si->si_addr;
+	prog_code = si->si_code;
+	siglongjmp(prog_jmp, 1);
+}
+
+static void prog_plain(int sig)
+{
+	prog_calls++;
+	siglongjmp(prog_jmp, 1);
+}
+
+static bool set_handler(bool siginfo)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	if (siginfo) {
+		sa.sa_sigaction = prog_siginfo;
+		sa.sa_flags = SA_SIGINFO;
+	} else {
+		sa.sa_handler = prog_plain;
+	}
+	return CHECK_INT(sigaction(SIGBUS, &sa, NULL), ==, 0) &&
+	       CHECK_INT(mm_guard_init_chained(), ==, 0);
+}
+
+/* The faults of the program's own memory reach its handler: outside any
+ * guarded call, inside a guarded copy between an area and the program's
+ * buffer (the buffer faults), and a SIGBUS sent by kill(2) even while a
+ * guarded run is on. An area's own fault is still the call's -EFAULT, and
+ * stays so after the program's handler jumped out of a guarded copy. */
+static int kill_in_run(void *arg)
+{
+	raise(SIGBUS);
+	return 7;
+}
+
+static void chained_faults(bool siginfo)
+{
+	uint8_t buf[16], *mine;
+	struct iovec area_iov;
+	bool got;
+
+	if (!map_then_truncate(0, 0, 0) || !(mine = other_truncated()) || !set_handler(siginfo))
+		return;
+	CHECK_INT(mm_guard_copy(buf, map, sizeof(buf)), ==, -EFAULT);
+
+	/* outside any guarded call */
+	prog_calls = 0;
+	if (sigsetjmp(prog_jmp, 1) == 0) {
+		(void)*(volatile uint8_t *)(mine + 5);
+		got = false;
+	} else {
+		got = true;
+	}
+	CHECK(got);
+	CHECK_INT(prog_calls, ==, 1);
+	if (siginfo) {
+		CHECK(prog_addr == mine + 5);
+		CHECK_INT(prog_code, ==, BUS_ADRERR);
+	}
+
+	/* inside a guarded copy out of a sound area into the program's
+	 * truncated buffer: the buffer's fault is the program's */
+	{
+		static uint8_t sound[4096];
+
+		area_iov.iov_base = sound;
+		area_iov.iov_len = sizeof(sound);
+		prog_calls = 0;
+		if (sigsetjmp(prog_jmp, 1) == 0) {
+			mm_guard_copy_iov(mine + 100, &area_iov, 1, false);
+			got = false;
+		} else {
+			got = true;
+		}
+		CHECK(got);
+		CHECK_INT(prog_calls, ==, 1);
+		if (siginfo)	/* memcpy may begin anywhere in it */
+			CHECK((uint8_t *)prog_addr >= mine + 100 &&
+			      (uint8_t *)prog_addr < mine + 100 + sizeof(sound));
+		/* and into the area from it */
+		prog_calls = 0;
+		if (sigsetjmp(prog_jmp, 1) == 0) {
+			mm_guard_copy_iov(mine + 200, &area_iov, 1, true);
+			got = false;
+		} else {
+			got = true;
+		}
+		CHECK(got);
+		CHECK_INT(prog_calls, ==, 1);
+	}
+
+	/* sent by kill(2) during a guarded run: not a fault of the run */
+	prog_calls = 0;
+	if (sigsetjmp(prog_jmp, 1) == 0) {
+		mm_guard_run(kill_in_run, NULL);
+		got = false;
+	} else {
+		got = true;
+	}
+	CHECK(got);
+	CHECK_INT(prog_calls, ==, 1);
+	if (siginfo)
+		CHECK_INT(prog_code, ==, SI_TKILL);
+
+	/* the guard still answers its own faults, and nothing is blocked */
+	CHECK_INT(mm_guard_copy(buf, map, sizeof(buf)), ==, -EFAULT);
+	area_iov.iov_base = map;
+	area_iov.iov_len = 16;
+	CHECK_INT(mm_guard_copy_iov(buf, &area_iov, 1, false), ==, -EFAULT);
+	{
+		sigset_t now;
+
+		CHECK_INT(sigprocmask(SIG_BLOCK, NULL, &now), ==, 0);
+		CHECK(!sigismember(&now, SIGBUS));
+	}
+	munmap(mine, SIZE);
+	unmap();
+}
+
+static void chained_siginfo(void)
+{
+	chained_faults(true);
+}
+
+static void chained_plain(void)
+{
+	chained_faults(false);
+}
+
+static void test_chained_to_program_handler(void)
+{
+	int status = in_child(chained_siginfo);
+
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	status = in_child(chained_plain);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* Without a handler of the program's (SIG_DFL, or SIG_IGN, which a fault
+ * overrides), a fault outside the areas kills by SIGBUS, as it would have
+ * without the library: in a guarded copy's buffer, or outside any call. */
+static int dfl_how;
+
+static void default_fault(void)
+{
+	uint8_t buf[16], *mine;
+	struct iovec iov;
+	static uint8_t sound[64];
+
+	if (!map_then_truncate(0, 0, 0) || !(mine = other_truncated()))
+		_exit(3);
+	signal(SIGBUS, dfl_how == 2 ? SIG_IGN : SIG_DFL);
+	if (mm_guard_init_chained() != 0 || mm_guard_copy(buf, map, sizeof(buf)) != -EFAULT)
+		_exit(4);
+	if (dfl_how == 2)
+		raise(SIGBUS);		/* ignored, as the program asked */
+	iov.iov_base = sound;
+	iov.iov_len = sizeof(sound);
+	if (dfl_how == 0 || dfl_how == 2)
+		mm_guard_copy_iov(mine, &iov, 1, false);
+	else
+		(void)*(volatile uint8_t *)mine;
+	_exit(5);		/* survived */
+}
+
+static void test_chained_default_action(void)
+{
+	static const char *const how[] = { "in a guarded copy's buffer", "outside any call",
+					   "SIG_IGN, in a guarded copy's buffer" };
+
+	for (dfl_how = 0; dfl_how < 3; dfl_how++) {
+		int status = in_child(default_fault);
+
+		if (!CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS))
+			printf("#     %s: status 0x%x\n", how[dfl_how], status);
+	}
+}
+
 int main(void)
 {
 	static const struct tap_test tests[] = {
@@ -299,6 +530,8 @@ int main(void)
 		TAP_TEST(test_thread),
 		TAP_TEST(test_threads_interleaved),
 		TAP_TEST(test_unguarded_dies),
+		TAP_TEST(test_chained_to_program_handler),
+		TAP_TEST(test_chained_default_action),
 	};
 
 	return tap_main(tests, TAP_COUNT(tests));
