@@ -36,9 +36,10 @@ an xpra reader:
     ch.write(pixels)
     send(ch.chunks_get())                            # e.g. [(29376, 500000)]
 
-The library is found from MMAPFS_LIB (a path to libmmapfs.so), else from the
-system (ctypes.util.find_library), else in a build directory of this source
-tree.
+The library is loaded by its SONAME, libmmapfs.so.0, as the dynamic loader
+finds it (installed, or through LD_LIBRARY_PATH), unless MMAPFS_LIB names a
+file; run from a source tree, a build directory of that tree is the last
+resort.
 
 A view from read_view() is the shared memory itself: it is valid until
 release() or close(), and a peer that truncates its area makes touching it
@@ -46,7 +47,6 @@ raise SIGBUS, which kills the interpreter (read() copies under the
 library's guard and fails with EIO instead).
 """
 import ctypes
-import ctypes.util
 import errno
 import glob
 import io
@@ -54,30 +54,50 @@ import os
 
 __all__ = ["open", "Channel", "library_path"]
 
-_lib = None
+SONAME = "libmmapfs.so.0"       # the library's ABI this module speaks
 CHUNKS_TEXT_MAX = 22529         # mmapfs.h's MMAPFS_CHUNKS_TEXT_MAX
+_lib = _path = None
+
+
+def _candidates():
+    """MMAPFS_LIB, else the SONAME as the dynamic loader finds it (the
+    package's libmmapfs0, a prefix in ld.so.conf or LD_LIBRARY_PATH), else
+    a build directory of the source tree this file is in."""
+    env = os.environ.get("MMAPFS_LIB")
+    if env:
+        yield env
+        return
+    yield SONAME
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.exists(os.path.join(top, "contrib", "python", "mmapfs.py")):
+        for build in ["build", "build-release"] + sorted(glob.glob(os.path.join(top, "build*"))):
+            cand = os.path.join(top, build, "core", SONAME)
+            if os.path.exists(cand):
+                yield cand
 
 
 def library_path():
-    """Where libmmapfs is taken from (see the module's docstring)."""
-    env = os.environ.get("MMAPFS_LIB")
-    if env:
-        return env
-    found = ctypes.util.find_library("mmapfs")
-    if found:
-        return found
-    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for build in ["build", "build-release"] + sorted(glob.glob(os.path.join(top, "build*"))):
-        cand = os.path.join(top, build, "core", "libmmapfs.so")
-        if os.path.exists(cand):
-            return cand
-    raise OSError(errno.ENOENT, "libmmapfs not found: set MMAPFS_LIB=path/to/libmmapfs.so")
+    """Where libmmapfs is taken from (see the module's docstring): a path,
+    or the SONAME the dynamic loader resolved."""
+    _load()
+    return _path
 
 
 def _load():
-    global _lib
+    global _lib, _path
     if _lib is None:
-        lib = ctypes.CDLL(library_path(), use_errno=True)
+        lib = None
+        for cand in _candidates():
+            try:
+                lib = ctypes.CDLL(cand, use_errno=True)
+                break
+            except OSError as e:
+                why = e
+        if lib is None:
+            raise OSError(errno.ENOENT, f"libmmapfs not found ({why}): install libmmapfs0, "
+                          f"or set LD_LIBRARY_PATH to its directory, or "
+                          f"MMAPFS_LIB=path/to/{SONAME}")
+        _path = cand
         vp, sz, ssz = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_ssize_t
         for name, res, args in (
                 ("mmapfs_open", vp, [ctypes.c_char_p, ctypes.c_int]),
