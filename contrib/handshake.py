@@ -17,32 +17,55 @@ side, an administrator runs the handshake again, on both sides.
 Wire protocol, version 2 (lines of text; the same as handshake.sh and
 handshake-serial.sh):
 
-    both       mmapfs-handshake 2
-    both       (once the other's first line is in) "state ready": this end is
-               ready and sees its peer alive; or "state new": anything else
+    attacher   mmapfs-handshake 2        (the hello: the highest version it speaks)
+    creator    mmapfs-handshake V        (V: the lower of the two; both speak V)
+    both       (version 2) "state ready": this end is ready and sees its peer
+               alive; or "state new": anything else
     if both sent "state ready", nothing more: the channel works as it is
     creator    the offer: `cat capabilities`, then a line "."
                (or "! reason", ".")
     attacher   the answer: `cat capabilities`, then "."   (or "! reason", ".")
     creator    "ok"   (or "! reason")
 
+Versions. Each end says "mmapfs-handshake N", N the highest version it
+speaks; both then speak the lower of the two, and a script speaks every
+version from 1 up to its own. The attacher speaks first; the creator never
+does, it answers. Scripts older than this rule (version 1, and the first
+scripts of version 2) send their own hello at once and accept no other, so
+the attacher first listens for one (HELLO_WAIT, 1 s): a hello heard is
+answered with the lower version, as the creator does. Each end says on
+stderr, once, that its peer speaks version 1. Version 1 is version 2
+without the state lines: every run is a full handshake, as if the other end
+had said "state new" (so on a ready pair it offers the current session,
+which the old attacher may refuse with EBADMSG: run it only after a
+restart). A hello of version 1 that reaches an attacher after it spoke (a
+creator started late, over a serial line that dropped the attacher's
+hello) is answered with "mmapfs-handshake 1". A new version keeps these
+rules and adds its own lines after the hello.
+
 Reading a creator's capabilities while its peer is dead starts a new
 session (fresh tokens, emptied rings); the attacher takes that offer
 through `peer`. A creator that still sees its peer alive while the other
 end says "state new" (a peer killed less than a second ago, and restarted)
 first waits for the peer to be marked dead. Both data files must be closed.
-Version 1 (no state lines) is refused with a clear message.
 
 Python 3.6+, standard library only.
 """
 import argparse
 import errno
 import os
+import re
+import select
 import socket
 import sys
 import time
 
-MAGIC = "mmapfs-handshake 2"
+# the highest version of the wire protocol this script speaks, and its hello
+VERSION = 2
+HELLO = "mmapfs-handshake"
+# how long an attacher listens for the hello of an older creator (which sends
+# it at once) before it speaks first
+HELLO_WAIT = 1.0
 # how long a creator waits for a peer that the other end says is new to be
 # marked dead (the daemon does it within 1.25 s of the last heartbeat)
 DEATH_WAIT = 5.0
@@ -139,19 +162,25 @@ class Wire:
         self.sock = sock
         self.file = sock.makefile("rwb")
         self.args = args
+        self.closed_hint = ""
 
     def send(self, *lines):
         for line in lines:
             self.file.write(line.encode() + b"\n")
         self.file.flush()
 
-    def line(self):
+    def waiting(self, seconds):
+        """True once the peer has sent something (or closed) within seconds.
+        Only before the first read: the file's buffer is empty then."""
+        return bool(select.select([self.sock], [], [], seconds)[0])
+
+    def line(self, silent=""):
         try:
             raw = self.file.readline(65536)
         except socket.timeout:
-            raise Failure(f"the peer said nothing within {self.args.timeout} s")
+            raise Failure(f"the peer said nothing within {self.args.timeout} s{silent}")
         if not raw:
-            raise Failure("the peer closed the connection")
+            raise Failure("the peer closed the connection" + self.closed_hint)
         return raw.decode(errors="replace").rstrip("\r\n")
 
     def block(self):
@@ -248,18 +277,53 @@ def make_offer(args, chan, wire):
     return offer
 
 
+def hello_version(line):
+    """The version a hello names, or None."""
+    m = re.fullmatch(re.escape(HELLO) + r" ([1-9][0-9]{0,8})", line)
+    return int(m.group(1)) if m else None
+
+
+def negotiate(args, wire):
+    """The hellos: the version both ends speak (the header's "Versions")."""
+    spoke = None
+    if args.role == "attacher" and not wire.waiting(min(HELLO_WAIT, args.timeout)):
+        wire.send(f"{HELLO} {VERSION}")
+        spoke = VERSION
+        log(args, f"the creator said nothing: said {HELLO} {VERSION} first")
+    said = wire.line("" if args.role == "attacher" else
+                     " (the attacher speaks first: is the other end a creator too? "
+                     "give it --role attacher)")
+    theirs = hello_version(said)
+    if theirs is None:
+        raise Failure(f"the peer does not speak the mmapfs handshake "
+                      f"(it said {said[:60]!r}, not {HELLO + ' N'!r})")
+    version = min(VERSION, theirs)
+    if spoke is None or version == 1:
+        wire.send(f"{HELLO} {version}")
+    if spoke is not None and version == 1:
+        # an old creator that read our hello before it sent its own refused it
+        wire.closed_hint = (" (a creator of version 1 refuses a hello it reads before it "
+                            "sends its own: run both again, the creator's side first)")
+    log(args, f"the other end speaks version {theirs}: speaking version {version}")
+    if version == 1:
+        print("handshake: the other end runs an older handshake script (version 1): "
+              "speaking version 1, a full handshake every time; upgrade it",
+              file=sys.stderr)
+    return version
+
+
 def handshake(args, chan, wire):
     """The handshake over wire: True if done, False if there was nothing to do."""
-    wire.send(MAGIC)
-    hello = wire.line()
-    if hello != MAGIC:
-        raise Failure(f"the peer does not speak {MAGIC!r} (it said {hello[:60]!r})")
+    version = negotiate(args, wire)
     mine = "ready" if ready_alive(status(chan)) else "new"
-    wire.send(f"state {mine}")
-    said = wire.line()
-    theirs = said[len("state "):] if said.startswith("state ") else ""
-    if theirs not in ("ready", "new"):
-        raise Failure(f"the peer did not say its state (it said {said[:60]!r})")
+    if version == 1:
+        theirs = "new"          # no state lines: always the whole handshake
+    else:
+        wire.send(f"state {mine}")
+        said = wire.line()
+        theirs = said[len("state "):] if said.startswith("state ") else ""
+        if theirs not in ("ready", "new"):
+            raise Failure(f"the peer did not say its state (it said {said[:60]!r})")
     log(args, f"this end: state {mine}; the other end: state {theirs}")
     if mine == theirs == "ready":
         return False

@@ -11,25 +11,46 @@
 #
 # Wire protocol, version 2 (lines of text; that of handshake.py and
 # handshake-serial.sh):
-#   both       mmapfs-handshake 2
-#   both       (once the other's first line is in) "state ready": this end
-#              is ready and sees its peer alive; or "state new": anything else
+#   attacher   mmapfs-handshake 2   (the hello: the highest version it speaks)
+#   creator    mmapfs-handshake V   (V: the lower of the two; both speak V)
+#   both       (version 2) "state ready": this end is ready and sees its
+#              peer alive; or "state new": anything else
 #   if both sent "state ready", nothing more: the channel works as it is
 #   creator    the offer (cat capabilities), then a line "."
 #              (or "! reason", ".")
 #   attacher   the answer (cat capabilities), then "."  (or "! reason", ".")
 #   creator    "ok"  (or "! reason")
+# Versions. Each end says "mmapfs-handshake N", N the highest version it
+# speaks; both then speak the lower of the two, and a script speaks every
+# version from 1 up to its own. The attacher speaks first; the creator never
+# does, it answers. Scripts older than this rule (version 1, and the first
+# scripts of version 2) send their own hello at once and accept no other, so
+# the attacher first listens for one (HELLO_WAIT, 1 s): a hello heard is
+# answered with the lower version, as the creator does. Each end says on
+# stderr, once, that its peer speaks version 1. Version 1 is version 2
+# without the state lines: every run is a full handshake, as if the other
+# end had said "state new" (so on a ready pair it offers the current
+# session, which the old attacher may refuse with EBADMSG: run it only after
+# a restart). A hello of version 1 that reaches an attacher after it spoke
+# (a creator started late, over a serial line that dropped the attacher's
+# hello) is answered with "mmapfs-handshake 1". A new version keeps these
+# rules and adds its own lines after the hello.
 # Reading a creator's capabilities while its peer is dead starts a new
 # session (fresh tokens, emptied rings); the attacher takes that offer
 # through peer. A creator that still sees its peer alive while the other
 # end says "state new" (a peer killed less than a second ago, and
 # restarted) first waits for the peer to be marked dead. Both data files
-# must be closed. Version 1 (no state lines) is refused with a clear message.
+# must be closed.
 #
 # Needs bash 4.3+, socat and coreutils (cat, mkdir, sleep).
 set -u
 
-MAGIC="mmapfs-handshake 2"
+# the highest version of the wire protocol this script speaks, and its hello
+VERSION=2
+HELLO="mmapfs-handshake"
+# how long an attacher listens for the hello of an older creator (which
+# sends it at once) before it speaks first
+HELLO_WAIT=1
 # how long a creator waits for a peer that the other end says is new to be
 # marked dead (the daemon does it within 1.25 s of the last heartbeat)
 DEATH_WAIT=5
@@ -74,7 +95,7 @@ usage.
 EOF
 }
 
-die() { echo "$prog: $*" >&2; exit 1; }
+die() { socat_errors; echo "$prog: $*" >&2; exit 1; }
 bad_usage() { echo "$prog: $*" >&2; echo "try '$prog --help'" >&2; exit 2; }
 say() { [ "$verbose" = 1 ] && echo "$prog: $*" >&2; return 0; }
 
@@ -135,7 +156,14 @@ status_of() {	# KEY -> its value in $chan/status
 }
 
 # ---- the socket: a socat coprocess, its pipes duplicated to fds in/out ----
-in='' out='' sock_pid=''
+# socat logs (-d -d) into a deleted file that fd $log holds: its "starting
+# data transfer loop" says when the connection is made; its errors are shown
+# when the script fails.
+in='' out='' sock_pid='' log=''
+socat_errors() {
+	[ -n "$log" ] || return 0
+	sed -n 's/^.* socat\[[0-9]*\] E /socat: /p' "/dev/fd/$log" >&2
+}
 open_socket() {
 	local addr
 	if [ -n "$listen" ]; then
@@ -145,8 +173,14 @@ open_socket() {
 		addr=$(socat_addr "$connect" connect) || exit
 		say "connecting to $connect"
 	fi
-	# -t: after we close our side, give the peer's last words time to arrive
-	coproc SOCK { exec socat -t "$timeout" - "$addr"; }
+	local tmp
+	tmp=$(mktemp "${TMPDIR:-/tmp}/handshake.sh.XXXXXX") || die "cannot make a temporary file"
+	exec {log}<>"$tmp"
+	rm -f "$tmp"
+	# -t: after we close our side, give the peer's last words time to arrive;
+	# shut-close: once the peer has closed its side, so is our input (an end
+	# of file at once, not after -t)
+	coproc SOCK { exec socat -d -d -lf "/dev/fd/$log" -t "$timeout" -,shut-close "$addr"; }
 	# shellcheck disable=SC2153 # SOCK_PID is set by coproc
 	sock_pid=$SOCK_PID
 	# our own copies, which outlive the coprocess; the originals closed, so
@@ -159,6 +193,8 @@ close_socket() {	# let socat deliver what we sent, then let it go
 	[ -n "$out" ] && exec {out}>&-
 	[ -n "$in" ] && exec {in}<&-
 	out='' in=''
+	[ -n "$log" ] && exec {log}>&-
+	log=''
 	[ -n "$sock_pid" ] || return 0
 	while kill -0 "$sock_pid" 2>/dev/null && [ $i -lt 100 ]; do
 		sleep 0.05
@@ -170,15 +206,28 @@ close_socket() {	# let socat deliver what we sent, then let it go
 	return 0
 }
 trap close_socket EXIT
+wait_connected() {	# until socat has made the connection
+	local end=$((SECONDS + ${timeout%.*} + 1))
+	until grep -q 'starting data transfer loop' "/dev/fd/$log"; do
+		kill -0 "$sock_pid" 2>/dev/null ||
+			return 0	# socat is gone: the next recv says so
+		if [ $SECONDS -ge $end ]; then
+			[ -n "$listen" ] && die "nobody connected to $listen within $timeout s"
+			die "cannot connect to $connect within $timeout s"
+		fi
+		sleep 0.05
+	done
+}
 
 send() { printf '%s\n' "$@" >&"$out" || die "the connection broke"; }
+silent='' closed_hint=''
 recv() {	# one line into $line
 	IFS= read -r -t "$timeout" line <&"$in" && return 0
-	[ $? -gt 128 ] && die "the peer said nothing within $timeout s"
+	[ $? -gt 128 ] && die "the peer said nothing within $timeout s$silent"
 	if [ -n "$listen" ]; then
-		die "the peer closed the connection (or nobody connected to $listen)"
+		die "the peer closed the connection (or nobody connected to $listen)$closed_hint"
 	fi
-	die "the peer closed the connection (or $connect did not answer)"
+	die "the peer closed the connection (or $connect did not answer)$closed_hint"
 }
 recv_block() {	# lines up to "." into $block; "! reason" fails
 	local first=1
@@ -251,17 +300,63 @@ write_peer() {	# TEXT: one write, so that the daemon's refusal comes back here
 [ -d "$chan" ] || { mkdir "$chan" || die "cannot make $chan"; say "made $chan"; }
 [ -n "$role" ] || role=$(status_of role) || die "cannot read $chan/status"
 
+hello_version() {	# LINE: the version a hello names, or fail
+	local v=${1#"$HELLO "}
+	[ "$1" != "$v" ] || return 1
+	case $v in ''|0*|*[!0-9]*|??????????*) return 1 ;; esac
+	echo "$v"
+}
+
+# the hellos: the version both ends speak (the header's "Versions")
 open_socket
-send "$MAGIC"
-recv
-[ "$line" = "$MAGIC" ] || die "the peer does not speak '$MAGIC' (it said '${line:0:60}')"
+spoke='' partial=''
+if [ "$role" = attacher ]; then
+	wait_connected
+	if IFS= read -r -t "$HELLO_WAIT" line <&"$in"; then
+		heard=1
+	elif [ $? -gt 128 ]; then
+		heard='' partial=$line	# (a line cut by the wait: its start)
+	else
+		heard=1 line=''		# the end of the connection: recv says it
+	fi
+	if [ -z "$heard" ]; then
+		send "$HELLO $VERSION"
+		spoke=$VERSION
+		say "the creator said nothing: said $HELLO $VERSION first"
+		recv
+		line=$partial$line
+	elif [ -z "$line" ]; then
+		recv
+	fi
+else
+	silent=" (the attacher speaks first: is the other end a creator too? give it --role attacher)"
+	recv
+	silent=''
+fi
+theirs_v=$(hello_version "$line") ||
+	die "the peer does not speak the mmapfs handshake (it said '${line:0:60}', not '$HELLO N')"
+version=$(( theirs_v < VERSION ? theirs_v : VERSION ))
+if [ -z "$spoke" ] || [ "$version" = 1 ]; then
+	send "$HELLO $version"
+fi
+if [ -n "$spoke" ] && [ "$version" = 1 ]; then
+	# an old creator that read our hello before it sent its own refused it
+	closed_hint=" (a creator of version 1 refuses a hello it reads before it sends its own: run both again, the creator's side first)"
+fi
+say "the other end speaks version $theirs_v: speaking version $version"
+[ "$version" != 1 ] || echo "$prog: the other end runs an older handshake script (version 1):" \
+	"speaking version 1, a full handshake every time; upgrade it" >&2
 mine=$(my_state) || die "cannot read $chan/status"
-send "state $mine"
-recv
-case $line in
-"state ready"|"state new") theirs=${line#state } ;;
-*) die "the peer did not say its state (it said '${line:0:60}')" ;;
-esac
+if [ "$version" = 1 ]; then
+	theirs=new		# no state lines: always the whole handshake
+else
+	send "state $mine"
+	recv
+	case $line in
+	"state ready"|"state new") theirs=${line#state } ;;
+	*) die "the peer did not say its state (it said '${line:0:60}')" ;;
+	esac
+fi
 say "this end: state $mine; the other end: state $theirs"
 if [ "$mine" = ready ] && [ "$theirs" = ready ]; then
 	close_socket
