@@ -1,17 +1,18 @@
 #!/bin/bash
 # Build the VM test's guest: an uncompressed initramfs (newc cpio) holding
-# busybox (static), fuse.ko of the host's Debian kernel, an mmapfs binary with
-# the shared libraries ldd names and the dynamic loader, tests/vm/init and
-# contrib/handshake-serial.sh (the guest's side of the handshake).
+# busybox (static), fuse.ko of the guest's Debian kernel, an mmapfs binary
+# with the shared libraries ldd names and the dynamic loader, tests/vm/init
+# and contrib/handshake-serial.sh (the guest's side of the handshake).
 #
-#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER
+#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER [MODULES]
 #
-# KVER: the kernel release whose fuse.ko goes in (/lib/modules/KVER).
+# KVER: the kernel release whose fuse.ko goes in (MODULES/KVER; MODULES is
+# /lib/modules by default, tests/vm/run.sh gives the kernel it unpacked).
 # Nothing outside OUT and a temporary directory next to it is written.
 set -euo pipefail
 
-[ $# -eq 3 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER" >&2; exit 2; }
-out=$1 mmapfs=$2 kver=$3
+[ $# -eq 3 ] || [ $# -eq 4 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER [MODULES]" >&2; exit 2; }
+out=$1 mmapfs=$2 kver=$3 modules=${4:-/lib/modules}
 here=$(cd "$(dirname "$0")" && pwd)
 
 busybox=/bin/busybox
@@ -30,7 +31,7 @@ cp "$busybox" "$root/bin/busybox"
 
 # fuse.ko has no dependencies; Debian ships it plain, other kernels compress it
 ko=''
-for f in /lib/modules/"$kver"/kernel/fs/fuse/fuse.ko{,.xz,.zst,.gz}; do
+for f in "$modules/$kver"/kernel/fs/fuse/fuse.ko{,.xz,.zst,.gz}; do
 	[ -e "$f" ] && { ko=$f; break; }
 done
 [ -n "$ko" ] || { echo "$0: no fuse.ko for kernel $kver" >&2; exit 1; }

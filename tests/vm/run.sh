@@ -4,8 +4,13 @@
 #
 #   tests/vm/run.sh [MMAPFS]      default: build/fs/mmapfs, built if missing
 #
-# Installs the Debian packages it needs if they are missing, then runs
-# vmtest.py in a scratch directory /tmp/vmtest-XXXXXX. Whatever happens
+# Installs the tools it needs if they are missing (QEMU, busybox-static,
+# cpio), but not a kernel: the guest's is Debian's, whose package
+# (linux-image-amd64's dependency, linux-image-VERSION-amd64) is downloaded
+# with apt-get download and unpacked with dpkg-deb into build-vm/VERSION/
+# (VMTEST_KERNEL_DIR=DIR: DIR/VERSION), kept for the next run: vmlinuz and
+# fuse.ko, nothing else, and nothing on this host's /boot or /lib/modules.
+# Then it runs vmtest.py in a scratch directory /tmp/vmtest-XXXXXX. Whatever happens
 # (a failure, a signal, the time limit), the trap leaves nothing behind:
 # QEMU killed, mounts lazily unmounted, /dev/shm files and the scratch
 # directory removed (VMTEST_KEEP=1 keeps the directory and its logs).
@@ -14,18 +19,53 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "$(id -u)" != 0 ]; then
-	echo "tests/vm/run.sh: run as root: it installs packages, boots QEMU, mounts FUSE" >&2
+	echo "tests/vm/run.sh: run as root: it installs QEMU, boots it, mounts FUSE" >&2
 	exit 1
 fi
 
 need=()
-for p in qemu-system-x86 linux-image-amd64 busybox-static cpio python3 fuse3; do
+for p in qemu-system-x86 busybox-static cpio python3 fuse3; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -q
 	apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# The guest's kernel, unpacked (not installed) into kdir/VERSION once.
+kdir=${VMTEST_KERNEL_DIR:-$top/build-vm}
+kernel_pkg() {
+	apt-cache depends linux-image-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1
+}
+pkg=$(kernel_pkg)
+if [ -z "$pkg" ]; then
+	apt-get update -q
+	pkg=$(kernel_pkg)
+fi
+[ -n "$pkg" ] || { echo "tests/vm/run.sh: apt knows no linux-image-amd64" >&2; exit 1; }
+kroot=$kdir/$pkg
+if [ ! -e "$kroot/.unpacked" ]; then
+	echo "tests/vm/run.sh: unpacking $pkg into $kroot (apt-get download, dpkg-deb)"
+	rm -rf "$kroot" "$kdir/download"
+	mkdir -p "$kdir/download" "$kroot"
+	# APT::Sandbox::User: root downloads into a directory _apt may not write
+	(cd "$kdir/download" && apt-get download -q -o APT::Sandbox::User=root \
+		linux-image-amd64 "$pkg")
+	# what the guest needs of its 400 MB: the kernel and fuse.ko (lib/ or
+	# usr/lib/, as the package has it; a pattern that matches nothing is
+	# no error here, the checks below are)
+	dpkg-deb --fsys-tarfile "$kdir/download/${pkg}_"*.deb |
+		tar -x -C "$kroot" --wildcards './boot/vmlinuz-*' \
+			'./lib/modules/*/kernel/fs/fuse/*' './usr/lib/modules/*/kernel/fs/fuse/*' \
+			2>/dev/null || :
+	found=$(ls "$kroot"/boot/vmlinuz-* "$kroot"/lib/modules/*/kernel/fs/fuse/fuse.ko* \
+		"$kroot"/usr/lib/modules/*/kernel/fs/fuse/fuse.ko* 2> /dev/null) || :
+	[[ $found == *vmlinuz-* && $found == *fuse.ko* ]] || {
+		echo "tests/vm/run.sh: $pkg holds no vmlinuz or no fuse.ko" >&2; exit 1; }
+	rm -rf "$kdir/download"
+	touch "$kroot/.unpacked"
 fi
 
 mmapfs=${1:-$top/build/fs/mmapfs}
@@ -62,4 +102,4 @@ trap 'exit 1' INT TERM HUP
 
 # vmtest.py stops itself after --time-limit; timeout is the last resort
 timeout -k 10 1200 /usr/bin/python3 "$top/tests/vm/vmtest.py" \
-	--mmapfs "$mmapfs" --work "$work"
+	--mmapfs "$mmapfs" --work "$work" --kernel-root "$kroot"

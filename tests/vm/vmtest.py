@@ -9,9 +9,16 @@ SIGKILL of the guest's daemon must fail the host's blocked reader with
 ECONNRESET and its writer with EPIPE within 2 s while the host daemon keeps
 serving; the restarted guest daemon handshakes again with the same scripts.
 
-    tests/vm/run.sh [MMAPFS]        (root; installs what it needs)
-    tests/vm/vmtest.py --mmapfs PATH --work DIR [--accel auto|kvm|tcg]
-                       [--layout two-devices|one-device]
+    tests/vm/run.sh [MMAPFS]        (root; installs the tools it needs, and
+                                    unpacks Debian's kernel into build-vm/)
+    tests/vm/vmtest.py --mmapfs PATH --work DIR [--kernel-root DIR]
+                       [--accel auto|kvm|tcg] [--layout two-devices|one-device]
+
+The guest's kernel is ROOT/boot/vmlinuz-KVER, its fuse.ko under
+ROOT/lib/modules/KVER (or ROOT/usr/lib/modules/KVER), ROOT being
+--kernel-root: run.sh passes the one it unpacked from Debian's
+linux-image-amd64 (apt-get download, dpkg-deb), which is never installed on
+this host; the default, /, takes this host's own installed kernel.
 
 Prints PASS/FAIL lines and ends with "N passed, N failed"; exits 1 on any
 failure. Every wait is bounded, and QEMU, the mounts and the /dev/shm files
@@ -638,15 +645,21 @@ class VMTest:
 
     def run(self):
         a, rep = self.args, self.rep
-        kernels = sorted(glob.glob("/boot/vmlinuz-*"),
+        boot = os.path.join(a.kernel_root, "boot")
+        kernels = sorted(glob.glob(os.path.join(boot, "vmlinuz-*")),
                          key=lambda p: [int(x) if x.isdigit() else x
                                         for x in re.split(r"(\d+)", p)])
         if not kernels:
-            raise Fail("no kernel in /boot (apt-get install linux-image-amd64)")
+            raise Fail(f"no kernel in {boot} (tests/vm/run.sh unpacks Debian's there "
+                       "without installing it: apt-get download linux-image-amd64 "
+                       "linux-image-VERSION-amd64, dpkg-deb -x; then --kernel-root)")
         kernel = kernels[-1]
         kver = os.path.basename(kernel)[len("vmlinuz-"):]
+        modules = os.path.join(a.kernel_root, "lib", "modules")
+        if not os.path.isdir(os.path.join(modules, kver)):
+            modules = os.path.join(a.kernel_root, "usr", "lib", "modules")
         initrd = os.path.join(self.work, "initrd.cpio")
-        subprocess.run([os.path.join(HERE, "mkinitramfs.sh"), initrd, a.mmapfs, kver],
+        subprocess.run([os.path.join(HERE, "mkinitramfs.sh"), initrd, a.mmapfs, kver, modules],
                        check=True)
         accel = a.accel
         if accel == "auto":
@@ -884,6 +897,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mmapfs", required=True, help="the mmapfs binary (host and guest)")
     p.add_argument("--work", required=True, help="scratch directory (made if missing)")
+    p.add_argument("--kernel-root", default="/",
+                   help="where boot/vmlinuz-KVER and lib/modules/KVER are (default: /, "
+                        "this host's installed kernel; run.sh: the one it unpacked)")
     p.add_argument("--accel", default=os.environ.get("VMTEST_ACCEL", "auto"),
                    choices=("auto", "kvm", "tcg"),
                    help="auto: KVM if a probe boots, else TCG (default)")
@@ -893,6 +909,7 @@ def main():
     p.add_argument("--time-limit", type=int, default=900, help="for the whole test, s")
     a = p.parse_args()
     a.mmapfs = os.path.abspath(a.mmapfs)
+    a.kernel_root = os.path.abspath(a.kernel_root)
     os.makedirs(a.work, exist_ok=True)
     a.work = os.path.abspath(a.work)
 
