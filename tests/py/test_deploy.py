@@ -471,6 +471,8 @@ def installed(tmp_path_factory):
         "bin": os.path.join(under(o["bindir"]), "mmapfs"),
         "man": os.path.join(under(o["mandir"]), "man1", "mmapfs.1"),
         "unit": os.path.join(prefix, "lib", "systemd", "system", "mmapfs@.service"),
+        "serial_unit": os.path.join(prefix, "lib", "systemd", "system",
+                                    "mmapfs-serial@.service"),
         "sample": os.path.join(under(o["datadir"]), "doc", "mmapfs", "mmapfs.conf.sample"),
         "tmpfiles": os.path.join(under(o["datadir"]), "doc", "mmapfs",
                                  "mmapfs-tmpfiles.conf"),
@@ -489,8 +491,8 @@ def installed(tmp_path_factory):
 
 def test_install_layout(installed):
     at = installed["at"]
-    for key in ("bin", "man", "unit", "sample", "tmpfiles", "guide", "handshake.sh",
-                "handshake.py"):
+    for key in ("bin", "man", "unit", "serial_unit", "sample", "tmpfiles", "guide",
+                "handshake.sh", "handshake.py"):
         assert os.path.isfile(at(key)), f"{key}: {at(key)} not installed"
     for key in ("bin", "handshake.sh", "handshake.py"):
         assert os.stat(at(key)).st_mode & stat.S_IXUSR, f"{key} not executable"
@@ -572,6 +574,62 @@ def test_install_unit(installed, tmp_path):
                        env=dict(os.environ, MANPATH=os.path.dirname(os.path.dirname(
                            at("man")))))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_install_serial_unit(installed, tmp_path):
+    """The guest's UART unit (docs/ivshmem.md, step 5): paths filled in,
+    systemd accepts it, and its command opens a port, makes it raw and
+    holds it open."""
+    at, paths = installed["at"], installed["paths"]
+    with open(at("serial_unit")) as f:
+        unit = f.read()
+    assert not re.search(r"@\w+@", unit), "an unsubstituted @variable@ is left"
+    assert re.search(r"^Conflicts=serial-getty@%i\.service$", unit, re.M)
+    exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)
+    # the command itself, on a pty that socat holds (the guest's UART)
+    if shutil.which("socat") and shutil.which("stty"):
+        port = str(tmp_path / "ttyS1")
+        holder = subprocess.Popen(["socat", f"PTY,link={port},echo=1,icanon=1",
+                                   f"UNIX-LISTEN:{tmp_path}/s.sock"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        argv = [w.replace("/dev/%I", port) for w in shlex.split(exec_start)]
+        held = None
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(port):
+                assert holder.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            held = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.monotonic() + 10
+            while True:
+                st = subprocess.run(["stty", "-a", "-F", port], capture_output=True,
+                                    text=True, timeout=10).stdout
+                if "-icanon" in st.split() and "-echo" in st.split():
+                    break
+                assert held.poll() is None, f"{argv} exited with {held.returncode}"
+                assert time.monotonic() < deadline, st
+                time.sleep(0.05)
+            time.sleep(0.2)
+            assert held.poll() is None, "the port is not held open"
+            # the holder has the port open
+            fds = [os.readlink(f"/proc/{held.pid}/fd/{fd}")
+                   for fd in os.listdir(f"/proc/{held.pid}/fd")]
+            assert os.path.realpath(port) in fds, fds
+        finally:
+            for p in (held, holder):
+                if p is not None and p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                if p is not None:
+                    p.wait()
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    (tmp_path / "mmapfs-serial@.service").write_text(unit)
+    r = subprocess.run(["systemd-analyze", "verify",
+                        str(tmp_path / "mmapfs-serial@ttyS1.service")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stdout + r.stderr
+    assert paths["serial_unit"].endswith("/lib/systemd/system/mmapfs-serial@.service")
 
 
 def test_install_tmpfiles(installed, tmp_path):

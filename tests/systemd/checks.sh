@@ -105,6 +105,21 @@ t_stream() {
 	echo "sha256 $(sha256sum < "$dst")"
 }
 
+# The guest's UART unit (docs/ivshmem.md, step 5): systemd loads and
+# accepts it, it conflicts with a getty on its port, and enables. (The
+# container has no UART to start it on.)
+t_serial_unit() {
+	local u=mmapfs-serial@ttyS1.service
+	(cd /usr/lib/systemd/system && systemd-analyze verify "./$u") || fail "verify $u"
+	[ "$(prop "$u" LoadState)" = loaded ] || fail "$u: LoadState $(prop "$u" LoadState)"
+	prop "$u" Conflicts | grep -qw serial-getty@ttyS1.service ||
+		fail "$u: Conflicts=$(prop "$u" Conflicts)"
+	prop "$u" BindsTo | grep -qw dev-ttyS1.device || fail "$u: BindsTo=$(prop "$u" BindsTo)"
+	systemctl enable "$u" || fail "enable $u"
+	[ -L "/etc/systemd/system/multi-user.target.wants/$u" ] || fail "$u not enabled"
+	systemctl disable "$u" || fail "disable $u"
+}
+
 # the pipe file under the unit's confinement: dd with its default 512-byte
 # blocks into one end's pipe, cat out of the other's
 t_pipe() {
@@ -292,6 +307,7 @@ check run-mmapfs-mode-0755 t_runtime_dir_mode
 check handshake t_handshake
 check stream-8MiB-sha256 t_stream
 check pipe-dd-512-sha256 t_pipe
+check serial-unit-loads t_serial_unit
 check stop-with-blocked-reader t_stop_clean
 check restart-after-kill-9 t_kill9_restart
 check bad-config-fails-fast-no-restart t_bad_config
