@@ -260,6 +260,7 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 		 * the ends of stream it took are in the trailer */
 		if (ch->rd.ext)
 			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ch->rd.eof_ack);
+		mm_dir_claimed(&ch->rd);
 		ch->rd.owner = owner;
 	}
 	mm_sleepers_reset(ch, want);
@@ -303,6 +304,16 @@ void mm_channel_abandon(struct mm_channel *ch, const void *owner)
 void mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
 {
 	__atomic_add_fetch(dir == MM_RD ? &ch->rd.bytes : &ch->wr.bytes, n, __ATOMIC_RELAXED);
+}
+
+unsigned mm_channel_failures(struct mm_channel *ch)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&ch->lock);
+	n = ch->failures;
+	pthread_mutex_unlock(&ch->lock);
+	return n;
 }
 
 bool mm_channel_dir_info(struct mm_channel *ch, unsigned dir, struct mm_dir_info *info)

@@ -101,7 +101,8 @@ struct mm_dir {
 					 * host, not an administrator's path
 					 * (which may be shared with another VM):
 					 * the peer's futex wakes reach us */
-	uint8_t *ext;			/* the trailer, or NULL */
+	uint8_t *ext;			/* the trailer's version-1 words, or NULL */
+	uint8_t *ext2;			/* its version-2 words, or NULL */
 	/* ch->lock */
 	const void *owner;		/* who holds the claim, or NULL */
 	/* set by the handshake under ch->lock; fixed while claimed */
@@ -116,6 +117,12 @@ struct mm_dir {
 	/* claim holder */
 	uint32_t seen;			/* raw pointer word the last -EAGAIN saw */
 	uint32_t eof_ack;		/* reader: ends of stream delivered */
+	uint32_t epoch;			/* both ends' epochs at the claim: a
+					 * change fails the claim's stream */
+	uint32_t drop_below;		/* reader: streams below this were left
+					 * by a reader of this end (version 1
+					 * has no word for it) */
+	bool dropping;			/* drop_below is in force */
 	/* atomic */
 	uint64_t bytes;			/* moved through the stream */
 };
@@ -149,7 +156,12 @@ struct mm_channel {
 	int peer;			/* enum mm_peer */
 	/* lock */
 	enum mm_chan_role role;
-	bool ext;			/* both ends speak the extension */
+	unsigned ext;			/* the extension's version both ends
+					 * speak: 0 (an xpra peer), 1 or 2 */
+	uint32_t epoch;			/* times we failed the streams */
+	uint32_t peer_epoch;		/* the peer's, as last seen */
+	uint32_t failures;		/* streams failed, by either end */
+	int64_t failed_at;		/* when last (time(2)) */
 	/* lock (liveness) */
 	uint32_t session;		/* random, new at each handshake */
 	uint32_t beat;			/* our heartbeat */
@@ -161,6 +173,8 @@ struct mm_channel {
 	/* the rest */
 	pthread_mutex_t hs_lock;
 	bool declared;			/* from the configuration: role fixed */
+	bool view;			/* another process's (view.c): it never
+					 * writes the trailer's words of its end */
 	struct mm_chan_opts opts;	/* fixed after open */
 	char *read_file, *write_file;	/* copies of the administrator's paths */
 	char *accepted;			/* the peer's last accepted half, as
@@ -239,6 +253,10 @@ const void *mm_channel_owner(struct mm_channel *ch, unsigned dir);
 enum mm_state mm_channel_state(struct mm_channel *ch);
 enum mm_chan_role mm_channel_role(struct mm_channel *ch);
 enum mm_peer mm_channel_peer_state(struct mm_channel *ch);
+
+/* How many times either end failed the streams (docs/PROTOCOL.md,
+ * "Failed streams") since this session began. */
+unsigned mm_channel_failures(struct mm_channel *ch);
 
 /* What one direction is, for traces and status. false if absent. */
 struct mm_dir_info {

@@ -1,8 +1,11 @@
 /* mmapfs core: the mmapfs extension to xpra's area format.
  *
- * Between two mmapfs ends (both advertise "mmapfs=1" in their capabilities)
- * the last 64 bytes of each area hold a trailer, and the data ring stops
- * before it. An xpra peer never advertises the key, so it never sees one.
+ * Between two mmapfs ends (both advertise "mmapfs=N" in their capabilities,
+ * and speak the lower of their two versions) the last bytes of each area
+ * hold a trailer, and the data ring stops before it. An xpra peer never
+ * advertises the key, so it never sees one. Version 1's trailer is the last
+ * 64 bytes; version 2 adds 64 more just before them, so that the words of
+ * version 1 stay where a version-1 peer looks for them.
  * Little-endian uint32 words, offsets in words (docs/PROTOCOL.md):
  *
  *   0  magic "MMFS"        creator, at creation
@@ -19,6 +22,21 @@
  *   14 attacher_beat
  *   15 waiters             both: how many may sleep on the area's end (low
  *                          16 bits) and on its start (high 16 bits)
+ *
+ * Version 2's words, the 64 bytes before those (stream numbers count from
+ * 0: stream s is the one the (s+1)th close ends; "below n" is modulo 2^32):
+ *
+ *   0  open_seq            writer: streams begun (close_seq, or close_seq
+ *                          + 1 while one is open)
+ *   1  failed              writer: streams below this were cut by the
+ *                          writer's end (its peer failed): readers drop them
+ *   2  eof_abort           writer: bit i set when eof_pos[i] ends a cut stream
+ *   3  abandoned           reader: streams below this were abandoned or cut
+ *                          by the reader's end: readers drop them, and their
+ *                          writer gets EPIPE
+ *   4  creator_epoch       creator: times it failed the channel's streams
+ *   5  attacher_epoch      attacher, likewise
+ *   6..15                  0 (reserved)
  */
 #ifndef MMAPFS_EXT_H
 #define MMAPFS_EXT_H
@@ -27,8 +45,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define MM_EXT_VERSION 1
-#define MM_EXT_SIZE 64
+#define MM_EXT_VERSION 2		/* the highest this end speaks */
+#define MM_EXT_SIZE 64			/* version 1's words */
+#define MM_EXT2_SIZE 64			/* version 2's, before them */
 #define MM_EXT_MAGIC 0x53464d4du	/* "MMFS" little-endian */
 #define MM_EXT_EOF_SLOTS 6
 
@@ -44,6 +63,14 @@ enum mm_ext_word {
 	MM_EXT_W_WAITERS = 15,
 };
 
+enum mm_ext2_word {
+	MM_EXT2_W_OPEN_SEQ = 0,
+	MM_EXT2_W_FAILED = 1,
+	MM_EXT2_W_EOF_ABORT = 2,
+	MM_EXT2_W_ABANDONED = 3,
+	MM_EXT2_W_EPOCH = 4,		/* + role */
+};
+
 #define MM_EXT_VERIFIED 1u
 
 /* The waiters word holds two 16-bit counts: of sleepers on `end` (the
@@ -52,10 +79,26 @@ enum mm_ext_word {
 #define MM_EXT_WAIT_END_SHIFT 0
 #define MM_EXT_WAIT_START_SHIFT 16
 
-/* Offset of the trailer in an area of size bytes (8-byte aligned). */
+/* Offset of version 1's words in an area of size bytes (8-byte aligned);
+ * version 2's start MM_EXT2_SIZE before. */
 static inline uint64_t mm_ext_offset(uint64_t size)
 {
 	return (size - MM_EXT_SIZE) & ~UINT64_C(7);
+}
+
+/* Where the trailer of `version` starts (the ring's end): the area's size
+ * for version 0 (an xpra peer, no trailer). */
+static inline uint64_t mm_ext_start(uint64_t size, unsigned version)
+{
+	if (version == 0)
+		return size;
+	return mm_ext_offset(size) - (version >= 2 ? MM_EXT2_SIZE : 0);
+}
+
+/* Is stream a below stream b, modulo 2^32 (counts that wrap)? */
+static inline bool mm_seq_below(uint32_t a, uint32_t b)
+{
+	return (int32_t)(a - b) < 0;
 }
 
 /* Word access as such, for code that runs under mm_guard_run() itself:

@@ -29,17 +29,26 @@ static uint32_t new_session(void)
 	return (uint32_t)random_below(UINT32_MAX) + 1;
 }
 
-/* Where the ring stops in an area, with or without the trailer. */
-static uint64_t ring_end(uint64_t size, bool ext)
+/* The version of the extension both ends speak: the lower of the two
+ * (0 for a peer that never said mmapfs=N: xpra). */
+static unsigned ext_version(const struct mm_caps *c)
 {
-	return ext ? mm_ext_offset(size) : size;
+	return c->mmapfs < MM_EXT_VERSION ? (unsigned)c->mmapfs : MM_EXT_VERSION;
 }
 
-int mm_dir_setup_ring(struct mm_dir *d, bool ext)
+int mm_dir_setup_ring(struct mm_dir *d, unsigned version)
 {
-	d->ext = ext ? d->area.base + mm_ext_offset(d->area.size) : NULL;
-	return mm_ring_init(&d->ring, d->area.base, d->area.size,
-			    ring_end(d->area.size, ext));
+	uint64_t end = mm_ext_start(d->area.size, version);
+
+	d->ext = version ? d->area.base + mm_ext_offset(d->area.size) : NULL;
+	d->ext2 = version >= 2 ? d->area.base + end : NULL;
+	return mm_ring_init(&d->ring, d->area.base, d->area.size, end);
+}
+
+/* The trailer of `version` in an area of size bytes: where, how long. */
+static uint64_t trailer_len(uint64_t size, unsigned version)
+{
+	return mm_ext_offset(size) + MM_EXT_SIZE - mm_ext_start(size, version);
 }
 
 static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
@@ -63,11 +72,12 @@ static int store_fail(const struct mm_dir *d, int r, const char *what, struct mm
  * [avoid, avoid + avoid_len) (the peer's token: the same text may be handed
  * over again, and must then still check), and never in the last 64 bytes,
  * where the creator's trailer lives even while the text handed over so far
- * has not said mmapfs=1. */
+ * has not said mmapfs=N (the longest trailer, of the version we speak). */
 static int dir_new_token(struct mm_dir *d, bool at_end, uint64_t avoid,
 			 uint64_t avoid_len, struct mm_err *err, const char *name)
 {
-	uint64_t end = mm_ext_offset(d->area.size), bytes = MM_TOKEN_DEFAULT_BYTES, idx;
+	uint64_t end = mm_ext_start(d->area.size, MM_EXT_VERSION);
+	uint64_t bytes = MM_TOKEN_DEFAULT_BYTES, idx;
 	struct mm_token t;
 	int r;
 
@@ -111,6 +121,8 @@ static int dir_reset(struct mm_dir *d)
 
 	for (unsigned w = 0; r == 0 && w < MM_EXT_SIZE / 4; w++)
 		r = mm_ext_store(d->ext, w, 0);
+	for (unsigned w = 0; r == 0 && d->ext2 && w < MM_EXT2_SIZE / 4; w++)
+		r = mm_ext_store(d->ext2, w, 0);
 	if (r == 0)
 		r = mm_ext_store(d->ext, MM_EXT_W_VERSION, MM_EXT_VERSION);
 	if (r == 0)
@@ -146,7 +158,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 		return r;
 	d->present = true;
 	d->local = !admin;
-	r = mm_dir_setup_ring(d, true);
+	r = mm_dir_setup_ring(d, MM_EXT_VERSION);
 	if (r < 0)
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
 	r = dir_reset(d);
@@ -206,7 +218,7 @@ static int need_keys(const struct mm_caps_area *a, unsigned keys, const char *na
  * whose content is known: the header, our own token, and the trailer when
  * both ends speak the extension (docs/PROTOCOL.md, "Tokens"). */
 static int token_guessable(const struct mm_dir *d, const struct mm_caps_area *c,
-			   bool ext, const char *name, struct mm_err *err)
+			   unsigned ext, const char *name, struct mm_err *err)
 {
 	uint64_t idx = c->token_index, n = c->token_bytes;
 
@@ -222,14 +234,14 @@ static int token_guessable(const struct mm_dir *d, const struct mm_caps_area *c,
 	if (d->token_bytes && overlaps(idx, n, d->token_index, d->token_bytes))
 		return mm_fail(err, -EINVAL, "%s.token_index: %llu lies over this end's own token",
 			       name, (unsigned long long)idx);
-	if (ext && overlaps(idx, n, mm_ext_offset(d->area.size), MM_EXT_SIZE))
+	if (ext && overlaps(idx, n, mm_ext_start(d->area.size, ext), trailer_len(d->area.size, ext)))
 		return mm_fail(err, -EINVAL, "%s.token_index: %llu lies over the mmapfs trailer",
 			       name, (unsigned long long)idx);
 	return 0;
 }
 
 /* Check the peer's token (described by c, key prefix name) in area d. */
-static int check_token(const struct mm_dir *d, const struct mm_caps_area *c, bool ext,
+static int check_token(const struct mm_dir *d, const struct mm_caps_area *c, unsigned ext,
 		       const char *name, struct mm_err *err)
 {
 	char hex[MM_TOKEN_HEX_MAX];
@@ -266,7 +278,7 @@ static int check_token(const struct mm_dir *d, const struct mm_caps_area *c, boo
  * the caller's own, and what of ch it reads is fixed after open. */
 static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char *admin,
 		      const struct mm_window *win, const struct mm_caps_area *c,
-		      const char *name, bool ext, struct mm_err *err)
+		      const char *name, unsigned ext, struct mm_err *err)
 {
 	struct mm_err why;
 	uint32_t magic = 0;
@@ -293,8 +305,8 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	if (r < 0)
 		return r;
 	if (ext && (mm_ext_load(d->ext, MM_EXT_W_MAGIC, &magic) < 0 || magic != MM_EXT_MAGIC))
-		return mm_fail(err, -EBADMSG, "%s: mmapfs=1 offered but %s has no mmapfs trailer",
-			       name, d->area.path);
+		return mm_fail(err, -EBADMSG, "%s: mmapfs=%u offered but %s has no mmapfs trailer",
+			       name, ext, d->area.path);
 	return 0;
 }
 
@@ -317,7 +329,7 @@ static int dirs_chunks(struct mm_channel *ch)
 static int install_offer(struct mm_channel *ch, const struct mm_caps *c, struct mm_dir *rd,
 			 struct mm_dir *wr, uint64_t now_ms, struct mm_err *err)
 {
-	bool ext = c->mmapfs >= 1;
+	unsigned ext = ext_version(c);
 	int r = 0;
 
 	/* Without the extension nothing tells us when the creator has checked
@@ -341,6 +353,8 @@ static int install_offer(struct mm_channel *ch, const struct mm_caps *c, struct 
 	ch->role = MM_ATTACHER;
 	ch->ext = ext;
 	ch->session = new_session();
+	ch->epoch = 0;
+	ch->failures = 0;
 	if (ext && ch->rd.present) {
 		/* take over the reading end: earlier ends of stream are gone */
 		mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &ch->rd.eof_ack);
@@ -358,7 +372,7 @@ static int take_offer(struct mm_channel *ch, const struct mm_caps *c, uint64_t n
 		      struct mm_err *err)
 {
 	struct mm_dir rd, wr;
-	bool ext = c->mmapfs >= 1;
+	unsigned ext = ext_version(c);
 	int r = 0;
 
 	if (ch->declared && ch->role == MM_CREATOR)
@@ -395,7 +409,7 @@ static int check_answer(struct mm_channel *ch, const struct mm_caps *c, struct m
 		{ &ch->wr, &c->read, RD_NAME },
 		{ &ch->rd, &c->write, WR_NAME },
 	};
-	bool ext = c->mmapfs >= 1;
+	unsigned ext = ext_version(c);
 	int r, n = 0;
 
 	for (int i = 0; i < 2; i++) {
@@ -421,7 +435,7 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 {
 	struct mm_dir *dirs[2] = { &ch->wr, &ch->rd };
 	const struct mm_caps_area *a[2] = { &c->read, &c->write };
-	bool ext = c->mmapfs >= 1;
+	unsigned ext = ext_version(c);
 
 	for (int i = 0; i < 2; i++) {
 		struct mm_dir *d = dirs[i];
@@ -437,6 +451,9 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		 * xpra server may have started already: leave its ring). */
 		if (d->present && ext && ring_reset(d) < 0)
 			return -EFAULT;
+		/* and with no stream begun, failed or abandoned */
+		for (unsigned w = 0; d->present && d->ext2 && w < MM_EXT2_SIZE / 4; w++)
+			mm_ext_store(d->ext2, w, 0);
 		if (d->usable && ext) {
 			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
 			if (d == &ch->rd) {
@@ -583,7 +600,7 @@ int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *
 			*discarded += mm_ring_used(&d->ring, &p);
 		mm_chunks_free(d);
 		d->usable = false;
-		if (mm_dir_setup_ring(d, true) < 0 || dir_reset(d) < 0)
+		if (mm_dir_setup_ring(d, MM_EXT_VERSION) < 0 || dir_reset(d) < 0)
 			r = mm_fail(err, -EIO, "%s: the mapping faulted", d->area.path);
 		else if ((r = dir_new_token(d, false, 0, 0, err, dir_name(i ? MM_WR : MM_RD))) == 0)
 			r = 1;
@@ -594,6 +611,8 @@ int mm_channel_renew(struct mm_channel *ch, uint64_t *discarded, struct mm_err *
 		ch->accepted = NULL;
 		ch->error[0] = '\0';
 		ch->session = new_session();
+		ch->epoch = 0;
+		ch->failures = 0;
 		ch->peer_session = 0;
 		mm_publish_session(ch, &ch->rd);
 		mm_publish_session(ch, &ch->wr);

@@ -36,7 +36,7 @@ int mm_creator_setup(struct mm_channel *ch, struct mm_err *err);
 bool mm_setup_later(const struct mm_channel *ch, int r);
 /* Set up d's ring (and trailer, with the extension) over its mapped area:
  * 0, or -EINVAL for an area too small. */
-int mm_dir_setup_ring(struct mm_dir *d, bool ext);
+int mm_dir_setup_ring(struct mm_dir *d, unsigned version);
 
 /* live.c: write our session and heartbeat into a direction's trailer; the
  * direction whose trailer tells the peer's (NULL without the extension).
@@ -53,5 +53,7 @@ void mm_writer_end(struct mm_channel *ch);
 /* A new claim of dirs: the sleepers this end counted in the trailer were
  * its last holder's, who is gone (it may have died asleep). ch->lock held. */
 void mm_sleepers_reset(struct mm_channel *ch, unsigned dirs);
+/* d was just claimed (or viewed): the epoch its stream starts in. */
+void mm_dir_claimed(struct mm_dir *d);
 
 #endif

@@ -51,6 +51,8 @@ struct mmapfs_chan {
 	/* the reader's */
 	struct mm_slice slice;		/* the last read_begin's, until its end */
 	size_t handed;			/* how much of it the caller has */
+	bool in_stream;			/* bytes of a stream taken, not its end */
+	bool at_end;			/* the last read was an end of stream */
 	struct told rd_told;
 	/* the writer's */
 	struct told wr_told;
@@ -276,6 +278,10 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 			n = mm_stream_read(&c->ch, buf, len);
 		else
 			n = mm_stream_read_begin(&c->ch, len, &c->slice);
+		if (op != OP_WRITE && n >= 0) {
+			c->in_stream = n > 0;
+			c->at_end = n == 0;
+		}
 		if (n != -EAGAIN)
 			return n;
 		if (c->nonblock) {
@@ -414,6 +420,12 @@ int mmapfs_close(struct mmapfs_chan *c)
 
 	if (!c)
 		return fail(-EBADF);
+	/* a reader that leaves in the middle of a stream abandons it, as the
+	 * daemon's readers do: with version 2 the trailer says so, and the
+	 * daemon drops the rest at the release of our claim */
+	if ((c->dirs & MM_RD) &&
+	    (c->in_stream || (!c->at_end && mm_stream_pending(&c->ch))))
+		mm_stream_abandon(&c->ch);
 	tell(c, MM_RD, true);
 	tell(c, MM_WR, true);
 	mm_channel_destroy(&c->ch);

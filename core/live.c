@@ -5,6 +5,7 @@
  * restarted (docs/PROTOCOL.md, "Liveness"). An xpra peer has no heartbeat:
  * its liveness is unknown. */
 #include <errno.h>
+#include <time.h>
 
 #include "ext.h"
 #include "guard.h"
@@ -25,6 +26,62 @@ void mm_publish_session(struct mm_channel *ch, struct mm_dir *d)
 		mm_ext_store(d->ext, w, ch->session);
 		mm_ext_store(d->ext, w + 1, ch->beat);
 	}
+	if (d->present && d->ext2)
+		mm_ext_store(d->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_ATTACHER), ch->epoch);
+}
+
+static void failed_now(struct mm_channel *ch)
+{
+	ch->failures++;
+	ch->failed_at = time(NULL);
+}
+
+/* The stream open in d, if one is: its number + 1, the value that cuts
+ * it (0 if none is open: streams that ended are whole, and delivered). */
+static uint32_t open_stream(const struct mm_dir *d)
+{
+	uint32_t open, cs;
+
+	if (!d->usable || !d->ext2 || mm_ext_load(d->ext2, MM_EXT2_W_OPEN_SEQ, &open) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 || open == cs)
+		return 0;
+	return open;
+}
+
+/* Version 2: the peer is dead, or stalled past the limit, and our callers
+ * are told so (docs/PROTOCOL.md, "Failed streams"): the stream open in
+ * each direction is cut, and no byte of it is delivered afterwards, on
+ * either end, even if the peer's beat comes back. Our epoch moves: our
+ * claims, and the peer's when it looks, see their streams failed. The
+ * stream open in the area we read is abandoned (its writer gets EPIPE,
+ * its bytes are dropped), the one open in the area we write is marked
+ * failed (the peer's reader drops it). Streams that ended before are
+ * whole, and still delivered. ch->lock held. */
+static void fail_streams(struct mm_channel *ch)
+{
+	uint32_t seq;
+
+	if (ch->view || (!ch->rd.ext2 && !ch->wr.ext2))
+		return;
+	ch->epoch++;
+	mm_publish_session(ch, &ch->rd);
+	mm_publish_session(ch, &ch->wr);
+	if ((seq = open_stream(&ch->rd)))
+		mm_ext_store(ch->rd.ext2, MM_EXT2_W_ABANDONED, seq);
+	if ((seq = open_stream(&ch->wr)))
+		mm_ext_store(ch->wr.ext2, MM_EXT2_W_FAILED, seq);
+	failed_now(ch);
+}
+
+/* Has the peer failed the streams since we last looked (its epoch moved)?
+ * Our claims see it themselves; this is for status and the log. */
+static bool peer_failed(struct mm_channel *ch, uint32_t epoch)
+{
+	if (epoch == ch->peer_epoch)
+		return false;
+	ch->peer_epoch = epoch;
+	failed_now(ch);
+	return true;
 }
 
 struct mm_dir *mm_ext_dir(struct mm_channel *ch)
@@ -52,6 +109,9 @@ void mm_note_peer(struct mm_channel *ch, uint64_t now_ms)
 	}
 	mm_ext_load(d->ext, w, &ch->peer_session);
 	mm_ext_load(d->ext, w + 1, &ch->peer_beat);
+	ch->peer_epoch = 0;
+	if (d->ext2)
+		mm_ext_load(d->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_CREATOR), &ch->peer_epoch);
 	ch->peer_beat_ms = now_ms;
 	mm_set_peer(ch, MM_PEER_ALIVE);
 }
@@ -80,8 +140,10 @@ static void peer_seen(struct mm_channel *ch, uint64_t now_ms, uint32_t session, 
 		ch->peer_beat = beat;
 		ch->peer_beat_ms = now_ms;
 		mm_set_peer(ch, MM_PEER_ALIVE);
-	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS) {
+	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS &&
+		   mm_channel_peer_state(ch) != MM_PEER_DEAD) {
 		mm_set_peer(ch, MM_PEER_DEAD);
+		fail_streams(ch);
 	}
 }
 
@@ -93,12 +155,17 @@ static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
 	uint32_t session, beat;
 	struct mm_dir *d = mm_ext_dir(ch);
 
+	uint32_t epoch = ch->peer_epoch;
+
 	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
-	    mm_ext_load(d->ext, w + 1, &beat) < 0) {
+	    mm_ext_load(d->ext, w + 1, &beat) < 0 ||
+	    (d->ext2 && mm_ext_load(d->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_CREATOR),
+				    &epoch) < 0)) {
 		mm_channel_fail(ch, EIO, MM_WHY_FAULT, d == &ch->wr ? MM_WR : MM_RD, 0, 0);
 		return;
 	}
 	peer_seen(ch, now_ms, session, beat);
+	peer_failed(ch, epoch);
 }
 
 /* A tick's words in one guarded run (each run costs a setjmp, and a daemon
@@ -108,7 +175,7 @@ static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
 struct tick_words {
 	struct mm_channel *ch;
 	const struct mm_dir *from;
-	uint32_t session, beat;		/* the peer's */
+	uint32_t session, beat, epoch;	/* the peer's */
 };
 
 static int tick_words(void *arg)
@@ -126,6 +193,8 @@ static int tick_words(void *arg)
 	}
 	t->session = mm_ext_get(t->from->ext, p);
 	t->beat = mm_ext_get(t->from->ext, p + 1);
+	if (t->from->ext2)
+		t->epoch = mm_ext_get(t->from->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_CREATOR));
 	return 0;
 }
 
@@ -139,13 +208,14 @@ static bool live(struct mm_channel *ch)
 /* ch->lock held. */
 static void tick_locked(struct mm_channel *ch, uint64_t now_ms)
 {
-	struct tick_words t = { ch, mm_ext_dir(ch), 0, 0 };
+	struct tick_words t = { ch, mm_ext_dir(ch), 0, 0, ch->peer_epoch };
 
 	if (!live(ch))
 		return;
 	ch->beat++;
 	if (t.from && mm_guard_run(tick_words, &t) == 0) {
 		peer_seen(ch, now_ms, t.session, t.beat);
+		peer_failed(ch, t.epoch);
 	} else {
 		/* a fault: again a word at a time, which tells the area */
 		mm_publish_session(ch, &ch->rd);
@@ -173,12 +243,15 @@ static bool look(struct mm_channel *ch, uint64_t now_ms,
 	enum mm_state was;
 	enum mm_peer peer_was;
 	bool changed;
+	uint32_t failures_were;
 
 	pthread_mutex_lock(&ch->lock);
 	was = mm_channel_state(ch);
 	peer_was = mm_channel_peer_state(ch);
+	failures_were = ch->failures;
 	fn(ch, now_ms);
-	changed = mm_channel_state(ch) != was || mm_channel_peer_state(ch) != peer_was;
+	changed = mm_channel_state(ch) != was || mm_channel_peer_state(ch) != peer_was ||
+		  ch->failures != failures_were;
 	if (every)
 		*every = every_locked(ch);
 	pthread_mutex_unlock(&ch->lock);

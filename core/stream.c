@@ -112,6 +112,92 @@ static int data_check(struct mm_channel *ch, struct mm_dir *d, int dead_errno)
 	return 0;
 }
 
+/* ---- version 2: cut and abandoned streams ---- */
+
+/* The version-2 words this file reads, loaded in one guarded run. */
+struct ext2_words {
+	const uint8_t *ext2;
+	uint32_t failed, abandoned, epochs;
+	uint32_t close_seq;		/* of version 1's words, which follow */
+};
+
+static int do_ext2(void *arg)
+{
+	struct ext2_words *w = arg;
+
+	w->failed = mm_ext_get(w->ext2, MM_EXT2_W_FAILED);
+	w->abandoned = mm_ext_get(w->ext2, MM_EXT2_W_ABANDONED);
+	w->close_seq = mm_ext_get(w->ext2 + MM_EXT2_SIZE, MM_EXT_W_CLOSE_SEQ);
+	/* each only grows: their sum changes when either does */
+	w->epochs = mm_ext_get(w->ext2, MM_EXT2_W_EPOCH) +
+		    mm_ext_get(w->ext2, MM_EXT2_W_EPOCH + 1);
+	return 0;
+}
+
+static int load_ext2(const struct mm_dir *d, struct ext2_words *w)
+{
+	w->ext2 = d->ext2;
+	return mm_guard_run(do_ext2, w);
+}
+
+void mm_dir_claimed(struct mm_dir *d)
+{
+	struct ext2_words w = { .epochs = 0 };
+
+	if (d->ext2)
+		load_ext2(d, &w);
+	d->epoch = w.epochs;
+	d->dropping = false;
+}
+
+/* Has the claim's stream failed (an epoch moved since the claim)? */
+static bool stream_failed(const struct mm_dir *d)
+{
+	struct ext2_words w;
+
+	return load_ext2(d, &w) < 0 || w.epochs != d->epoch;
+}
+
+/* Has the writer's stream been cut since its claim: failed by either end
+ * (an epoch moved), or abandoned by its reader? -EPIPE, 0, -EFAULT. */
+static int writer_cut(const struct mm_dir *d)
+{
+	struct ext2_words w;
+
+	if (!d->ext2)
+		return 0;
+	if (load_ext2(d, &w) < 0)
+		return -EFAULT;
+	if (w.epochs != d->epoch)
+		return -EPIPE;
+	/* the stream being written is number close_seq */
+	return w.close_seq + 1 == w.abandoned ? -EPIPE : 0;
+}
+
+/* Is stream `at` one the reader drops: cut by the writer's end (failed),
+ * abandoned or cut by the reader's end (abandoned), or left by a reader of
+ * this end (drop_below, which version 1 has no word for)? Each word names
+ * one stream, as its number + 1: the streams that ended before it are
+ * whole, and delivered. */
+static bool dropped(const struct mm_dir *d, const struct ext2_words *w, uint32_t at)
+{
+	return (d->ext2 && (at + 1 == w->failed || at + 1 == w->abandoned)) ||
+	       (d->dropping && at + 1 == d->drop_below);
+}
+
+/* Would the reader's claim be told that its stream failed: does it stand
+ * at a stream to drop, with an epoch older than the failure? */
+static bool reader_cut(const struct mm_dir *d)
+{
+	struct ext2_words w;
+	uint32_t ack;
+
+	if (!d->ext2 || load_ext2(d, &w) < 0 || w.epochs == d->epoch ||
+	    mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) < 0)
+		return false;
+	return dropped(d, &w, ack);
+}
+
 /* ---- writing ---- */
 
 ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
@@ -122,8 +208,10 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 	ssize_t n;
 	int r = data_check(ch, d, EPIPE);
 
+	if (r == 0)
+		r = writer_cut(d);
 	if (r < 0)
-		return r;
+		return r == -EFAULT ? stream_fail(ch, MM_WR, r) : r;
 	if (raw_word(d, W_START, &d->seen) < 0)
 		return stream_fail(ch, MM_WR, -EFAULT);
 	r = mm_ring_load(&d->ring, &p);
@@ -155,8 +243,10 @@ ssize_t mm_stream_room(struct mm_channel *ch)
 	struct mm_ring_pos p;
 	int r = data_check(ch, d, EPIPE);
 
+	if (r == 0)
+		r = writer_cut(d);
 	if (r < 0)
-		return r;
+		return r == -EFAULT ? stream_fail(ch, MM_WR, r) : r;
 	r = mm_ring_load(&d->ring, &p);
 	if (r < 0)
 		return stream_fail(ch, MM_WR, r);
@@ -179,7 +269,13 @@ int mm_writer_begin(struct mm_channel *ch)
 		mm_channel_fail(ch, EPROTO, MM_WHY_EOF_CORRUPT, MM_WR, 0, 0);
 		return -EPROTO;
 	}
-	return cs - ack == MM_EXT_EOF_SLOTS ? -EAGAIN : 0;
+	if (cs - ack == MM_EXT_EOF_SLOTS)
+		return -EAGAIN;
+	/* a stream begins: its number is cs */
+	if (d->ext2 && mm_ext_store(d->ext2, MM_EXT2_W_OPEN_SEQ, cs + 1) < 0)
+		return stream_fail(ch, MM_WR, -EFAULT);
+	mm_dir_claimed(d);
+	return 0;
 }
 
 void mm_writer_end(struct mm_channel *ch)
@@ -194,6 +290,14 @@ void mm_writer_end(struct mm_channel *ch)
 	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
 		return;
 	mm_ext_store(d->ext, MM_EXT_W_EOF_POS + cs % MM_EXT_EOF_SLOTS, p.end);
+	if (d->ext2) {
+		/* a stream cut since its claim ends with an abort mark */
+		uint32_t bits = 0, bit = 1u << (cs % MM_EXT_EOF_SLOTS);
+
+		mm_ext_load(d->ext2, MM_EXT2_W_EOF_ABORT, &bits);
+		bits = writer_cut(d) < 0 ? bits | bit : bits & ~bit;
+		mm_ext_store(d->ext2, MM_EXT2_W_EOF_ABORT, bits);
+	}
 	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
 	mm_futex_wake(word_of(d, W_END));
 }
@@ -239,10 +343,116 @@ static ssize_t chunk_slice(struct mm_dir *d, size_t max, struct mm_slice *s)
 	return (ssize_t)s->len;
 }
 
+/* The reader takes the end of stream it is at (dist 0 from it). */
+static int eof_take(struct mm_dir *d)
+{
+	d->eof_ack++;
+	if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
+		return -EFAULT;
+	mm_futex_wake(word_of(d, W_START));
+	return 0;
+}
+
+/* Where the stream at hand ends: *dist bytes on (1 if its end has yet to
+ * come, 0 if it has), cs loaded before p (the end is written before it).
+ * Corrupt ends of stream fail the channel. */
+static int load_at(struct mm_channel *ch, struct mm_dir *d, uint32_t *cs,
+		   struct mm_ring_pos *p, size_t *dist)
+{
+	int r;
+
+	if (raw_word(d, W_END, &d->seen) < 0 || mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, cs) < 0)
+		return stream_fail(ch, MM_RD, -EFAULT);
+	r = mm_ring_load(&d->ring, p);
+	if (r < 0)
+		return stream_fail(ch, MM_RD, r);
+	r = eof_distance(d, p, *cs, dist);
+	if (r == -EPROTO) {
+		mm_channel_fail(ch, EPROTO, MM_WHY_EOF_CORRUPT, MM_RD, 0, 0);
+		return -EPROTO;
+	}
+	return r < 0 ? stream_fail(ch, MM_RD, r) : r;
+}
+
+/* Drop the streams the reader may not deliver (dropped()), each up to
+ * its end: 0 once the stream at hand is one to deliver, -EAGAIN while a
+ * dropped one has yet to end (what it has is dropped meanwhile), or
+ * -ECONNRESET if its writer died first, or a failure. A claim that was
+ * reading when the streams failed (`stale`) is told instead: -ECONNRESET
+ * when it reaches such a stream, which stays for the next reader to drop. */
+static int drop_cut(struct mm_channel *ch, struct mm_dir *d, bool stale)
+{
+	struct ext2_words w = { .ext2 = NULL, .failed = 0, .abandoned = 0 };
+	struct mm_ring_pos p;
+	size_t dist = 0;
+	uint32_t cs;
+	int r;
+
+	for (;;) {
+		if (d->ext2 && load_ext2(d, &w) < 0)
+			return stream_fail(ch, MM_RD, -EFAULT);
+		if (!dropped(d, &w, d->eof_ack)) {
+			d->dropping = false;	/* past the one left, if any */
+			return 0;
+		}
+		if (stale)
+			return -ECONNRESET;
+		r = load_at(ch, d, &cs, &p, &dist);
+		if (r < 0)
+			return r;
+		if (r == 1)
+			dist = mm_ring_used(&d->ring, &p);	/* all it has */
+		if (dist && mm_ring_consume(&d->ring, &p, dist) < 0)
+			return stream_fail(ch, MM_RD, -EFAULT);
+		if (dist) {
+			__atomic_add_fetch(&d->bytes, dist, __ATOMIC_RELAXED);
+			wake(d, W_START);
+		}
+		if (r == 1)
+			return peer_dead(ch) ? -ECONNRESET : -EAGAIN;
+		if (eof_take(d) < 0)
+			return stream_fail(ch, MM_RD, -EFAULT);
+	}
+}
+
+int mm_stream_drop(struct mm_channel *ch)
+{
+	int r = data_check(ch, &ch->rd, 0);
+
+	return r < 0 ? r : ch->rd.ext ? drop_cut(ch, &ch->rd, false) : 0;
+}
+
+void mm_stream_abandon(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->rd;
+	uint32_t a;
+
+	if (!d->usable || !d->ext)
+		return;
+	d->drop_below = d->eof_ack + 1;
+	d->dropping = true;
+	/* version 2: the writer is told (EPIPE), and whoever reads next drops
+	 * the stream too */
+	if (d->ext2 && mm_ext_load(d->ext2, MM_EXT2_W_ABANDONED, &a) == 0 &&
+	    mm_seq_below(a, d->drop_below))
+		mm_ext_store(d->ext2, MM_EXT2_W_ABANDONED, d->drop_below);
+}
+
+bool mm_stream_must_drop(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->rd;
+	struct ext2_words w;
+
+	if (!d->usable || !d->ext2 || load_ext2(d, &w) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &d->eof_ack) < 0)
+		return false;
+	return dropped(d, &w, d->eof_ack);
+}
+
 ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice *s)
 {
 	struct mm_dir *d = &ch->rd;
-	size_t used, limit = max;
+	size_t used, dist = 0, limit = max;
 	uint32_t cs = 0;
 	ssize_t got;
 	int r = data_check(ch, d, 0);
@@ -252,35 +462,37 @@ ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice 
 		return r;
 	if (d->chunks && (got = chunk_slice(d, max, s)) != 0)
 		return got < 0 ? stream_fail(ch, MM_RD, (int)got) : got;
-	if (raw_word(d, W_END, &d->seen) < 0)
-		return stream_fail(ch, MM_RD, -EFAULT);
-	/* the end of stream is loaded before the pointers it refers to */
-	if (d->ext && mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
-		return stream_fail(ch, MM_RD, -EFAULT);
-	r = mm_ring_load(&d->ring, &s->pos);
-	if (r < 0)
-		return stream_fail(ch, MM_RD, r);
-	used = mm_ring_used(&d->ring, &s->pos);
-	if (d->ext && cs != d->eof_ack) {
-		size_t dist = 0;
-
-		r = eof_distance(d, &s->pos, cs, &dist);
-		if (r == -EPROTO) {
-			mm_channel_fail(ch, EPROTO, MM_WHY_EOF_CORRUPT, MM_RD, 0, 0);
-			return -EPROTO;
-		}
+	if (d->ext2 || d->dropping) {
+		r = drop_cut(ch, d, d->ext2 && stream_failed(d));
+		if (r < 0)
+			return r;
+	}
+	if (!d->ext) {
+		if (raw_word(d, W_END, &d->seen) < 0)
+			return stream_fail(ch, MM_RD, -EFAULT);
+		r = mm_ring_load(&d->ring, &s->pos);
 		if (r < 0)
 			return stream_fail(ch, MM_RD, r);
-		if (dist == 0) {
-			d->eof_ack++;
-			if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
+	} else {
+		/* the end of stream is loaded before the pointers it refers to */
+		r = load_at(ch, d, &cs, &s->pos, &dist);
+		if (r < 0)
+			return r;
+		if (r == 0 && dist == 0) {
+			uint32_t abort = 0;
+
+			if (d->ext2)
+				mm_ext_load(d->ext2, MM_EXT2_W_EOF_ABORT, &abort);
+			if (eof_take(d) < 0)
 				return stream_fail(ch, MM_RD, -EFAULT);
-			mm_futex_wake(word_of(d, W_START));
-			return 0;
+			/* a cut stream ends with an error, not end of file */
+			return abort & (1u << ((d->eof_ack - 1) % MM_EXT_EOF_SLOTS)) ? -ECONNRESET
+										   : 0;
 		}
-		if (dist < limit)
+		if (r == 0 && dist < limit)
 			limit = dist;
 	}
+	used = mm_ring_used(&d->ring, &s->pos);
 	if (used == 0)
 		return peer_dead(ch) ? -ECONNRESET : -EAGAIN;
 	s->niov = mm_ring_read_iov(&d->ring, &s->pos, limit, s->iov, &s->len);
@@ -420,11 +632,20 @@ bool mm_stream_pending(struct mm_channel *ch)
 		mm_ext_load(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &cs);
 		mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ack);
 	}
+	if (ch->rd.ext2) {
+		struct ext2_words w;
+		struct mm_dir at = { .eof_ack = ack };
+
+		/* a stream to drop whose end has yet to come: nothing to read
+		 * (mm_stream_drop() took what came before it) */
+		if (load_ext2(&ch->rd, &w) < 0 || dropped(&at, &w, ack))
+			return false;
+	}
 	return mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ack ||
 	       (ch->rd.chunks && mm_chunks_pending(&ch->rd));
 }
 
-unsigned mm_stream_poll(struct mm_channel *ch)
+unsigned mm_stream_poll(struct mm_channel *ch, unsigned held)
 {
 	unsigned mask = 0;
 	struct mm_ring_pos p;
@@ -438,6 +659,11 @@ unsigned mm_stream_poll(struct mm_channel *ch)
 		mask |= POLLHUP | POLLIN;
 	if (mm_stream_pending(ch))
 		mask |= POLLIN | POLLRDNORM;
+	/* a failed or abandoned stream: the next read or write says so */
+	if ((held & MM_RD) && reader_cut(&ch->rd))
+		mask |= POLLERR | POLLIN;
+	if ((held & MM_WR) && writer_cut(&ch->wr) < 0)
+		mask |= POLLERR | POLLOUT;
 	if (ch->wr.usable && mm_ring_load(&ch->wr.ring, &p) == 0 &&
 	    mm_ring_free(&ch->wr.ring, &p) > 0)
 		mask |= POLLOUT | POLLWRNORM;

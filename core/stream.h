@@ -57,6 +57,23 @@ ssize_t mm_stream_room(struct mm_channel *ch);
 ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice *s);
 int mm_stream_read_end(struct mm_channel *ch, const struct mm_slice *s, size_t n);
 
+/* A reader leaves in the middle of a stream (docs/PROTOCOL.md, "Readers
+ * that leave"): that stream is abandoned, and mm_stream_drop() drops it;
+ * with version 2 its writer gets EPIPE, and any later reader drops it too.
+ * The claim holder's call. */
+void mm_stream_abandon(struct mm_channel *ch);
+
+/* Drop what the reader may not deliver (an abandoned stream, or one cut by
+ * a failure), up to its end: 0 once there is nothing more to drop, -EAGAIN
+ * while such a stream has yet to end (what it has is dropped meanwhile),
+ * or the errors of a read. The claim holder's call. */
+int mm_stream_drop(struct mm_channel *ch);
+
+/* Version 2: is there something to drop (a reader that was another
+ * process, a library, abandoned its stream; a failure cut one)? Reloads
+ * the reader's ends of stream from the trailer: the claim holder's call. */
+bool mm_stream_must_drop(struct mm_channel *ch);
+
 /* Begin, a guarded copy into buf, end. */
 ssize_t mm_stream_read(struct mm_channel *ch, void *buf, size_t len);
 
@@ -107,8 +124,10 @@ unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
 void mm_stream_state(struct mm_channel *ch, unsigned events,
 		     uint32_t state[MM_STREAM_STATE_WORDS]);
 
-/* POLLIN/POLLOUT/POLLERR/POLLHUP as they stand now. */
-unsigned mm_stream_poll(struct mm_channel *ch);
+/* POLLIN/POLLOUT/POLLERR/POLLHUP as they stand now, for the holder of
+ * the claims `held` (MM_RD, MM_WR): POLLERR also when its stream failed
+ * (version 2), so that its next read or write says how. */
+unsigned mm_stream_poll(struct mm_channel *ch, unsigned held);
 
 /* Does the read direction have ends of stream (an mmapfs peer's trailer)? */
 bool mm_stream_has_ends(struct mm_channel *ch);

@@ -3,6 +3,7 @@
  * under ch->lock from one consistent view. */
 #include <errno.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,7 +41,7 @@ int mm_channel_caps_text(struct mm_channel *ch, char *buf, size_t len)
 	caps_of_dir(&ch->wr, offer, &c->write);
 	/* A creator always offers the extension; an attacher answers with it
 	 * only if the creator offered it. */
-	c->mmapfs = (offer || ch->ext) ? MM_EXT_VERSION : 0;
+	c->mmapfs = offer ? MM_EXT_VERSION : ch->ext;
 	if (!ch->rd.present && !ch->wr.present)
 		c->mmapfs = 0;
 	pthread_mutex_unlock(&ch->lock);
@@ -214,9 +215,18 @@ int mm_channel_status_text(struct mm_channel *ch, char *buf, size_t len)
 	pthread_mutex_lock(&ch->lock);
 	mm_channel_refresh_locked(ch);
 	reason_locked(ch, reason, sizeof(reason));
-	r = mm_text_append(buf, len, &pos, "state=%s\nrole=%s\npeer=%s\nerror=%s\nmmapfs=%d\n",
+	r = mm_text_append(buf, len, &pos, "state=%s\nrole=%s\npeer=%s\nerror=%s\nmmapfs=%u\n"
+			   "streams_failed=%u\n",
 		   mm_state_name(mm_channel_state(ch)), mm_role_name(ch->role),
-		   mm_peer_name(mm_channel_peer_state(ch)), reason, ch->ext);
+		   mm_peer_name(mm_channel_peer_state(ch)), reason, ch->ext, ch->failures);
+	if (r == 0 && ch->failures) {
+		struct tm tm;
+		char when[32];
+		time_t t = (time_t)ch->failed_at;
+
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+		r = mm_text_append(buf, len, &pos, "stream_failed_at=%s\n", when);
+	}
 	if (r == 0)
 		r = status_dir(RD_NAME, &ch->rd, buf, len, &pos);
 	if (r == 0)

@@ -141,6 +141,7 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	/* the ends of stream the last reader took, whichever process it was */
 	if (dir == MM_RD && mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &d->eof_ack) < 0)
 		return mm_fail(err, -EIO, "%s: the mapping faulted", path);
+	mm_dir_claimed(d);	/* the claim is ours: its streams' epoch */
 	return 0;
 }
 
@@ -166,7 +167,9 @@ int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsig
 		r = mm_fail(err, -EPROTO, "status: no role or mmapfs line");
 		goto fail;
 	}
-	ch->ext = ext != 0;	/* else an xpra peer: no trailer, chunk lists */
+	/* 0: an xpra peer, no trailer, chunk lists */
+	ch->ext = ext < MM_EXT_VERSION ? (unsigned)ext : MM_EXT_VERSION;
+	ch->view = true;
 	for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
 		if (!(dirs & dir))
 			continue;

@@ -36,8 +36,6 @@
 
 /* How long a new opener waits for the release of a closed descriptor. */
 #define RELEASE_WAIT_MS 1000
-/* The most dropped in one step of an abandoned stream. */
-#define DROP_STEP (64u << 20)
 
 struct parked {
 	fuse_req_t req;
@@ -580,17 +578,14 @@ static void requeue(struct mmfs *fs, struct parked *p)
  * read claim back. rd_lock held. */
 static void drop_some(struct mmfs *fs, struct chan *ch)
 {
-	struct mm_slice s;
-	ssize_t n;
+	int r = mm_stream_drop(&ch->mc);
 
-	while ((n = mm_stream_read_begin(&ch->mc, DROP_STEP, &s)) > 0)
-		mm_stream_read_end(&ch->mc, &s, (size_t)n);
-	if (n == -EAGAIN)
+	if (r == -EAGAIN)
 		return;		/* the writer has not ended it yet */
-	/* its end (0); or the peer died, or the channel broke: nothing
-	 * more of it will come */
+	/* its end; or the peer died, or the channel broke: nothing more of
+	 * it will come */
 	drop_stop(fs, ch);
-	trace_rings(fs, ch, n == 0 ? "abandoned stream dropped to its end" :
+	trace_rings(fs, ch, r == 0 ? "abandoned stream dropped to its end" :
 		    "abandoned stream dropped, the channel failed");
 }
 
@@ -741,6 +736,10 @@ void data_reader_left(struct mmfs *fs, struct chan *ch, const void *owner, bool 
 	pthread_mutex_lock(&ch->rd_lock);
 	drop = mm_stream_has_ends(&ch->mc) &&
 	       (in_stream || (!at_end && mm_stream_pending(&ch->mc)));
+	if (drop)
+		mm_stream_abandon(&ch->mc);	/* version 2: its writer is told */
+	else
+		drop = mm_stream_must_drop(&ch->mc);	/* a library's, a failure's */
 	if (drop) {
 		pthread_mutex_lock(&fs->lock);
 		ch->dropping = true;
@@ -757,14 +756,19 @@ void data_reader_left(struct mmfs *fs, struct chan *ch, const void *owner, bool 
 
 void data_release(struct mmfs *fs, struct handle *h)
 {
-	/* a library's reads are its own, not seen here: it is never in the
-	 * middle of a stream as far as the daemon knows */
-	if ((h->dirs & MM_RD) && !h->library) {
-		bool in_stream, at_end;
+	/* a library's reads are its own, not seen here: it says in the
+	 * trailer if it left in the middle of a stream (version 2) */
+	if (h->dirs & MM_RD) {
+		bool in_stream = false, at_end = true, lib;
 
+		pthread_mutex_lock(&fs->lock);
+		lib = h->library;
+		pthread_mutex_unlock(&fs->lock);
 		pthread_mutex_lock(&h->ch->rd_lock);
-		in_stream = h->in_stream;
-		at_end = h->at_end;
+		if (!lib) {
+			in_stream = h->in_stream;
+			at_end = h->at_end;
+		}
 		pthread_mutex_unlock(&h->ch->rd_lock);
 		data_reader_left(fs, h->ch, h, in_stream, at_end);
 		return;

@@ -299,12 +299,17 @@ static void fire(struct mmfs *fs)
 
 void chan_log_change(struct chan *ch)
 {
+	unsigned failures = mm_channel_failures(&ch->mc);
+	bool failed = __atomic_exchange_n(&ch->failures_logged, failures, __ATOMIC_RELAXED) <
+		      failures;
 	char why[512];
 
 	mm_channel_reason(&ch->mc, why, sizeof(why));
-	fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s\n", ch->key.name,
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: state %s, peer %s%s%s%s\n", ch->key.name,
 		 mm_state_name(mm_channel_state(&ch->mc)),
-		 mm_peer_name(mm_channel_peer_state(&ch->mc)), why[0] ? ", " : "", why);
+		 mm_peer_name(mm_channel_peer_state(&ch->mc)),
+		 failed ? ", the open streams failed (status: streams_failed)" : "",
+		 why[0] ? ", " : "", why);
 }
 
 /* The wheel: fs->wheel[(fs->wheel_at + k) % TICK_SLOTS] holds the channels

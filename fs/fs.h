@@ -129,6 +129,8 @@ struct chan {
 	 * the read claim (owner: &ch->dropping) and drops the rest of that
 	 * stream, up to its end */
 	bool dropping;
+	/* atomic: the streams_failed count the log last told (event.c) */
+	unsigned failures_logged;
 	/* fixed */
 	struct timespec ctime;
 	/* fs->lock */

@@ -64,6 +64,7 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	unsigned events = fi->poll_events ? fi->poll_events : POLLIN | POLLOUT;
 	struct fuse_pollhandle *old = NULL;
 	unsigned mask;
+	bool lib;
 
 	if (h->kind != F_DATA) {
 		if (ph)
@@ -87,7 +88,14 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 			waiter_arm(fs, &h->wait, NULL);
 		pthread_mutex_unlock(&fs->lock);
 	}
-	mask = mm_stream_poll(&h->ch->mc);
+	/* an abandoned or failed stream is dropped first: what is left to
+	 * read after it is what the answer is about (a library drops its own) */
+	pthread_mutex_lock(&fs->lock);
+	lib = h->library;
+	pthread_mutex_unlock(&fs->lock);
+	if ((h->dirs & MM_RD) && !lib)
+		mm_stream_drop(&h->ch->mc);
+	mask = mm_stream_poll(&h->ch->mc, h->dirs);
 	mask = handle_events(h, mask) | (mask & (POLLERR | POLLHUP));
 	if (h->dirs & MM_RD)
 		pthread_mutex_unlock(&h->ch->rd_lock);

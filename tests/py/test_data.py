@@ -117,7 +117,7 @@ def test_nonblocking_write_fills_then_eagain(chan):
                 total += n
         st = c.status("chan")
         assert int(st["write.free"]) == 0
-        assert total == int(st["write.used"]) == int(st["write.size"]) - 64 - 8 - 1
+        assert total == int(st["write.used"]) == int(st["write.size"]) - 128 - 8 - 1
     finally:
         os.close(fd)
 

@@ -105,7 +105,7 @@ def test_offer_format(chans, shm):
     c, _ = chans
     offer = caps(c)
     assert list(offer) == [f"{d}.{k}" for d in ("read", "write") for k in AREA_KEYS] + ["mmapfs"]
-    assert offer["mmapfs"] == "1"
+    assert offer["mmapfs"] == "2"
     for d in ("read", "write"):
         assert HEX.fullmatch(offer[f"{d}.token"]), offer[f"{d}.token"]
         assert offer[f"{d}.token_bytes"] == "128"
@@ -129,7 +129,7 @@ def test_answer_format(chans, shm):
     answer = caps(a)
     assert {k for k in answer if k != "mmapfs"} == \
         {f"{d}.{k}" for d in ("read", "write") for k in ANSWER_KEYS}
-    assert answer.get("mmapfs") == "1"
+    assert answer.get("mmapfs") == "2"
     for mine, theirs in (("read", "write"), ("write", "read")):
         assert HEX.fullmatch(answer[f"{mine}.token"])
         assert answer[f"{mine}.token_bytes"] == "128"
@@ -174,7 +174,7 @@ def test_token_file(chans):
 def test_status_keys(chans):
     c, a = chans
     area = ("size", "data_start", "data_end", "used", "free", "bytes")
-    keys = ["state", "role", "peer", "error", "mmapfs"] + [
+    keys = ["state", "role", "peer", "error", "mmapfs", "streams_failed"] + [
         f"{d}.{k}" for d in ("read", "write") for k in area]
     st = c.status("chan")
     assert list(st) == keys                 # no area usable yet: no file, ring_end
@@ -182,19 +182,20 @@ def test_status_keys(chans):
     assert st["read.size"] == caps(c)["read.size"]
     finish_handshake(c, a)
     # where a library finds the areas (docs/PROTOCOL.md, "Native access")
-    keys = keys[:5] + [f"{d}.{k}" for d in ("read", "write")
+    keys = keys[:6] + [f"{d}.{k}" for d in ("read", "write")
                        for k in area + ("file", "offset", "ring_end", "local", "dev", "ino")]
     for m in (c, a):
         st = m.status("chan")
         assert list(st) == keys
-        assert st["mmapfs"] == "1"
-        for k in keys[5:]:
+        assert st["mmapfs"] == "2"
+        assert st["streams_failed"] == "0"
+        for k in keys[6:]:
             if not k.endswith(".file"):
                 assert st[k].isdigit(), (k, st[k])
         assert int(st["write.used"]) + int(st["write.free"]) < int(st["write.size"])
         for d in ("read", "write"):
             assert os.path.getsize(st[f"{d}.file"]) == int(st[f"{d}.size"])
-            assert int(st[f"{d}.ring_end"]) == (int(st[f"{d}.size"]) - 64) & ~7
+            assert int(st[f"{d}.ring_end"]) == ((int(st[f"{d}.size"]) - 64) & ~7) - 64
             assert st[f"{d}.local"] == "1"          # created here, not a declared path
             # the file itself: its identity; no descriptor is kept of a
             # file an mmapfs end made (only of an xpra client's: test_lib_xpra)

@@ -183,7 +183,7 @@ def attach(m, xpra, shm, chan="c", verbatim=False):
     it is given, as --mmap=DIR) and answers; its answer goes into our `peer`:
     verbatim, or only its token keys (the answer's documented form)."""
     offer = caps_of(m / f"{chan}/capabilities")
-    assert offer["mmapfs"] == "1"
+    assert offer["mmapfs"] == "2"
     assert all(int(offer[f"{n}.size"]) >= 64 << 20 for n in ("read", "write"))
     keys = AREA_KEYS if verbatim else TOKEN_KEYS
     if xpra.gen == "3.1":

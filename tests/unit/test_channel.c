@@ -127,9 +127,13 @@ static void test_handshake_extension(void)
 
 	if (!handshake(true))
 		goto out;
-	CHECK_HAS(text, "mmapfs=1");
+	CHECK_HAS(text, "mmapfs=2");
 	mm_channel_status_text(&C, st, sizeof(st));
 	CHECK_HAS(st, "state=ready\nrole=creator\npeer=alive\n");
+	CHECK_HAS(st, "mmapfs=2\nstreams_failed=0\n");
+	/* version 2's trailer: 128 bytes, version 1's words last */
+	CHECK_INT(C.wr.ring.end, ==, mm_ext_offset(C.wr.area.size) - MM_EXT2_SIZE);
+	CHECK(C.wr.ext2 + MM_EXT2_SIZE == C.wr.ext);
 	mm_channel_status_text(&A, st, sizeof(st));
 	CHECK_HAS(st, "role=attacher");
 	stream(&C, &A, 2 * RING + 17);
@@ -342,28 +346,152 @@ out:
 
 /* The peer stops beating: a reader gets what it wrote, then ECONNRESET;
  * a writer gets EPIPE at once. */
+/* Version 2: a stall past the limit fails the stream open in each
+ * direction, for good and on both ends; streams that ended before it are
+ * whole and still delivered; new claims start clean. */
 static void test_dead_peer(void)
 {
 	uint8_t b[64];
+	char st[TEXT];
 
 	if (!handshake(true))
 		goto out;
-	CHECK_INT(mm_stream_write(&A, "last words", 10), ==, 10);
+	CHECK_INT(mm_stream_write(&A, "whole", 5), ==, 5);
+	mm_channel_unclaim(&A, &A);	/* ends it */
+	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_stream_write(&A, "cut", 3), ==, 3);
+	CHECK_INT(mm_stream_write(&C, "to A", 4), ==, 4);
 	mm_channel_tick(&C, now, NULL);
 	mm_channel_tick(&C, now + MM_DEAD_MS / 2, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
 	CHECK(mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS, NULL));
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
 	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);
-	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 10);
-	CHECK_MEM(b, "last words", 10);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 5);
+	CHECK_MEM(b, "whole", 5);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 0);
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
-	CHECK(mm_stream_poll(&C) & POLLHUP);
-	/* a beat again: it only stalled */
+	CHECK(mm_stream_poll(&C, MM_RD | MM_WR) & POLLHUP);
+	mm_channel_status_text(&C, st, sizeof(st));
+	CHECK_HAS(st, "streams_failed=1\nstream_failed_at=");
+	/* a beat again: it only stalled; what failed stays failed */
 	mm_channel_tick(&A, now + 2 * MM_DEAD_MS, NULL);
 	mm_channel_tick(&C, now + 2 * MM_DEAD_MS, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
-	CHECK_INT(mm_stream_write(&C, "x", 1), ==, 1);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
+	CHECK(mm_stream_poll(&C, MM_RD | MM_WR) & POLLERR);
+	/* the stalled end learns it when it looks */
+	CHECK_INT(mm_stream_write(&A, "more", 4), ==, -EPIPE);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -ECONNRESET);
+	mm_channel_status_text(&A, st, sizeof(st));
+	CHECK_HAS(st, "streams_failed=1\n");
+	/* new claims: the next streams carry no old byte */
+	mm_channel_unclaim(&A, &A);
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_channel_claim(&C, MM_RD | MM_WR, &C), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -EAGAIN);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	stream(&A, &C, RING + 5);
+	stream(&C, &A, 2 * RING - 3);
+out:
+	close_pair();
+}
+
+/* A reader that leaves in the middle of a stream abandons it: its writer
+ * gets EPIPE, the rest is dropped up to the writer's close, and the next
+ * stream is whole. */
+static void test_reader_abandons(void)
+{
+	uint8_t b[8];
+
+	if (!handshake(true))
+		goto out;
+	CHECK_INT(mm_stream_write(&A, "abcdef", 6), ==, 6);
+	CHECK_INT(mm_stream_read(&C, b, 2), ==, 2);
+	mm_stream_abandon(&C);
+	CHECK_INT(mm_stream_write(&A, "g", 1), ==, -EPIPE);
+	CHECK_INT(mm_stream_room(&A), ==, -EPIPE);
+	CHECK(mm_stream_poll(&A, MM_WR) & POLLERR);
+	CHECK_INT(mm_stream_drop(&C), ==, -EAGAIN);	/* its end is to come */
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_stream_drop(&C), ==, 0);
+	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_stream_write(&A, "next", 4), ==, 4);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 4);
+	CHECK_MEM(b, "next", 4);
+out:
+	close_pair();
+}
+
+/* A stream whose writer was cut but that nobody dropped (its writer began
+ * it as the reader's end looked) ends with an abort mark: its reader gets
+ * its bytes, then ECONNRESET instead of end of file. */
+static void test_abort_mark(void)
+{
+	uint8_t b[8];
+
+	if (!handshake(true))
+		goto out;
+	CHECK_INT(mm_stream_write(&A, "ab", 2), ==, 2);
+	mm_channel_tick(&C, now, NULL);
+	mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS, NULL);
+	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
+	mm_ext_store(C.rd.ext2, MM_EXT2_W_ABANDONED, 0);	/* the race */
+	CHECK_INT(mm_stream_write(&A, "c", 1), ==, -EPIPE);
+	mm_channel_unclaim(&A, &A);
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_channel_claim(&C, MM_RD, &C), ==, MM_RD);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 2);
+	CHECK_MEM(b, "ab", 2);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
+	/* the peer is back: the next stream */
+	mm_channel_tick(&A, now + 2 * MM_DEAD_MS, NULL);
+	mm_channel_tick(&C, now + 2 * MM_DEAD_MS, NULL);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -EAGAIN);
+out:
+	close_pair();
+}
+
+/* A version-1 peer (its half says mmapfs=1) gets version 1: a 64-byte
+ * trailer, and no word for abandonment (the writer is not told). */
+static void test_version_1_peer(void)
+{
+	uint8_t b[8];
+	char *v;
+
+	if (!open_pair())
+		goto out;
+	mm_channel_caps_text(&C, text, sizeof(text));
+	v = strstr(text, "mmapfs=2");
+	if (!CHECK(v != NULL))
+		goto out;
+	v[7] = '1';
+	if (!CHECK_INT(give(&A, text), ==, 0))
+		goto out;
+	mm_channel_caps_text(&A, text, sizeof(text));
+	CHECK_HAS(text, "mmapfs=1");
+	if (!CHECK_INT(give(&C, text), ==, 0))
+		goto out;
+	mm_channel_tick(&A, now, NULL);
+	CHECK_INT(C.ext, ==, 1);
+	CHECK_INT(A.ext, ==, 1);
+	CHECK(C.wr.ext2 == NULL && A.rd.ext2 == NULL);
+	CHECK_INT(C.wr.ring.end, ==, mm_ext_offset(C.wr.area.size));
+	CHECK_INT(mm_channel_claim(&C, MM_RD | MM_WR, &C), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
+	stream(&C, &A, RING + 7);
+	CHECK_INT(mm_stream_write(&A, "abcdef", 6), ==, 6);
+	CHECK_INT(mm_stream_read(&C, b, 2), ==, 2);
+	mm_stream_abandon(&C);
+	CHECK_INT(mm_stream_write(&A, "g", 1), ==, 1);	/* not told */
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_stream_drop(&C), ==, 0);	/* this end drops alone */
+	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
+	CHECK_INT(mm_stream_write(&A, "next", 4), ==, 4);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 4);
+	CHECK_MEM(b, "next", 4);
 out:
 	close_pair();
 }
@@ -584,7 +712,7 @@ static void test_view(void)
 	mm_channel_unclaim(&A, &A);	/* as a file closes: an empty stream */
 	CHECK_INT(mm_stream_read_begin(&C, sizeof(b), &s), ==, 0);
 	n = mm_channel_status_text(&A, st, sizeof(st));
-	CHECK_HAS(st, "mmapfs=1\n");
+	CHECK_HAS(st, "mmapfs=2\n");
 	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), ==,
 		       MM_RD | MM_WR))
 		goto out;
@@ -618,6 +746,9 @@ static void test_view(void)
 	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
 	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
 	CHECK_INT(A.beat, ==, beat);
+	/* both daemons beat again (C would find A dead otherwise, and cut
+	 * the streams: test_dead_peer) */
+	mm_channel_tick(&A, now + 3 * MM_DEAD_MS, NULL);
 	mm_channel_tick(&C, now + 3 * MM_DEAD_MS, NULL);
 	mm_channel_watch(&V, now + 3 * MM_DEAD_MS);
 	CHECK_INT(mm_channel_peer_state(&V), ==, MM_PEER_ALIVE);
@@ -637,7 +768,7 @@ static void test_view(void)
 	mm_channel_destroy(&V);
 	/* a status that lies about the extension (the ring would run over the
 	 * trailer), or without the keys */
-	st[strstr(st, "mmapfs=1") - st + 7] = '0';
+	st[strstr(st, "mmapfs=2") - st + 7] = '0';
 	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD, now, &err), ==, -EPROTO);
 	CHECK_INT(mm_channel_view(&V, "role=creator\n", 13, MM_RD, now, &err), ==, -EPROTO);
 out:
@@ -764,6 +895,9 @@ int main(void)
 		TAP_TEST(test_claims),
 		TAP_TEST(test_end_of_stream),
 		TAP_TEST(test_dead_peer),
+		TAP_TEST(test_reader_abandons),
+		TAP_TEST(test_abort_mark),
+		TAP_TEST(test_version_1_peer),
 		TAP_TEST(test_tick_every),
 		TAP_TEST(test_restarted_peer),
 		TAP_TEST(test_chunk_race),
