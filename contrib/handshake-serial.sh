@@ -12,8 +12,10 @@
 # ready (30; under dash, wrap the script in timeout(1) instead).
 # Start the host's side first: QEMU discards what the guest sends while
 # nobody is connected to the socket. A UART must be raw and stay open from
-# boot, or bytes arriving while nobody has it open are lost:
-#   stty -F /dev/ttyS1 raw -echo; sleep 2147483647 < /dev/ttyS1 &
+# boot, or bytes arriving while nobody has it open are lost: under systemd,
+#   systemctl enable --now mmapfs-serial@ttyS1
+# (the unit installed with mmapfs); without it, from a boot script,
+#   sleep 2147483647 < /dev/ttyS1 & stty -F /dev/ttyS1 raw -echo
 #
 # Run again, it is the recovery tool: on a pair that is ready with a live
 # peer it changes nothing and says so ("CHANNEL: already ready, peer alive:

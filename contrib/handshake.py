@@ -291,8 +291,8 @@ def negotiate(args, wire):
         spoke = VERSION
         log(args, f"the creator said nothing: said {HELLO} {VERSION} first")
     said = wire.line("" if args.role == "attacher" else
-                     " (the attacher speaks first: is the other end a creator too? "
-                     "give it --role attacher)")
+                     " (the attacher speaks first: is the other end an attacher, "
+                     "started after this one?)")
     theirs = hello_version(said)
     if theirs is None:
         raise Failure(f"the peer does not speak the mmapfs handshake "

@@ -329,7 +329,7 @@ if [ "$role" = attacher ]; then
 		recv
 	fi
 else
-	silent=" (the attacher speaks first: is the other end a creator too? give it --role attacher)"
+	silent=" (the attacher speaks first: is the other end an attacher, started after this one?)"
 	recv
 	silent=''
 fi
