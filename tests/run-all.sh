@@ -4,16 +4,19 @@
 # unit tests, each fuzzer for a bounded time, the pytest suite, which
 # mounts real filesystems, the unit tests and a short pytest subset built
 # with ThreadSanitizer, the VM test (tests/vm/run.sh: a QEMU guest and its
-# host over real ivshmem devices), and the systemd unit booted for real in a
-# systemd-nspawn container (tests/systemd/run.sh, which builds a Debian root
-# with debootstrap once and keeps it in build-nspawn/). Run as root (FUSE
-# mounts, apt-get, QEMU, containers):
+# host over real ivshmem devices), the Debian packages (tests/deb/build.sh:
+# dpkg-buildpackage in a copy of the tree, lintian) and the systemd unit
+# booted for real in a systemd-nspawn container with those packages
+# installed (tests/systemd/run.sh, which builds a Debian root with
+# debootstrap once and keeps it in build-nspawn/; nothing is installed on
+# this host but build tools). Run as root (FUSE mounts, apt-get, QEMU,
+# containers):
 #
 #   tests/run-all.sh                 as root (or with sudo); FUZZ_SECONDS=60 by default
 #
 # A failure of the build, the unit tests or the fuzzers stops it; the
-# pytest suite, the TSan subset, the VM test and the systemd test all run,
-# and any of them failing makes the status non-zero.
+# pytest suite, the TSan subset, the VM test, the packages and the systemd
+# test all run, and any of them failing makes the status non-zero.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +47,10 @@ apt-get install -y -q --no-install-recommends golang-go curl
 # (CI=true) a missing peer fails those tests instead of skipping them.
 apt-get install -y -q --no-install-recommends xpra python3-rencode \
 	cython3 python3-dev python3-gi
+# the Debian packages: debian/control's build dependencies (debhelper,
+# dh-python, ...) and lintian
+apt-get build-dep -y -q --no-install-recommends ./
+apt-get install -y -q --no-install-recommends lintian
 # the VM test: QEMU, a static busybox for the guest, cpio for its
 # initramfs, xz and zstd for a compressed fuse.ko. Not a kernel: the guest's
 # is Debian's package, downloaded and unpacked into build-vm/ by
@@ -154,6 +161,18 @@ step "VM test: a QEMU guest and its host over real ivshmem devices"
 # probe says it works, else TCG, and ends with "N passed, N failed"
 tests/vm/run.sh "$top/build-asan/fs/mmapfs" || status=1
 
-step "systemd: mmapfs@.service booted in a container (build-nspawn)"
-tests/systemd/run.sh || status=1
+step "Debian packages: dpkg-buildpackage and lintian (build-deb)"
+# in a copy of the tree; the packages land in build-deb/debs
+debs=()
+if tests/deb/build.sh "$top/build-deb"; then
+	debs=(MMAPFS_DEBS="$top/build-deb/debs")
+else
+	status=1
+fi
+
+step "systemd: mmapfs@.service booted in a container with the packages (build-nspawn)"
+# the packages installed with dpkg into the container's root (a meson build
+# there if they failed to build), the unit's checks, the installed library
+# from C and Python, then a purge that must leave nothing
+env "${debs[@]}" tests/systemd/run.sh || status=1
 exit "$status"

@@ -134,6 +134,42 @@ t_pipe() {
 	echo "pipe: sha256 $(sha256sum < "$dst")"
 }
 
+# Installed from the Debian packages (tests/systemd/run.sh, MMAPFS_DEBS)?
+packaged() { dpkg-query -W -f '${Status}' mmapfs 2> /dev/null | grep -q 'ok installed'; }
+
+# The installed library, from C and Python, on a channel of its own: the
+# packaged mmapfs-cat writes and python3-mmapfs reads; then Python writes
+# and the example of libmmapfs-dev, compiled against that package, reads.
+t_library() {
+	local a b src=/var/tmp/lsrc want got py
+	a=$(mnt a)/lib b=$(mnt b)/lib
+	mkdir "$a" "$b" || fail "mkdir"
+	{ cat "$a/capabilities" > "$b/peer" && cat "$b/capabilities" > "$a/peer"; } || fail "handshake"
+	{ wait_for 5 state_is "$a" ready && wait_for 5 state_is "$b" ready; } ||
+		fail "not ready: $(grep -h '^state=' "$a/status" "$b/status" | tr '\n' ' ')"
+	py=$(python3 -c 'import mmapfs; print(mmapfs.__file__, mmapfs.library_path())') ||
+		fail "python3: import mmapfs"
+	[ "$py" = "/usr/lib/python3/dist-packages/mmapfs.py libmmapfs.so.0" ] || fail "mmapfs.py: $py"
+	echo "python3-mmapfs: $py"
+	head -c $((3 * 1024 * 1024 + 99)) /dev/urandom > "$src"
+	want=$(sha256sum < "$src" | cut -d' ' -f1)
+	got=$(timeout 60 python3 -c 'import hashlib, mmapfs, sys
+with mmapfs.open(sys.argv[1]) as ch:
+    print(hashlib.sha256(ch.read()).hexdigest())' "$b" &
+		timeout 60 mmapfs-cat -w "$a" < "$src" || echo "mmapfs-cat -w failed"
+		wait)
+	[ "$got" = "$want" ] || fail "mmapfs-cat -w -> python3: $got, want $want"
+	echo "mmapfs-cat -w -> python3-mmapfs: sha256 $got"
+	got=$(timeout 60 mmapfs-cat-example "$b" | sha256sum | cut -d' ' -f1 &
+		timeout 60 python3 -c 'import mmapfs, sys
+with mmapfs.open(sys.argv[1], "w") as ch, open(sys.argv[2], "rb") as f:
+    ch.write(f.read())' "$a" "$src" || echo "python3 write failed"
+		wait)
+	[ "$got" = "$want" ] || fail "python3 -> the example: $got, want $want"
+	echo "python3-mmapfs -> mmapfs-cat.c of libmmapfs-dev: sha256 $got"
+	rmdir "$a" "$b" || fail "rmdir"
+}
+
 # systemctl stop while a reader is blocked on data: unmounted, inactive, the
 # reader released, and no error in the unit's journal.
 t_stop_clean() {
@@ -301,6 +337,42 @@ t_stop_plain() {
 	[ -z "$bad" ] || fail "journal: $bad"
 }
 
+# Purging the packages, with an instance running and another enabled: the
+# running one is stopped and unmounted, the enablement link goes, and no
+# file of the packages is left; what stays is the administrator's (the
+# configurations in /etc/mmapfs, the drop-ins).
+t_purge() {
+	local left
+	dpkg-query -L mmapfs libmmapfs0 libmmapfs-dev python3-mmapfs | sort -u > /var/tmp/pkgfiles
+	timeout 30 systemctl start mmapfs@a || fail "start mmapfs@a"
+	systemctl enable mmapfs@b 2>&1 || fail "enable mmapfs@b"
+	timeout 120 dpkg --purge python3-mmapfs libmmapfs-dev mmapfs libmmapfs0 > /var/tmp/purge.log 2>&1 ||
+		fail "dpkg --purge: $(tail -n 3 /var/tmp/purge.log)"
+	cat /var/tmp/purge.log
+	[ "$(prop mmapfs@a ActiveState)" != active ] || fail "mmapfs@a still active"
+	! mounted "$(mnt a)" || fail "$(mnt a) still mounted"
+	! ls /etc/systemd/system/*.wants/mmapfs@* 2> /dev/null || fail "enablement links left"
+	[ ! -e /run/mmapfs ] || fail "/run/mmapfs left: $(ls /run/mmapfs)"
+	# the packages' files (their own directories too; not /usr/bin and such)
+	left=$(while read -r f; do
+		if [ -d "$f" ]; then
+			[[ $f != *mmapfs* ]] || echo "$f"
+		elif [ -e "$f" ] || [ -L "$f" ]; then
+			echo "$f"
+		fi
+	done < /var/tmp/pkgfiles)
+	[ -z "$left" ] || fail "left: $left"
+	# and nothing else by that name, but the administrator's and the test's
+	left=$(find / -xdev -name '*mmapfs*' \
+		! -path '/etc/mmapfs' ! -path '/etc/mmapfs/*' \
+		! -path '/etc/systemd/system/mmapfs@*.service.d*' \
+		! -path /etc/tmpfiles.d/mmapfs.conf \
+		! -path '/var/lib/mmapfs-test*' ! -path '/usr/local/*' \
+		! -name 'mmapfs-checks*' ! -path /.mmapfs-root -print)
+	[ -z "$left" ] || fail "left: $left"
+	echo "kept, the administrator's: $(ls -d /etc/mmapfs/* /etc/systemd/system/mmapfs@*.service.d | tr '\n' ' ')"
+}
+
 check tmpfiles-at-boot t_tmpfiles_at_boot
 check enable-now-two-instances t_enable_now
 check run-mmapfs-mode-0755 t_runtime_dir_mode
@@ -308,6 +380,9 @@ check handshake t_handshake
 check stream-8MiB-sha256 t_stream
 check pipe-dd-512-sha256 t_pipe
 check serial-unit-loads t_serial_unit
+if packaged; then
+	check installed-library-c-and-python t_library
+fi
 check stop-with-blocked-reader t_stop_clean
 check restart-after-kill-9 t_kill9_restart
 check bad-config-fails-fast-no-restart t_bad_config
@@ -316,6 +391,9 @@ check user-dropin t_user_dropin
 check second-user-channel t_user_channel
 check sample-config-as-is t_sample_as_is
 check stop-clean-journal t_stop_plain
+if packaged; then
+	check purge-leaves-nothing t_purge
+fi
 
 journalctl --sync 2>/dev/null
 journalctl -q -o short-precise -u 'mmapfs@*' > "$out/journal.txt"

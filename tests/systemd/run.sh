@@ -7,12 +7,23 @@
 #
 #   sudo tests/systemd/run.sh          (tests/run-all.sh runs it after pytest)
 #
+#   MMAPFS_DEBS=build-deb/debs sudo tests/systemd/run.sh
+#                                      the Debian packages instead (CI)
+#
 # Needs root, /dev/fuse and Debian's archive (debootstrap). The root file
 # system is built once and kept in BUILD/bookworm-root (MMAPFS_NSPAWN_ROOT=DIR
 # to put it elsewhere; delete it to rebuild); each run boots a copy of it
 # under /tmp/nspawn-mmapfs.*, removed at the end. BUILD is build-nspawn (or
-# MMAPFS_NSPAWN_BUILD), a plain meson build with --prefix=/usr
-# --sysconfdir=/etc, installed into the copy with DESTDIR. The checks'
+# MMAPFS_NSPAWN_BUILD). mmapfs goes into the copy one of two ways:
+#   - MMAPFS_DEBS=DIR: the packages of tests/deb/build.sh in DIR, installed
+#     with dpkg in the copy; the checks then also stream through the
+#     installed library (mmapfs-cat, the Python module, and the example of
+#     libmmapfs-dev compiled here against that package's header, .pc and
+#     library), and end by purging the packages: nothing of theirs may be
+#     left but the administrator's files in /etc.
+#   - else a plain meson build in BUILD with --prefix=/usr --sysconfdir=/etc,
+#     installed into the copy with DESTDIR.
+# The checks'
 # results, their journal and the console log are left in BUILD/nspawn-last/.
 # Prints PASS/FAIL per check and ends with "N passed, N failed"; exits 1 if
 # a check failed, 0 with a SKIP line where it cannot run (not root, no
@@ -20,12 +31,14 @@
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
+debs=${MMAPFS_DEBS:+$(cd "$MMAPFS_DEBS" && pwd)}
 cd "$top"
 build=${MMAPFS_NSPAWN_BUILD:-$top/build-nspawn}
 cache=${MMAPFS_NSPAWN_ROOT:-$build/bookworm-root}
 boot_timeout=${NSPAWN_TIMEOUT:-300}
-# What the daemon needs, and the checks (procps: pgrep; the rest is in minbase).
-packages=systemd,systemd-sysv,fuse3,libfuse3-3,libconfig9,procps
+# What the daemon needs, and the checks (procps: pgrep; python3: the
+# handshake script and python3-mmapfs; the rest is in minbase).
+packages=systemd,systemd-sysv,fuse3,libfuse3-3,libconfig9,procps,python3
 
 skip() { echo "SKIP tests/systemd: $*"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
 [ "$(uname -s)" = Linux ] || skip "not Linux"
@@ -60,13 +73,34 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 t_start=$(now)
 
-echo "== build ($build: --prefix=/usr --sysconfdir=/etc)"
-if [ ! -d "$build/meson-private" ]; then
-	meson setup --prefix=/usr --sysconfdir=/etc "$build" > /dev/null || {
-		result FAIL build "meson setup"; finish; }
+mkdir -p "$build"
+if [ -n "$debs" ]; then
+	echo "== packages: $debs"
+	ls "$debs"/mmapfs_*.deb "$debs"/libmmapfs0_*.deb "$debs"/libmmapfs-dev_*.deb \
+		"$debs"/python3-mmapfs_*.deb || { result FAIL packages "missing in $debs"; finish; }
+	# The example of libmmapfs-dev, built against that package alone (its
+	# header, pkg-config file and library, unpacked here): it runs in the
+	# container against the installed libmmapfs0.
+	dev=$build/libmmapfs-dev
+	rm -rf "$dev"
+	mkdir -p "$dev"
+	dpkg-deb -x "$debs"/libmmapfs-dev_*.deb "$dev"
+	dpkg-deb -x "$debs"/libmmapfs0_*.deb "$dev"
+	pcdir=$(dirname "$(find "$dev" -name mmapfs.pc)")
+	# shellcheck disable=SC2046  # pkg-config's words
+	cc -O2 -o "$build/mmapfs-cat-example" "$dev"/usr/share/doc/libmmapfs-dev/examples/mmapfs-cat.c \
+		$(PKG_CONFIG_SYSROOT_DIR=$dev PKG_CONFIG_LIBDIR=$pcdir pkg-config --cflags --libs mmapfs) \
+		> "$build/example.log" 2>&1 || {
+		cat "$build/example.log"; result FAIL example "cc against libmmapfs-dev"; finish; }
+else
+	echo "== build ($build: --prefix=/usr --sysconfdir=/etc)"
+	if [ ! -d "$build/meson-private" ]; then
+		meson setup --prefix=/usr --sysconfdir=/etc "$build" > /dev/null || {
+			result FAIL build "meson setup"; finish; }
+	fi
+	ninja -C "$build" > "$build/ninja.log" 2>&1 || {
+		tail -n 20 "$build/ninja.log"; result FAIL build "ninja"; finish; }
 fi
-ninja -C "$build" > "$build/ninja.log" 2>&1 || {
-	tail -n 20 "$build/ninja.log"; result FAIL build "ninja"; finish; }
 
 # The root, built once: debootstrap into a temporary directory, renamed when
 # complete. A stamp names the packages, so a change here rebuilds it.
@@ -118,8 +152,21 @@ trap cleanup EXIT
 t0=$(now)
 cp -a "$cache" "$root" || { result FAIL root "copy"; finish; }
 echo "== copied the root in $(since "$t0") s; installing mmapfs"
-DESTDIR=$root meson install -C "$build" --no-rebuild --quiet > /dev/null || {
-	result FAIL install "meson install"; finish; }
+if [ -n "$debs" ]; then
+	# dpkg, not apt: the root holds every dependency already (debootstrap's
+	# --include), and a missing one must fail here rather than be fetched
+	mkdir -p "$root/var/tmp/mmapfs-debs"
+	cp "$debs"/*.deb "$root/var/tmp/mmapfs-debs/"
+	chroot "$root" sh -c 'dpkg -i /var/tmp/mmapfs-debs/*.deb' > "$run/dpkg.log" 2>&1 || {
+		tail -n 20 "$run/dpkg.log"; result FAIL install "dpkg -i"; finish; }
+	rm -rf "$root/var/tmp/mmapfs-debs"
+	install -m 0755 "$build/mmapfs-cat-example" "$root/usr/local/bin/"
+	result PASS install-packages "$(chroot "$root" dpkg-query -W -f '${Package} ${Version}, ' \
+		mmapfs libmmapfs0 libmmapfs-dev python3-mmapfs)"
+else
+	DESTDIR=$root meson install -C "$build" --no-rebuild --quiet > /dev/null || {
+		result FAIL install "meson install"; finish; }
+fi
 # The host's tmpfiles line, as an administrator installs it; a VM host has
 # the group kvm (udev makes it), this root does not.
 grep -q '^kvm:' "$root/etc/group" || chroot "$root" groupadd --system kvm
