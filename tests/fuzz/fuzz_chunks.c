@@ -294,7 +294,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				n = mm_channel_chunks_add(&A, text, (size_t)n, &err);
 			break;
 		case 8:
-			if (!(mm_stream_poll(&A) & POLLOUT) && !(mm_stream_poll(&C) & POLLOUT))
+			if (!(mm_stream_poll(&A, MM_WR) & POLLOUT) && !(mm_stream_poll(&C, MM_WR) & POLLOUT))
 				fail("poll: neither end may write");
 			break;
 		}
