@@ -16,8 +16,8 @@
  *   4  eof_ack             reader: ends of stream delivered so far
  *   5..10 eof_pos[6]       writer: data_end at each close, by close_seq % 6
  *   11 creator_session     creator: random at each daemon start
- *   12 creator_beat        creator: incremented every 250 ms (500 when
- *                          idle: docs/PROTOCOL.md, "Liveness")
+ *   12 creator_beat        creator: incremented every 500 ms
+ *                          (docs/PROTOCOL.md, "Liveness")
  *   13 attacher_session    attacher, likewise
  *   14 attacher_beat
  *   15 waiters             both: how many may sleep on the area's end (low

@@ -241,7 +241,7 @@ static void watch(struct mmapfs_chan *c, bool ask)
 	struct pollfd p = { .fd = c->fd, .events = POLLIN | POLLOUT };
 
 	mm_channel_watch(&c->ch, now);
-	if (ask && now - last > MM_BEAT_MS && poll(&p, 1, 0) == 1 &&
+	if (ask && now - last > MM_TICK_MS && poll(&p, 1, 0) == 1 &&
 	    (p.revents & (POLLHUP | POLLERR)))
 		mm_channel_peer_dead(&c->ch);
 }

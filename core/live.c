@@ -1,6 +1,6 @@
 /* The peer's liveness: between two mmapfs ends each writes its session id
- * and a heartbeat into the trailer every MM_BEAT_MS while someone may wait
- * on the channel, every MM_IDLE_BEAT_MS otherwise; a heartbeat that stops
+ * and a heartbeat into the trailer every MM_BEAT_MS (an attacher waiting
+ * for the go-ahead looks every MM_TICK_MS); a heartbeat that stops
  * for MM_DEAD_MS means the peer is dead, a new session id that it
  * restarted (docs/PROTOCOL.md, "Liveness"). An xpra peer has no heartbeat:
  * its liveness is unknown. */
@@ -230,9 +230,9 @@ static unsigned every_locked(struct mm_channel *ch)
 {
 	if (!live(ch))
 		return 0;
-	if (ch->rd.owner || ch->wr.owner || mm_channel_state(ch) == MM_STATE_ATTACHED)
-		return MM_BEAT_MS;
-	return MM_IDLE_BEAT_MS;
+	if (mm_channel_state(ch) == MM_STATE_ATTACHED)
+		return MM_TICK_MS;
+	return MM_BEAT_MS;
 }
 
 /* A tick or a watch, under the lock; wake the waiters if the state or the

@@ -562,7 +562,7 @@ int mm_stream_wait(struct mm_channel *ch, unsigned dir, unsigned timeout_us)
 
 unsigned mm_stream_wait_max(struct mm_channel *ch, unsigned dir)
 {
-	return dir_of(ch, dir)->local && dir_of(ch, dir)->ext ? MM_BEAT_MS * 1000 : MM_WAIT_MAX_US;
+	return dir_of(ch, dir)->local && dir_of(ch, dir)->ext ? MM_TICK_MS * 1000 : MM_WAIT_MAX_US;
 }
 
 void mm_stream_wake(struct mm_channel *ch)

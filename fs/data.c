@@ -494,7 +494,7 @@ static void opened(struct mmfs *fs, struct handle *h, unsigned dirs, struct fuse
 	fi->direct_io = 1;
 	fi->nonseekable = 1;
 	pthread_mutex_lock(&fs->lock);
-	mmfs_tick_soon(fs, h->ch);	/* someone may wait on it: beat every beat */
+	mmfs_tick_soon(fs, h->ch);	/* the peer's liveness, fresh for its user */
 	pthread_mutex_unlock(&fs->lock);
 	trace_rings(fs, h->ch, dirs == (MM_RD | MM_WR) ? "data opened to read and write" :
 		    dirs == MM_RD ? "data opened to read" : "data opened to write");

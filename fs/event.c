@@ -9,7 +9,7 @@
  * (mm_stream_state) is taken off the list and fired, outside fs->lock, one
  * at a time; a change of a channel's
  * state or of its peer's liveness fires them all (each looks again, and
- * arms itself again if it still waits). Every MM_BEAT_MS, between two
+ * arms itself again if it still waits). Every MM_TICK_MS, between two
  * waits, the ticker beats the channels due (the wheel, under its own lock):
  * each channel says how often it needs a beat, an idle one every other,
  * one without an mmapfs peer never. */
@@ -264,7 +264,7 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 		}
 		for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1)
 			if ((w->events & (dir == MM_RD ? POLLIN : POLLOUT)) &&
-			    mm_stream_wait_max(&w->ch->mc, dir) < MM_BEAT_MS * 1000)
+			    mm_stream_wait_max(&w->ch->mc, dir) < MM_TICK_MS * 1000)
 				*recheck = true;
 		for (unsigned j = 0; j < k && !full; j++)
 			full = !place_word(fs, i++, wd[j], v[j], words, seen, want);
@@ -319,7 +319,7 @@ void chan_log_change(struct chan *ch)
  * is), so the ticker never allocates and can look ahead. Under
  * fs->wheel_lock, which the ticker holds across a beat; the calls from
  * outside come with fs->lock held (the order of fs.h). */
-_Static_assert(MM_IDLE_BEAT_MS / MM_BEAT_MS < TICK_SLOTS, "the wheel is too small");
+_Static_assert(MM_BEAT_MS / MM_TICK_MS < TICK_SLOTS, "the wheel is too small");
 
 int mmfs_tick_room(struct mmfs *fs, unsigned n)
 {
@@ -424,7 +424,7 @@ static bool tick_channels(struct mmfs *fs, uint64_t now)
 			changed = true;
 		}
 		if (every)
-			wheel_in(fs, ch, every / MM_BEAT_MS - 1);
+			wheel_in(fs, ch, every / MM_TICK_MS - 1);
 	}
 	s->n = 0;
 	pthread_mutex_unlock(&fs->wheel_lock);
@@ -451,7 +451,7 @@ static void *ticker(void *arg)
 			pthread_mutex_unlock(&fs->lock);
 			all = tick_channels(fs, now);	/* a state changed */
 			pthread_mutex_lock(&fs->lock);
-			next_beat = now + MM_BEAT_MS;
+			next_beat = now + MM_TICK_MS;
 		}
 		/* the waiters are looked at again only when something moved: a
 		 * kick, a word, a channel's state, a waiter come or gone, the

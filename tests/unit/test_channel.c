@@ -364,7 +364,7 @@ static void test_dead_peer(void)
 	mm_channel_tick(&C, now, NULL);
 	mm_channel_tick(&C, now + MM_DEAD_MS / 2, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
-	CHECK(mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS, NULL));
+	CHECK(mm_channel_tick(&C, now + MM_DEAD_MS + MM_TICK_MS, NULL));
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
 	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 5);
@@ -436,7 +436,7 @@ static void test_abort_mark(void)
 		goto out;
 	CHECK_INT(mm_stream_write(&A, "ab", 2), ==, 2);
 	mm_channel_tick(&C, now, NULL);
-	mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS, NULL);
+	mm_channel_tick(&C, now + MM_DEAD_MS + MM_TICK_MS, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
 	mm_ext_store(C.rd.ext2, MM_EXT2_W_ABANDONED, 0);	/* the race */
 	CHECK_INT(mm_stream_write(&A, "c", 1), ==, -EPIPE);
@@ -496,9 +496,9 @@ out:
 	close_pair();
 }
 
-/* How often a channel wants its ticks: every beat while its stream is
- * claimed (someone may wait on it) or it waits for the go-ahead, every
- * other beat when idle, never without an mmapfs peer. */
+/* How often a channel wants its ticks: every MM_TICK_MS while it waits
+ * for the go-ahead, every MM_BEAT_MS once handshaken, in use or not, never
+ * without an mmapfs peer. */
 static void test_tick_every(void)
 {
 	unsigned every = 1;
@@ -510,19 +510,19 @@ static void test_tick_every(void)
 	mm_channel_caps_text(&C, text, sizeof(text));
 	CHECK_INT(give(&A, text), ==, 0);
 	mm_channel_tick(&A, now, &every);
-	CHECK_INT(every, ==, MM_BEAT_MS);	/* waiting for the go-ahead */
+	CHECK_INT(every, ==, MM_TICK_MS);	/* waiting for the go-ahead */
 	mm_channel_caps_text(&A, text, sizeof(text));
 	CHECK_INT(give(&C, text), ==, 0);
 	mm_channel_tick(&A, now, &every);
-	CHECK_INT(every, ==, MM_IDLE_BEAT_MS);	/* ready, idle */
-	mm_channel_tick(&C, now, &every);
-	CHECK_INT(every, ==, MM_IDLE_BEAT_MS);
-	CHECK_INT(mm_channel_claim(&C, MM_RD, &C), ==, MM_RD);
+	CHECK_INT(every, ==, MM_BEAT_MS);	/* ready, idle */
 	mm_channel_tick(&C, now, &every);
 	CHECK_INT(every, ==, MM_BEAT_MS);
+	CHECK_INT(mm_channel_claim(&C, MM_RD, &C), ==, MM_RD);
+	mm_channel_tick(&C, now, &every);
+	CHECK_INT(every, ==, MM_BEAT_MS);	/* in use: the same */
 	mm_channel_unclaim(&C, &C);
 	mm_channel_tick(&C, now, &every);
-	CHECK_INT(every, ==, MM_IDLE_BEAT_MS);
+	CHECK_INT(every, ==, MM_BEAT_MS);
 	CHECK_INT(mm_channel_close(&C), ==, 0);
 	mm_channel_tick(&C, now, &every);
 	CHECK_INT(every, ==, 0);
@@ -557,7 +557,7 @@ static void test_restarted_peer(void)
 	if (!CHECK_INT(mm_channel_open(&A2, MM_ATTACHER, false, &o, &err), ==, 0))
 		goto out;
 	CHECK_INT(give(&A2, old), ==, 0);
-	CHECK(mm_channel_tick(&C, now + MM_BEAT_MS, NULL));
+	CHECK(mm_channel_tick(&C, now + MM_TICK_MS, NULL));
 	CHECK_INT(mm_channel_state(&C), ==, MM_STATE_ERROR);
 	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -ECONNRESET);
 	mm_channel_status_text(&C, st, sizeof(st));
@@ -575,7 +575,7 @@ static void test_restarted_peer(void)
 	CHECK_INT(give(&A2, text), ==, 0);
 	mm_channel_caps_text(&A2, text, sizeof(text));
 	CHECK_INT(give(&C, text), ==, 0);
-	mm_channel_tick(&A2, now + 2 * MM_BEAT_MS, NULL);
+	mm_channel_tick(&A2, now + 2 * MM_TICK_MS, NULL);
 	CHECK_INT(mm_channel_claim(&C, MM_RD | MM_WR, &C), ==, MM_RD | MM_WR);
 	CHECK_INT(mm_channel_claim(&A2, MM_RD | MM_WR, &A2), ==, MM_RD | MM_WR);
 	CHECK_INT(mm_stream_read(&A2, b, sizeof(b)), ==, -EAGAIN);
@@ -718,7 +718,7 @@ static void test_view(void)
 		goto out;
 	CHECK_INT(V.rd.ring.end, ==, A.rd.ring.end);
 	CHECK(V.rd.local && V.wr.local);
-	CHECK_INT(mm_stream_wait_max(&V, MM_RD), ==, MM_BEAT_MS * 1000);
+	CHECK_INT(mm_stream_wait_max(&V, MM_RD), ==, MM_TICK_MS * 1000);
 	CHECK(V.rd.area.base != A.rd.area.base);
 	stream(&C, &V, 2 * RING + 5);
 	stream(&V, &C, RING + 3);
@@ -739,9 +739,9 @@ static void test_view(void)
 	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), >, 0))
 		goto out;
 	beat = A.beat;
-	mm_channel_tick(&C, now + MM_BEAT_MS, NULL);
-	CHECK(mm_channel_watch(&V, now + MM_BEAT_MS) == false);
-	CHECK(mm_channel_watch(&V, now + MM_BEAT_MS + MM_DEAD_MS + 1));
+	mm_channel_tick(&C, now + MM_TICK_MS, NULL);
+	CHECK(mm_channel_watch(&V, now + MM_TICK_MS) == false);
+	CHECK(mm_channel_watch(&V, now + MM_TICK_MS + MM_DEAD_MS + 1));
 	CHECK_INT(mm_channel_peer_state(&V), ==, MM_PEER_DEAD);
 	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
 	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
