@@ -123,6 +123,7 @@ struct mm_dir {
 					 * by a reader of this end (version 1
 					 * has no word for it) */
 	bool dropping;			/* drop_below is in force */
+	bool cut;			/* writer: told its stream was cut */
 	/* atomic */
 	uint64_t bytes;			/* moved through the stream */
 };

@@ -28,15 +28,14 @@
  *
  *   0  open_seq            writer: streams begun (close_seq, or close_seq
  *                          + 1 while one is open)
- *   1  failed              writer: streams below this were cut by the
- *                          writer's end (its peer failed): readers drop them
- *   2  eof_abort           writer: bit i set when eof_pos[i] ends a cut stream
- *   3  abandoned           reader: streams below this were abandoned or cut
- *                          by the reader's end: readers drop them, and their
- *                          writer gets EPIPE
- *   4  creator_epoch       creator: times it failed the channel's streams
- *   5  attacher_epoch      attacher, likewise
- *   6..15                  0 (reserved)
+ *   1  eof_abort           writer: bit i set when eof_pos[i] ends a cut
+ *                          stream (its reader gets ECONNRESET there)
+ *   2  abandoned           reader: the stream (its number + 1) the reader's
+ *                          end left or was told failed: readers drop it, and
+ *                          its writer gets EPIPE
+ *   3  creator_epoch       creator: times it failed the channel's streams
+ *   4  attacher_epoch      attacher, likewise
+ *   5..15                  0 (reserved)
  */
 #ifndef MMAPFS_EXT_H
 #define MMAPFS_EXT_H
@@ -65,10 +64,9 @@ enum mm_ext_word {
 
 enum mm_ext2_word {
 	MM_EXT2_W_OPEN_SEQ = 0,
-	MM_EXT2_W_FAILED = 1,
-	MM_EXT2_W_EOF_ABORT = 2,
-	MM_EXT2_W_ABANDONED = 3,
-	MM_EXT2_W_EPOCH = 4,		/* + role */
+	MM_EXT2_W_EOF_ABORT = 1,
+	MM_EXT2_W_ABANDONED = 2,
+	MM_EXT2_W_EPOCH = 3,		/* + role */
 };
 
 #define MM_EXT_VERIFIED 1u

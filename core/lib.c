@@ -278,9 +278,10 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 			n = mm_stream_read(&c->ch, buf, len);
 		else
 			n = mm_stream_read_begin(&c->ch, len, &c->slice);
-		if (op != OP_WRITE && n >= 0) {
+		if (op != OP_WRITE && (n >= 0 || n == -ECONNRESET)) {
+			/* ECONNRESET ends a stream as 0 does (stream.h) */
 			c->in_stream = n > 0;
-			c->at_end = n == 0;
+			c->at_end = n <= 0;
 		}
 		if (n != -EAGAIN)
 			return n;

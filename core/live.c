@@ -36,40 +36,19 @@ static void failed_now(struct mm_channel *ch)
 	ch->failed_at = time(NULL);
 }
 
-/* The stream open in d, if one is: its number + 1, the value that cuts
- * it (0 if none is open: streams that ended are whole, and delivered). */
-static uint32_t open_stream(const struct mm_dir *d)
-{
-	uint32_t open, cs;
-
-	if (!d->usable || !d->ext2 || mm_ext_load(d->ext2, MM_EXT2_W_OPEN_SEQ, &open) < 0 ||
-	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 || open == cs)
-		return 0;
-	return open;
-}
-
-/* Version 2: the peer is dead, or stalled past the limit, and our callers
- * are told so (docs/PROTOCOL.md, "Failed streams"): the stream open in
- * each direction is cut, and no byte of it is delivered afterwards, on
- * either end, even if the peer's beat comes back. Our epoch moves: our
- * claims, and the peer's when it looks, see their streams failed. The
- * stream open in the area we read is abandoned (its writer gets EPIPE,
- * its bytes are dropped), the one open in the area we write is marked
- * failed (the peer's reader drops it). Streams that ended before are
- * whole, and still delivered. ch->lock held. */
+/* Version 2: the peer is dead, or stalled past the limit (docs/PROTOCOL.md,
+ * "Failed streams"). Our epoch moves: every claim taken before (ours, and
+ * the peer's when it looks) holds a failed stream from now on, even if
+ * the peer's beat comes back. Its writer, told at its next write, ends its
+ * stream there with an abort mark; its reader gets what was written before,
+ * then ECONNRESET, and abandons the rest. ch->lock held. */
 static void fail_streams(struct mm_channel *ch)
 {
-	uint32_t seq;
-
 	if (ch->view || (!ch->rd.ext2 && !ch->wr.ext2))
 		return;
 	ch->epoch++;
 	mm_publish_session(ch, &ch->rd);
 	mm_publish_session(ch, &ch->wr);
-	if ((seq = open_stream(&ch->rd)))
-		mm_ext_store(ch->rd.ext2, MM_EXT2_W_ABANDONED, seq);
-	if ((seq = open_stream(&ch->wr)))
-		mm_ext_store(ch->wr.ext2, MM_EXT2_W_FAILED, seq);
 	failed_now(ch);
 }
 

@@ -117,7 +117,7 @@ static int data_check(struct mm_channel *ch, struct mm_dir *d, int dead_errno)
 /* The version-2 words this file reads, loaded in one guarded run. */
 struct ext2_words {
 	const uint8_t *ext2;
-	uint32_t failed, abandoned, epochs;
+	uint32_t abandoned, epochs;
 	uint32_t close_seq;		/* of version 1's words, which follow */
 };
 
@@ -125,7 +125,6 @@ static int do_ext2(void *arg)
 {
 	struct ext2_words *w = arg;
 
-	w->failed = mm_ext_get(w->ext2, MM_EXT2_W_FAILED);
 	w->abandoned = mm_ext_get(w->ext2, MM_EXT2_W_ABANDONED);
 	w->close_seq = mm_ext_get(w->ext2 + MM_EXT2_SIZE, MM_EXT_W_CLOSE_SEQ);
 	/* each only grows: their sum changes when either does */
@@ -148,6 +147,7 @@ void mm_dir_claimed(struct mm_dir *d)
 		load_ext2(d, &w);
 	d->epoch = w.epochs;
 	d->dropping = false;
+	d->cut = false;
 }
 
 /* Has the claim's stream failed (an epoch moved since the claim)? */
@@ -166,6 +166,8 @@ static int writer_cut(const struct mm_dir *d)
 
 	if (!d->ext2)
 		return 0;
+	if (d->cut)
+		return -EPIPE;		/* and stays so until the claim ends */
 	if (load_ext2(d, &w) < 0)
 		return -EFAULT;
 	if (w.epochs != d->epoch)
@@ -174,15 +176,13 @@ static int writer_cut(const struct mm_dir *d)
 	return w.close_seq + 1 == w.abandoned ? -EPIPE : 0;
 }
 
-/* Is stream `at` one the reader drops: cut by the writer's end (failed),
- * abandoned or cut by the reader's end (abandoned), or left by a reader of
- * this end (drop_below, which version 1 has no word for)? Each word names
- * one stream, as its number + 1: the streams that ended before it are
- * whole, and delivered. */
+/* Is stream `at` one the reader drops: abandoned by the reader's end, or
+ * left by a reader of this end (drop_below, which version 1 has no word
+ * for)? Each names one stream, as its number + 1: the streams that ended
+ * before it are whole, and delivered. */
 static bool dropped(const struct mm_dir *d, const struct ext2_words *w, uint32_t at)
 {
-	return (d->ext2 && (at + 1 == w->failed || at + 1 == w->abandoned)) ||
-	       (d->dropping && at + 1 == d->drop_below);
+	return (d->ext2 && at + 1 == w->abandoned) || (d->dropping && at + 1 == d->drop_below);
 }
 
 /* Would the reader's claim be told that its stream failed: does it stand
@@ -198,6 +198,41 @@ static bool reader_cut(const struct mm_dir *d)
 	return dropped(d, &w, ack);
 }
 
+/* End the stream open in d where its bytes stop now, with an abort mark
+ * if it was cut; with version 2 only if it is still open (open_seq): a
+ * writer whose stream was cut ended it there itself. */
+static void end_stream(struct mm_dir *d, bool cut)
+{
+	struct mm_ring_pos p;
+	uint32_t cs, open = 0, bits = 0, bit;
+
+	if (mm_ring_load(&d->ring, &p) < 0 || mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
+		return;
+	if (d->ext2 && (mm_ext_load(d->ext2, MM_EXT2_W_OPEN_SEQ, &open) < 0 || open != cs + 1))
+		return;
+	mm_ext_store(d->ext, MM_EXT_W_EOF_POS + cs % MM_EXT_EOF_SLOTS, p.end);
+	if (d->ext2) {
+		bit = 1u << (cs % MM_EXT_EOF_SLOTS);
+		mm_ext_load(d->ext2, MM_EXT2_W_EOF_ABORT, &bits);
+		mm_ext_store(d->ext2, MM_EXT2_W_EOF_ABORT, cut ? bits | bit : bits & ~bit);
+	}
+	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
+	mm_futex_wake(word_of(d, W_END));
+}
+
+/* The writer learns that its stream was cut (writer_cut): it ends it
+ * here, with an abort mark, so that the peer's reader gets every byte
+ * written before the cut, then ECONNRESET (docs/PROTOCOL.md, "Failed
+ * streams"); later writes of this claim get EPIPE. */
+static int writer_told(struct mm_channel *ch, struct mm_dir *d, int r)
+{
+	if (r == -EPIPE && !d->cut && mm_channel_state(ch) == MM_STATE_READY) {
+		end_stream(d, true);
+		d->cut = true;
+	}
+	return r == -EFAULT ? stream_fail(ch, MM_WR, r) : r;
+}
+
 /* ---- writing ---- */
 
 ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
@@ -208,10 +243,10 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 	ssize_t n;
 	int r = data_check(ch, d, EPIPE);
 
-	if (r == 0)
-		r = writer_cut(d);
+	if (r == 0 && (r = writer_cut(d)) < 0)
+		return writer_told(ch, d, r);
 	if (r < 0)
-		return r == -EFAULT ? stream_fail(ch, MM_WR, r) : r;
+		return r;
 	if (raw_word(d, W_START, &d->seen) < 0)
 		return stream_fail(ch, MM_WR, -EFAULT);
 	r = mm_ring_load(&d->ring, &p);
@@ -243,10 +278,10 @@ ssize_t mm_stream_room(struct mm_channel *ch)
 	struct mm_ring_pos p;
 	int r = data_check(ch, d, EPIPE);
 
-	if (r == 0)
-		r = writer_cut(d);
+	if (r == 0 && (r = writer_cut(d)) < 0)
+		return writer_told(ch, d, r);
 	if (r < 0)
-		return r == -EFAULT ? stream_fail(ch, MM_WR, r) : r;
+		return r;
 	r = mm_ring_load(&d->ring, &p);
 	if (r < 0)
 		return stream_fail(ch, MM_WR, r);
@@ -281,26 +316,11 @@ int mm_writer_begin(struct mm_channel *ch)
 void mm_writer_end(struct mm_channel *ch)
 {
 	struct mm_dir *d = &ch->wr;
-	struct mm_ring_pos p;
-	uint32_t cs;
 
-	if (!d->usable || !d->ext || mm_channel_state(ch) != MM_STATE_READY)
-		return;
-	if (mm_ring_load(&d->ring, &p) < 0 ||
-	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0)
-		return;
-	mm_ext_store(d->ext, MM_EXT_W_EOF_POS + cs % MM_EXT_EOF_SLOTS, p.end);
-	if (d->ext2) {
-		/* a stream cut since its claim ends with an abort mark */
-		uint32_t bits = 0, bit = 1u << (cs % MM_EXT_EOF_SLOTS);
-
-		mm_ext_load(d->ext2, MM_EXT2_W_EOF_ABORT, &bits);
-		bits = writer_cut(d) < 0 ? bits | bit : bits & ~bit;
-		mm_ext_store(d->ext2, MM_EXT2_W_EOF_ABORT, bits);
-	}
-	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
-	mm_futex_wake(word_of(d, W_END));
+	if (d->usable && d->ext && mm_channel_state(ch) == MM_STATE_READY)
+		end_stream(d, writer_cut(d) < 0);
 }
+
 
 /* With an end of stream pending, how many bytes remain before it: 0 and
  * *dist, 1 if none is pending, -EFAULT or -EPROTO. */
@@ -382,7 +402,7 @@ static int load_at(struct mm_channel *ch, struct mm_dir *d, uint32_t *cs,
  * when it reaches such a stream, which stays for the next reader to drop. */
 static int drop_cut(struct mm_channel *ch, struct mm_dir *d, bool stale)
 {
-	struct ext2_words w = { .ext2 = NULL, .failed = 0, .abandoned = 0 };
+	struct ext2_words w = { .ext2 = NULL, .abandoned = 0 };
 	struct mm_ring_pos p;
 	size_t dist = 0;
 	uint32_t cs;
@@ -449,6 +469,21 @@ bool mm_stream_must_drop(struct mm_channel *ch)
 	return dropped(d, &w, d->eof_ack);
 }
 
+/* The reader is told that the peer is dead (it read all there was): with
+ * version 2 the stream it was in, if one is open, is failed: abandoned, so
+ * that its writer gets EPIPE and no later byte of it is delivered, should
+ * the peer come back. cs: the close_seq loaded for this read. */
+static int reader_told(struct mm_dir *d, uint32_t cs)
+{
+	uint32_t open, a;
+
+	if (d->ext2 && cs == d->eof_ack &&
+	    mm_ext_load(d->ext2, MM_EXT2_W_OPEN_SEQ, &open) == 0 && open == cs + 1 &&
+	    mm_ext_load(d->ext2, MM_EXT2_W_ABANDONED, &a) == 0 && a != cs + 1)
+		mm_ext_store(d->ext2, MM_EXT2_W_ABANDONED, cs + 1);
+	return -ECONNRESET;
+}
+
 ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice *s)
 {
 	struct mm_dir *d = &ch->rd;
@@ -493,8 +528,10 @@ ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice 
 			limit = dist;
 	}
 	used = mm_ring_used(&d->ring, &s->pos);
+	if (used == 0 && peer_dead(ch))
+		return reader_told(d, cs);
 	if (used == 0)
-		return peer_dead(ch) ? -ECONNRESET : -EAGAIN;
+		return -EAGAIN;
 	s->niov = mm_ring_read_iov(&d->ring, &s->pos, limit, s->iov, &s->len);
 	return (ssize_t)s->len;
 }

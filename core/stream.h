@@ -39,8 +39,11 @@ struct mm_slice {
 };
 
 /* Write up to len bytes. Bytes written (> 0), -EAGAIN while the ring is
- * full, or -errno: -EPIPE (peer gone), -ENOTCONN, -ENXIO, -EIO (the area
- * faulted), -EPROTO (corrupt pointers), -ECONNRESET (peer restarted). */
+ * full, or -errno: -EPIPE (peer gone; with version 2 also a stream its
+ * reader abandoned, or one that failed since the claim: the stream then
+ * ends here with an abort mark, and every later write of the claim gets
+ * -EPIPE), -ENOTCONN, -ENXIO, -EIO (the area faulted), -EPROTO (corrupt
+ * pointers), -ECONNRESET (peer restarted). */
 ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len);
 
 /* How many bytes a write could take now (> 0), 0 while the ring is full,
@@ -51,7 +54,10 @@ ssize_t mm_stream_room(struct mm_channel *ch);
 /* The next up to max bytes of the stream, as a slice of the area. Returns
  * the count (> 0), 0 at an end of stream (which this call consumes), or
  * -EAGAIN (nothing yet), -ECONNRESET (the peer died and everything it wrote
- * has been read), or the errors above. The bytes stay in place until
+ * has been read; with version 2 also an abort mark, consumed as an end of
+ * stream is, or a claim that failed and stands at a dropped stream), or
+ * the errors above. Streams abandoned by this end are dropped on the
+ * way. The bytes stay in place until
  * mm_stream_read_end(), with n <= the count: the space goes back to the
  * writer, and the writer is woken. */
 ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice *s);

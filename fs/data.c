@@ -328,12 +328,14 @@ static void park(struct mmfs *fs, struct parked *p)
 /* ---- reading ---- */
 
 /* Where h's reader stands after a read that returned n (before the reply:
- * a release may follow it at once). rd_lock held. */
+ * a release may follow it at once). ECONNRESET ends a stream as 0 does: a
+ * cut one at its abort mark, or one its end already abandoned (the peer
+ * dead). rd_lock held. */
 static void note_read(struct handle *h, ssize_t n)
 {
-	if (n >= 0) {
+	if (n >= 0 || n == -ECONNRESET) {
 		h->in_stream = n > 0;
-		h->at_end = n == 0;
+		h->at_end = n <= 0;
 	}
 }
 
@@ -382,6 +384,7 @@ static int read_once(struct mmfs *fs, fuse_req_t req, struct handle *h, size_t s
 		trace(fs, "%s: end of stream\n", ch->key.name);
 		fuse_reply_buf(req, NULL, 0);
 	} else if (n < 0) {
+		note_read(h, n);
 		fuse_reply_err(req, (int)-n);
 	}
 	return 0;

@@ -107,6 +107,22 @@ class Pump(threading.Thread):
         os.close(self.fd)
 
 
+def words(m):
+    st = m.status("chan")
+    out = {}
+    for d in ("read", "write"):
+        path = st[f"{d}.file"]
+        size = os.path.getsize(path)
+        t1 = (size - 64) & ~7
+        with open(path, "rb") as f:
+            f.seek(t1 - 64)
+            v2 = [int.from_bytes(f.read(4), "little") for _ in range(5)]
+            f.seek(t1 + 12)
+            v1 = [int.from_bytes(f.read(4), "little") for _ in range(2)]
+        out[d] = dict(open=v2[0], abort=v2[1], aband=v2[2], ep=v2[3:5], cs=v1[0], ack=v1[1])
+    return out
+
+
 @pytest.mark.parametrize("stopped", ["creator", "attacher"])
 def test_stall_fails_streams_for_good(chan, stopped):
     """One daemon stopped (SIGSTOP) past the dead-peer limit in the middle of
@@ -144,8 +160,9 @@ def test_stall_fails_streams_for_good(chan, stopped):
         st = m.status("chan")
         assert int(st["streams_failed"]) >= 1 and st["stream_failed_at"], st
     # the next streams: exactly what is written now, nothing of the old
-    sh(f"echo fresh-c > {cdir}/data")
-    sh(f"echo fresh-a > {adir}/data")
+    for d, text in ((cdir, "fresh-c"), (adir, "fresh-a")):
+        w = sh(f"echo {text} > {d}/data", check=False)
+        assert w.returncode == 0, (w.stderr, words(c), words(a))
     assert sh(f"cat {adir}/data", timeout=10).stdout == "fresh-c\n"
     assert sh(f"cat {cdir}/data", timeout=10).stdout == "fresh-a\n"
     for m in (c, a):

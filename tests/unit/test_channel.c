@@ -346,9 +346,12 @@ out:
 
 /* The peer stops beating: a reader gets what it wrote, then ECONNRESET;
  * a writer gets EPIPE at once. */
-/* Version 2: a stall past the limit fails the stream open in each
- * direction, for good and on both ends; streams that ended before it are
- * whole and still delivered; new claims start clean. */
+/* Version 2: a stall past the limit fails the streams of every claim taken
+ * before it, for good and on both ends: a reader first gets every byte
+ * written before the death, then ECONNRESET; a writer gets EPIPE and ends
+ * its stream there with an abort mark, where the peer's reader gets
+ * ECONNRESET after the bytes before it; what comes later of a failed
+ * stream is never delivered; new claims start clean. */
 static void test_dead_peer(void)
 {
 	uint8_t b[64];
@@ -359,17 +362,19 @@ static void test_dead_peer(void)
 	CHECK_INT(mm_stream_write(&A, "whole", 5), ==, 5);
 	mm_channel_unclaim(&A, &A);	/* ends it */
 	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
-	CHECK_INT(mm_stream_write(&A, "cut", 3), ==, 3);
+	CHECK_INT(mm_stream_write(&A, "open", 4), ==, 4);
 	CHECK_INT(mm_stream_write(&C, "to A", 4), ==, 4);
 	mm_channel_tick(&C, now, NULL);
 	mm_channel_tick(&C, now + MM_DEAD_MS / 2, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
-	CHECK(mm_channel_tick(&C, now + MM_DEAD_MS + MM_TICK_MS, NULL));
+	CHECK(mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS, NULL));
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
-	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);	/* "to A" ends there */
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 5);
 	CHECK_MEM(b, "whole", 5);
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 0);
+	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 4);
+	CHECK_MEM(b, "open", 4);
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
 	CHECK(mm_stream_poll(&C, MM_RD | MM_WR) & POLLHUP);
 	mm_channel_status_text(&C, st, sizeof(st));
@@ -379,11 +384,14 @@ static void test_dead_peer(void)
 	mm_channel_tick(&C, now + 2 * MM_DEAD_MS, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
 	CHECK_INT(mm_stream_write(&C, "x", 1), ==, -EPIPE);
+	/* the stalled end learns it when it looks: its writer (whose stream
+	 * the reader abandoned) EPIPE, its reader the bytes before the cut */
+	CHECK_INT(mm_stream_write(&A, "late", 4), ==, -EPIPE);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 4);
+	CHECK_MEM(b, "to A", 4);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -ECONNRESET);
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
 	CHECK(mm_stream_poll(&C, MM_RD | MM_WR) & POLLERR);
-	/* the stalled end learns it when it looks */
-	CHECK_INT(mm_stream_write(&A, "more", 4), ==, -EPIPE);
-	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -ECONNRESET);
 	mm_channel_status_text(&A, st, sizeof(st));
 	CHECK_HAS(st, "streams_failed=1\n");
 	/* new claims: the next streams carry no old byte */
@@ -414,9 +422,10 @@ static void test_reader_abandons(void)
 	CHECK_INT(mm_stream_write(&A, "g", 1), ==, -EPIPE);
 	CHECK_INT(mm_stream_room(&A), ==, -EPIPE);
 	CHECK(mm_stream_poll(&A, MM_WR) & POLLERR);
-	CHECK_INT(mm_stream_drop(&C), ==, -EAGAIN);	/* its end is to come */
-	mm_channel_unclaim(&A, &A);
+	/* told, the writer ended its stream there: nothing more to drop */
 	CHECK_INT(mm_stream_drop(&C), ==, 0);
+	CHECK_INT(mm_stream_write(&A, "h", 1), ==, -EPIPE);
+	mm_channel_unclaim(&A, &A);
 	CHECK_INT(mm_channel_claim(&A, MM_RD | MM_WR, &A), ==, MM_RD | MM_WR);
 	CHECK_INT(mm_stream_write(&A, "next", 4), ==, 4);
 	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 4);
@@ -425,31 +434,33 @@ out:
 	close_pair();
 }
 
-/* A stream whose writer was cut but that nobody dropped (its writer began
- * it as the reader's end looked) ends with an abort mark: its reader gets
- * its bytes, then ECONNRESET instead of end of file. */
+/* A writer told that its stream failed, with bytes still unread: they
+ * reach a reader that takes the direction later, then ECONNRESET where an
+ * end of file would be; and the stream after it is whole. */
 static void test_abort_mark(void)
 {
 	uint8_t b[8];
 
 	if (!handshake(true))
 		goto out;
-	CHECK_INT(mm_stream_write(&A, "ab", 2), ==, 2);
+	CHECK_INT(mm_stream_write(&C, "ab", 2), ==, 2);
 	mm_channel_tick(&C, now, NULL);
-	mm_channel_tick(&C, now + MM_DEAD_MS + MM_TICK_MS, NULL);
+	mm_channel_tick(&C, now + MM_DEAD_MS + MM_BEAT_MS, NULL);
 	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
-	mm_ext_store(C.rd.ext2, MM_EXT2_W_ABANDONED, 0);	/* the race */
-	CHECK_INT(mm_stream_write(&A, "c", 1), ==, -EPIPE);
-	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_stream_write(&C, "c", 1), ==, -EPIPE);
 	mm_channel_unclaim(&C, &C);
-	CHECK_INT(mm_channel_claim(&C, MM_RD, &C), ==, MM_RD);
-	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, 2);
-	CHECK_MEM(b, "ab", 2);
-	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -ECONNRESET);
-	/* the peer is back: the next stream */
 	mm_channel_tick(&A, now + 2 * MM_DEAD_MS, NULL);
 	mm_channel_tick(&C, now + 2 * MM_DEAD_MS, NULL);
-	CHECK_INT(mm_stream_read(&C, b, sizeof(b)), ==, -EAGAIN);
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 2);
+	CHECK_MEM(b, "ab", 2);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -ECONNRESET);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, -EAGAIN);
+	CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR);
+	CHECK_INT(mm_stream_write(&C, "next", 4), ==, 4);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 4);
+	CHECK_MEM(b, "next", 4);
 out:
 	close_pair();
 }
