@@ -72,7 +72,7 @@ one() {		# BUILDDIR: the figures of one build, as "key value" lines
 		t0=$(now)
 		if ! timeout 5 cat "$B/spare/status" >/dev/null; then worst=wedged; break; fi
 		t1=$(now)
-		worst=$(awk -v w="$worst" -v a="$t0" -v z="$t1" 'BEGIN { d = (z - a) * 1000; printf "%.1f", (d > w ? d : w) }')
+		worst=$(awk -v w="$worst" -v a="$t0" -v z="$t1" 'BEGIN { d = (z - a) * 1000; if (w + 0 > d) d = w; printf "%.1f", d }')
 	done
 	echo "status-ms $worst"
 	t0=$(now)
