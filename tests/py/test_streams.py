@@ -169,6 +169,66 @@ def test_stall_fails_streams_for_good(chan, stopped):
         assert "the open streams failed" in m.log_text()
 
 
+LIB_READ_ALL = r'''
+import errno, sys, mmapfs
+ch = mmapfs.open(sys.argv[1], "r")
+got = 0
+try:
+    while True:
+        b = ch.read(65536)
+        if not b:
+            print("eof", got)
+            break
+        got += len(b)
+except OSError as e:
+    print(errno.errorcode[e.errno], got)
+'''
+
+
+@pytest.mark.parametrize("reader", ["data", "library", "fifo"])
+def test_abort_mark(chan, reader):
+    """A writer told that its stream failed (its daemon found the reader's
+    daemon dead) ends it there: a reader that comes after the stall gets
+    every byte written before, then ECONNRESET (data, the library) or end
+    of file (the FIFO, which cannot say more; status counts it)."""
+    cdir, adir, c, a = chan
+    fd = os.open(f"{cdir}/data", os.O_WRONLY)
+    try:
+        os.write(fd, b"z" * 5000)
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 3
+            while c.status("chan")["peer"] != "dead":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            with pytest.raises(BrokenPipeError):
+                os.write(fd, b"late")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+    finally:
+        os.close(fd)
+    wait_state(a, "chan", "ready")
+    if reader == "data":
+        p = subprocess.run(["dd", f"if={adir}/data", "of=/dev/null", "bs=64k"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "Connection reset by peer" in p.stderr, p.stderr
+        assert "5000 bytes" in p.stderr, p.stderr
+    elif reader == "library":
+        p = subprocess.run([sys.executable, "-c", LIB_READ_ALL, adir], env=python_env(),
+                           capture_output=True, text=True, timeout=30)
+        assert p.stdout.split() == ["ECONNRESET", "5000"], (p.stdout, p.stderr)
+    else:
+        assert sh(f"cat {adir}/pipe", timeout=30).stdout == "z" * 5000
+    assert int(a.status("chan")["streams_failed"]) >= 1
+    # the stream after it is whole, once the writer's end sees its peer again
+    deadline = time.monotonic() + 3
+    while c.status("chan")["peer"] != "alive":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sh(f"echo next > {cdir}/data")
+    assert sh(f"cat {adir}/data", timeout=10).stdout == "next\n"
+
+
 # ---- a version-1 peer: the previous release's daemon ----
 
 @pytest.fixture(scope="session")
