@@ -285,10 +285,13 @@ static void fire(struct mmfs *fs)
 	struct waiter *w;
 
 	while ((w = fs->due)) {
+		/* read under the lock: its owner may arm it again meanwhile */
+		void (*fn)(struct mmfs *fs, struct waiter *w) = w->fire;
+
 		unlist(fs, w);
 		w->firing = true;
 		pthread_mutex_unlock(&fs->lock);
-		w->fire(fs, w);
+		fn(fs, w);
 		pthread_mutex_lock(&fs->lock);
 		w->firing = false;	/* freed, maybe, once fs->lock is let go */
 		if (!w->armed && !w->is_due)

@@ -127,7 +127,8 @@ no_aslr=(setarch "$(uname -m)" -R)
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
 # truncated area, a handshake in pieces, xpra's chunk lists, the pipe
 # file's pump, and parked requests (signals, poll, epoll, SIGTERM, early
-# closes, a tunnel): about a minute
+# closes, a tunnel), and format version 2's failed and abandoned streams:
+# about a minute
 tsan_tests=(
 	tests/py/test_data.py::test_dd_both_ways_at_once
 	tests/py/test_data.py::test_end_of_file_and_next_stream
@@ -151,6 +152,9 @@ tsan_tests=(
 	tests/py/test_waiting.py::test_sigterm_answers_every_waiting_caller
 	"tests/py/test_waiting.py::test_reader_close_abandons_its_stream[head-64K]"
 	tests/py/test_waiting.py::test_curl_through_socat_tunnel
+	"tests/py/test_streams.py::test_stall_fails_streams_for_good[attacher]"
+	tests/py/test_streams.py::test_reader_leaves_writer_gets_epipe
+	"tests/py/test_streams.py::test_abort_mark[data]"
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1
