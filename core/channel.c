@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alias.h"
 #include "chunks.h"
 #include "ext.h"
 #include "internal.h"
@@ -130,6 +131,7 @@ void mm_dir_init(struct mm_dir *d)
 
 void mm_dir_close(struct mm_dir *d)
 {
+	mm_alias_drop(d->tick);
 	mm_area_close(&d->area);
 	mm_chunks_free(d);
 	mm_dir_init(d);

@@ -103,6 +103,9 @@ struct mm_dir {
 					 * the peer's futex wakes reach us */
 	uint8_t *ext;			/* the trailer's version-1 words, or NULL */
 	uint8_t *ext2;			/* its version-2 words, or NULL */
+	uint8_t *tick;			/* a daemon's second mapping of the
+					 * trailer (alias.h): version 2's words,
+					 * then version 1's; or NULL */
 	/* ch->lock */
 	const void *owner;		/* who holds the claim, or NULL */
 	/* set by the handshake under ch->lock; fixed while claimed */
@@ -176,6 +179,8 @@ struct mm_channel {
 	bool declared;			/* from the configuration: role fixed */
 	bool view;			/* another process's (view.c): it never
 					 * writes the trailer's words of its end */
+	bool beats_unmapped;		/* a view without the area of the beats
+					 * (live.c, mm_ext_dir) */
 	struct mm_chan_opts opts;	/* fixed after open */
 	char *read_file, *write_file;	/* copies of the administrator's paths */
 	char *accepted;			/* the peer's last accepted half, as

@@ -48,6 +48,7 @@ struct mmapfs_chan {
 	bool tells;			/* the daemon takes our counts */
 	unsigned dirs;
 	uint64_t watched_ms;		/* atomic: the peer's beat last looked at */
+	uint64_t asked_ms;		/* atomic: the daemon last asked */
 	/* the reader's */
 	struct mm_slice slice;		/* the last read_begin's, until its end */
 	size_t handed;			/* how much of it the caller has */
@@ -233,17 +234,24 @@ out:
  * nothing to do: a blocked call at least every beat, but a non-blocking
  * one, after a pause, cannot tell when the beat last moved; it then asks
  * the daemon of this end, which watches all the time (poll's POLLHUP: the
- * peer is dead; POLLERR: the channel or that daemon failed). */
+ * peer is dead; POLLERR: the channel or that daemon failed). A view that
+ * has not mapped the area of the peer's beats (format version 2: live.c,
+ * mm_ext_dir) asks every time, at most every MM_TICK_MS. */
 static void watch(struct mmapfs_chan *c, bool ask)
 {
 	uint64_t now = now_ms();
 	uint64_t last = __atomic_exchange_n(&c->watched_ms, now, __ATOMIC_RELAXED);
 	struct pollfd p = { .fd = c->fd, .events = POLLIN | POLLOUT };
+	bool blind = c->ch.beats_unmapped;
 
 	mm_channel_watch(&c->ch, now);
-	if (ask && now - last > MM_TICK_MS && poll(&p, 1, 0) == 1 &&
-	    (p.revents & (POLLHUP | POLLERR)))
-		mm_channel_peer_dead(&c->ch);
+	if (blind)
+		last = __atomic_load_n(&c->asked_ms, __ATOMIC_RELAXED);
+	if ((ask || blind) && now - last >= MM_TICK_MS) {
+		__atomic_store_n(&c->asked_ms, now, __ATOMIC_RELAXED);
+		if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+			mm_channel_peer_dead(&c->ch);
+	}
 }
 
 static void cpu_relax(void)

@@ -321,7 +321,6 @@ void mm_writer_end(struct mm_channel *ch)
 		end_stream(d, writer_cut(d) < 0);
 }
 
-
 /* With an end of stream pending, how many bytes remain before it: 0 and
  * *dist, 1 if none is pending, -EFAULT or -EPROTO. */
 static int eof_distance(struct mm_dir *d, const struct mm_ring_pos *p, uint32_t cs,

@@ -145,6 +145,20 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	return 0;
 }
 
+/* Version 2's beats are in one area (live.c, mm_ext_dir): the creator's
+ * read area, if the channel has it (the daemon's status names its file),
+ * which a view that claimed one direction may not have mapped. */
+static bool beats_unmapped(const struct mm_channel *ch, const char *status, size_t len,
+			   unsigned have)
+{
+	unsigned beats = ch->role == MM_CREATOR ? MM_RD : MM_WR;
+	char key[KEY_MAX], file[PATH_MAX];
+
+	return !(have & beats) &&
+	       status_value(status, len, key_of(key, dir_name(beats), "file"), file,
+			    sizeof(file)) == 0;
+}
+
 int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsigned dirs,
 		    uint64_t now_ms, struct mm_err *err)
 {
@@ -184,6 +198,7 @@ int mm_channel_view(struct mm_channel *ch, const char *status, size_t len, unsig
 		r = mm_fail(err, -ENXIO, "status: no area");
 		goto fail;
 	}
+	ch->beats_unmapped = beats_unmapped(ch, status, len, (unsigned)have);
 	mm_note_peer(ch, now_ms);
 	mm_set_state(ch, MM_STATE_READY);
 	return (int)have;

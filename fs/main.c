@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "guard.h"
+#include "alias.h"
 #include "fs.h"
 #include "build-config.h"
 
@@ -329,6 +330,7 @@ int main(int argc, char *argv[])
 		perror("mmapfs: sigaction");
 		goto out_args;
 	}
+	mm_alias_enable();	/* the ticker's trailers, side by side */
 	if (configure(&fs, &cl))
 		goto out_chans;
 

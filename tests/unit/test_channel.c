@@ -767,13 +767,24 @@ static void test_view(void)
 	/* a daemon's word for it (poll's POLLHUP) */
 	CHECK(mm_channel_peer_dead(&V));
 	CHECK_INT(mm_stream_write(&V, "y", 1), ==, -EPIPE);
-	/* and a new session is a restart */
-	mm_ext_store(V.rd.ext, MM_EXT_W_SESSION, 0x9999);
+	/* and a new session is a restart (version 2: the attacher's beats,
+	 * both ends', are in its write area) */
+	mm_ext_store(V.wr.ext, MM_EXT_W_SESSION, 0x9999);
 	CHECK(mm_channel_watch(&V, now + 3 * MM_DEAD_MS));
 	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
 	mm_channel_destroy(&V);
 	/* one direction only: the other is not mapped */
+	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD, now, &err), ==, MM_RD);
+	/* without the area of the beats: it asks its daemon, and its own
+	 * look neither sees the peer dead nor fails */
+	CHECK(V.beats_unmapped);
+	CHECK(mm_channel_watch(&V, now + 10 * MM_DEAD_MS) == false);
+	CHECK_INT(mm_channel_state(&V), ==, MM_STATE_READY);
+	CHECK(mm_channel_peer_dead(&V));
+	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ECONNRESET);
+	mm_channel_destroy(&V);
 	CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_WR, now, &err), ==, MM_WR);
+	CHECK(!V.beats_unmapped);
 	CHECK(!V.rd.present);
 	CHECK_INT(mm_stream_read(&V, b, sizeof(b)), ==, -ENXIO);
 	mm_channel_destroy(&V);
