@@ -75,7 +75,7 @@ meson test -C build-asan --print-errorlogs
 
 step "fuzzers, ${fuzz_seconds} s each (build-fuzz, clang)"
 # the whole tree, not only the harnesses: this is also the clang build with
-# sanitizers (libmmapfs included, core/meson.build says why it links)
+# sanitizers (libmmapfs included, core/lib/meson.build says why it links)
 if [ -d build-fuzz ]; then
 	CC=clang meson setup --reconfigure build-fuzz -Dfuzz=true -Db_sanitize=address,undefined
 else

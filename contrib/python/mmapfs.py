@@ -71,7 +71,7 @@ def _candidates():
     top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.exists(os.path.join(top, "contrib", "python", "mmapfs.py")):
         for build in ["build", "build-release"] + sorted(glob.glob(os.path.join(top, "build*"))):
-            cand = os.path.join(top, build, "core", SONAME)
+            cand = os.path.join(top, build, "core", "lib", SONAME)
             if os.path.exists(cand):
                 yield cand
 

@@ -7,7 +7,7 @@ peer; SIGBUS chaining; and the Python module.
 Nothing is built here: the programs come from the build directory of the
 daemon under test (MMAPFS=BUILD/fs/mmapfs): BUILD/tests/lib/mmapfs-libtest
 (tests/lib/mmapfs-libtest.c), BUILD/contrib/examples/mmapfs-cat, and
-BUILD/core/libmmapfs.so for contrib/python/mmapfs.py.
+BUILD/core/lib/libmmapfs.so for contrib/python/mmapfs.py.
 """
 import errno
 import os
@@ -25,7 +25,7 @@ from conftest import MMAPFS, TOP, handshake, kv_text, read_kv, sh, wait_state
 BUILD = os.path.dirname(os.path.dirname(MMAPFS))
 LIBTEST = os.path.join(BUILD, "tests", "lib", "mmapfs-libtest")
 CAT = os.path.join(BUILD, "contrib", "examples", "mmapfs-cat")
-LIBSO = os.path.join(BUILD, "core", "libmmapfs.so")
+LIBSO = os.path.join(BUILD, "core", "lib", "libmmapfs.so")
 PYDIR = os.path.join(TOP, "contrib", "python")
 
 
@@ -484,5 +484,5 @@ def test_pkg_config_uninstalled():
     env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(BUILD, "meson-uninstalled"))
     out = subprocess.run(["pkg-config", "--cflags", "--libs", "mmapfs"], env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert "-lmmapfs" in out and f"-L{BUILD}/core" in out
-    assert os.path.exists(os.path.join(TOP, "core", "mmapfs.h"))
+    assert "-lmmapfs" in out and f"-L{BUILD}/core/lib" in out
+    assert os.path.exists(os.path.join(TOP, "core", "lib", "mmapfs.h"))
