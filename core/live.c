@@ -18,6 +18,17 @@ static unsigned session_word(enum mm_chan_role role)
 	return MM_EXT_W_SESSION + 2 * (role == MM_ATTACHER);
 }
 
+/* The version-2 word of a role's epoch. */
+static unsigned epoch_word(enum mm_chan_role role)
+{
+	return MM_EXT2_W_EPOCH + (role == MM_ATTACHER);
+}
+
+static enum mm_chan_role peer_role(const struct mm_channel *ch)
+{
+	return ch->role == MM_CREATOR ? MM_ATTACHER : MM_CREATOR;
+}
+
 void mm_publish_session(struct mm_channel *ch, struct mm_dir *d)
 {
 	unsigned w = session_word(ch->role);
@@ -27,7 +38,7 @@ void mm_publish_session(struct mm_channel *ch, struct mm_dir *d)
 		mm_ext_store(d->ext, w + 1, ch->beat);
 	}
 	if (d->present && d->ext2)
-		mm_ext_store(d->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_ATTACHER), ch->epoch);
+		mm_ext_store(d->ext2, epoch_word(ch->role), ch->epoch);
 }
 
 static void failed_now(struct mm_channel *ch)
@@ -91,7 +102,7 @@ struct mm_dir *mm_ext_dir(struct mm_channel *ch)
 
 static unsigned peer_word(struct mm_channel *ch)
 {
-	return session_word(ch->role == MM_CREATOR ? MM_ATTACHER : MM_CREATOR);
+	return session_word(peer_role(ch));
 }
 
 void mm_note_peer(struct mm_channel *ch, uint64_t now_ms)
@@ -107,7 +118,7 @@ void mm_note_peer(struct mm_channel *ch, uint64_t now_ms)
 	mm_ext_load(d->ext, w + 1, &ch->peer_beat);
 	ch->peer_epoch = 0;
 	if (d->ext2)
-		mm_ext_load(d->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_CREATOR), &ch->peer_epoch);
+		mm_ext_load(d->ext2, epoch_word(peer_role(ch)), &ch->peer_epoch);
 	ch->peer_beat_ms = now_ms;
 	mm_set_peer(ch, MM_PEER_ALIVE);
 }
@@ -155,8 +166,7 @@ static void watch_locked(struct mm_channel *ch, uint64_t now_ms)
 
 	if (!d || mm_ext_load(d->ext, w, &session) < 0 ||
 	    mm_ext_load(d->ext, w + 1, &beat) < 0 ||
-	    (d->ext2 && mm_ext_load(d->ext2, MM_EXT2_W_EPOCH + (ch->role == MM_CREATOR),
-				    &epoch) < 0)) {
+	    (d->ext2 && mm_ext_load(d->ext2, epoch_word(peer_role(ch)), &epoch) < 0)) {
 		mm_channel_fail(ch, EIO, MM_WHY_FAULT, d == &ch->wr ? MM_WR : MM_RD, 0, 0);
 		return;
 	}
@@ -200,7 +210,7 @@ static int tick_words(void *arg)
 	t->beat = mm_ext_get(from, p + 1);
 	/* version 2's words end where version 1's begin */
 	if (t->from->ext2)
-		t->epoch = mm_ext_get(from - MM_EXT2_SIZE, MM_EXT2_W_EPOCH + (ch->role == MM_CREATOR));
+		t->epoch = mm_ext_get(from - MM_EXT2_SIZE, epoch_word(peer_role(ch)));
 	return 0;
 }
 
