@@ -150,14 +150,6 @@ void mm_dir_claimed(struct mm_dir *d)
 	d->cut = false;
 }
 
-/* Has the claim's stream failed (an epoch moved since the claim)? */
-static bool stream_failed(const struct mm_dir *d)
-{
-	struct ext2_words w;
-
-	return load_ext2(d, &w) < 0 || w.epochs != d->epoch;
-}
-
 /* Has the writer's stream been cut since its claim: failed by either end
  * (an epoch moved), or abandoned by its reader? -EPIPE, 0, -EFAULT. */
 static int writer_cut(const struct mm_dir *d)
@@ -396,10 +388,11 @@ static int load_at(struct mm_channel *ch, struct mm_dir *d, uint32_t *cs,
 /* Drop the streams the reader may not deliver (dropped()), each up to
  * its end: 0 once the stream at hand is one to deliver, -EAGAIN while a
  * dropped one has yet to end (what it has is dropped meanwhile), or
- * -ECONNRESET if its writer died first, or a failure. A claim that was
- * reading when the streams failed (`stale`) is told instead: -ECONNRESET
- * when it reaches such a stream, which stays for the next reader to drop. */
-static int drop_cut(struct mm_channel *ch, struct mm_dir *d, bool stale)
+ * -ECONNRESET if its writer died first, or a failure. With `tell`, a
+ * claim that was reading when the streams failed (an epoch moved since
+ * it was taken) is told instead: -ECONNRESET when it reaches such a
+ * stream, which stays for the next reader to drop. */
+static int drop_cut(struct mm_channel *ch, struct mm_dir *d, bool tell)
 {
 	struct ext2_words w = { .ext2 = NULL, .abandoned = 0 };
 	struct mm_ring_pos p;
@@ -414,7 +407,7 @@ static int drop_cut(struct mm_channel *ch, struct mm_dir *d, bool stale)
 			d->dropping = false;	/* past the one left, if any */
 			return 0;
 		}
-		if (stale)
+		if (tell && d->ext2 && w.epochs != d->epoch)
 			return -ECONNRESET;
 		r = load_at(ch, d, &cs, &p, &dist);
 		if (r < 0)
@@ -497,7 +490,7 @@ ssize_t mm_stream_read_begin(struct mm_channel *ch, size_t max, struct mm_slice 
 	if (d->chunks && (got = chunk_slice(d, max, s)) != 0)
 		return got < 0 ? stream_fail(ch, MM_RD, (int)got) : got;
 	if (d->ext2 || d->dropping) {
-		r = drop_cut(ch, d, d->ext2 && stream_failed(d));
+		r = drop_cut(ch, d, true);
 		if (r < 0)
 			return r;
 	}
