@@ -663,11 +663,11 @@ bool mm_stream_pending(struct mm_channel *ch)
 	}
 	if (ch->rd.ext2) {
 		struct ext2_words w;
-		struct mm_dir at = { .eof_ack = ack };
 
 		/* a stream to drop whose end has yet to come: nothing to read
-		 * (mm_stream_drop() took what came before it) */
-		if (load_ext2(&ch->rd, &w) < 0 || dropped(&at, &w, ack))
+		 * (mm_stream_drop() took what came before it). The trailer's
+		 * word alone: drop_below is the claim holder's. */
+		if (load_ext2(&ch->rd, &w) < 0 || w.abandoned == ack + 1)
 			return false;
 	}
 	return mm_ring_used(&ch->rd.ring, &p) > 0 || cs != ack ||
