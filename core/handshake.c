@@ -116,6 +116,16 @@ static int ring_reset(struct mm_dir *d)
 	return r == 0 ? mm_ext_store(d->area.base, 1, 0) : r;
 }
 
+/* Zero the words of a trailer's part (NULL: none). 0 or -EFAULT. */
+static int words_zero(uint8_t *words, unsigned bytes)
+{
+	int r = 0;
+
+	for (unsigned w = 0; r == 0 && words && w < bytes / 4; w++)
+		r = mm_ext_store(words, w, 0);
+	return r;
+}
+
 /* A creator's area starts a session: empty ring, fresh trailer. An
  * administrator's file may still hold an earlier session's pointers and
  * words, and a stale go-ahead must not let a new attacher start before its
@@ -124,10 +134,10 @@ static int dir_reset(struct mm_dir *d)
 {
 	int r = ring_reset(d);
 
-	for (unsigned w = 0; r == 0 && w < MM_EXT_SIZE / 4; w++)
-		r = mm_ext_store(d->ext, w, 0);
-	for (unsigned w = 0; r == 0 && d->ext2 && w < MM_EXT2_SIZE / 4; w++)
-		r = mm_ext_store(d->ext2, w, 0);
+	if (r == 0)
+		r = words_zero(d->ext, MM_EXT_SIZE);
+	if (r == 0)
+		r = words_zero(d->ext2, MM_EXT2_SIZE);
 	if (r == 0)
 		r = mm_ext_store(d->ext, MM_EXT_W_VERSION, MM_EXT_VERSION);
 	if (r == 0)
@@ -457,8 +467,8 @@ static int take_answer(struct mm_channel *ch, const struct mm_caps *c, uint64_t 
 		if (d->present && ext && ring_reset(d) < 0)
 			return -EFAULT;
 		/* and with no stream begun, failed or abandoned */
-		for (unsigned w = 0; d->present && d->ext2 && w < MM_EXT2_SIZE / 4; w++)
-			mm_ext_store(d->ext2, w, 0);
+		if (d->present)
+			words_zero(d->ext2, MM_EXT2_SIZE);
 		if (d->usable && ext) {
 			mm_ext_store(d->ext, MM_EXT_W_FLAGS, MM_EXT_VERIFIED);
 			if (d == &ch->rd) {
