@@ -762,11 +762,8 @@ void data_release(struct mmfs *fs, struct handle *h)
 	/* a library's reads are its own, not seen here: it says in the
 	 * trailer if it left in the middle of a stream (version 2) */
 	if (h->dirs & MM_RD) {
-		bool in_stream = false, at_end = true, lib;
+		bool in_stream = false, at_end = true, lib = data_is_library(fs, h);
 
-		pthread_mutex_lock(&fs->lock);
-		lib = h->library;
-		pthread_mutex_unlock(&fs->lock);
 		pthread_mutex_lock(&h->ch->rd_lock);
 		if (!lib) {
 			in_stream = h->in_stream;
@@ -801,6 +798,16 @@ void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, 
 	if (h->dirs & MM_WR)
 		mm_channel_add_bytes(&h->ch->mc, MM_WR, b.written);
 	fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+bool data_is_library(struct mmfs *fs, const struct handle *h)
+{
+	bool lib;
+
+	pthread_mutex_lock(&fs->lock);
+	lib = h->library;
+	pthread_mutex_unlock(&fs->lock);
+	return lib;
 }
 
 bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir)

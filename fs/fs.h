@@ -295,6 +295,8 @@ void data_release(struct mmfs *fs, struct handle *h);
 int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
 	       bool nonblock);
 void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len);
+/* Is h a library's claim (it said so with MM_IOC_BYTES)? */
+bool data_is_library(struct mmfs *fs, const struct handle *h);
 /* Is dir of ch's stream held by a library (whose chunk lists are its own)? */
 bool data_library_holds(struct mmfs *fs, struct chan *ch, unsigned dir);
 /* Wait in this thread (a little, interruptibly) while the holders of ch's

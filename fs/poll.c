@@ -64,7 +64,6 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	unsigned events = fi->poll_events ? fi->poll_events : POLLIN | POLLOUT;
 	struct fuse_pollhandle *old = NULL;
 	unsigned mask;
-	bool lib;
 
 	if (h->kind != F_DATA) {
 		if (ph)
@@ -90,10 +89,7 @@ void mm_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	}
 	/* an abandoned or failed stream is dropped first: what is left to
 	 * read after it is what the answer is about (a library drops its own) */
-	pthread_mutex_lock(&fs->lock);
-	lib = h->library;
-	pthread_mutex_unlock(&fs->lock);
-	if ((h->dirs & MM_RD) && !lib)
+	if ((h->dirs & MM_RD) && !data_is_library(fs, h))
 		mm_stream_drop(&h->ch->mc);
 	mask = mm_stream_poll(&h->ch->mc, h->dirs);
 	mask = handle_events(h, mask) | (mask & (POLLERR | POLLHUP));
