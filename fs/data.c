@@ -96,13 +96,14 @@ static enum holders holders(struct mmfs *fs, struct chan *ch)
 		const struct handle *o = mm_channel_owner(&ch->mc, dir);
 		enum holders this;
 
-		/* a holder stays listed in fs->handles (or fs->pipes) until
-		 * after it lets go, so o is alive while fs->lock is held */
+		/* a holder stays listed in fs->handles (or is a FIFO end,
+		 * freed with ch) until after it lets go, so o is alive while
+		 * fs->lock is held */
 		if (!o)
 			continue;
 		if (o == (const void *)&ch->dropping)
 			this = HELD_DROPPING;
-		else if (o->kind == F_DATA ? o->flushed : pipe_gone(o))
+		else if (o->kind == F_DATA && o->flushed)
 			this = HELD_CLOSING;
 		else
 			this = HELD_LIVE;
@@ -113,7 +114,7 @@ static enum holders holders(struct mmfs *fs, struct chan *ch)
 	return state;
 }
 
-/* ---- the pipe file's lookup: a claim waited for in its worker ---- */
+/* ---- waiting for a release ---- */
 
 static bool wait_over(fuse_req_t req)
 {
@@ -164,38 +165,6 @@ bool data_wait_released(fuse_req_t req, struct chan *ch, bool end_drop)
 		waited += MM_WAIT_MAX_US;
 	}
 	return h == HELD_BY_NONE;
-}
-
-static void claim_interrupted(fuse_req_t req, void *data)
-{
-	mm_stream_wake(data);
-}
-
-int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
-	       bool nonblock)
-{
-	unsigned step = MM_WAIT_MIN_US;
-	int r;
-
-	fuse_req_interrupt_func(req, claim_interrupted, &ch->mc);
-	for (;;) {
-		r = mm_channel_claim(&ch->mc, dirs, owner);
-		if (r == -EBUSY && !nonblock && data_wait_released(req, ch, false))
-			continue;
-		if (r > 0) {
-			/* someone may wait on it now: the peer is watched
-			 * every beat */
-			pthread_mutex_lock(&fs_of(req)->lock);
-			mmfs_tick_soon(fs_of(req), ch);
-			pthread_mutex_unlock(&fs_of(req)->lock);
-		}
-		if (r != -EAGAIN || nonblock)
-			return r;
-		if (wait_over(req))
-			return -EINTR;
-		mm_stream_wait(&ch->mc, MM_WR, step);
-		step = mm_wait_next(step);
-	}
 }
 
 /* ---- parked requests ---- */
@@ -520,6 +489,12 @@ static int open_once(struct mmfs *fs, struct handle *h, struct fuse_file_info *f
 		}
 		if (r != -EBUSY)
 			return r;	/* -EAGAIN: six ends of stream not yet read */
+		/* recv waiting for a reader gives the read claim back */
+		if ((dirs_of(fi->flags & O_ACCMODE) & MM_RD) && (r = fifo_yield(fs, ch)) != 0) {
+			if (r > 0)
+				continue;
+			return -EAGAIN;
+		}
 		who = holders(fs, ch);
 		if (who == HELD_BY_NONE)
 			continue;	/* released meanwhile */
@@ -680,6 +655,7 @@ void data_serve(struct mmfs *fs, struct chan *ch)
 	serve_reads(fs, ch);
 	serve_writes(fs, ch);
 	serve_opens(fs, ch);
+	fifo_poke(fs, ch);	/* a claim given back may be theirs to take */
 }
 
 static void chan_fire(struct mmfs *fs, struct waiter *w)

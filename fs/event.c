@@ -1,6 +1,6 @@
 /* The event core. Everything in the daemon that waits for a channel's
  * stream waits through a waiter (fs.h): a poll's handle (poll.c), the
- * requests a channel parked (data.c), a session of the pipe pump (pipe.c).
+ * requests a channel parked (data.c), a FIFO end of the pump (fifo.c).
  *
  * The ticker thread sleeps in one futex_waitv on the shared words of the
  * armed waiters and on its own kick, so that a same-host peer's wake
@@ -453,6 +453,8 @@ static void *ticker(void *arg)
 		if (beat) {
 			pthread_mutex_unlock(&fs->lock);
 			all = tick_channels(fs, now);	/* a state changed */
+			if (all)
+				fifo_poke_all(fs);
 			pthread_mutex_lock(&fs->lock);
 			next_beat = now + MM_TICK_MS;
 		}

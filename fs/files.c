@@ -45,7 +45,11 @@ static void renew(struct mmfs *fs, struct chan *ch)
 {
 	struct mm_err err = { "" };
 	uint64_t dropped;
-	int r = mm_channel_renew(&ch->mc, &dropped, &err);
+	int r;
+
+	fifo_yield(fs, ch);	/* recv's wait for a stream of the old peer */
+	r = mm_channel_renew(&ch->mc, &dropped, &err);
+	fifo_poke(fs, ch);
 
 	if (r > 0)
 		fuse_log(FUSE_LOG_NOTICE, "mmapfs: %s: new session for a new peer, fresh tokens; "
@@ -89,8 +93,10 @@ static int text_open(struct mmfs *fs, struct chan *ch, enum file_kind k, struct 
 		return -ENOMEM;
 	/* the peer as it is now, not as at the last tick (an idle channel's
 	 * come every other beat) */
-	if ((k == F_STATUS || k == F_CAPABILITIES) && mm_channel_watch(&ch->mc, mmfs_now_ms()))
+	if ((k == F_STATUS || k == F_CAPABILITIES) && mm_channel_watch(&ch->mc, mmfs_now_ms())) {
 		chan_log_change(ch);
+		fifo_poke(fs, ch);
+	}
 	if (k == F_CAPABILITIES)
 		renew(fs, ch);
 	n = file_text(ch, k, h->buf, TEXT_MAX);
@@ -143,8 +149,8 @@ void mm_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = -EISDIR;
 	else if (k == F_DATA)
 		r = data_open(req, ch, h, fi);
-	else if (k == F_PIPE || k == F_PIPE_IN)
-		r = -ENXIO;	/* a FIFO: the kernel serves its opens */
+	else if (k == F_SEND || k == F_RECV)
+		r = -ELOOP;	/* a symbolic link: opened only where it leads */
 	else
 		r = text_open(fs, ch, k, h, fi);
 	if (r <= 0)
@@ -171,7 +177,9 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 	pthread_mutex_unlock(&fs->lock);
 	if (!text)
 		return -ENOMEM;
+	fifo_yield(fs, ch);	/* a handshake needs the stream free */
 	r = mm_channel_peer(&ch->mc, text, len, mmfs_now_ms(), &err);
+	fifo_poke(fs, ch);
 	free(text);
 	pthread_mutex_lock(&fs->lock);
 	clock_gettime(CLOCK_REALTIME, &ch->mtime);

@@ -8,8 +8,8 @@
  *   data.c    the stream file `data`: claims, reads and writes; a call
  *             that has to wait is parked with its request and answered
  *             later, by whichever thread sees the stream move
- *   pipe.c    the stream file `pipe`: a FIFO the kernel serves, and the
- *             pump thread between FIFOs and rings
+ *   fifo.c    the FIFO entries `send` and `recv`: FIFOs the kernel
+ *             serves, and the pump thread between them and the rings
  *   poll.c    poll on `data`
  *   event.c   the event core: waiters (what a wait is for, what to do when
  *             it moves) and the ticker thread that fires them, beside the
@@ -19,6 +19,11 @@
  *
  * Locks, in the order they may be taken (a thread holding one may take
  * only those after it):
+ *   fifo->lock (fifo.c)        a FIFO end's state: held by the pump's step
+ *                              of it, or a worker's look (readlink, a
+ *                              claim taken back); a send end's before a
+ *                              recv end's, and one that may already be
+ *                              held is only tried (trylock)
  *   ch->rd_lock, ch->wr_lock   one stream call at a time per direction,
  *                              held across that call and its reply (a
  *                              write to /dev/fuse), never across a wait;
@@ -61,11 +66,14 @@ enum file_kind {
 	F_STATUS,
 	F_DATA,
 	F_CHUNKS,			/* xpra interoperability: docs/xpra.md */
-	F_PIPE,				/* `pipe` to its writers: the FIFO out */
+	F_SEND,				/* symlinks to the FIFOs (fifo.c) */
+	F_RECV,
 	F_NKINDS,			/* (the files listed) */
-	F_PIPE_IN = F_NKINDS,		/* `pipe` to its readers: the FIFO in */
-	F_NINOS,
 };
+
+/* The two FIFO entries of a channel: ch->fifo[FIFO_SEND], [FIFO_RECV]. */
+enum { FIFO_SEND, FIFO_RECV };
+struct fifo;
 
 #define INO_SHIFT 4
 #define WATCHERS_MAX 128		/* event.c: 127 waits' words each */
@@ -147,6 +155,8 @@ struct chan {
 	struct mm_owner user;
 	char *user_dir;			/* malloc'd; NULL unless for_user */
 	const char *user_dirs[1];	/* the allowed directory, without allow_dirs */
+	/* fs->lock: set at the first readlink of each, freed with ch */
+	struct fifo *fifo[2];
 };
 
 struct handle {
@@ -163,7 +173,7 @@ struct handle {
 	bool library;			/* data: a libmmapfs handle's claim */
 	struct fuse_pollhandle *ph;	/* data: the latest poll's, kept and
 					 * notified at every move (poll.c) */
-	struct waiter wait;		/* ph's; or a pipe session's (pipe.c) */
+	struct waiter wait;		/* ph's; or a FIFO end's (fifo.c) */
 	/* rd_lock: data, where its reader stands: in a stream (bytes read
 	 * since its last end of stream), or just past an end of stream */
 	bool in_stream;
@@ -217,16 +227,17 @@ struct mmfs {
 	uint32_t kick;			/* the ticker's futex word (atomic) */
 	struct watcher *watchers[WATCHERS_MAX];	/* lock: more words to wait on */
 	unsigned nwatchers;		/* lock */
-	/* the pump (pipe.c) */
-	char *mountpoint;		/* fixed: absolute, for the pump's opens */
-	struct pipe_sess *pipes;	/* lock: the sessions of `pipe` */
+	/* the pump (fifo.c) */
+	char *fifo_dir;			/* fixed: where the FIFOs are */
+	int fifo_dirfd;			/* fixed: it, locked; -1 none */
+	struct fifo *fifos;		/* lock: the FIFO ends in use */
 	pthread_t pump;
 	int pump_ep, pump_ev;		/* its epoll set, its eventfd */
 };
 
 extern const struct fuse_lowlevel_ops mmfs_ops;
 
-/* The handle a waiter is the `wait` of (a poll's, a pipe session's). */
+/* The handle a waiter is the `wait` of (a poll's, a FIFO end's). */
 static inline struct handle *handle_of_wait(struct waiter *w)
 {
 	return (struct handle *)(void *)((char *)w - offsetof(struct handle, wait));
@@ -250,6 +261,7 @@ struct chan *chan_get(struct mmfs *fs, fuse_ino_t ino, enum file_kind *kind);
 void chan_put(struct mmfs *fs, struct chan *ch);
 void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void mm_readlink(fuse_req_t req, fuse_ino_t ino);
 void mm_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		struct fuse_file_info *fi);
 void mm_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -289,11 +301,6 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
 		struct fuse_file_info *fi);
 void data_release(struct mmfs *fs, struct handle *h);
-/* Claim `dirs` of ch's stream for owner, waiting in this thread for a
- * release on its way, or for the reader to take earlier ends of stream,
- * unless nonblock (the pipe file's lookup). The mask taken, or -errno. */
-int claim_wait(fuse_req_t req, struct chan *ch, unsigned dirs, const void *owner,
-	       bool nonblock);
 void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len);
 /* Is h a library's claim (it said so with MM_IOC_BYTES)? */
 bool data_is_library(struct mmfs *fs, const struct handle *h);
@@ -320,11 +327,22 @@ void data_serve(struct mmfs *fs, struct chan *ch);
 void data_cancel_all(struct mmfs *fs);
 void trace_rings(struct mmfs *fs, struct chan *ch, const char *what);
 
-/* pipe.c */
+/* fifo.c */
 fuse_ino_t chan_ino(const struct chan *ch, enum file_kind k);
-int pipe_lookup(fuse_req_t req, struct chan *ch, enum file_kind *k);
-fuse_ino_t pipe_end_ino(fuse_req_t req, const char *name);
-bool pipe_gone(const struct handle *h);
+/* The target of ch's FIFO entry `which` into buf: 0 or -errno. From the
+ * first on, the daemon keeps its ends of that FIFO. */
+int fifo_readlink(fuse_req_t req, struct chan *ch, int which, char *buf, size_t len);
+/* The target as it stands, without side effects: its length. */
+int fifo_target(struct mmfs *fs, struct chan *ch, int which, char *buf, size_t len);
+/* Look at ch's FIFO ends again (a claim was given back, its state
+ * changed), at every one (states changed), or let go of ch's (it is gone). */
+void fifo_poke(struct mmfs *fs, struct chan *ch);
+void fifo_poke_all(struct mmfs *fs);
+void fifo_remove(struct mmfs *fs, struct chan *ch);
+/* The read claim back from recv while no reader took a byte of its
+ * stream: 1 done, 0 not recv's to give, -EAGAIN try again later. */
+int fifo_yield(struct mmfs *fs, struct chan *ch);
+void fifo_free(struct fifo *f);
 int mmfs_pump_start(struct mmfs *fs);
 void mmfs_pump_stop(struct mmfs *fs);
 

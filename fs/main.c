@@ -38,6 +38,7 @@ const struct fuse_lowlevel_ops mmfs_ops = {
 	.init = mm_init,
 	.lookup = mm_lookup,
 	.getattr = mm_getattr,
+	.readlink = mm_readlink,
 	.setattr = mm_setattr,
 	.readdir = mm_readdir,
 	.mkdir = mm_mkdir,
@@ -339,13 +340,6 @@ int main(int argc, char *argv[])
 		goto out_chans;
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_session;
-	/* the pump opens FIFOs through the mount: by a path that stays
-	 * right after fuse_daemonize()'s chdir("/") */
-	fs.mountpoint = realpath(opts.mountpoint, NULL);
-	if (!fs.mountpoint) {
-		fprintf(stderr, "mmapfs: %s: %s\n", opts.mountpoint, strerror(errno));
-		goto out_signals;
-	}
 	if (fuse_session_mount(fs.se, opts.mountpoint) != 0)
 		goto out_signals;
 	if (fuse_daemonize(opts.foreground) != 0)
@@ -398,7 +392,6 @@ out_chans:
 	mmfs_tick_free(&fs);
 	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
 	mm_config_free(&fs.cfg);
-	free(fs.mountpoint);
 	free(opts.mountpoint);
 out_args:
 	fuse_opt_free_args(&args);

@@ -19,12 +19,14 @@ static const char *const file_names[F_NKINDS] = {
 	[F_STATUS] = "status",
 	[F_DATA] = "data",
 	[F_CHUNKS] = "chunks",
-	[F_PIPE] = "pipe",
+	[F_SEND] = "send",
+	[F_RECV] = "recv",
 };
 
 /* For the owner; the group gets the same when the channel is group-writable
- * (docs/mmapfs.1, "USERS"); others nothing. */
-static const mode_t file_modes[F_NINOS] = {
+ * (docs/mmapfs.1, "USERS"); others nothing. The FIFO entries are symbolic
+ * links: the FIFOs' own modes and ACLs say who opens them which way. */
+static const mode_t file_modes[F_NKINDS] = {
 	[F_DIR] = S_IFDIR | 0700,
 	[F_CAPABILITIES] = S_IFREG | 0400,
 	[F_PEER] = S_IFREG | 0600,
@@ -32,8 +34,8 @@ static const mode_t file_modes[F_NINOS] = {
 	[F_STATUS] = S_IFREG | 0400,
 	[F_DATA] = S_IFREG | 0600,
 	[F_CHUNKS] = S_IFREG | 0600,
-	[F_PIPE] = S_IFIFO | 0600,
-	[F_PIPE_IN] = S_IFIFO | 0600,
+	[F_SEND] = S_IFLNK | 0777,
+	[F_RECV] = S_IFLNK | 0777,
 };
 
 uint64_t mmfs_now_ms(void)
@@ -87,7 +89,7 @@ static struct chan *find_ino(struct mmfs *fs, fuse_ino_t ino, enum file_kind *ki
 	unsigned k = ino & ((1u << INO_SHIFT) - 1);
 	struct chan *ch;
 
-	if (k >= F_NINOS)
+	if (k >= F_NKINDS)
 		return NULL;
 	ch = find(&fs->by_id, &key, cmp_id);
 	if (ch)
@@ -167,6 +169,8 @@ static void chan_free(struct mmfs *fs, struct chan *ch)
 	waiter_disarm(fs, &ch->wait);
 	pthread_mutex_unlock(&fs->lock);
 	mm_channel_destroy(&ch->mc);
+	fifo_free(ch->fifo[FIFO_SEND]);
+	fifo_free(ch->fifo[FIFO_RECV]);
 	chan_discard(fs, ch);
 }
 
@@ -460,7 +464,12 @@ static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
 	group_w = ch->group_w;
 	pthread_mutex_unlock(&fs->lock);
 	st->st_mode = file_modes[k] | (group_w ? (file_modes[k] & 0700) >> 3 : 0);
-	if (k != F_DIR && k != F_DATA && k != F_CHUNKS && k != F_PIPE && k != F_PIPE_IN) {
+	if (k == F_SEND || k == F_RECV) {
+		char target[PATH_MAX];
+
+		st->st_size = fifo_target(fs, ch, k == F_SEND ? FIFO_SEND : FIFO_RECV, target,
+					  sizeof(target));
+	} else if (k != F_DIR && k != F_DATA && k != F_CHUNKS) {
 		/* st_size is the text's length: `cat` and editors rely on it */
 		char *buf = malloc(TEXT_MAX);
 		int n = buf ? file_text(ch, k, buf, TEXT_MAX) : 0;
@@ -470,10 +479,9 @@ static void fill_attr(struct mmfs *fs, struct stat *st, fuse_ino_t ino,
 	}
 }
 
-/* Sizes and states change under the kernel's feet: nothing is cached
- * (and so every open of `pipe` looks it up first), but the names only the
- * pump uses. */
-static void reply_entry(fuse_req_t req, const struct stat *st, double timeout)
+/* Sizes and states change under the kernel's feet: nothing is cached (and
+ * so every path walk through `send` or `recv` reads the link anew). */
+static void reply_entry(fuse_req_t req, const struct stat *st)
 {
 	struct fuse_entry_param e;
 
@@ -481,7 +489,7 @@ static void reply_entry(fuse_req_t req, const struct stat *st, double timeout)
 	e.ino = st->st_ino;
 	e.attr = *st;
 	e.attr_timeout = 0;
-	e.entry_timeout = timeout;
+	e.entry_timeout = 0;
 	fuse_reply_entry(req, &e);
 }
 
@@ -498,28 +506,22 @@ void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct mmfs *fs = fs_of(req);
 	enum file_kind k = F_DIR;
 	struct chan *ch = NULL;
-	double timeout = 0;
 	struct stat st;
 	int err = 0;
 
 	if (parent == FUSE_ROOT_ID) {
-		fuse_ino_t end = pipe_end_ino(req, name);
-
 		pthread_mutex_lock(&fs->lock);
-		ch = end ? find_ino(fs, end, &k) : find_name(fs, name);
+		ch = find_name(fs, name);
 		if (ch)
 			ch->refs++;
 		pthread_mutex_unlock(&fs->lock);
 		err = ch ? 0 : ENOENT;
-		timeout = end ? 3600 : 0;
 	} else if ((ch = chan_get(fs, parent, &k)) == NULL) {
 		err = ENOENT;
 	} else if (k != F_DIR) {
 		err = ENOTDIR;
 	} else if ((k = kind_of_name(name)) == F_NKINDS) {
 		err = ENOENT;
-	} else if (k == F_PIPE) {
-		err = -pipe_lookup(req, ch, &k);
 	}
 	if (err == 0)
 		fill_attr(fs, &st, chan_ino(ch, k), ch, k);
@@ -528,7 +530,7 @@ void mm_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (err)
 		fuse_reply_err(req, err);
 	else
-		reply_entry(req, &st, timeout);
+		reply_entry(req, &st);
 }
 
 void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -551,6 +553,27 @@ void mm_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fill_attr(fs, &st, ino, ch, k);
 	chan_put(fs, ch);
 	fuse_reply_attr(req, &st, 0);
+}
+
+void mm_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct mmfs *fs = fs_of(req);
+	char target[PATH_MAX];
+	enum file_kind k;
+	struct chan *ch = chan_get(fs, ino, &k);
+	int r = -ENOENT;
+
+	if (ch && (k == F_SEND || k == F_RECV))
+		r = fifo_readlink(req, ch, k == F_SEND ? FIFO_SEND : FIFO_RECV, target,
+				  sizeof(target));
+	else if (ch)
+		r = -EINVAL;
+	if (ch)
+		chan_put(fs, ch);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_readlink(req, target);
 }
 
 void mm_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -682,7 +705,7 @@ void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 	    mm_channel_dir_info(&ch->mc, MM_WR, &wr))
 		trace(fs, "%s: created, read area %s, write area %s\n", name, rd.path, wr.path);
 	fill_attr(fs, &st, chan_ino(ch, F_DIR), ch, F_DIR);
-	reply_entry(req, &st, 0);
+	reply_entry(req, &st);
 }
 
 void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -700,7 +723,9 @@ void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	/* a stream closed just now still holds its slot until its release
-	 * arrives: that does not make the channel busy */
+	 * arrives, recv waits for one to come: that does not make the
+	 * channel busy */
+	fifo_yield(fs, ch);
 	r = mm_channel_close(&ch->mc);
 	if (r == -EBUSY && data_wait_released(req, ch, true))
 		r = mm_channel_close(&ch->mc);
@@ -710,6 +735,7 @@ void mm_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 			chan_unlink(fs, ch);
 		pthread_mutex_unlock(&fs->lock);
 		trace(fs, "%s: removed\n", name);
+		fifo_remove(fs, ch);
 		data_serve(fs, ch);	/* opens that waited: ENOTCONN now */
 	}
 	chan_put(fs, ch);

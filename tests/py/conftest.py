@@ -62,7 +62,9 @@ BENIGN_LOG = [
     r"mmapfs: .+: end of stream",
     r"mmapfs: .+: state \w+, peer \w+(, .+)?",
     r"mmapfs: .+: chunks.*",
-    r"mmapfs: .+: pipe (looked up|opened|reader|writer|closed)\b.+",
+    r"mmapfs: .+: (send|recv): (end of stream|stream cut, writers get EPIPE|reader gone|"
+    r"claim given back)",
+    r"mmapfs: removed .+, a dead mmapfs's FIFOs",
     # libfuse's own words at unmount and for -o fuse_debug runs
     r"unique: .*|INIT: .*|   .*|opcode: .*",
 ]

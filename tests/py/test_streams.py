@@ -40,12 +40,12 @@ def test_reader_leaves_writer_gets_epipe(chan):
 def test_reader_leaves_fifo_writer_gets_sigpipe(chan):
     """Through the FIFO the writer gets what a pipe gives: SIGPIPE."""
     cdir, adir, c, a = chan
-    w = subprocess.Popen(["bash", "-c", f"exec yes > {cdir}/pipe"], stderr=subprocess.PIPE)
-    got = sh(f"head -c 10000 < {adir}/pipe", timeout=30).stdout
+    w = subprocess.Popen(["bash", "-c", f"exec yes > {cdir}/send"], stderr=subprocess.PIPE)
+    got = sh(f"head -c 10000 < {adir}/recv", timeout=30).stdout
     assert len(got) == 10000 and got.startswith("y\ny\n")
     w.wait(timeout=30)
     assert w.returncode == -signal.SIGPIPE, (w.returncode, w.stderr.read())
-    sh(f"echo next > {cdir}/pipe")
+    sh(f"echo next > {cdir}/send")
     assert sh(f"cat {adir}/data", timeout=10).stdout == "next\n"
 
 
@@ -218,7 +218,7 @@ def test_abort_mark(chan, reader):
                            capture_output=True, text=True, timeout=30)
         assert p.stdout.split() == ["ECONNRESET", "5000"], (p.stdout, p.stderr)
     else:
-        assert sh(f"cat {adir}/pipe", timeout=30).stdout == "z" * 5000
+        assert sh(f"cat {adir}/recv", timeout=30).stdout == "z" * 5000
     assert int(a.status("chan")["streams_failed"]) >= 1
     # the stream after it is whole, once the writer's end sees its peer again
     deadline = time.monotonic() + 3

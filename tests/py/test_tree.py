@@ -14,14 +14,15 @@ from conftest import areas_in, handshake, read_kv, read_text, sh, unmount
 FILES = ["capabilities", "peer", "token", "status", "data"]
 # private to the channel's owner (docs/mmapfs.1, USERS; test_users.py)
 MODES = {"capabilities": 0o400, "peer": 0o600, "token": 0o400, "status": 0o400,
-         "data": 0o600, "chunks": 0o600, "pipe": 0o600}
+         "data": 0o600, "chunks": 0o600}
 
 
 def listing(path):
     """The channel's files in readdir order: the five of DESIGN.md's tree,
-    then `chunks` (xpra's lists) and `pipe` (a FIFO: test_pipe.py)."""
+    then `chunks` (xpra's lists), `send` and `recv` (links to FIFOs:
+    test_fifo.py)."""
     names = os.listdir(path)
-    assert names == FILES + ["chunks", "pipe"], names
+    assert names == FILES + ["chunks", "send", "recv"], names
     return names
 
 
@@ -54,8 +55,12 @@ def test_mkdir_makes_five_files(mount_factory):
     assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
     for f in names:
-        st = os.stat(m / f"chan/{f}")
-        assert stat.S_ISFIFO(st.st_mode) if f == "pipe" else stat.S_ISREG(st.st_mode), f
+        st = os.lstat(m / f"chan/{f}")
+        if f in ("send", "recv"):
+            assert stat.S_ISLNK(st.st_mode), f
+            assert stat.S_ISFIFO(os.stat(m / f"chan/{f}").st_mode), f
+            continue
+        assert stat.S_ISREG(st.st_mode), f
         assert stat.S_IMODE(st.st_mode) == MODES[f], (f, oct(st.st_mode))
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), f
 

@@ -509,7 +509,7 @@ def test_curl_through_socat_tunnel(chan, tmp_path):
 
 
 def test_sigterm_answers_every_waiting_caller(chan):
-    """SIGTERM with readers waiting on `data` and on `pipe`, and a writer
+    """SIGTERM with readers waiting on `data` and on `recv`, and a writer
     waiting for room: the daemon exits 0 within a second, each caller gets
     an error instead of waiting for ever."""
     cdir, adir, c, a = chan
@@ -521,9 +521,9 @@ def test_sigterm_answers_every_waiting_caller(chan):
         wait_blocked(procs[0], (0,))
         wait_blocked(procs[1], (1,))
         handshake(c, a, "two")
-        procs.append(subprocess.Popen(["cat", str(c / "two/pipe")], stdout=subprocess.DEVNULL,
+        procs.append(subprocess.Popen(["cat", str(c / "two/recv")], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-        wait_blocked(procs[2], (0,))
+        wait_blocked(procs[2], (257,))     # in the FIFO's open
         t0 = time.monotonic()
         c.proc.terminate()
         assert c.proc.wait(5) == 0
