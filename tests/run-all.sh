@@ -35,12 +35,14 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
 	gcc clang libclang-rt-dev meson ninja-build pkg-config \
-	libfuse3-dev fuse3 libconfig-dev \
+	libfuse3-dev fuse3 libconfig-dev libacl1-dev \
 	python3 python3-pytest socat coreutils procps \
 	debootstrap systemd-container
 # real programs that wait on `data` (tests/py/test_waiting.py): Go's
 # runtime (an edge-triggered epoll), curl through a socat tunnel
 apt-get install -y -q --no-install-recommends golang-go curl
+# io_uring's opens of the FIFO entries (tests/peers/uring_open.c)
+apt-get install -y -q --no-install-recommends liburing-dev
 # xpra itself, as the interoperability tests' peer: Debian's 3.1, and xpra
 # 6.6's own modules from ../shared/xpra-6.6, whose packet encoder the tests
 # build with cython3 into build-xpra6/ (tests/py/xpra_peer.py). Under CI
@@ -125,8 +127,8 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 exitcode=66}
 no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" meson test -C build-tsan --suite unit --print-errorlogs
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
-# truncated area, a handshake in pieces, xpra's chunk lists, the pipe
-# file's pump, and parked requests (signals, poll, epoll, SIGTERM, early
+# truncated area, a handshake in pieces, xpra's chunk lists, the FIFO
+# entries' pump, and parked requests (signals, poll, epoll, SIGTERM, early
 # closes, a tunnel), and format version 2's failed and abandoned streams:
 # about a minute
 tsan_tests=(
@@ -143,9 +145,11 @@ tsan_tests=(
 	tests/py/test_handshake.py::test_shell_handshake
 	tests/py/test_handshake.py::test_python_five_byte_writes
 	tests/py/test_xpra.py::test_xpra_writes_mmapfs_reads_restart_and_split
-	"tests/py/test_pipe.py::test_exactly_once_random_sizes_and_readers_that_leave[creator-to-attacher]"
-	tests/py/test_pipe.py::test_nonblocking_open_poll_and_eof
-	tests/py/test_pipe.py::test_dead_peer
+	"tests/py/test_fifo.py::test_exactly_once_random_sizes_and_readers_that_leave[creator-to-attacher]"
+	tests/py/test_fifo.py::test_fifo_rules_nonblocking_poll_and_eof
+	tests/py/test_fifo.py::test_data_takes_the_direction_back_from_a_waiting_recv
+	tests/py/test_fifo.py::test_rmdir_unmount_and_sigterm_with_callers_blocked
+	tests/py/test_fifo.py::test_dead_peer
 	tests/py/test_waiting.py::test_signals_end_blocked_callers
 	tests/py/test_waiting.py::test_poll_then_read_never_blocks
 	tests/py/test_waiting.py::test_epollet_reader_gets_every_line

@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from conftest import areas_in, read_kv, sh, wait_state
+from conftest import (MMAPFS, areas_in, force_cleanup, read_kv, sh, unexpected_log_lines,
+                      wait_mounted, wait_state)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd")
                                 or not shutil.which("setpriv"),
@@ -359,3 +360,88 @@ def test_one_users_waiting_callers_delay_nobody(mount_factory, user):
     assert got == [f"{i}\n" for i in range(1, 7)]
     r = as_user(user, f"echo next > {a / 'uc'}/data && cat {b / 'uc'}/data")
     assert r.stdout == "next\n", r.stderr
+
+
+def test_fifo_entries_go_one_way_for_the_owner(mount_factory, user, tmp_path):
+    """A user's channel's FIFO entries: the user streams through them (dd
+    with 512-byte blocks), but may not read send nor write recv, nor change
+    who may (the FIFOs are the daemon's); a stranger opens neither."""
+    a = mount_factory("-o", "allow_other,mkdir=all")
+    b = mount_factory("-o", "allow_other,mkdir=all")
+    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
+                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
+                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
+    assert r.returncode == 0, r.stderr
+    wait_state(a, "uc", "ready")
+    wait_state(b, "uc", "ready")
+    src = source(tmp_path)
+    r = as_user(user, f"cat {b / 'uc'}/recv | sha256sum & "
+                      f"dd if={src} of={a / 'uc'}/send status=none; wait")
+    assert r.returncode == 0 and r.stdout.split()[0] == sha256_file(src), r.stderr
+    assert probe(user, "read", a / "uc/send") == "EACCES"
+    assert probe(user, "write", b / "uc/recv") == "EACCES"
+    assert probe(user, "chmod", a / "uc/send", "666") == "EPERM"
+    os.mkdir(a / "rootc")
+    assert probe(user, "write", a / "rootc/send") == "EACCES"
+    st = os.lstat(a / "uc/send")
+    assert stat.S_ISLNK(st.st_mode) and st.st_uid == user.uid
+
+
+def test_non_root_daemon_and_a_non_dumpable_caller(user, tmp_path):
+    """The daemon as a plain user (fusermount3 mounts it), and a caller that
+    made itself non-dumpable (no one may read its /proc): `ls -l` and a
+    stream through send and recv work, as for anyone."""
+    procs, mnts = [], []
+    shm = tmp_path / "shm"
+    for i in range(2):
+        mnts.append(tmp_path / f"umnt{i}")
+        mnts[-1].mkdir()
+        os.chown(mnts[-1], user.uid, user.gid)
+    shm.mkdir()
+    os.chown(shm, user.uid, user.gid)
+    try:
+        for i, mnt in enumerate(mnts):
+            log = open(tmp_path / f"umount{i}.log", "w")
+            procs.append(subprocess.Popen(
+                ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                 MMAPFS, "-f", "-o", f"mmap_dir={shm}/areas,size=64K", str(mnt)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            wait_mounted(str(mnt), procs[-1], log.name)
+        a, b = mnts
+        r = as_user(user, f"mkdir {a}/c {b}/c && cat {a}/c/capabilities > {b}/c/peer && "
+                          f"cat {b}/c/capabilities > {a}/c/peer && sleep 0.5 && "
+                          f"grep -x state=ready {a}/c/status")
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
+                            "--init-groups", sys.executable, "-c", NON_DUMPABLE, str(a / "c"),
+                            str(b / "c")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.split() == ["dumpable=0", "listed", "hello"], \
+            (r.stdout, r.stderr)
+    finally:
+        for mnt, p in zip(mnts, procs):
+            force_cleanup(str(mnt), p)
+    for i in range(len(procs)):
+        log = (tmp_path / f"umount{i}.log").read_text()
+        assert not unexpected_log_lines(log), log
+
+
+NON_DUMPABLE = r"""
+import ctypes, os, subprocess, sys, threading
+libc = ctypes.CDLL(None)
+libc.prctl(4, 0, 0, 0, 0)              # PR_SET_DUMPABLE: 0
+print("dumpable=%d" % libc.prctl(3, 0, 0, 0, 0))
+a, b = sys.argv[1:3]
+names = os.listdir(a)
+assert {"send", "recv"} <= set(names), names
+for n in names:
+    os.lstat(os.path.join(a, n))
+os.readlink(os.path.join(a, "send"))
+print("listed")
+got = []
+t = threading.Thread(target=lambda: got.append(open(os.path.join(b, "recv")).read()))
+t.start()
+with open(os.path.join(a, "send"), "w") as f:
+    f.write("hello")
+t.join(10)
+print(got[0])
+"""

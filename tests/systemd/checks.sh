@@ -120,18 +120,21 @@ t_serial_unit() {
 	systemctl disable "$u" || fail "disable $u"
 }
 
-# the pipe file under the unit's confinement: dd with its default 512-byte
-# blocks into one end's pipe, cat out of the other's
-t_pipe() {
-	local src=/var/tmp/psrc dst=/var/tmp/pdst rd
+# the FIFO entries under the unit's confinement, which has no
+# CAP_SYS_PTRACE: dd with its default 512-byte blocks into one end's send,
+# cat out of the other's recv
+t_fifo() {
+	local src=/var/tmp/psrc dst=/var/tmp/pdst rd bnd
 	head -c $((1024 * 1024 + 321)) /dev/urandom > "$src"
-	timeout 60 cat "$(mnt b)/chan/pipe" > "$dst" &
+	bnd=$(sed -n 's/^CapBnd:\t//p' /proc/"$(systemctl show -P MainPID mmapfs@a)"/status)
+	[ -n "$bnd" ] && [ $(( 0x$bnd >> 19 & 1 )) = 0 ] || fail "the daemon may ptrace: CapBnd $bnd"
+	timeout 60 cat "$(mnt b)/chan/recv" > "$dst" &
 	rd=$!
-	timeout 60 dd if="$src" of="$(mnt a)/chan/pipe" status=none || fail "dd into pipe failed"
-	wait "$rd" || fail "reader of pipe failed"
+	timeout 60 dd if="$src" of="$(mnt a)/chan/send" status=none || fail "dd into send failed"
+	wait "$rd" || fail "reader of recv failed"
 	[ "$(sha256sum < "$src")" = "$(sha256sum < "$dst")" ] ||
 		fail "sha256 differs: $(wc -c < "$dst") of $(wc -c < "$src") bytes"
-	echo "pipe: sha256 $(sha256sum < "$dst")"
+	echo "send to recv: sha256 $(sha256sum < "$dst")"
 }
 
 # Installed from the Debian packages (tests/systemd/run.sh, MMAPFS_DEBS)?
@@ -277,10 +280,15 @@ t_user_channel() {
 		timeout 30 dd if=/var/tmp/usrc of=$e/data bs=64k status=none; wait")
 	[ "$sum" = "$want" ] || fail "sha256 $sum, want $want"
 	echo "as $user: sha256 $sum"
-	sum=$(runuser -u "$user" -- sh -c "timeout 30 cat $f/pipe | sha256sum &
-		timeout 30 dd if=/var/tmp/usrc of=$e/pipe status=none; wait")
-	[ "$sum" = "$want" ] || fail "through pipe: sha256 $sum, want $want"
-	echo "as $user, through pipe: sha256 $sum"
+	sum=$(runuser -u "$user" -- sh -c "timeout 30 cat $f/recv | sha256sum &
+		timeout 30 dd if=/var/tmp/usrc of=$e/send status=none; wait")
+	[ "$sum" = "$want" ] || fail "through send and recv: sha256 $sum, want $want"
+	echo "as $user, through send and recv: sha256 $sum"
+	# only the entry's own direction, for the channel's owner too
+	runuser -u "$user" -- dd if="$e/send" iflag=nonblock count=0 2>&1 |
+		grep -q "Permission denied" || fail "$user may read send"
+	runuser -u "$user" -- dd of="$f/recv" oflag=nonblock count=0 2>&1 |
+		grep -q "Permission denied" || fail "$user may write recv"
 	mkdir "$(mnt e)/rootc"
 	if runuser -u "$user" -- cat "$(mnt e)/rootc/status" 2>/dev/null; then fail "$user reads root's channel"; fi
 	timeout 30 systemctl stop mmapfs@e mmapfs@f
@@ -378,7 +386,7 @@ check enable-now-two-instances t_enable_now
 check run-mmapfs-mode-0755 t_runtime_dir_mode
 check handshake t_handshake
 check stream-8MiB-sha256 t_stream
-check pipe-dd-512-sha256 t_pipe
+check fifo-dd-512-sha256-no-ptrace t_fifo
 check serial-unit-loads t_serial_unit
 if packaged; then
 	check installed-library-c-and-python t_library
