@@ -5,7 +5,7 @@
 # streams a file through the channel and checks it, then shows the speed:
 # warm figures (the ring's pages mapped in by a first run) of `dd bs=1M`
 # through data, `dd` with its default 512-byte blocks through the FIFO
-# entry (pipe) and the library (contrib/bench/bench_lib), each beside a
+# entries (send, recv) and the library (contrib/bench/bench_lib), each beside a
 # pipe's figure (dd | dd, the same blocks) measured here, now. Unmounts
 # everything at the end (or leaves the mounts up with KEEP=1).
 #
@@ -71,11 +71,12 @@ pipe_rate() {
 # FILE BS BYTES: dd into A's FILE, dd out of B's, BS-byte blocks, GB/s
 # ("failed" if either dd failed or the reader got less)
 file_rate() {
-	local t0 t1 rd ok=1
+	local t0 t1 rd ok=1 w=$1 r=$1
+	[ "$1" != fifo ] || { w=send; r=recv; }
 	t0=$(now)
-	dd if="$B/speed/$1" of=/dev/null bs="$2" 2> "$demo/rd.err" &
+	dd if="$B/speed/$r" of=/dev/null bs="$2" 2> "$demo/rd.err" &
 	rd=$!
-	dd if=/dev/zero of="$A/speed/$1" bs="$2" count=$(($3 / $2)) 2>/dev/null || ok=0
+	dd if=/dev/zero of="$A/speed/$w" bs="$2" count=$(($3 / $2)) 2>/dev/null || ok=0
 	wait "$rd" || ok=0
 	t1=$(now)
 	grep -q "^$3 bytes" "$demo/rd.err" || ok=0
@@ -116,14 +117,14 @@ echo "speed on this machine, warm, GB/s, the best of $runs runs ($(nproc) cores,
 printf '  %-44s %8s %8s\n' "" mmapfs "a pipe"
 figure "dd bs=1M through data, 1 GiB" \
 	"file_rate data 1048576 $((1 << 30))" "pipe_rate 1048576 $((1 << 30))"
-figure "dd (512-byte blocks) through pipe, 128 MiB" \
-	"file_rate pipe 512 $((128 << 20))" "pipe_rate 512 $((128 << 20))"
+figure "dd (512-byte blocks) through send and recv, 128 MiB" \
+	"file_rate fifo 512 $((128 << 20))" "pipe_rate 512 $((128 << 20))"
 figure "the library (bench_lib, 1 MiB blocks), 2 GiB" \
 	"lib_rate $((2 << 30))" "pipe_rate 1048576 $((2 << 30))"
 cat <<'EOF'
   (a pipe: dd | dd with the same blocks. data is a FUSE file, a request per
-  read and write: fast with large blocks only; pipe is a FIFO the kernel
-  serves, for small pieces; the library moves the bytes in the shared
+  read and write: fast with large blocks only; send and recv are FIFOs the
+  kernel serves, for small pieces; the library moves the bytes in the shared
   memory itself, zero copy. README, "Which file for which writer".)
 EOF
 rmdir "$A/speed" "$B/speed" 2>/dev/null || true

@@ -123,45 +123,43 @@ static void fifo_name(const struct fifo *f, unsigned gen, char *buf, size_t len)
 }
 
 /* Who may open f's FIFO, and which way: its owner (the daemon's user)
- * both, the channel's owner and (g+w) group only f's own way. */
+ * both; the channel's owner, if another user, and its group, if it shares
+ * the channel (g+w), only f's own way: an access list (the mask, the
+ * group's bits, lets nothing more through). Just the mode where nobody
+ * else is let in (a tmpfs without access lists, a guest's rootfs). */
 static int set_access(struct mmfs *fs, struct fifo *f, int fd)
 {
 	const char *perm = f->which == FIFO_SEND ? "-w-" : "r--";
 	char text[160];
-	int n, r = 0;
+	int n = 0, r = 0;
 	acl_t acl;
 
 	pthread_mutex_lock(&fs->lock);
-	n = snprintf(text, sizeof(text), "u::rw-,g::---,o::---,m::%s", perm);
 	if (f->h.ch->uid != fs->uid)
 		n += snprintf(text + n, sizeof(text) - (size_t)n, ",u:%u:%s",
 			      (unsigned)f->h.ch->uid, perm);
 	if (f->h.ch->group_w)
-		snprintf(text + n, sizeof(text) - (size_t)n, ",g:%u:%s", (unsigned)f->h.ch->gid,
-			 perm);
+		n += snprintf(text + n, sizeof(text) - (size_t)n, ",g:%u:%s",
+			      (unsigned)f->h.ch->gid, perm);
 	pthread_mutex_unlock(&fs->lock);
-	acl = acl_from_text(text);
+	if (n == 0)
+		return fchmod(fd, 0600) < 0 ? -errno : 0;
+	snprintf(text + n, sizeof(text) - (size_t)n, ",u::rw-,g::---,o::---,m::%s", perm);
+	acl = acl_from_text(text + 1);
 	if (!acl || acl_set_fd(fd, acl) < 0)
 		r = -errno;
 	acl_free(acl);
 	return r;
 }
 
-/* Make f's FIFO number gen, its access set. 0 or -errno. */
-static int make_fifo(struct mmfs *fs, struct fifo *f, unsigned gen)
+/* Set who may open f's FIFO number gen: through a reader end of ours,
+ * which never waits with O_NONBLOCK (acl_set_fd wants a real one). */
+static int fix_access(struct mmfs *fs, struct fifo *f, unsigned gen)
 {
 	char name[64];
 	int fd, r;
 
 	fifo_name(f, gen, name, sizeof(name));
-	if (mkfifoat(fs->fifo_dirfd, name, 0600) < 0 && errno != EEXIST)
-		return -errno;
-	fd = openat(fs->fifo_dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	/* acl_set_fd wants a real descriptor: a reader end, which never
-	 * waits with O_NONBLOCK */
-	close(fd);
 	fd = openat(fs->fifo_dirfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -171,6 +169,17 @@ static int make_fifo(struct mmfs *fs, struct fifo *f, unsigned gen)
 		fuse_log(FUSE_LOG_ERR, "mmapfs: %s: %s: setting who may open it: %s\n",
 			 f->h.ch->key.name, dir_names[f->which], strerror(-r));
 	return r;
+}
+
+/* Make f's FIFO number gen, its access set. 0 or -errno. */
+static int make_fifo(struct mmfs *fs, struct fifo *f, unsigned gen)
+{
+	char name[64];
+
+	fifo_name(f, gen, name, sizeof(name));
+	if (mkfifoat(fs->fifo_dirfd, name, 0600) < 0 && errno != EEXIST)
+		return -errno;
+	return fix_access(fs, f, gen);
 }
 
 /* Let go of FIFO gen: whoever waits in its open gets through (a reader
@@ -497,6 +506,7 @@ static ssize_t fifo_put(struct fifo *f, const struct mm_slice *sl, size_t off, s
 			char *buf)
 {
 	struct iovec iov[2];
+	size_t total = 0;
 	int n = 0;
 	ssize_t w;
 
@@ -513,18 +523,19 @@ static ssize_t fifo_put(struct fifo *f, const struct mm_slice *sl, size_t off, s
 		off = 0;
 		n++;
 	}
-	if (!mm_stream_zero_copy(&f->h.ch->mc)) {
-		/* device memory, or an xpra peer: through a guarded copy */
-		size_t total = 0;
-
-		for (int i = 0; i < n; i++)
-			total += iov[i].iov_len;
-		if (mm_guard_copy_iov(buf, iov, n, false) < 0)
-			return -EFAULT;
-		iov[0] = (struct iovec){ buf, total };
-		n = 1;
+	if (mm_stream_zero_copy(&f->h.ch->mc)) {
+		/* the FIFO takes references to the ring's pages, no copy: the
+		 * bytes stay in the ring until the reader has read them, and
+		 * a page gone (a truncated area) is EFAULT, not SIGBUS */
+		w = vmsplice(f->fd, iov, (unsigned long)n, SPLICE_F_NONBLOCK);
+		return w < 0 ? -errno : w;
 	}
-	w = writev(f->fd, iov, n);
+	/* device memory, or an xpra peer: through a guarded copy */
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	if (mm_guard_copy_iov(buf, iov, n, false) < 0)
+		return -EFAULT;
+	w = write(f->fd, buf, total);
 	return w < 0 ? -errno : w;
 }
 
@@ -712,6 +723,23 @@ int fifo_target(struct mmfs *fs, struct chan *ch, int which, char *buf, size_t l
 	pthread_mutex_unlock(&fs->lock);
 	return snprintf(buf, len, "%s/%llu.%s.%u", fs->fifo_dir ? fs->fifo_dir : "",
 			(unsigned long long)ch->key.id, dir_names[which], gen);
+}
+
+void fifo_access(struct mmfs *fs, struct chan *ch)
+{
+	for (int i = 0; i < 2; i++) {
+		struct fifo *f;
+
+		pthread_mutex_lock(&fs->lock);
+		f = ch->fifo[i];
+		pthread_mutex_unlock(&fs->lock);
+		if (!f)
+			continue;
+		pthread_mutex_lock(&f->lock);
+		if (!f->gone)
+			fix_access(fs, f, f->gen);
+		pthread_mutex_unlock(&f->lock);
+	}
 }
 
 void fifo_free(struct fifo *f)

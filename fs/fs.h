@@ -342,6 +342,8 @@ void fifo_remove(struct mmfs *fs, struct chan *ch);
 /* The read claim back from recv while no reader took a byte of its
  * stream: 1 done, 0 not recv's to give, -EAGAIN try again later. */
 int fifo_yield(struct mmfs *fs, struct chan *ch);
+/* ch's owner, group or g+w changed: who may open its FIFOs too. */
+void fifo_access(struct mmfs *fs, struct chan *ch);
 void fifo_free(struct fifo *f);
 int mmfs_pump_start(struct mmfs *fs);
 void mmfs_pump_stop(struct mmfs *fs);

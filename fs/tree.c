@@ -608,6 +608,7 @@ void mm_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 	if (to_set & FUSE_SET_ATTR_GID)
 		ch->gid = attr->st_gid;
 	pthread_mutex_unlock(&fs->lock);
+	fifo_access(fs, ch);
 	chan_put(fs, ch);
 	mm_getattr(req, ino, fi);
 }

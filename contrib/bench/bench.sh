@@ -13,15 +13,19 @@
 #     files at both ends; the library at both ends; the library at one end
 #     and the files at the other;
 # (c) block sizes from 512 B to 1 MiB: pipe, files (dd into data, dd out
-#     of data), the pipe file (dd into A's pipe, dd out of B's: a FIFO at
-#     each end, the kernel's), library (copying reads of that size, every
-#     byte compared);
+#     of data), the FIFO entries (dd into A's send, dd out of B's recv: a
+#     FIFO at each end, the kernel's), library (copying reads of that size,
+#     every byte compared); contrib/bench/fifo.sh has more of the FIFOs;
 # (d) cost of waiting: CPU of a daemon with one blocked file reader, with
-#     one blocked reader of the pipe file, of a blocked library reader, and
-#     of both daemons while two library ends stream;
-# (e) the pipe file at scale: PIPES channels (default 1000), a reader
-#     blocked on each one's pipe: the daemon's threads, descriptors and
+#     one blocked reader of recv, of a blocked library reader, and of both
+#     daemons while two library ends stream;
+# (e) the FIFO entries at scale: PIPES channels (default 1000), a reader
+#     blocked on each one's recv: the daemon's threads, descriptors and
 #     CPU over 10 s, then one line through each.
+# (f) the FIFO entries beside dd | dd at 512 B to 1 MiB with the daemons'
+#     CPU per GiB, data at 1 MiB, and tar (10 KiB blocks) through them
+#     beside a plain FIFO.
+# ONLY=c,f runs those sections alone.
 # Each figure is measured RUNS times (default 3) and the table at the end
 # gives the range. Areas live in SHM (default a new directory in /dev/shm,
 # a tmpfs as the daemon's default mmap_dir), mounts in WORK (default a new
@@ -80,6 +84,9 @@ newchan() {	# a fresh ready channel, the last one removed: its name in $c
 	c=c$n
 }
 now() { date +%s.%N; }
+pct() { awk -v d="$1" -v t="$2" 'BEGIN { printf "%.3f", 100 * d / (t * 1e9) }'; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
+want() { [[ ",${ONLY:-a,b,c,d,e,f}," == *",$1,"* ]]; }	# ONLY=c,f: those sections
 record() {	# KEY VALUE: one measurement, also printed
 	echo "$1 $2" >> "$results"
 	printf '  %-28s %s\n' "$1" "$2"
@@ -92,11 +99,11 @@ pipe_rate() {	# BS BYTES: dd | dd, GB/s
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
 }
-files_rate() {	# BS BYTES [FILE]: dd into A's FILE (data), dd out of B's ($c), GB/s
-	local t0 t1 f=${3:-data}
+files_rate() {	# BS BYTES [W R]: dd into A's W (data), dd out of B's R (data) ($c), GB/s
+	local t0 t1 w=${3:-data} r=${4:-data}
 	t0=$(now)
-	dd if="$B/$c/$f" of=/dev/null bs="$1" 2>/dev/null &
-	dd if=/dev/zero of="$A/$c/$f" bs="$1" count=$(($2 / $1)) 2>/dev/null
+	dd if="$B/$c/$r" of=/dev/null bs="$1" 2>/dev/null &
+	dd if=/dev/zero of="$A/$c/$w" bs="$1" count=$(($2 / $1)) 2>/dev/null
 	wait $!
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
@@ -109,9 +116,10 @@ cpu_ns() {	# PID: CPU time of all its threads, ns
 }
 
 echo "mmapfs benchmark, $(date -u +%F), $(nproc) cores, $(uname -r), 64 MiB rings in $shm"
+bytes=$((GIB << 30))
+if want a; then
 echo
 echo "(a) throughput, 1 MiB blocks, ${GIB} GiB"
-bytes=$((GIB << 30))
 for i in $(seq "$RUNS"); do
 	record "a.pipe" "$(pipe_rate 1048576 $bytes)"
 	newchan
@@ -119,6 +127,8 @@ for i in $(seq "$RUNS"); do
 	newchan
 	record "a.library-zero-copy" "$(lib_rate 1048576 $bytes zc)"
 done
+fi
+if want b; then
 echo
 echo "(b) round trips of 64 bytes, ${TRIPS} of them, median us"
 median() { sed -n 's/.*median \([0-9.]*\) us$/\1/p'; }
@@ -131,6 +141,8 @@ for i in $(seq "$RUNS"); do
 	newchan
 	record "b.library-files" "$("$pingpong" libfiles "$TRIPS" "$A/$c" "$B/$c" | median)"
 done
+fi
+if want c; then
 echo
 echo "(c) block sizes, GB/s"
 for bs in 512 4096 16384 65536 262144 1048576; do
@@ -144,15 +156,15 @@ for bs in 512 4096 16384 65536 262144 1048576; do
 		newchan
 		record "c.$bs.files" "$(files_rate "$bs" "$files_bytes")"
 		newchan
-		record "c.$bs.pipefile" "$(files_rate "$bs" "$pipefile_bytes" pipe)"
+		record "c.$bs.fifos" "$(files_rate "$bs" "$pipefile_bytes" send recv)"
 		newchan
 		record "c.$bs.library" "$(lib_rate "$bs" "$lib_bytes" copy)"
 	done
 done
+fi
+if want d; then
 echo
 echo "(d) cost of waiting, 10 s each, % of a core"
-pct() { awk -v d="$1" -v t="$2" 'BEGIN { printf "%.3f", 100 * d / (t * 1e9) }'; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 waiting() {	# KEY daemon|reader PROG SUFFIX: PROG "$B/$c$SUFFIX" blocks on a fresh
 	# channel for 10 s: the CPU of B's daemon, or of PROG itself
 	local reader pid t0 t1 d0 d1
@@ -170,7 +182,7 @@ waiting() {	# KEY daemon|reader PROG SUFFIX: PROG "$B/$c$SUFFIX" blocks on a fre
 }
 for i in $(seq "$RUNS"); do
 	waiting d.daemon-file-reader daemon cat /data
-	waiting d.daemon-pipefile-reader daemon cat /pipe
+	waiting d.daemon-recv-reader daemon cat /recv
 	waiting d.library-reader reader "$build/contrib/examples/mmapfs-cat" ""
 
 	# two library ends stream for a few seconds: what do the daemons spend?
@@ -180,9 +192,11 @@ for i in $(seq "$RUNS"); do
 	t1=$(now); a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
 	record "d.daemons-library-stream" "$(pct $((a1 - a0 + b1 - b0)) "$(elapsed "$t0" "$t1")")"
 done
+fi
+if want e; then
 echo
 PIPES=${PIPES:-1000}
-echo "(e) $PIPES channels, a reader blocked on each one's pipe"
+echo "(e) $PIPES channels, a reader blocked on each one's recv"
 for i in $(seq "$PIPES"); do
 	mkdir "$A/p$i" "$B/p$i"
 	cat "$A/p$i/capabilities" > "$B/p$i/peer"
@@ -190,11 +204,10 @@ for i in $(seq "$PIPES"); do
 done
 readers=()
 for i in $(seq "$PIPES"); do
-	cat "$B/p$i/pipe" > "$work/p$i.out" &
+	cat "$B/p$i/recv" > "$work/p$i.out" &
 	readers+=($!)
 done
-fifos() { find /proc/"${pids[1]}"/fd -lname "$B/*" 2>/dev/null | wc -l; }
-for i in $(seq 200); do [ "$(fifos)" -ge "$PIPES" ] && break; sleep 0.05; done
+fifos() { find /proc/"${pids[1]}"/fd -lname "*.recv.*" 2>/dev/null | wc -l; }
 sleep 1
 t0=$(now); d0=$(cpu_ns "${pids[1]}")
 sleep 10
@@ -203,13 +216,62 @@ record "e.daemon-threads" "$(ls /proc/"${pids[1]}"/task | wc -l)"
 record "e.daemon-fifo-fds" "$(fifos)"
 record "e.daemon-idle-cpu" "$(pct $((d1 - d0)) "$(elapsed "$t0" "$t1")")"
 t0=$(now)
-for i in $(seq "$PIPES"); do echo "line $i" > "$A/p$i/pipe"; done
+for i in $(seq "$PIPES"); do echo "line $i" > "$A/p$i/send"; done
 for p in "${readers[@]}"; do wait "$p"; done
 t1=$(now)
 ok=0
 for i in $(seq "$PIPES"); do [ "$(cat "$work/p$i.out")" = "line $i" ] && ok=$((ok + 1)); done
 record "e.lines-delivered" "$ok"
 record "e.lines-seconds" "$(elapsed "$t0" "$t1")"
+fi
+if want f; then
+echo
+echo "(f) the FIFO entries: dd into A's send, dd out of B's recv, beside dd | dd, GB/s,"
+echo "    and both daemons' CPU seconds per GiB moved; tar through them beside a plain FIFO, s"
+for bs in 512 4096 16384 65536 1048576; do
+	fifo_bytes=$((bs < 4096 ? 256 << 20 : 1 << 30))
+	for i in $(seq "$RUNS"); do
+		record "f.$bs.pipe" "$(pipe_rate "$bs" "$fifo_bytes")"
+		newchan
+		a0=$(cpu_ns "${pids[0]}"); b0=$(cpu_ns "${pids[1]}")
+		record "f.$bs.fifos" "$(files_rate "$bs" "$fifo_bytes" send recv)"
+		a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
+		record "f.$bs.fifos-cpu-s-per-GiB" "$(awk -v ns=$((a1 - a0 + b1 - b0)) \
+			-v b="$fifo_bytes" 'BEGIN { printf "%.2f", ns / 1e9 / (b / 2^30) }')"
+	done
+done
+for i in $(seq "$RUNS"); do
+	newchan
+	record "f.1048576.data" "$(files_rate 1048576 $((1 << 30)))"
+done
+# a tree of 256 MiB in files of 4 KiB to 1 MiB, on the tmpfs: tar's own
+# 10 KiB blocks, through a plain FIFO and through send and recv
+mkdir -p "$shm/tree" "$shm/out"
+left=$((256 << 20)) k=0
+while [ "$left" -gt 0 ]; do
+	sz=$(( (RANDOM * 32 + RANDOM) % (1 << 20) + 4096 ))
+	head -c "$sz" /dev/urandom > "$shm/tree/f$k"
+	left=$((left - sz)) k=$((k + 1))
+done
+mkfifo "$work/plain.fifo"
+tar_time() {	# W R: tar -c into W, tar -x out of R, s
+	local t0 t1
+	rm -rf "$shm/out" && mkdir "$shm/out"
+	t0=$(now)
+	tar -cf "$1" -C "$shm/tree" . &
+	tar -xf "$2" -C "$shm/out"
+	wait $!
+	t1=$(now)
+	diff -r "$shm/tree" "$shm/out" > /dev/null || { echo failed; return; }
+	elapsed "$t0" "$t1"
+}
+for i in $(seq "$RUNS"); do
+	record "f.tar.plain-fifo" "$(tar_time "$work/plain.fifo" "$work/plain.fifo")"
+	newchan
+	record "f.tar.fifos" "$(tar_time "$A/$c/send" "$B/$c/recv")"
+done
+rm -rf "$shm/tree" "$shm/out"
+fi
 echo
 echo "summary: min-max of $RUNS runs"
 awk '{ k = $1; v = $2 + 0

@@ -606,6 +606,40 @@ class VMTest:
         self.guest_to_host(name, size)
         return f"{size // MiB} MiB each way, sha256 ok"
 
+    def fifo_both_ways(self, name):
+        """The FIFO entries each way: the host's dd into its send, the
+        guest's cat of its recv; then the guest's dd (512-byte blocks) into
+        its send, the host's cat of its recv. sha256 both."""
+        g, host = self.guest, self.host.chan(name)
+        want = sha256_file(self.small_file)
+        w = subprocess.Popen(["dd", f"if={self.small_file}", f"of={host}/send", "bs=4k",
+                              "status=none"])
+        rc, out = g.sh(f"timeout 120 cat {self.gchan(name)}/recv | sha256sum", timeout=150,
+                       check=False)
+        try:
+            w.wait(30)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+        if rc != 0 or out.split()[:1] != [want] or w.returncode != 0:
+            raise Fail(f"host->guest: guest got {out.strip()!r} (exit {rc}), host dd exit "
+                       f"{w.returncode}, want {want}")
+        g.sh(f"head -c {SMALL} /dev/urandom > /tmp/f.bin", timeout=120)
+        want = g.sh("sha256sum /tmp/f.bin")[1].split()[0]
+        r = subprocess.Popen(["sh", "-c", f"sha256sum < {host}/recv"], stdout=subprocess.PIPE,
+                             text=True)
+        rc, out = g.sh(f"timeout 120 dd if=/tmp/f.bin of={self.gchan(name)}/send bs=512 2>&1; "
+                       "rm -f /tmp/f.bin", timeout=150, check=False)
+        try:
+            got = r.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            r.kill()
+            got = r.communicate()[0] + " (no end of file)"
+        if rc != 0 or got.split()[:1] != [want]:
+            raise Fail(f"guest->host: guest dd exit {rc} ({out.strip()[-200:]!r}), host got "
+                       f"{got.strip()!r}, want {want}")
+        return f"{SMALL // MiB} MiB each way through send and recv, sha256 ok"
+
     def dead_fails(self, what, reader, writer, t_dead):
         """The host's blocked reader must get ECONNRESET and its writer
         EPIPE within DEAD_LIMIT s of t_dead."""
@@ -739,6 +773,7 @@ class VMTest:
         for name in self.chans[1:]:
             rep.check(f"both ways, second channel on the device: {name}",
                       self.both_ways, name, SMALL)
+        rep.check(f"the FIFO entries both ways: {main}", self.fifo_both_ways, main)
 
         self.stall(main)
         self.kill_peer(main)
