@@ -75,7 +75,8 @@ struct fifo {
 	int which;		/* FIFO_SEND, FIFO_RECV */
 	pthread_mutex_t lock;	/* the pump's step, or a worker's look */
 	/* lock */
-	unsigned gen;		/* the current FIFO is ID.send.GEN */
+	unsigned gen;		/* the current FIFO is ID.send.GEN (and
+				 * written under fs->lock: readlink reads it) */
 	int fd;			/* send: our reader end; recv: our writer end */
 	int keeper;		/* recv: a reader end, until a byte is taken */
 	bool claimed;		/* send: holds the write direction */
@@ -86,6 +87,7 @@ struct fifo {
 	uint64_t due_us;	/* pump: next timed look, 0 none */
 	unsigned step_us;
 	bool fired;		/* pump: an epoll event came */
+	bool closed;		/* let go of for good (finish) */
 	/* fs->lock */
 	bool ready;		/* something to look at (the ticker, a kick) */
 	bool gone;		/* its channel is: the pump lets go of it */
@@ -703,7 +705,7 @@ int fifo_readlink(fuse_req_t req, struct chan *ch, int which, char *buf, size_t 
 	/* a writer's open after this answer must find our reader end there
 	 * (with O_NONBLOCK it would fail, without, wait) */
 	pthread_mutex_lock(&f->lock);
-	if (which == FIFO_SEND && !f->gone)
+	if (which == FIFO_SEND && !f->closed)
 		send_open(fs, f);
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_lock(&fs->lock);
@@ -736,7 +738,7 @@ void fifo_access(struct mmfs *fs, struct chan *ch)
 		if (!f)
 			continue;
 		pthread_mutex_lock(&f->lock);
-		if (!f->gone)
+		if (!f->closed)
 			fix_access(fs, f, f->gen);
 		pthread_mutex_unlock(&f->lock);
 	}
@@ -794,7 +796,7 @@ void fifo_poke_all(struct mmfs *fs)
 int fifo_yield(struct mmfs *fs, struct chan *ch)
 {
 	struct fifo *f;
-	int r = 0;
+	int r = 0, queued = 0;
 
 	pthread_mutex_lock(&fs->lock);
 	f = ch->fifo[FIFO_RECV];
@@ -805,6 +807,13 @@ int fifo_yield(struct mmfs *fs, struct chan *ch)
 	 * open served from the FIFO's own end): then later */
 	if (pthread_mutex_trylock(&f->lock) != 0)
 		return -EAGAIN;
+	if (f->rs == R_WAITING && ioctl(f->fd, FIONREAD, &queued) == 0 &&
+	    (size_t)queued < f->inflight) {
+		/* a reader took bytes the pump has yet to see: it reads */
+		pthread_mutex_unlock(&f->lock);
+		fifo_poke(fs, ch);
+		return 0;
+	}
 	if (f->rs == R_IDLE || f->rs == R_WAITING) {
 		recv_end(fs, f, 0);
 		r = 1;
@@ -830,7 +839,7 @@ static void finish(struct mmfs *fs, struct fifo *f)
 	close_end(fs, &f->fd);
 	close_end(fs, &f->keeper);
 	drop_fifo(fs, f, f->gen);
-	f->gone = true;
+	f->closed = true;
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_lock(&fs->lock);
 	for (struct fifo **p = &fs->fifos; *p; p = &(*p)->next) {
@@ -950,8 +959,9 @@ static void sweep_one(int parent, const char *name, uid_t uid)
 
 	if (dfd < 0)
 		return;
-	if (fstat(dfd, &st) < 0 || st.st_uid != uid || flock(dfd, LOCK_EX | LOCK_NB) < 0 ||
-	    !(d = fdopendir(dfd))) {
+	/* 0711 once its daemon held the lock (0700 while it is being made) */
+	if (fstat(dfd, &st) < 0 || st.st_uid != uid || (st.st_mode & 07777) != 0711 ||
+	    flock(dfd, LOCK_EX | LOCK_NB) < 0 || !(d = fdopendir(dfd))) {
 		close(dfd);
 		return;
 	}
@@ -1001,9 +1011,9 @@ static int fifo_dir_make(struct mmfs *fs)
 	}
 	if (d)
 		closedir(d);
-	if (!mkdtemp(path) || chmod(path, 0711) < 0 ||
+	if (!mkdtemp(path) ||
 	    (fs->fifo_dirfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
-	    flock(fs->fifo_dirfd, LOCK_EX | LOCK_NB) < 0) {
+	    flock(fs->fifo_dirfd, LOCK_EX | LOCK_NB) < 0 || fchmod(fs->fifo_dirfd, 0711) < 0) {
 		int r = -errno;
 
 		fuse_log(FUSE_LOG_ERR, "mmapfs: %s: cannot make the FIFOs' directory: %s; "

@@ -366,3 +366,19 @@ def test_hang_loop_under_load(chan):
         for b in busy:
             b.kill()
             b.wait()
+
+
+def test_a_dead_daemons_fifos_are_swept(mount_factory):
+    """kill -9 leaves the daemon's FIFOs' directory behind; the next daemon
+    on that mmap_dir removes it (and nothing of a live one's)."""
+    m, live = mount_factory(), mount_factory()
+    os.mkdir(m / "c")
+    os.mkdir(live / "c")
+    dead_dir = os.path.dirname(os.readlink(m / "c/send"))
+    live_dir = os.path.dirname(os.readlink(live / "c/recv"))
+    assert os.listdir(dead_dir) and dead_dir != live_dir
+    m.kill()
+    assert os.path.isdir(dead_dir)
+    mount_factory()
+    wait_for(lambda: not os.path.exists(dead_dir), what="the dead daemon's FIFOs swept")
+    assert os.path.isdir(live_dir) and os.listdir(live_dir)
