@@ -278,6 +278,16 @@ def test_io_uring_and_o_path_reopen_follow_fifo_rules(chan):
     assert r.communicate(timeout=10)[0] == b"reopened\n"
 
 
+def test_callers_in_another_pid_namespace(chan):
+    """A reader and a writer each in a pid namespace of their own (the
+    daemon cannot see their pids, and needs not): the stream arrives."""
+    cdir, adir, c, a = chan
+    r = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "cat", f"{adir}/recv"],
+                         stdout=subprocess.PIPE)
+    sh(f"unshare --pid --fork --mount-proc sh -c 'seq 5000 > {cdir}/send'")
+    assert r.communicate(timeout=20)[0].split() == [str(i).encode() for i in range(1, 5001)]
+
+
 def test_dead_peer(chan):
     """A FIFO writer gets EPIPE (SIGPIPE in a shell) and a reader end of file
     within 2.5 s of the peer's death; status says why."""
