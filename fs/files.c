@@ -45,10 +45,11 @@ static void renew(struct mmfs *fs, struct chan *ch)
 {
 	struct mm_err err = { "" };
 	uint64_t dropped;
-	int r;
+	int r = mm_channel_renew(&ch->mc, &dropped, &err);
 
-	fifo_yield(fs, ch);	/* recv's wait for a stream of the old peer */
-	r = mm_channel_renew(&ch->mc, &dropped, &err);
+	/* recv waiting for a stream of the old peer lets go */
+	if (r == -EBUSY && fifo_yield(fs, ch) > 0)
+		r = mm_channel_renew(&ch->mc, &dropped, &err);
 	fifo_poke(fs, ch);
 
 	if (r > 0)
@@ -177,8 +178,9 @@ static int peer_process(struct mmfs *fs, struct handle *h)
 	pthread_mutex_unlock(&fs->lock);
 	if (!text)
 		return -ENOMEM;
-	fifo_yield(fs, ch);	/* a handshake needs the stream free */
 	r = mm_channel_peer(&ch->mc, text, len, mmfs_now_ms(), &err);
+	if (r == -EBUSY && fifo_yield(fs, ch) > 0)	/* recv waiting lets go */
+		r = mm_channel_peer(&ch->mc, text, len, mmfs_now_ms(), &err);
 	fifo_poke(fs, ch);
 	free(text);
 	pthread_mutex_lock(&fs->lock);

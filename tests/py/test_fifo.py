@@ -392,3 +392,23 @@ def test_a_dead_daemons_fifos_are_swept(mount_factory):
     mount_factory()
     wait_for(lambda: not os.path.exists(dead_dir), what="the dead daemon's FIFOs swept")
     assert os.path.isdir(live_dir) and os.listdir(live_dir)
+
+
+def test_recv_waiting_lets_a_new_session_in(pair, mount_factory):
+    """recv waiting for a stream holds the read claim only softly: when the
+    peer dies, reading the offer still starts a new session, and recv then
+    serves the new peer's streams."""
+    c, a = pair
+    handshake(c, a)
+    os.readlink(c / "chan/recv")
+    time.sleep(0.2)
+    a.kill()
+    wait_for(lambda: c.status("chan")["peer"] == "dead", what="the peer seen dead")
+    b = mount_factory()
+    sh(f"mkdir {b / 'chan'} && cat {c / 'chan'}/capabilities > {b / 'chan'}/peer && "
+       f"cat {b / 'chan'}/capabilities > {c / 'chan'}/peer")
+    wait_for(lambda: c.status("chan")["state"] == "ready" and c.status("chan")["peer"] == "alive",
+             what="the new session ready")
+    r = subprocess.Popen(["cat", f"{c / 'chan'}/recv"], stdout=subprocess.PIPE)
+    sh(f"echo new peer > {b / 'chan'}/send")
+    assert r.communicate(timeout=10)[0] == b"new peer\n"
