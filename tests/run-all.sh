@@ -150,6 +150,7 @@ tsan_tests=(
 	tests/py/test_fifo.py::test_data_takes_the_direction_back_from_a_waiting_recv
 	tests/py/test_fifo.py::test_rmdir_unmount_and_sigterm_with_callers_blocked
 	tests/py/test_fifo.py::test_dead_peer
+	tests/py/test_fifo.py::test_recv_waiting_lets_a_new_session_in
 	tests/py/test_waiting.py::test_signals_end_blocked_callers
 	tests/py/test_waiting.py::test_poll_then_read_never_blocks
 	tests/py/test_waiting.py::test_epollet_reader_gets_every_line
