@@ -123,6 +123,16 @@ def user_stream(u, src, wr, rd):
     return r.stdout.split()[0]
 
 
+def user_handshake(u, a, b, name):
+    """As the user: mkdir name on mounts a and b, the handshake, both ready."""
+    r = as_user(u, f"mkdir {a / name} {b / name} && "
+                   f"cat {a / name}/capabilities > {b / name}/peer && "
+                   f"cat {b / name}/capabilities > {a / name}/peer")
+    assert r.returncode == 0, r.stderr
+    wait_state(a, name, "ready")
+    wait_state(b, name, "ready")
+
+
 def source(tmp_path, n=300_000):
     """A file of random bytes the user may read."""
     src = tmp_path / "src"
@@ -318,12 +328,7 @@ def test_one_users_waiting_callers_delay_nobody(mount_factory, user):
     a = mount_factory("-o", "allow_other,mkdir=all")
     b = mount_factory("-o", "allow_other,mkdir=all")
     os.mkdir(a / "rootc")
-    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
-                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
-                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
-    assert r.returncode == 0, r.stderr
-    wait_state(a, "uc", "ready")
-    wait_state(b, "uc", "ready")
+    user_handshake(user, a, b, "uc")
     for i in range(20):
         r = as_user(user, f"mkdir {a / f'r{i}'} {b / f'r{i}'} && "
                           f"cat {a / f'r{i}'}/capabilities > {b / f'r{i}'}/peer && "
@@ -368,12 +373,7 @@ def test_fifo_entries_go_one_way_for_the_owner(mount_factory, user, tmp_path):
     who may (the FIFOs are the daemon's); a stranger opens neither."""
     a = mount_factory("-o", "allow_other,mkdir=all")
     b = mount_factory("-o", "allow_other,mkdir=all")
-    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
-                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
-                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
-    assert r.returncode == 0, r.stderr
-    wait_state(a, "uc", "ready")
-    wait_state(b, "uc", "ready")
+    user_handshake(user, a, b, "uc")
     src = source(tmp_path)
     r = as_user(user, f"cat {b / 'uc'}/recv | sha256sum & "
                       f"dd if={src} of={a / 'uc'}/send status=none; wait")
