@@ -981,25 +981,28 @@ static void sweep_one(int parent, const char *name, uid_t uid)
 		fuse_log(FUSE_LOG_NOTICE, "mmapfs: removed %s, a dead mmapfs's FIFOs\n", name);
 }
 
-/* Make our FIFOs' directory, MMAP_DIR.fifo.XXXXXX: a name nobody can take
+/* Make our FIFOs' directory, PREFIX.fifo.XXXXXX: a name nobody can take
  * first, searchable by all (the FIFOs' ACLs say who opens them), locked
- * while we live; and sweep those of dead daemons of ours beside it. */
-static int fifo_dir_make(struct mmfs *fs)
+ * while we live; and sweep those of dead daemons of ours beside it.
+ * 0, or -errno with *path the one tried. */
+static int fifo_dir_make(struct mmfs *fs, const char *prefix, char **path)
 {
-	size_t n = strlen(fs->cfg.mmap_dir);
-	char *path, *slash, *base;
+	size_t n = strlen(prefix);
+	char *slash, *base;
 	struct dirent *e;
 	DIR *d;
 
-	while (n > 1 && fs->cfg.mmap_dir[n - 1] == '/')
+	while (n > 1 && prefix[n - 1] == '/')
 		n--;
-	if (asprintf(&path, "%.*s.fifo.XXXXXX", (int)n, fs->cfg.mmap_dir) < 0)
+	if (asprintf(path, "%.*s.fifo.XXXXXX", (int)n, prefix) < 0) {
+		*path = NULL;
 		return -ENOMEM;
-	slash = strrchr(path, '/');
-	base = slash ? slash + 1 : path;
+	}
+	slash = strrchr(*path, '/');
+	base = slash ? slash + 1 : *path;
 	if (slash) {
 		*slash = '\0';
-		d = opendir(*path ? path : "/");
+		d = opendir(**path ? *path : "/");
 		*slash = '/';
 	} else {
 		d = opendir(".");
@@ -1011,21 +1014,38 @@ static int fifo_dir_make(struct mmfs *fs)
 	}
 	if (d)
 		closedir(d);
-	if (!mkdtemp(path) ||
-	    (fs->fifo_dirfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
+	if (!mkdtemp(*path) ||
+	    (fs->fifo_dirfd = open(*path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
 	    flock(fs->fifo_dirfd, LOCK_EX | LOCK_NB) < 0 || fchmod(fs->fifo_dirfd, 0711) < 0) {
 		int r = -errno;
 
-		fuse_log(FUSE_LOG_ERR, "mmapfs: %s: cannot make the FIFOs' directory: %s; "
-			 "no send and recv\n", path, strerror(errno));
 		if (fs->fifo_dirfd >= 0)
 			close(fs->fifo_dirfd);
 		fs->fifo_dirfd = -1;
-		free(path);
 		return r;
 	}
-	fs->fifo_dir = path;
+	fs->fifo_dir = *path;
 	return 0;
+}
+
+/* Beside the mmap_dir; where its parent is missing (a guest whose areas
+ * are all BARs may have no /dev/shm), in /tmp: a FIFO holds no data on
+ * its filesystem. Without either, no FIFO entries (the log says why). */
+static void fifo_dirs(struct mmfs *fs)
+{
+	char *path, prefix[64];
+	int r = fifo_dir_make(fs, fs->cfg.mmap_dir, &path);
+
+	if (r == -ENOENT) {
+		free(path);
+		snprintf(prefix, sizeof(prefix), "/tmp/mmapfs-%u", (unsigned)fs->uid);
+		r = fifo_dir_make(fs, prefix, &path);
+	}
+	if (r < 0) {
+		fuse_log(FUSE_LOG_ERR, "mmapfs: %s: cannot make the FIFOs' directory: %s; "
+			 "no send and recv\n", path ? path : fs->cfg.mmap_dir, strerror(-r));
+		free(path);
+	}
 }
 
 int mmfs_pump_start(struct mmfs *fs)
@@ -1034,7 +1054,7 @@ int mmfs_pump_start(struct mmfs *fs)
 	int r;
 
 	fs->fifo_dirfd = -1;
-	fifo_dir_make(fs);	/* without it, no FIFO entries: the log says */
+	fifo_dirs(fs);
 	fs->pump_ep = epoll_create1(EPOLL_CLOEXEC);
 	fs->pump_ev = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (fs->pump_ep < 0 || fs->pump_ev < 0 ||
