@@ -147,6 +147,16 @@ struct chan {
 	struct mm_owner user;
 	char *user_dir;			/* malloc'd; NULL unless for_user */
 	const char *user_dirs[1];	/* the allowed directory, without allow_dirs */
+	/* fixed: what its maker's usage counts for it (a mkdir), else 0 */
+	uid_t payer;
+	uint64_t charge;		/* the apparent bytes of its two areas */
+};
+
+/* What one user's channels made by mkdir hold, against cfg's limits. */
+struct usage {
+	uid_t uid;
+	uint64_t chans;
+	uint64_t bytes;
 };
 
 struct handle {
@@ -191,6 +201,8 @@ struct mmfs {
 	unsigned wheel_at;		/* wheel_lock */
 	unsigned wheel_room;		/* wheel_lock */
 	unsigned nchans;		/* lock: in the table */
+	struct usage *usage;		/* lock: each user's (tree.c) */
+	size_t nusage;			/* lock */
 	struct {			/* where channels are made (tree.c) */
 		pthread_mutex_t lock;
 		struct chan *free;	/* lock: freed ones, for the next */

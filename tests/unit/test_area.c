@@ -237,35 +237,35 @@ static void test_dir_prepare(void)
 	const char *owned = path_in("owned");
 	struct stat st;
 
-	CHECK_INT(mm_area_dir_prepare(fresh, NULL, &err), ==, 0);
+	CHECK_INT(mm_area_dir_prepare(fresh, &err), ==, 0);
 	CHECK_INT(lstat(fresh, &st), ==, 0);
 	CHECK(S_ISDIR(st.st_mode));
 	CHECK_INT(st.st_mode & 07777, ==, 0700);
-	CHECK_INT(mm_area_dir_prepare(fresh, NULL, &err), ==, 0);	/* again */
+	CHECK_INT(mm_area_dir_prepare(fresh, &err), ==, 0);	/* again */
 
-	CHECK_INT(mm_area_dir_prepare("relative/dir", NULL, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_dir_prepare("relative/dir", &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, "relative/dir");
-	CHECK_INT(mm_area_dir_prepare(path_in("no/such/parent"), NULL, &err), ==, -ENOENT);
+	CHECK_INT(mm_area_dir_prepare(path_in("no/such/parent"), &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "no/such/parent");
 
 	CHECK_INT(symlink(fresh, link), ==, 0);
-	CHECK_INT(mm_area_dir_prepare(link, NULL, &err), <, 0);
+	CHECK_INT(mm_area_dir_prepare(link, &err), <, 0);
 	CHECK_HAS(err.msg, link);
 	CHECK_INT(make_file(file, 0), ==, true);
-	CHECK_INT(mm_area_dir_prepare(file, NULL, &err), ==, -ENOTDIR);
+	CHECK_INT(mm_area_dir_prepare(file, &err), ==, -ENOTDIR);
 	CHECK_HAS(err.msg, file);
 
 	if (make_dir(grp, 0770)) {
-		CHECK_INT(mm_area_dir_prepare(grp, NULL, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(grp, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, grp);
 	}
 	if (make_dir(oth, 0702)) {
-		CHECK_INT(mm_area_dir_prepare(oth, NULL, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(oth, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, oth);
 	}
 	if (geteuid() == 0 && make_dir(owned, 0700)) {
 		CHECK_INT(chown(owned, OTHER_UID, (gid_t)-1), ==, 0);
-		CHECK_INT(mm_area_dir_prepare(owned, NULL, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(owned, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, owned);
 	}
 }
@@ -447,27 +447,38 @@ static void test_offered_owner(void)
 static void test_user(void)
 {
 	const struct mm_owner user = { OTHER_UID, OTHER_UID + 1 };
-	const char *dir = path_in("user");
+	const char *base = path_in("base");
 	const char *link = path_in("user-link");
+	char dir[PATH_MAX], name[PATH_MAX + 16];
 	const char *dirs[] = { dir };
 	struct mm_attach_rules rl = { dirs, 1, NULL, 0, &user };
-	char name[PATH_MAX];
 	struct stat st;
 
 	if (geteuid() != 0) {
 		printf("#     skipped: not root\n");
 		return;
 	}
-	CHECK_INT(mm_area_dir_prepare(dir, &user, &err), ==, 0);
+	/* made in our own directory, which becomes searchable */
+	CHECK_INT(mm_area_dir_prepare(base, &err), ==, 0);
+	CHECK_INT(mm_area_user_dir(base, &user, dir, sizeof(dir), &err), ==, 0);
+	snprintf(name, sizeof(name), "%s/u%u", base, (unsigned)OTHER_UID);
+	CHECK_STR(dir, name);
 	CHECK_INT(lstat(dir, &st), ==, 0);
 	CHECK_INT(st.st_mode & 07777, ==, 0700);
 	CHECK_INT(st.st_uid, ==, OTHER_UID);
 	CHECK_INT(st.st_gid, ==, OTHER_UID + 1);
-	CHECK_INT(mm_area_dir_prepare(dir, &user, &err), ==, 0);	/* again */
-	/* ours is not theirs, theirs not ours */
-	CHECK_INT(mm_area_dir_prepare(path_in("create"), &user, &err), ==, -EACCES);
+	CHECK_INT(lstat(base, &st), ==, 0);
+	CHECK_INT(st.st_mode & 07777, ==, 0711);
+	CHECK_INT(mm_area_user_dir(base, &user, dir, sizeof(dir), &err), ==, 0);	/* again */
+	/* theirs is not ours; a directory not ours holds no user's */
+	CHECK_INT(mm_area_dir_prepare(dir, &err), ==, -EACCES);
+	CHECK_HAS(err.msg, "owned by uid 12345");
+	CHECK_INT(mm_area_user_dir(dir, &user, name, sizeof(name), &err), ==, -EACCES);
+	/* a user directory someone else made under that name is refused */
+	CHECK_INT(chown(dir, 0, 0), ==, 0);
+	CHECK_INT(mm_area_user_dir(base, &user, dir, sizeof(dir), &err), ==, -EACCES);
 	CHECK_HAS(err.msg, "not by uid 12345");
-	CHECK_INT(mm_area_dir_prepare(dir, NULL, &err), ==, -EACCES);
+	CHECK_INT(chown(dir, OTHER_UID, OTHER_UID + 1), ==, 0);
 
 	mm_area_init(&a);
 	if (!CHECK_INT(mm_area_create(&a, dir, "tag", K64, &user, &err), ==, 0)) {
@@ -490,9 +501,13 @@ static void test_user(void)
 	CHECK_INT(count_entries(dir), ==, 0);
 
 	/* offered: the user's file only, not ours */
-	if (!make_file(path_in("user/mine"), K64) || !make_file(path_in("user/theirs"), K64))
+	snprintf(name, sizeof(name), "%s/mine", dir);
+	if (!make_file(name, K64))
 		return;
-	CHECK_INT(chown(path_in("user/theirs"), OTHER_UID, (gid_t)-1), ==, 0);
+	snprintf(name, sizeof(name), "%s/theirs", dir);
+	if (!make_file(name, K64))
+		return;
+	CHECK_INT(chown(name, OTHER_UID, (gid_t)-1), ==, 0);
 	expect_refused("mine", K64, &rl, -EACCES, "owned by uid 0");
 	mm_area_init(&a);
 	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, false, &err), ==, 0);
