@@ -106,7 +106,7 @@ def mode_of(path):
 
 
 def user_dir(shm, u):
-    return f"{shm}-u{u.uid}"
+    return f"{shm}/u{u.uid}"
 
 
 def sha256_file(path):

@@ -270,6 +270,98 @@ static void test_dir_prepare(void)
 	}
 }
 
+/* The default directory, whose name someone else may hold first. */
+static void test_dir_claim(void)
+{
+	const char *want = path_in("shm/mmapfs-0");
+	char why[512], *dir, *again;
+	uid_t who;
+
+	if (!make_dir(path_in("shm"), 01777))
+		return;
+	/* free: taken as it is */
+	CHECK_INT(mm_area_dir_claim(want, &dir, &who, why, sizeof(why), &err), ==, 0);
+	CHECK_STR(dir, want);
+	CHECK_INT(who, ==, (uid_t)-1);
+	free(dir);
+	CHECK_INT(rmdir(want), ==, 0);
+	/* a file, a symlink, a directory of another user or open to others:
+	 * a directory of ours beside it, the same one each time (found again
+	 * after a crash), whatever holds the name */
+	CHECK_INT(make_file(want, 0), ==, true);
+	CHECK_INT(mm_area_dir_claim(want, &dir, &who, why, sizeof(why), &err), ==, 0);
+	CHECK_HAS(why, "not a directory");
+	CHECK_INT(who, ==, geteuid());
+	CHECK(strncmp(dir, want, strlen(want)) == 0 && dir[strlen(want)] == '.' &&
+	      strlen(dir) == strlen(want) + 7);
+	CHECK_INT(mm_area_dir_prepare(dir, &err), ==, 0);	/* ours, private */
+	CHECK_INT(unlink(want), ==, 0);
+	CHECK_INT(symlink("/etc", want), ==, 0);
+	CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+	CHECK_HAS(why, "symbolic link");
+	CHECK_STR(again, dir);
+	free(again);
+	CHECK_INT(unlink(want), ==, 0);
+	if (make_dir(want, 0777)) {
+		CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+		CHECK_HAS(why, "writable by group or others");
+		CHECK_STR(again, dir);
+		free(again);
+	}
+	if (geteuid() == 0 && chmod(want, 0700) == 0 && chown(want, OTHER_UID, 0) == 0) {
+		CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+		CHECK_INT(who, ==, OTHER_UID);
+		CHECK_HAS(why, "owned by uid 12345");
+		CHECK_STR(again, dir);
+		free(again);
+		/* one beside it that is not ours is not taken */
+		CHECK_INT(chown(dir, OTHER_UID, 0), ==, 0);
+		CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+		CHECK(strcmp(again, dir) != 0);
+		free(again);
+	}
+	free(dir);
+	/* a missing parent is no squatter */
+	CHECK_INT(mm_area_dir_claim(path_in("none/mmapfs-0"), &dir, &who, why, sizeof(why), &err),
+		  ==, -ENOENT);
+}
+
+/* A dead daemon's areas, in its mmap_dir and in its users' directories. */
+static void test_sweep(void)
+{
+	const struct mm_owner user = { OTHER_UID, OTHER_UID };
+	const char *dir = path_in("sweep");
+	char udir[PATH_MAX], name[PATH_MAX + 64];
+	unsigned swept;
+	int lockfd, dead;
+
+	if (geteuid() != 0) {
+		printf("#     skipped: not root\n");
+		return;
+	}
+	CHECK_INT(mm_area_dir_prepare(dir, &err), ==, 0);
+	CHECK_INT(mm_area_user_dir(dir, &user, udir, sizeof(udir), &err), ==, 0);
+	/* the dead one's: its lock file, locked by nobody, and its areas */
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.lock", dir);
+	dead = open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	CHECK(dead >= 0);
+	close(dead);
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.AAAAAA.mmap", dir);
+	CHECK(make_file(name, K64));
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.BBBBBB.mmap", udir);
+	CHECK(make_file(name, K64));
+	CHECK_INT(chown(name, OTHER_UID, OTHER_UID), ==, 0);
+	/* not the user's in their directory: left alone */
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.CCCCCC.mmap", udir);
+	CHECK(make_file(name, K64));
+	CHECK_INT(mm_area_dir_lock(dir, "live", &lockfd, &swept, &err), ==, 0);
+	CHECK_INT(swept, ==, 2);
+	CHECK_INT(count_entries(udir), ==, 1);
+	CHECK_INT(access(name, F_OK), ==, 0);
+	CHECK_INT(count_entries(dir), ==, 2);	/* our lock file, the user's directory */
+	mm_area_dir_unlock(dir, "live", lockfd);
+}
+
 static const char *allowed;	/* the allowed directory, with file "f" */
 static const char *allowed_dirs[1];
 static const struct mm_attach_rules rules = { allowed_dirs, 1, NULL, 0, NULL };
@@ -512,6 +604,31 @@ static void test_user(void)
 	mm_area_init(&a);
 	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
+
+	/* in a directory not theirs, whatever is refused is "not found": the
+	 * user cannot look there, and learns nothing */
+	{
+		const char *ours[] = { base };
+		struct mm_attach_rules in_ours = { ours, 1, NULL, 0, &user };
+
+		CHECK(make_file(path_in("base/rootfile"), K64));
+		CHECK_INT(mkfifo(path_in("base/fifo"), 0600), ==, 0);
+		CHECK_INT(symlink(name, path_in("base/sym")), ==, 0);
+		expect_refused("rootfile", K64, &in_ours, -EACCES, "rootfile: not found in the");
+		expect_refused("fifo", K64, &in_ours, -EACCES, "fifo: not found in the");
+		expect_refused("sym", K64, &in_ours, -EACCES, "sym: not found in the");
+		expect_refused("nothing", K64, &in_ours, -EACCES, "nothing: not found in the");
+	}
+	/* their own directory swapped for a symlink (where they may): not
+	 * followed, whatever it leads to */
+	{
+		const char *swapped = path_in("swapped");
+		const char *sw[] = { swapped };
+		struct mm_attach_rules via = { sw, 1, NULL, 0, &user };
+
+		CHECK_INT(symlink(dir, swapped), ==, 0);
+		expect_refused("theirs", K64, &via, -EACCES, "not found in the");
+	}
 }
 
 static void test_offered_world_writable(void)
@@ -621,6 +738,8 @@ int main(void)
 		TAP_TEST(test_create_refused),
 		TAP_TEST(test_create_replaced),
 		TAP_TEST(test_dir_prepare),
+		TAP_TEST(test_dir_claim),
+		TAP_TEST(test_sweep),
 		TAP_TEST(test_offered_ok),
 		TAP_TEST(test_offered_refused),
 		TAP_TEST(test_offered_sizes),
