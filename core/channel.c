@@ -246,6 +246,7 @@ static void told_now(struct mm_dir *d, unsigned dir)
 {
 	d->told = own_pointer(d, dir);
 	d->told_bytes = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED);
+	d->owed = 0;
 }
 
 
@@ -338,8 +339,19 @@ uint64_t mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
 	p = own_pointer(d, dir);
 	if (p && d->told)
 		moved = p >= d->told ? p - d->told : (d->ring.end - d->told) + (p - MM_RING_HEADER);
+	/* without the mmapfs trailer (an xpra peer), a writer may start
+	 * again at the ring's start: all before the pointer may be new */
+	if (p && !d->ext && p != d->told && p - MM_RING_HEADER > moved)
+		moved = p - MM_RING_HEADER;
 	ours = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED) - d->told_bytes;
 	moved = moved > ours ? moved - ours : 0;
+	/* what a reader reports as read before it gives the space back
+	 * (an xpra-style reader moves data_start at the end of a piece) is
+	 * counted once the pointer has moved: up to a ring is owed */
+	n = n > UINT64_MAX - d->owed ? UINT64_MAX : n + d->owed;
+	d->owed = n > moved ? n - moved : 0;
+	if (d->owed > d->ring.end)
+		d->owed = d->ring.end;
 	if (n > moved)
 		n = moved;
 	d->told = p;

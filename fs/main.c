@@ -147,7 +147,7 @@ static void usage(const char *prog)
 	       "                           who may make channels with allow_other (default owner)\n"
 	       "    -o max_channels=N, -o max_bytes=SIZE\n"
 	       "                           what each other user's channels may hold (default 64,\n"
-	       "                           and a quarter of the mmap_dir's filesystem; 0: no limit)\n"
+	       "                           and a quarter of the mmap_dir's filesystem; 0: none)\n"
 	       "    -o owner_max_channels=N, -o owner_max_bytes=SIZE\n"
 	       "                           the same for the mounting user (default: no limit)\n"
 	       "    -o fuse_debug          libfuse's own trace of every request\n"
@@ -211,20 +211,19 @@ static int claim_default_dir(struct mm_config *c)
 }
 
 /* A user's area bytes by default: a quarter of the filesystem that holds
- * the mmap_dir (/dev/shm: half the memory), at least 1 GiB (eight
- * channels of 64 MiB rings, whose two areas are 128 MiB and a page or
- * two), but never more than half of it. */
-static uint64_t auto_max_bytes(const char *dir)
+ * the mmap_dir (/dev/shm: half the memory), at least eight channels' two
+ * areas at the ring size, but never more than half of it. */
+static uint64_t auto_max_bytes(const char *dir, uint64_t ring)
 {
-	uint64_t fs_bytes, b;
-	struct statvfs sv;
+	uint64_t fs_bytes, b, eight = 16 * mm_area_size_for(ring);
 	char parent[PATH_MAX];
+	struct statvfs sv;
 
 	snprintf(parent, sizeof(parent), "%s", dir);
 	if (statvfs(dir, &sv) < 0 && statvfs(dirname(parent), &sv) < 0)
-		return UINT64_C(1) << 30;
+		return eight;
 	fs_bytes = (uint64_t)sv.f_blocks * sv.f_frsize;
-	b = fs_bytes / 4 > UINT64_C(1) << 30 ? fs_bytes / 4 : UINT64_C(1) << 30;
+	b = fs_bytes / 4 > eight ? fs_bytes / 4 : eight;
 	return b > fs_bytes / 2 && fs_bytes / 2 ? fs_bytes / 2 : b;
 }
 
@@ -282,7 +281,7 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 	if (access(c->mmap_dir, F_OK) == 0 && mmfs_mmap_dir(fs, &err) < 0)
 		return fprintf(stderr, "mmapfs: %s\n", err.msg), 1;
 	if (c->user_max.bytes == MM_LIMIT_AUTO)
-		c->user_max.bytes = auto_max_bytes(c->mmap_dir);
+		c->user_max.bytes = auto_max_bytes(c->mmap_dir, c->size);
 	for (size_t i = 0; i < c->n_channels; i++) {
 		if (mmfs_add_declared(fs, &c->channels[i], &err) < 0)
 			return fprintf(stderr, "mmapfs: %s:%d: channel %s: %s\n", file,
