@@ -591,6 +591,18 @@ static bool lock_tag(const char *name, char *tag, size_t n)
 	return true;
 }
 
+/* A stream of dfd's entries, its own open (a dup would share the caller's
+ * position in dfd), or NULL. */
+static DIR *list_dir(int dfd)
+{
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+	if (fd >= 0 && !d)
+		close(fd);
+	return d;
+}
+
 /* Delete the areas tagged `tag` in dfd that belong to uid. */
 static unsigned sweep_tag(int dfd, const char *tag, uid_t uid)
 {
@@ -598,15 +610,10 @@ static unsigned sweep_tag(int dfd, const char *tag, uid_t uid)
 	unsigned n = 0;
 	struct dirent *e;
 	struct stat st;
-	DIR *d;
-	/* its own open: a dup would share the caller's position in dfd */
-	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = list_dir(dfd);
 
-	if (fd < 0 || !(d = fdopendir(fd))) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return 0;
-	}
 	snprintf(prefix, sizeof(prefix), "mmapfs.%s.", tag);
 	while ((e = readdir(d))) {
 		size_t len = strlen(e->d_name);
@@ -631,14 +638,10 @@ static unsigned sweep_users(int dfd, const char *tag)
 	struct dirent *e;
 	struct stat st;
 	uint64_t uid;
-	DIR *d;
-	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = list_dir(dfd);
 
-	if (fd < 0 || !(d = fdopendir(fd))) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return 0;
-	}
 	while ((e = readdir(d))) {
 		int ufd;
 
@@ -681,7 +684,7 @@ int mm_area_dir_lock(const char *dir, const char *tag, int *lockfd, unsigned *sw
 		return r;
 	}
 	*lockfd = fd;
-	d = fdopendir(openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	d = list_dir(dfd);
 	while (d && (e = readdir(d))) {
 		int ofd;
 

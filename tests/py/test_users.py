@@ -131,6 +131,20 @@ def source(tmp_path, n=300_000):
     return str(src)
 
 
+def user_channel(mount_factory, user):
+    """Two mounts, all may make channels, and the user's channel "uc" on
+    each, handshaken by the user."""
+    a = mount_factory("-o", "allow_other,mkdir=all")
+    b = mount_factory("-o", "allow_other,mkdir=all")
+    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
+                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
+                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
+    assert r.returncode == 0, r.stderr
+    wait_state(a, "uc", "ready")
+    wait_state(b, "uc", "ready")
+    return a, b
+
+
 def test_other_user_is_shut_out(mount_factory, user):
     m = mount_factory("-o", "allow_other")
     os.mkdir(m / "chan")
@@ -315,15 +329,8 @@ def test_one_users_waiting_callers_delay_nobody(mount_factory, user):
     opens wait for the reader, and 20 readers that wait for bytes: root's
     ls and cat status answer at once; killing the user's processes ends
     them, and the channel serves the next caller."""
-    a = mount_factory("-o", "allow_other,mkdir=all")
-    b = mount_factory("-o", "allow_other,mkdir=all")
+    a, b = user_channel(mount_factory, user)
     os.mkdir(a / "rootc")
-    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
-                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
-                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
-    assert r.returncode == 0, r.stderr
-    wait_state(a, "uc", "ready")
-    wait_state(b, "uc", "ready")
     for i in range(20):
         r = as_user(user, f"mkdir {a / f'r{i}'} {b / f'r{i}'} && "
                           f"cat {a / f'r{i}'}/capabilities > {b / f'r{i}'}/peer && "
@@ -593,14 +600,7 @@ os.close(fd)
 def test_lying_byte_counts(mount_factory, user):
     """The holder of data says with MM_IOC_BYTES that it moved 10^12 bytes
     each way: status counts what the pointers moved, nothing more."""
-    a = mount_factory("-o", "allow_other,mkdir=all")
-    b = mount_factory("-o", "allow_other,mkdir=all")
-    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
-                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
-                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
-    assert r.returncode == 0, r.stderr
-    wait_state(a, "uc", "ready")
-    wait_state(b, "uc", "ready")
+    a, b = user_channel(mount_factory, user)
     r = subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
                         sys.executable, "-c", LIAR, str(a / "uc/data"), str(MM_IOC_BYTES)],
                        capture_output=True, text=True, timeout=30)
