@@ -319,9 +319,11 @@ static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *fil
 		snprintf(users, sizeof(users), "; allow_other, mkdir by %s",
 			 fs->top_mode == 01777 ? "all" : "the owner");
 	fuse_log(FUSE_LOG_NOTICE, "mmapfs: mounted on %s (config %s, mmap_dir %s, ring %llu "
-		 "bytes, id %s), declared channels: %s%s\n", mountpoint, file ? file : "none",
+		 "bytes, id %s), declared channels: %s%s; another user's limits: %llu channels, "
+		 "%llu bytes (0: none)\n", mountpoint, file ? file : "none",
 		 fs->cfg.mmap_dir, (unsigned long long)fs->cfg.size, fs->area_tag,
-		 names[0] ? names : "none", users);
+		 names[0] ? names : "none", users, (unsigned long long)fs->cfg.user_max.channels,
+		 (unsigned long long)fs->cfg.user_max.bytes);
 }
 
 /* fs->lock: error-checking where assert_unlocked() checks (fs.h). */
