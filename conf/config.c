@@ -57,8 +57,10 @@ int mm_config_defaults(struct mm_config *c)
 	memset(c, 0, sizeof(*c));
 	snprintf(dir, sizeof(dir), "/dev/shm/mmapfs-%u", (unsigned)geteuid());
 	c->size = MM_DEFAULT_SIZE;
+	c->user_max = (struct mm_limits){ MM_DEFAULT_MAX_CHANNELS, MM_LIMIT_AUTO };
 	if (mm_config_set_str(&c->mmap_dir, dir) < 0)
 		return -ENOMEM;
+	c->mmap_dir_default = true;
 	/* allow_dirs stays empty: it then means "the mmap_dir" */
 	return 0;
 }
@@ -102,6 +104,23 @@ int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err)
 			       "to a page) would reach 4G", s);
 	*out = v;
 	return 0;
+}
+
+int mm_config_set_limit(struct mm_config *c, const char *key, const char *value,
+			struct mm_err *err)
+{
+	bool owner = strncmp(key, "owner_", 6) == 0;
+	struct mm_limits *l = owner ? &c->owner_max : &c->user_max;
+	const char *what = key + (owner ? 6 : 0);
+
+	if (strcmp(what, "max_channels") == 0) {
+		if (mm_parse_u64(value, UINT32_MAX, &l->channels) < 0)
+			return mm_fail(err, -EINVAL, "'%.40s' is not a number of channels", value);
+		return 0;
+	}
+	if (strcmp(what, "max_bytes") == 0)
+		return parse_bytes(value, &l->bytes, err);
+	return -ENOENT;
 }
 
 static int check_dir_path(const char *d, struct mm_err *err)
@@ -205,6 +224,22 @@ static int load_size(struct mm_config *c, const config_setting_t *s,
 	if (r == 0 && mm_config_parse_size(text, &c->size, &why) < 0)
 		r = bad(err, path, s, "size", why.msg);
 	return r;
+}
+
+static int load_limit(struct mm_config *c, const config_setting_t *s, const char *path,
+		      const char *key, struct mm_err *err)
+{
+	char num[32];
+	const char *text;
+	struct mm_err why;
+	int r = get_bytes_text(s, path, key, num, &text, err);
+
+	if (r < 0)
+		return r;
+	r = mm_config_set_limit(c, key, text, &why);
+	if (r == -ENOENT)
+		return bad(err, path, s, key, "unknown key");
+	return r ? bad(err, path, s, key, why.msg) : 0;
 }
 
 /* A window's offset (page-aligned) or size (an area's: 64K..4G). */
@@ -539,6 +574,7 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 			r = get_abs_path(s, path, key, &str, err);
 			if (r == 0)
 				r = mm_config_set_str(&c->mmap_dir, str);
+			c->mmap_dir_default = false;
 		} else if (strcmp(key, "size") == 0) {
 			r = load_size(c, s, path, err);
 		} else if (strcmp(key, "allow_dirs") == 0) {
@@ -552,6 +588,8 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 				c->reserve = config_setting_get_bool(s);
 		} else if (strcmp(key, "channels") == 0) {
 			r = load_channels(c, s, path, err);
+		} else if (strstr(key, "max_")) {
+			r = load_limit(c, s, path, key, err);
 		} else {
 			r = bad(err, path, s, key, "unknown key");
 		}

@@ -27,9 +27,20 @@ struct mm_chan_decl {
 	int line;			/* where it was declared */
 };
 
+/* What one user may hold: channels made with mkdir, and the apparent size
+ * of their areas (docs/mmapfs.1, LIMITS). 0: no limit. */
+struct mm_limits {
+	uint64_t channels;
+	uint64_t bytes;			/* MM_LIMIT_AUTO: from the mmap_dir's
+					 * filesystem, at start */
+};
+#define MM_LIMIT_AUTO UINT64_MAX
+#define MM_DEFAULT_MAX_CHANNELS 64
+
 struct mm_config {
 	char *file;			/* the file read, or NULL */
 	char *mmap_dir;			/* where created areas live */
+	bool mmap_dir_default;		/* neither the file nor -o named it */
 	uint64_t size;			/* ring bytes of a new area */
 	bool reserve;			/* allocate new areas whole at once */
 	char **allow_dirs;		/* where offered files may be opened */
@@ -38,10 +49,13 @@ struct mm_config {
 	size_t n_allow_uids;
 	struct mm_chan_decl *channels;
 	size_t n_channels;
+	struct mm_limits user_max;	/* each user but the mounting one */
+	struct mm_limits owner_max;	/* the mounting user: none by default */
 };
 
 /* Fill c with the embedded defaults (mmap_dir /dev/shm/mmapfs-UID, 64M, the
- * mmap_dir as the only allowed directory). 0 or -ENOMEM. */
+ * mmap_dir as the only allowed directory, 64 channels a user and the
+ * bytes of MM_LIMIT_AUTO, the mounting user unlimited). 0 or -ENOMEM. */
 int mm_config_defaults(struct mm_config *c);
 
 /* Read a libconfig file over c. On error c may hold some of the file's
@@ -55,6 +69,13 @@ int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err);
 /* Replace the allowed directories with the ':'-separated list in s. */
 int mm_config_set_allow_dirs(struct mm_config *c, const char *s,
 			     struct mm_err *err);
+
+/* Set the limit named key (max_channels, max_bytes, owner_max_channels,
+ * owner_max_bytes) from its text: a count, or for bytes a number with K, M
+ * or G; 0 is no limit. 0, -ENOENT for another key, or -EINVAL (err names
+ * the value). */
+int mm_config_set_limit(struct mm_config *c, const char *key, const char *value,
+			struct mm_err *err);
 
 /* Replace a string setting. 0 or -ENOMEM. */
 int mm_config_set_str(char **slot, const char *value);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "area.h"
+#include "caps.h"
 
 void mm_area_init(struct mm_area *a)
 {
@@ -103,38 +104,153 @@ static int map_area(struct mm_area *a, int fd, uint64_t offset, uint64_t size,
 	return 0;
 }
 
-int mm_area_dir_prepare(const char *dir, const struct mm_owner *user, struct mm_err *err)
+/* Is st a private directory of uid's: a directory, owned by uid, that
+ * neither group nor others may write? 0 or -errno, err names dir. */
+static int dir_private(const struct stat *st, const char *dir, uid_t uid, struct mm_err *err)
 {
-	uid_t uid = user ? user->uid : geteuid();
+	if (S_ISLNK(st->st_mode))
+		return mm_fail(err, -ELOOP, "%s: a symbolic link (owned by uid %u)", dir,
+			       (unsigned)st->st_uid);
+	if (!S_ISDIR(st->st_mode))
+		return mm_fail(err, -ENOTDIR, "%s: not a directory (owned by uid %u)", dir,
+			       (unsigned)st->st_uid);
+	if (st->st_uid != uid)
+		return mm_fail(err, -EACCES, "%s: owned by uid %u, not by uid %u", dir,
+			       (unsigned)st->st_uid, (unsigned)uid);
+	if (st->st_mode & (S_IWGRP | S_IWOTH))
+		return mm_fail(err, -EACCES, "%s: writable by group or others (owned by uid %u)",
+			       dir, (unsigned)st->st_uid);
+	return 0;
+}
+
+int mm_area_dir_prepare(const char *dir, struct mm_err *err)
+{
 	struct stat st;
 
 	if (dir[0] != '/')
 		return mm_fail(err, -EINVAL, "%s: not an absolute path", dir);
-	if (mkdir(dir, 0700) == 0) {
-		/* just made, in a directory that is not the user's: theirs now */
-		if (user && lchown(dir, user->uid, user->gid) < 0) {
-			int e = errno;
-
-			rmdir(dir);
-			return mm_fail(err, -e, "%s: cannot give it to uid %u: %s", dir,
-				       (unsigned)uid, strerror(e));
-		}
-	} else if (errno != EEXIST) {
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return mm_fail(err, -errno, "%s: mkdir: %s", dir, strerror(errno));
-	}
 	if (lstat(dir, &st) < 0)
 		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return mm_fail(err, -ENOTDIR, "%s: not a directory", dir);
-	if (st.st_uid != uid && user)
-		return mm_fail(err, -EACCES, "%s: owned by uid %u, not by uid %u", dir,
-			       (unsigned)st.st_uid, (unsigned)uid);
-	if (st.st_uid != uid)
-		return mm_fail(err, -EACCES, "%s: owned by uid %u, not by us", dir,
-			       (unsigned)st.st_uid);
-	if (st.st_mode & (S_IWGRP | S_IWOTH))
-		return mm_fail(err, -EACCES, "%s: writable by group or others", dir);
-	return 0;
+	return dir_private(&st, dir, geteuid(), err);
+}
+
+/* The 6-letter suffixes mkdtemp(3) makes: "DIR.XXXXXX" for base "DIR". */
+static bool is_beside(const char *name, const char *base)
+{
+	size_t n = strlen(base);
+
+	return strncmp(name, base, n) == 0 && name[n] == '.' && strlen(name + n + 1) == 6 &&
+	       strspn(name + n + 1, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+				    "0123456789") == 6;
+}
+
+/* A directory of ours beside dir ("DIR.XXXXXX", private, ours): its path
+ * (malloc'd) in *found, or NULL if there is none. 0 or -errno. */
+static int find_beside(const char *dir, char **found, struct mm_err *err)
+{
+	char parent[PATH_MAX];
+	const char *base = strrchr(dir, '/') + 1;
+	struct dirent *e;
+	struct stat st;
+	DIR *d;
+	int r = 0;
+
+	*found = NULL;
+	snprintf(parent, sizeof(parent), "%.*s", (int)(base - dir), dir);
+	d = opendir(parent);
+	if (!d)
+		return mm_fail(err, -errno, "%s: %s", parent, strerror(errno));
+	while (!*found && (e = readdir(d))) {
+		if (!is_beside(e->d_name, base) ||
+		    fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    dir_private(&st, e->d_name, geteuid(), NULL) < 0)
+			continue;
+		if (asprintf(found, "%s%s", parent, e->d_name) < 0) {
+			*found = NULL;
+			r = mm_fail(err, -ENOMEM, "out of memory");
+			break;
+		}
+	}
+	closedir(d);
+	return r;
+}
+
+int mm_area_dir_claim(const char *dir, char **chosen, uid_t *squatter, char *why, size_t n,
+		      struct mm_err *err)
+{
+	struct mm_err taken;
+	struct stat st;
+	int r;
+
+	*chosen = NULL;
+	*squatter = (uid_t)-1;
+	r = mm_area_dir_prepare(dir, &taken);
+	if (r == 0) {
+		*chosen = strdup(dir);
+		return *chosen ? 0 : mm_fail(err, -ENOMEM, "out of memory");
+	}
+	/* someone else's name: anything but a missing parent or a limit */
+	if (r != -EACCES && r != -ENOTDIR && r != -ELOOP)
+		return mm_fail(err, r, "%s", taken.msg);
+	if (lstat(dir, &st) < 0)
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	*squatter = st.st_uid;
+	snprintf(why, n, "%s", taken.msg);
+	r = find_beside(dir, chosen, err);
+	if (r < 0 || *chosen)
+		return r;
+	if (asprintf(chosen, "%s.XXXXXX", dir) < 0) {
+		*chosen = NULL;
+		return mm_fail(err, -ENOMEM, "out of memory");
+	}
+	if (!mkdtemp(*chosen)) {
+		r = mm_fail(err, -errno, "%s: mkdtemp: %s", *chosen, strerror(errno));
+		free(*chosen);
+		*chosen = NULL;
+	}
+	return r;
+}
+
+int mm_area_user_dir(const char *dir, const struct mm_owner *user, char *path, size_t n,
+		     struct mm_err *err)
+{
+	char name[32];
+	struct stat st;
+	int dfd, r = 0;
+
+	snprintf(name, sizeof(name), "u%u", (unsigned)user->uid);
+	if (snprintf(path, n, "%s/%s", dir, name) >= (int)n)
+		return mm_fail(err, -ENAMETOOLONG, "%s: path too long", dir);
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	/* the user crosses our directory (never lists it) to reach theirs */
+	if (fstat(dfd, &st) < 0 || (r = dir_private(&st, dir, geteuid(), err)) < 0 ||
+	    ((st.st_mode & 0111) != 0111 && fchmod(dfd, (st.st_mode & 07777) | 0111) < 0)) {
+		r = r ? r : mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+		goto out;
+	}
+	/* made here, where only we create: theirs now */
+	if (mkdirat(dfd, name, 0700) == 0) {
+		if (fchownat(dfd, name, user->uid, user->gid, AT_SYMLINK_NOFOLLOW) < 0) {
+			r = mm_fail(err, -errno, "%s: cannot give it to uid %u: %s", path,
+				    (unsigned)user->uid, strerror(errno));
+			unlinkat(dfd, name, AT_REMOVEDIR);
+			goto out;
+		}
+	} else if (errno != EEXIST) {
+		r = mm_fail(err, -errno, "%s: mkdir: %s", path, strerror(errno));
+		goto out;
+	}
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		r = mm_fail(err, -errno, "%s: %s", path, strerror(errno));
+	else
+		r = dir_private(&st, path, user->uid, err);
+out:
+	close(dfd);
+	return r;
 }
 
 /* Create a file named "mmapfs.TAG.XXXXXX.mmap" (six random letters) in dfd,
@@ -202,18 +318,6 @@ int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t
 	return r;
 }
 
-static int dir_allowed(int dfd, const char *dir, struct mm_err *err)
-{
-	struct stat st;
-
-	if (fstat(dfd, &st) < 0)
-		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
-	if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-		return mm_fail(err, -EACCES,
-			       "%s: writable by everyone without the sticky bit", dir);
-	return 0;
-}
-
 static bool owner_allowed(uid_t uid, const struct mm_attach_rules *rules)
 {
 	if (rules->user)
@@ -226,6 +330,42 @@ static bool owner_allowed(uid_t uid, const struct mm_attach_rules *rules)
 	return false;
 }
 
+/* Open an allowed directory, itself no symbolic link, owned by us or an
+ * allowed owner, and not writable by everyone without the sticky bit: its
+ * descriptor (its owner in *uid), -ENOENT if it is missing, else -errno
+ * with err set. */
+static int open_allowed_dir(const char *dir, const struct mm_attach_rules *rules, uid_t *uid,
+			    struct mm_err *err)
+{
+	struct stat st;
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (dfd < 0 && errno == ENOENT)
+		return -ENOENT;
+	if (dfd < 0 && (errno == EMFILE || errno == ENFILE))	/* a limit, not a refusal */
+		return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+	if (dfd < 0 && (errno == ELOOP || errno == ENOTDIR))
+		return mm_fail(err, -EACCES, "%s: not a directory (a symbolic link?)", dir);
+	if (dfd < 0)
+		return mm_fail(err, -EACCES, "%s: %s", dir, strerror(errno));
+	if (fstat(dfd, &st) < 0) {
+		close(dfd);
+		return mm_fail(err, -EACCES, "%s: %s", dir, strerror(errno));
+	}
+	*uid = st.st_uid;
+	if (st.st_uid != geteuid() && !owner_allowed(st.st_uid, rules)) {
+		close(dfd);
+		return mm_fail(err, -EACCES, "%s: owned by uid %u, not an allowed owner", dir,
+			       (unsigned)st.st_uid);
+	}
+	if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX)) {
+		close(dfd);
+		return mm_fail(err, -EACCES,
+			       "%s: writable by everyone without the sticky bit", dir);
+	}
+	return dfd;
+}
+
 /* Check what fd (name, found in dir) is, against the attach rules. */
 static int file_allowed(int fd, const char *dir, const char *name, uint64_t size,
 			const struct mm_attach_rules *rules, struct mm_err *err)
@@ -234,6 +374,8 @@ static int file_allowed(int fd, const char *dir, const char *name, uint64_t size
 
 	if (fstat(fd, &st) < 0)
 		return mm_fail(err, -errno, "%s/%s: %s", dir, name, strerror(errno));
+	if (S_ISLNK(st.st_mode))
+		return mm_fail(err, -EACCES, "%s/%s: is a symbolic link", dir, name);
 	if (!S_ISREG(st.st_mode))
 		return mm_fail(err, -EACCES, "%s/%s: not a regular file", dir, name);
 	if (st.st_nlink != 1)
@@ -248,12 +390,40 @@ static int file_allowed(int fd, const char *dir, const char *name, uint64_t size
 	return 0;
 }
 
+/* Look name up in dfd (dir) without following anything: the basename
+ * alone, a symbolic link itself (O_PATH | O_NOFOLLOW), nothing opened for
+ * I/O. If it passes file_allowed(), open that very file read-write through
+ * /proc/self/fd: the descriptor, -ENOENT if it is not there, else -errno. */
+static int open_allowed_file(int dfd, const char *dir, const char *name, uint64_t size,
+			     const struct mm_attach_rules *rules, struct mm_err *err)
+{
+	char proc[32];
+	int pfd, fd, r;
+
+	pfd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0 && errno == ENOENT)
+		return -ENOENT;
+	if (pfd < 0)
+		return mm_fail(err, errno == EMFILE || errno == ENFILE ? -errno : -EACCES,
+			       "%s/%s: %s", dir, name, strerror(errno));
+	r = file_allowed(pfd, dir, name, size, rules, err);
+	if (r == 0) {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+		fd = open(proc, O_RDWR | O_NOCTTY | O_CLOEXEC);
+		r = fd >= 0 ? fd : mm_fail(err, errno == EMFILE || errno == ENFILE ? -errno : -EACCES,
+					   "%s/%s: %s", dir, name, strerror(errno));
+	}
+	close(pfd);
+	return r;
+}
+
 int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 			 const struct mm_attach_rules *rules, bool keep_fd,
 			 struct mm_err *err)
 {
 	const char *name = strrchr(file, '/');
-	int r = -EACCES;
+	struct mm_err why;
+	int r;
 
 	name = name ? name + 1 : file;
 	if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
@@ -262,48 +432,36 @@ int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 		return mm_fail(err, -EINVAL, "%s: size %llu is outside %llu..%llu", file,
 			       (unsigned long long)size, (unsigned long long)MM_AREA_MIN,
 			       (unsigned long long)MM_AREA_MAX);
-	mm_fail(err, -EACCES, "%s: not found in the allowed directories", name);
 	for (size_t i = 0; i < rules->ndirs; i++) {
 		const char *dir = rules->dirs[i];
+		char path[PATH_MAX];
+		/* a user learns why only where they could look themselves:
+		 * in a directory of theirs; elsewhere a refusal is "not found" */
+		bool tell;
+		uid_t owner = (uid_t)-1;
 		int dfd, fd;
 
-		dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd < 0 && (errno == EMFILE || errno == ENFILE))
-			return mm_fail(err, -errno, "%s: %s", dir, strerror(errno));
+		dfd = open_allowed_dir(dir, rules, &owner, &why);
+		tell = !rules->user || (dfd >= 0 && owner == rules->user->uid);
+		if (dfd == -ENOENT || (dfd < 0 && !tell && dfd == -EACCES))
+			continue;
 		if (dfd < 0)
-			continue;
-		fd = openat(dfd, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-		if (fd < 0 && errno == ENOENT) {
-			close(dfd);
-			continue;
-		}
-		if (fd < 0) {
-			if (errno == ELOOP)
-				r = mm_fail(err, -EACCES, "%s/%s: is a symbolic link", dir, name);
-			else if (errno == EMFILE || errno == ENFILE)	/* a limit, not a refusal */
-				r = mm_fail(err, -errno, "%s/%s: %s", dir, name, strerror(errno));
-			else
-				r = mm_fail(err, -EACCES, "%s/%s: %s", dir, name, strerror(errno));
-			close(dfd);
-			return r;
-		}
-		r = dir_allowed(dfd, dir, err);
+			return mm_fail(err, dfd, "%s", why.msg);
+		fd = open_allowed_file(dfd, dir, name, size, rules, &why);
 		close(dfd);
-		if (r == 0)
-			r = file_allowed(fd, dir, name, size, rules, err);
-		if (r == 0) {
-			char path[PATH_MAX];
-
-			snprintf(path, sizeof(path), "%s/%s", dir, name);
-			r = map_area(a, fd, 0, size, path, err);
-		}
+		if (fd == -ENOENT || (fd < 0 && !tell && fd != -EMFILE && fd != -ENFILE))
+			continue;
+		if (fd < 0)
+			return mm_fail(err, fd, "%s", why.msg);
+		snprintf(path, sizeof(path), "%s/%s", dir, name);
+		r = map_area(a, fd, 0, size, path, err);
 		if (r == 0 && keep_fd)
 			a->fd = fd;
 		else
 			close(fd);
 		return r;
 	}
-	return r;
+	return mm_fail(err, -EACCES, "%s: not found in the allowed directories", name);
 }
 
 int mm_area_open_path(struct mm_area *a, const char *path, bool create,
@@ -433,22 +591,29 @@ static bool lock_tag(const char *name, char *tag, size_t n)
 	return true;
 }
 
-/* Delete the areas tagged `tag` in dfd that are ours. */
-static unsigned sweep_tag(int dfd, const char *tag)
+/* A stream of dfd's entries, its own open (a dup would share the caller's
+ * position in dfd), or NULL. */
+static DIR *list_dir(int dfd)
+{
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+	if (fd >= 0 && !d)
+		close(fd);
+	return d;
+}
+
+/* Delete the areas tagged `tag` in dfd that belong to uid. */
+static unsigned sweep_tag(int dfd, const char *tag, uid_t uid)
 {
 	char prefix[NAME_MAX + 16];
 	unsigned n = 0;
 	struct dirent *e;
 	struct stat st;
-	DIR *d;
-	/* its own open: a dup would share the caller's position in dfd */
-	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = list_dir(dfd);
 
-	if (fd < 0 || !(d = fdopendir(fd))) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return 0;
-	}
 	snprintf(prefix, sizeof(prefix), "mmapfs.%s.", tag);
 	while ((e = readdir(d))) {
 		size_t len = strlen(e->d_name);
@@ -457,9 +622,37 @@ static unsigned sweep_tag(int dfd, const char *tag)
 		    strcmp(e->d_name + len - 5, ".mmap"))
 			continue;
 		if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+		    S_ISREG(st.st_mode) && st.st_uid == uid &&
 		    unlinkat(dfd, e->d_name, 0) == 0)
 			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+/* The same in each user's directory in dfd ("uUID", theirs: mm_area_user_dir),
+ * for their areas. */
+static unsigned sweep_users(int dfd, const char *tag)
+{
+	unsigned n = 0;
+	struct dirent *e;
+	struct stat st;
+	uint64_t uid;
+	DIR *d = list_dir(dfd);
+
+	if (!d)
+		return 0;
+	while ((e = readdir(d))) {
+		int ufd;
+
+		if (e->d_name[0] != 'u' || mm_parse_u64(e->d_name + 1, UINT32_MAX - 1, &uid) < 0)
+			continue;
+		ufd = openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (ufd < 0)
+			continue;
+		if (fstat(ufd, &st) == 0 && st.st_uid == (uid_t)uid)
+			n += sweep_tag(ufd, tag, (uid_t)uid);
+		close(ufd);
 	}
 	closedir(d);
 	return n;
@@ -491,7 +684,7 @@ int mm_area_dir_lock(const char *dir, const char *tag, int *lockfd, unsigned *sw
 		return r;
 	}
 	*lockfd = fd;
-	d = fdopendir(openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	d = list_dir(dfd);
 	while (d && (e = readdir(d))) {
 		int ofd;
 
@@ -502,7 +695,7 @@ int mm_area_dir_lock(const char *dir, const char *tag, int *lockfd, unsigned *sw
 			continue;
 		/* locked by nobody: its daemon is gone */
 		if (flock(ofd, LOCK_EX | LOCK_NB) == 0) {
-			*swept += sweep_tag(dfd, other);
+			*swept += sweep_tag(dfd, other, geteuid()) + sweep_users(dfd, other);
 			unlinkat(dfd, e->d_name, 0);
 		}
 		close(ofd);

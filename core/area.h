@@ -71,11 +71,29 @@ void mm_area_init(struct mm_area *a);
  * 4 GiB. */
 uint64_t mm_area_size_for(uint64_t ring_bytes);
 
-/* Make sure dir exists as a private directory of ours, or of user's if not
- * NULL: create it (mode 0700, given to user) if missing; refuse a symlink, a
- * non-directory, another owner, or one that group or others may write. 0 or
- * -errno, err names the path. */
-int mm_area_dir_prepare(const char *dir, const struct mm_owner *user, struct mm_err *err);
+/* Make sure dir exists as a private directory of ours: create it (mode
+ * 0700) if missing; refuse a symlink, a non-directory, another owner, or
+ * one that group or others may write. 0 or -errno, err names the path and
+ * its owner. */
+int mm_area_dir_prepare(const char *dir, struct mm_err *err);
+
+/* The same for a default directory in a place anyone may write to
+ * (/dev/shm/mmapfs-UID): if someone else holds that name, a directory of
+ * ours beside it, "DIR.XXXXXX", is used instead: the one a daemon of ours
+ * made before (after a crash, for its leftovers), or a new one (mkdtemp,
+ * an unguessable name). The directory chosen (malloc'd) in *chosen; if
+ * the name was taken, its holder in *squatter and why in why (else
+ * *squatter is -1). 0 or -errno. */
+int mm_area_dir_claim(const char *dir, char **chosen, uid_t *squatter, char *why, size_t n,
+		      struct mm_err *err);
+
+/* A user's directory for the areas of their channels, "uUID" inside our
+ * dir, where only we create (nobody can take its name first or swap it):
+ * made if missing and given to them (mode 0700), or checked to be theirs
+ * and private. dir is made searchable by all (0711) for their programs to
+ * reach it. Its path goes to path. 0 or -errno. */
+int mm_area_user_dir(const char *dir, const struct mm_owner *user, char *path, size_t n,
+		     struct mm_err *err);
 
 /* Create a new file "mmapfs.TAG.XXXXXX.mmap" in dir (without ".TAG" if tag
  * is NULL; dir itself not a symlink), mode 0600, size bytes, mapped shared
@@ -84,25 +102,32 @@ int mm_area_create(struct mm_area *a, const char *dir, const char *tag, uint64_t
 		   const struct mm_owner *user, struct mm_err *err);
 
 /* Leftovers. A daemon holds an flock on "mmapfs.TAG.lock" in its mmap_dir
- * for as long as it runs and tags the areas it creates there; a lock file
- * that can be locked by someone else belongs to a daemon that died, and its
- * areas are leftovers. Take our own lock (its descriptor in *lockfd), then
- * delete every dead daemon's tagged areas (files of ours only) and its lock
- * file; *swept counts the areas. 0 or -errno, err names the file. */
+ * for as long as it runs and tags the areas it creates there and in its
+ * users' directories; a lock file that can be locked by someone else
+ * belongs to a daemon that died, and its areas are leftovers. Take our own
+ * lock (its descriptor in *lockfd), then delete every dead daemon's tagged
+ * areas (files of ours only, and in each user's directory files of that
+ * user only) and its lock file; *swept counts the areas. 0 or -errno, err
+ * names the file. */
 int mm_area_dir_lock(const char *dir, const char *tag, int *lockfd, unsigned *swept,
 		     struct mm_err *err);
 /* At a clean exit: delete our lock file and close it. */
 void mm_area_dir_unlock(const char *dir, const char *tag, int lockfd);
 
 /* Open a file a peer offered: only the basename of file is used, looked up
- * in rules->dirs with openat(O_NOFOLLOW); the descriptor must be a regular
- * file with one link owned by us (or rules->uids; or rules->user alone, if
- * set), in a directory that is
- * not writable by everyone without the sticky bit; size must be within
- * [MM_AREA_MIN, MM_AREA_MAX] and not beyond the file. The first size bytes
- * are mapped; the descriptor is kept in a->fd if keep_fd (the peer may
- * delete the file), else closed. -EACCES for a refused file, -EINVAL for a
- * bad size. */
+ * in rules->dirs in turn. Each directory is opened with O_NOFOLLOW and must
+ * be owned by us or an allowed owner, and not writable by everyone without
+ * the sticky bit; the name in it is looked up with O_PATH | O_NOFOLLOW,
+ * so nothing is followed and nothing opened for I/O until the file passes:
+ * a regular file (no device, FIFO or socket) with one link owned by us (or
+ * rules->uids; or rules->user alone, if set); it is then opened read-write
+ * through /proc/self/fd. size must be within [MM_AREA_MIN, MM_AREA_MAX]
+ * and not beyond the file. For a user's channel (rules->user), a refusal in
+ * a directory that is not the user's says only "not found", as a missing
+ * file does: the user learns nothing they could not see for themselves.
+ * The first size bytes are mapped; the descriptor is kept in a->fd if
+ * keep_fd (the peer may delete the file), else closed. -EACCES for a
+ * refused file, -EINVAL for a bad size. */
 int mm_area_open_offered(struct mm_area *a, const char *file, uint64_t size,
 			 const struct mm_attach_rules *rules, bool keep_fd,
 			 struct mm_err *err);

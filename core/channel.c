@@ -226,6 +226,30 @@ void mm_channel_destroy(struct mm_channel *ch)
 
 /* ---- claims ---- */
 
+/* dir's own pointer word (data_start of the area read, data_end of the
+ * one written), as an offset in [8, ring end), or 0 if it is corrupt or
+ * cannot be read. ch->lock held. */
+static uint32_t own_pointer(const struct mm_dir *d, unsigned dir)
+{
+	uint32_t start, end, p;
+
+	if (!d->present || mm_ring_raw(&d->ring, &start, &end) < 0)
+		return 0;
+	p = dir == MM_RD ? start : end;
+	if (p == 0 || p == d->ring.end)
+		p = MM_RING_HEADER;
+	return p < d->ring.end ? p : 0;
+}
+
+/* A claim of d: its reports start from here. */
+static void told_now(struct mm_dir *d, unsigned dir)
+{
+	d->told = own_pointer(d, dir);
+	d->told_bytes = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED);
+	d->owed = 0;
+}
+
+
 int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 {
 	unsigned have = 0;
@@ -256,6 +280,7 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 		if (r < 0)
 			goto out;
 		ch->wr.owner = owner;
+		told_now(&ch->wr, MM_WR);
 	}
 	if (want & MM_RD) {
 		/* the last reader may have been another process (a library):
@@ -264,6 +289,7 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ch->rd.eof_ack);
 		mm_dir_claimed(&ch->rd);
 		ch->rd.owner = owner;
+		told_now(&ch->rd, MM_RD);
 	}
 	mm_sleepers_reset(ch, want);
 	r = (int)want;
@@ -303,9 +329,35 @@ void mm_channel_abandon(struct mm_channel *ch, const void *owner)
 
 /* ---- display ---- */
 
-void mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
+uint64_t mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
 {
-	__atomic_add_fetch(dir == MM_RD ? &ch->rd.bytes : &ch->wr.bytes, n, __ATOMIC_RELAXED);
+	struct mm_dir *d = dir == MM_RD ? &ch->rd : &ch->wr;
+	uint64_t moved = 0, ours;
+	uint32_t p;
+
+	pthread_mutex_lock(&ch->lock);
+	p = own_pointer(d, dir);
+	if (p && d->told)
+		moved = p >= d->told ? p - d->told : (d->ring.end - d->told) + (p - MM_RING_HEADER);
+	/* without the mmapfs trailer (an xpra peer), a writer may start
+	 * again at the ring's start: all before the pointer may be new */
+	if (p && !d->ext && p != d->told && p - MM_RING_HEADER > moved)
+		moved = p - MM_RING_HEADER;
+	ours = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED) - d->told_bytes;
+	moved = moved > ours ? moved - ours : 0;
+	/* what a reader reports as read before it gives the space back
+	 * (an xpra-style reader moves data_start at the end of a piece) is
+	 * counted once the pointer has moved: up to a ring is owed */
+	n = n > UINT64_MAX - d->owed ? UINT64_MAX : n + d->owed;
+	d->owed = n > moved ? n - moved : 0;
+	if (d->owed > d->ring.end)
+		d->owed = d->ring.end;
+	if (n > moved)
+		n = moved;
+	d->told = p;
+	d->told_bytes = __atomic_add_fetch(&d->bytes, n, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&ch->lock);
+	return n;
 }
 
 unsigned mm_channel_failures(struct mm_channel *ch)

@@ -127,6 +127,12 @@ struct mm_dir {
 					 * has no word for it) */
 	bool dropping;			/* drop_below is in force */
 	bool cut;			/* writer: told its stream was cut */
+	/* ch->lock: where the claim's last report (or the claim) left this
+	 * end's pointer word (data_start to read, data_end to write), and
+	 * the counter then (mm_channel_add_bytes) */
+	uint32_t told;
+	uint64_t told_bytes;
+	uint64_t owed;			/* reported, not yet seen moved */
 	/* atomic */
 	uint64_t bytes;			/* moved through the stream */
 };
@@ -372,8 +378,18 @@ struct mm_ioc_bytes {
 };
 #define MM_IOC_BYTES _IOW('M', 1, struct mm_ioc_bytes)
 
-/* Add n bytes moved by someone else (a library) to dir's counter. */
-void mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n);
+/* Someone else (a library holding dir's claim) says it moved n bytes
+ * through dir since its last report: status's counter takes n, but never
+ * more than this end's pointer moved since then (the distance forward
+ * from where it stood, less than one turn of the ring) beyond what the
+ * daemon itself moved and counted meanwhile; with an xpra peer, whose
+ * writer may start again at the ring's start, at most up to the pointer
+ * from there, if it moved. What the pointer has not covered yet is kept,
+ * up to a ring, for the next report (a reader may say it read before it
+ * gives the space back). Returns what was counted. The count is exact
+ * from a reporter that tells before its pointer can come round (the
+ * library does). */
+uint64_t mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n);
 
 /* --- texts (text.c): length written, or -ENOSPC --- */
 

@@ -755,7 +755,8 @@ void data_release(struct mmfs *fs, struct handle *h)
 }
 
 /* A library's report (MM_IOC_BYTES): the bytes it moved through the areas
- * since its last, for status; and the claim is a library's from now on. */
+ * since its last, for status, counted only as far as the pointers moved
+ * (mm_channel_add_bytes); and the claim is a library's from now on. */
 void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len)
 {
 	struct mmfs *fs = fs_of(req);

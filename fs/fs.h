@@ -157,6 +157,16 @@ struct chan {
 	const char *user_dirs[1];	/* the allowed directory, without allow_dirs */
 	/* fs->lock: set at the first readlink of each, freed with ch */
 	struct fifo *fifo[2];
+	/* fixed: what its maker's usage counts for it (a mkdir), else 0 */
+	uid_t payer;
+	uint64_t charge;		/* the apparent bytes of its two areas */
+};
+
+/* What one user's channels made by mkdir hold, against cfg's limits. */
+struct usage {
+	uid_t uid;
+	uint64_t chans;
+	uint64_t bytes;
 };
 
 struct handle {
@@ -201,6 +211,8 @@ struct mmfs {
 	unsigned wheel_at;		/* wheel_lock */
 	unsigned wheel_room;		/* wheel_lock */
 	unsigned nchans;		/* lock: in the table */
+	struct usage *usage;		/* lock: each user's (tree.c) */
+	size_t nusage;			/* lock */
 	struct {			/* where channels are made (tree.c) */
 		pthread_mutex_t lock;
 		struct chan *free;	/* lock: freed ones, for the next */

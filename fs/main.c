@@ -7,6 +7,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <grp.h>
+#include <libgen.h>
+#include <pwd.h>
 #include <limits.h>
 #include <signal.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -65,6 +68,7 @@ struct cmdline {
 	char *size;
 	char *allow_dirs;
 	char *mkdir;
+	char *limit[4];			/* LIMIT_KEYS' values */
 	int allow_other;
 	int reserve;
 	int debug;
@@ -76,6 +80,9 @@ struct cmdline {
 };
 
 #define OPT(t, p) { t, offsetof(struct cmdline, p), 1 }
+static const char *const LIMIT_KEYS[4] = {
+	"max_channels", "max_bytes", "owner_max_channels", "owner_max_bytes"
+};
 #define KEY_ALLOW_OTHER 1
 
 static const struct fuse_opt cmdline_opts[] = {
@@ -87,6 +94,10 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("allow_dirs=%s", allow_dirs),
 	OPT("mkdir=%s", mkdir),
 	OPT("reserve", reserve),
+	OPT("max_channels=%s", limit[0]),
+	OPT("max_bytes=%s", limit[1]),
+	OPT("owner_max_channels=%s", limit[2]),
+	OPT("owner_max_bytes=%s", limit[3]),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	OPT("-d", debug),
 	OPT("--debug", debug),
@@ -135,6 +146,11 @@ static void usage(const char *prog)
 	       "                           where offered files may be opened (default: mmap_dir)\n"
 	       "    -o mkdir=owner|all|GROUP\n"
 	       "                           who may make channels with allow_other (default owner)\n"
+	       "    -o max_channels=N, -o max_bytes=SIZE\n"
+	       "                           what each other user's channels may hold (default 64,\n"
+	       "                           and a quarter of the mmap_dir's filesystem; 0: none)\n"
+	       "    -o owner_max_channels=N, -o owner_max_bytes=SIZE\n"
+	       "                           the same for the mounting user (default: no limit)\n"
 	       "    -o fuse_debug          libfuse's own trace of every request\n"
 	       "    -h, --help             this help\n"
 	       "    -V, --version          the version\n\n"
@@ -171,6 +187,51 @@ static int top_mode(struct mmfs *fs, const char *who)
 	return 0;
 }
 
+/* The default mmap_dir, /dev/shm/mmapfs-UID, which anyone may create
+ * first: ours, or a directory of ours beside it (core/area.h). 0, or -1
+ * after printing why. */
+static int claim_default_dir(struct mm_config *c)
+{
+	struct mm_err err = { "" };
+	char why[512], name[64] = "";
+	struct passwd *pw;
+	uid_t squatter;
+	char *dir;
+	int r = mm_area_dir_claim(c->mmap_dir, &dir, &squatter, why, sizeof(why), &err);
+
+	if (r == -ENOENT)
+		return 0;	/* no /dev/shm (a guest whose areas are all BARs):
+				 * made when a channel first needs it, if ever */
+	if (r < 0)
+		return fprintf(stderr, "mmapfs: mmap_dir %s\n", err.msg), -1;
+	if (squatter != (uid_t)-1) {
+		if ((pw = getpwuid(squatter)))
+			snprintf(name, sizeof(name), " (%s)", pw->pw_name);
+		fuse_log(FUSE_LOG_WARNING, "mmapfs: %s is taken by uid %u%s: %s; areas go to %s "
+			 "instead\n", c->mmap_dir, (unsigned)squatter, name, why, dir);
+	}
+	free(c->mmap_dir);
+	c->mmap_dir = dir;
+	return 0;
+}
+
+/* A user's area bytes by default: a quarter of the filesystem that holds
+ * the mmap_dir (/dev/shm: half the memory), at least eight channels' two
+ * areas at the ring size, but never more than half of it. */
+static uint64_t auto_max_bytes(const char *dir, uint64_t ring)
+{
+	uint64_t fs_bytes, b, eight = 16 * mm_area_size_for(ring);
+	char parent[PATH_MAX];
+	struct statvfs sv;
+
+	snprintf(parent, sizeof(parent), "%s", dir);
+	if (statvfs(dir, &sv) < 0 && statvfs(dirname(parent), &sv) < 0)
+		return eight;
+	fs_bytes = (uint64_t)sv.f_blocks * sv.f_frsize;
+	b = fs_bytes / 4 > eight ? fs_bytes / 4 : eight;
+	return b > fs_bytes / 2 && fs_bytes / 2 ? fs_bytes / 2 : b;
+}
+
 /* Defaults, then the file, then -o. 0, or 1 after printing why. */
 static int configure(struct mmfs *fs, struct cmdline *cl)
 {
@@ -191,7 +252,12 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 			return fprintf(stderr, "mmapfs: -o mmap_dir=%s: not an absolute path\n",
 				       cl->mmap_dir), 1;
 		r = mm_config_set_str(&c->mmap_dir, cl->mmap_dir);
+		c->mmap_dir_default = false;
 	}
+	for (int i = 0; i < 4; i++)
+		if (cl->limit[i] && mm_config_set_limit(c, LIMIT_KEYS[i], cl->limit[i], &err) < 0)
+			return fprintf(stderr, "mmapfs: -o %s=%s: %s\n", LIMIT_KEYS[i],
+				       cl->limit[i], err.msg), 1;
 	if (r == 0 && cl->size && mm_config_parse_size(cl->size, &c->size, &err) < 0)
 		return fprintf(stderr, "mmapfs: -o size=%s: %s\n", cl->size, err.msg), 1;
 	if (r == 0 && cl->allow_dirs &&
@@ -211,10 +277,16 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 		fs->allow_dirs = (const char **)&c->mmap_dir;
 		fs->n_allow_dirs = 1;
 	}
-	/* an existing mmap_dir is ours from the start (leftovers swept now);
-	 * a missing one is made when a channel first needs it */
+	/* the default is taken now, or one of ours beside it if another user
+	 * holds its name; an existing mmap_dir is ours from the start
+	 * (leftovers swept now); a missing one is made when a channel first
+	 * needs it */
+	if (c->mmap_dir_default && claim_default_dir(c) < 0)
+		return 1;
 	if (access(c->mmap_dir, F_OK) == 0 && mmfs_mmap_dir(fs, &err) < 0)
 		return fprintf(stderr, "mmapfs: %s\n", err.msg), 1;
+	if (c->user_max.bytes == MM_LIMIT_AUTO)
+		c->user_max.bytes = auto_max_bytes(c->mmap_dir, c->size);
 	for (size_t i = 0; i < c->n_channels; i++) {
 		if (mmfs_add_declared(fs, &c->channels[i], &err) < 0)
 			return fprintf(stderr, "mmapfs: %s:%d: channel %s: %s\n", file,
@@ -252,9 +324,11 @@ static void log_mounted(struct mmfs *fs, const char *mountpoint, const char *fil
 		snprintf(users, sizeof(users), "; allow_other, mkdir by %s",
 			 fs->top_mode == 01777 ? "all" : "the owner");
 	fuse_log(FUSE_LOG_NOTICE, "mmapfs: mounted on %s (config %s, mmap_dir %s, ring %llu "
-		 "bytes, id %s), declared channels: %s%s\n", mountpoint, file ? file : "none",
+		 "bytes, id %s), declared channels: %s%s; another user's limits: %llu channels, "
+		 "%llu bytes (0: none)\n", mountpoint, file ? file : "none",
 		 fs->cfg.mmap_dir, (unsigned long long)fs->cfg.size, fs->area_tag,
-		 names[0] ? names : "none", users);
+		 names[0] ? names : "none", users, (unsigned long long)fs->cfg.user_max.channels,
+		 (unsigned long long)fs->cfg.user_max.bytes);
 }
 
 /* fs->lock: error-checking where assert_unlocked() checks (fs.h). */
@@ -389,6 +463,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_chans:
 	mmfs_close_all(&fs);
+	free(fs.usage);
 	mmfs_tick_free(&fs);
 	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
 	mm_config_free(&fs.cfg);
@@ -400,6 +475,8 @@ out_args:
 	free(cl.size);
 	free(cl.allow_dirs);
 	free(cl.mkdir);
+	for (int i = 0; i < 4; i++)
+		free(cl.limit[i]);
 	free(cl.operand[0]);
 	free(cl.operand[1]);
 	return ret;

@@ -197,6 +197,57 @@ void chan_put(struct mmfs *fs, struct chan *ch)
 		chan_free(fs, ch);
 }
 
+/* ---- limits: each user's channels and area bytes (docs/mmapfs.1,
+ * LIMITS; fs->lock held) ---- */
+
+static struct usage *usage_of(struct mmfs *fs, uid_t uid)
+{
+	struct usage *u;
+
+	for (size_t i = 0; i < fs->nusage; i++)
+		if (fs->usage[i].uid == uid)
+			return &fs->usage[i];
+	u = realloc(fs->usage, (fs->nusage + 1) * sizeof(*u));
+	if (!u)
+		return NULL;
+	fs->usage = u;
+	u += fs->nusage++;
+	*u = (struct usage){ uid, 0, 0 };
+	return u;
+}
+
+/* Count a new channel of uid's, whose areas are `bytes`, if its limits
+ * let it: 0, or -EDQUOT (err says whose limit and which), -ENOMEM. */
+static int charge(struct mmfs *fs, uid_t uid, uint64_t bytes, struct mm_err *err)
+{
+	bool owner = uid == fs->uid;
+	const struct mm_limits *l = owner ? &fs->cfg.owner_max : &fs->cfg.user_max;
+	const char *key = owner ? "owner_max" : "max";
+	struct usage *u = usage_of(fs, uid);
+
+	if (!u)
+		return mm_fail(err, -ENOMEM, "out of memory");
+	if (l->channels && u->chans >= l->channels)
+		return mm_fail(err, -EDQUOT, "uid %u is at its limit of %llu channels (%s_channels)",
+			       (unsigned)uid, (unsigned long long)l->channels, key);
+	if (l->bytes && (u->bytes > l->bytes || bytes > l->bytes - u->bytes))
+		return mm_fail(err, -EDQUOT, "uid %u: %llu bytes of areas more would pass its "
+			       "limit of %llu (%s_bytes), %llu in use", (unsigned)uid,
+			       (unsigned long long)bytes, (unsigned long long)l->bytes, key,
+			       (unsigned long long)u->bytes);
+	u->chans++;
+	u->bytes += bytes;
+	return 0;
+}
+
+static void uncharge(struct mmfs *fs, uid_t uid, uint64_t bytes)
+{
+	struct usage *u = usage_of(fs, uid);	/* there: it was charged */
+
+	u->chans--;
+	u->bytes -= bytes;
+}
+
 /* Take ch out of the table. fs->lock held; the caller drops its ref. */
 static void chan_unlink(struct mmfs *fs, struct chan *ch)
 {
@@ -208,6 +259,8 @@ static void chan_unlink(struct mmfs *fs, struct chan *ch)
 	*(ch->next ? &ch->next->prev : &fs->last) = ch->prev;
 	ch->removed = true;
 	ch->refs--;
+	if (ch->charge)
+		uncharge(fs, ch->payer, ch->charge);
 }
 
 static struct chan *chan_new(struct mmfs *fs, const char *name)
@@ -257,8 +310,8 @@ static int chan_link(struct mmfs *fs, struct chan *ch)
 
 /* A channel belongs to uid:gid. One of another user than the daemon's is
  * a user's channel: the daemon (as root) acts for that user, its areas go
- * to their directory beside the mmap_dir, MMAP_DIR-uUID, and an offered
- * file must be theirs. */
+ * to their directory in the mmap_dir, MMAP_DIR/uUID (core/area.h,
+ * mm_area_user_dir), and an offered file must be theirs. */
 static int chan_owner(struct mmfs *fs, struct chan *ch, uid_t uid, gid_t gid, bool group_w,
 		      struct mm_err *err)
 {
@@ -274,7 +327,7 @@ static int chan_owner(struct mmfs *fs, struct chan *ch, uid_t uid, gid_t gid, bo
 	ch->user = (struct mm_owner){ uid, gid };
 	while (len > 1 && dir[len - 1] == '/')
 		len--;
-	if (asprintf(&ch->user_dir, "%.*s-u%u", (int)len, dir, (unsigned)uid) < 0) {
+	if (asprintf(&ch->user_dir, "%.*s/u%u", (int)len, dir, (unsigned)uid) < 0) {
 		ch->user_dir = NULL;
 		return mm_fail(err, -ENOMEM, "out of memory");
 	}
@@ -308,7 +361,7 @@ static void chan_opts(struct mmfs *fs, struct chan *ch, struct mm_chan_opts *o)
 
 /* The mmap_dir, on first use: a guest whose areas are all declared files
  * never needs one. Made if missing, locked as ours, and a dead daemon's
- * leftovers swept (core/area.h). */
+ * leftovers swept, its users' too (core/area.h). */
 int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
 {
 	struct mm_err why;
@@ -317,7 +370,7 @@ int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
 
 	pthread_mutex_lock(&fs->dir_lock);
 	if (fs->dir_lockfd < 0) {
-		r = mm_area_dir_prepare(fs->cfg.mmap_dir, NULL, &why);
+		r = mm_area_dir_prepare(fs->cfg.mmap_dir, &why);
 		if (r == 0)
 			r = mm_area_dir_lock(fs->cfg.mmap_dir, fs->area_tag, &fs->dir_lockfd,
 					     &swept, &why);
@@ -332,23 +385,25 @@ int mmfs_mmap_dir(struct mmfs *fs, struct mm_err *err)
 	return r;
 }
 
-/* A user's directory for their channels' areas: made if missing, theirs,
- * private. Never locked nor swept (docs/mmapfs.1, "USERS"). */
-static int user_dir(struct chan *ch, struct mm_err *err)
+/* A user's directory for their channels' areas, in the mmap_dir: made if
+ * missing, theirs, private (docs/mmapfs.1, "USERS"). */
+static int user_dir(struct mmfs *fs, struct chan *ch, struct mm_err *err)
 {
+	char path[PATH_MAX];
 	struct mm_err why;
-	int r = mm_area_dir_prepare(ch->user_dir, &ch->user, &why);
+	int r = mmfs_mmap_dir(fs, err);
 
-	if (r < 0)
-		return mm_fail(err, r, "areas of uid %u: %s", (unsigned)ch->user.uid, why.msg);
-	return 0;
+	if (r == 0 && (r = mm_area_user_dir(fs->cfg.mmap_dir, &ch->user, path, sizeof(path),
+					    &why)) < 0)
+		mm_fail(err, r, "areas of uid %u: %s", (unsigned)ch->user.uid, why.msg);
+	return r;
 }
 
 /* Make a channel owned by uid:gid (this may create files: no lock held)
  * and list it. */
 static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_role role,
 				const struct mm_chan_decl *decl, uid_t uid, gid_t gid,
-				bool group_w, int *res, struct mm_err *err)
+				bool group_w, uint64_t charge, int *res, struct mm_err *err)
 {
 	const char *read_file = decl ? decl->read_file : NULL;
 	const char *write_file = decl ? decl->write_file : NULL;
@@ -365,13 +420,15 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 	 * was given for */
 	r = chan_owner(fs, ch, uid, gid, group_w, err);
 	if (r == 0 && role == MM_CREATOR && !read_file && !write_file)
-		r = ch->for_user ? user_dir(ch, err) : mmfs_mmap_dir(fs, err);
+		r = ch->for_user ? user_dir(fs, ch, err) : mmfs_mmap_dir(fs, err);
 	if (r < 0) {
 		*res = r;
 		chan_discard(fs, ch);
 		return NULL;
 	}
 	chan_opts(fs, ch, &o);
+	ch->payer = uid;
+	ch->charge = charge;
 	if (decl) {
 		o.read_file = read_file;
 		o.write_file = write_file;
@@ -401,7 +458,7 @@ int mmfs_add_declared(struct mmfs *fs, const struct mm_chan_decl *d, struct mm_e
 	int r;
 
 	ch = chan_create(fs, d->name, d->role, d, d->uid != (uid_t)-1 ? d->uid : fs->uid,
-			 d->gid != (gid_t)-1 ? d->gid : fs->gid, d->group_w, &r, err);
+			 d->gid != (gid_t)-1 ? d->gid : fs->gid, d->group_w, 0, &r, err);
 	if (!ch)
 		return r;
 	trace(fs, "%s: declared %s\n", d->name, mm_role_name(d->role));
@@ -675,10 +732,13 @@ void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct mmfs *fs = fs_of(req);
+	/* the apparent size of its two areas, the most it can come to */
+	uint64_t bytes = 2 * mm_area_size_for(fs->cfg.size);
 	struct mm_dir_info rd, wr;
 	struct mm_err err = { "" };
 	struct stat st;
 	struct chan *ch;
+	bool charged;
 	int r;
 
 	if (parent != FUSE_ROOT_ID) {
@@ -689,13 +749,20 @@ void mm_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
+	/* counted against its maker's limits from now on */
 	pthread_mutex_lock(&fs->lock);
-	r = find_name(fs, name) ? -EEXIST : 0;
+	r = find_name(fs, name) ? -EEXIST : charge(fs, ctx->uid, bytes, &err);
 	pthread_mutex_unlock(&fs->lock);
 	/* the maker's, private unless the mode (less the umask) lets the
 	 * group write */
+	charged = r == 0;
 	ch = r ? NULL : chan_create(fs, name, MM_CREATOR, NULL, ctx->uid, ctx->gid,
-				    (mode & ~ctx->umask & S_IWGRP) != 0, &r, &err);
+				    (mode & ~ctx->umask & S_IWGRP) != 0, bytes, &r, &err);
+	if (!ch && charged) {
+		pthread_mutex_lock(&fs->lock);
+		uncharge(fs, ctx->uid, bytes);
+		pthread_mutex_unlock(&fs->lock);
+	}
 	if (!ch) {
 		if (r != -EEXIST)
 			fuse_log(FUSE_LOG_ERR, "mmapfs: mkdir %s: %s\n", name, err.msg);

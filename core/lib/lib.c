@@ -89,9 +89,10 @@ static uint64_t coarse_ms(void)
 }
 
 /* Tell the daemon of this end what dir moved since the last time, for
- * status's counters (MM_IOC_BYTES): at most every TELL_MS, unless `now`.
- * Called by dir's own thread. */
-static void tell(struct mmapfs_chan *c, unsigned dir, bool now)
+ * status's counters (MM_IOC_BYTES): at most every TELL_MS, unless `now`,
+ * or the `next` bytes about to move could bring the pointer round to where
+ * it stood at the last report. Called by dir's own thread. */
+static void tell(struct mmapfs_chan *c, unsigned dir, bool now, size_t next)
 {
 	struct told *t = dir == MM_RD ? &c->rd_told : &c->wr_told;
 	uint64_t moved = __atomic_load_n(dir == MM_RD ? &c->ch.rd.bytes : &c->ch.wr.bytes,
@@ -102,7 +103,11 @@ static void tell(struct mmapfs_chan *c, unsigned dir, bool now)
 	if (!c->tells || moved == t->bytes)
 		return;
 	ms = coarse_ms();
-	if (!now && ms - t->ms < TELL_MS)
+	/* and before the pointer could come round again: the daemon counts
+	 * no more than it moved since the last report, less than a turn */
+	if (!now && ms - t->ms < TELL_MS &&
+	    moved - t->bytes + next < mm_ring_capacity(dir == MM_RD ? &c->ch.rd.ring :
+							   &c->ch.wr.ring))
 		return;
 	*(dir == MM_RD ? &b.read : &b.written) = moved - t->bytes;
 	ioctl(c->fd, MM_IOC_BYTES, &b);
@@ -308,7 +313,7 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 		}
 		r = mm_stream_wait(&c->ch, dir, step);
 		watch(c, false);
-		tell(c, dir, false);
+		tell(c, dir, false, 0);
 		if (r == -EINTR)
 			return -EINTR;
 		if ((step *= 2) > mm_stream_wait_max(&c->ch, dir))
@@ -324,8 +329,9 @@ ssize_t mmapfs_read(struct mmapfs_chan *c, void *buf, size_t len)
 		return fail(-EBADF);
 	if (len == 0)
 		return 0;
+	tell(c, MM_RD, false, len);
 	n = stream_call(c, OP_READ, buf, len);
-	tell(c, MM_RD, false);
+	tell(c, MM_RD, false, 0);
 	return n < 0 ? fail_stream(c, n) : n;
 }
 
@@ -338,12 +344,13 @@ ssize_t mmapfs_write(struct mmapfs_chan *c, const void *buf, size_t len)
 		return fail(-EBADF);
 	/* blocking: the whole count; non-blocking: what fits, or EAGAIN */
 	while (done < len) {
+		tell(c, MM_WR, false, len - done);
 		n = stream_call(c, OP_WRITE, (char *)buf + done, len - done);
 		if (n <= 0)
 			break;
 		done += (size_t)n;
 	}
-	tell(c, MM_WR, false);
+	tell(c, MM_WR, false, 0);
 	if (done > 0 || len == 0)
 		return (ssize_t)done;
 	return fail_stream(c, n);
@@ -358,6 +365,7 @@ ssize_t mmapfs_read_begin(struct mmapfs_chan *c, const void **p, size_t max)
 	if (max == 0 || !p)
 		return fail(-EINVAL);
 	c->handed = 0;
+	tell(c, MM_RD, false, max);
 	n = stream_call(c, OP_READ_BEGIN, NULL, max);
 	if (n <= 0)
 		return n < 0 ? fail_stream(c, n) : 0;
@@ -377,7 +385,7 @@ int mmapfs_read_end(struct mmapfs_chan *c, size_t n)
 		return fail(-EINVAL);
 	r = mm_stream_read_end(&c->ch, &c->slice, n);
 	c->handed = 0;
-	tell(c, MM_RD, false);
+	tell(c, MM_RD, false, 0);
 	return r < 0 ? fail_stream(c, r) : 0;
 }
 
@@ -435,8 +443,8 @@ int mmapfs_close(struct mmapfs_chan *c)
 	if ((c->dirs & MM_RD) &&
 	    (c->in_stream || (!c->at_end && mm_stream_pending(&c->ch))))
 		mm_stream_abandon(&c->ch);
-	tell(c, MM_RD, true);
-	tell(c, MM_WR, true);
+	tell(c, MM_RD, true, 0);
+	tell(c, MM_WR, true, 0);
 	mm_channel_destroy(&c->ch);
 	/* the daemon's release of the claim ends our stream */
 	r = close(c->fd);

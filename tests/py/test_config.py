@@ -243,6 +243,10 @@ def test_declared_file_cannot_open(conf, mnt, shm, tmp_path):
     ("mmap_dir=relative/dir", "mmap_dir=relative/dir"),
     ("allow_dirs=/dev/shm:relative", "allow_dirs"),
     ("mkdir=no-such-group-mmapfs", "mkdir=no-such-group-mmapfs: expected owner, all"),
+    ("max_channels=lots", "max_channels=lots: 'lots' is not a number of channels"),
+    ("owner_max_channels=-1", "owner_max_channels=-1"),
+    ("max_bytes=2T", "max_bytes=2T: '2T' is not a number with K, M or G"),
+    ("owner_max_bytes=", "owner_max_bytes="),
 ])
 def test_bad_option(option, names, mnt, shm):
     err = run_bad(["-o", f"mmap_dir={shm}", "-o", option], mnt)

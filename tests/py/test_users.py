@@ -12,6 +12,7 @@ import hashlib
 import os
 import pathlib
 import pwd
+import re
 import grp
 import secrets
 import shutil
@@ -107,7 +108,7 @@ def mode_of(path):
 
 
 def user_dir(shm, u):
-    return f"{shm}-u{u.uid}"
+    return f"{shm}/u{u.uid}"
 
 
 def sha256_file(path):
@@ -123,22 +124,26 @@ def user_stream(u, src, wr, rd):
     return r.stdout.split()[0]
 
 
-def user_handshake(u, a, b, name):
-    """As the user: mkdir name on mounts a and b, the handshake, both ready."""
-    r = as_user(u, f"mkdir {a / name} {b / name} && "
-                   f"cat {a / name}/capabilities > {b / name}/peer && "
-                   f"cat {b / name}/capabilities > {a / name}/peer")
-    assert r.returncode == 0, r.stderr
-    wait_state(a, name, "ready")
-    wait_state(b, name, "ready")
-
-
 def source(tmp_path, n=300_000):
     """A file of random bytes the user may read."""
     src = tmp_path / "src"
     src.write_bytes(os.urandom(n))
     src.chmod(0o644)
     return str(src)
+
+
+def user_channel(mount_factory, user):
+    """Two mounts, all may make channels, and the user's channel "uc" on
+    each, handshaken by the user."""
+    a = mount_factory("-o", "allow_other,mkdir=all")
+    b = mount_factory("-o", "allow_other,mkdir=all")
+    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'} && "
+                      f"cat {a / 'uc'}/capabilities > {b / 'uc'}/peer && "
+                      f"cat {b / 'uc'}/capabilities > {a / 'uc'}/peer")
+    assert r.returncode == 0, r.stderr
+    wait_state(a, "uc", "ready")
+    wait_state(b, "uc", "ready")
+    return a, b
 
 
 def test_other_user_is_shut_out(mount_factory, user):
@@ -325,10 +330,8 @@ def test_one_users_waiting_callers_delay_nobody(mount_factory, user):
     opens wait for the reader, and 20 readers that wait for bytes: root's
     ls and cat status answer at once; killing the user's processes ends
     them, and the channel serves the next caller."""
-    a = mount_factory("-o", "allow_other,mkdir=all")
-    b = mount_factory("-o", "allow_other,mkdir=all")
+    a, b = user_channel(mount_factory, user)
     os.mkdir(a / "rootc")
-    user_handshake(user, a, b, "uc")
     for i in range(20):
         r = as_user(user, f"mkdir {a / f'r{i}'} {b / f'r{i}'} && "
                           f"cat {a / f'r{i}'}/capabilities > {b / f'r{i}'}/peer && "
@@ -371,9 +374,7 @@ def test_fifo_entries_go_one_way_for_the_owner(mount_factory, user, tmp_path):
     """A user's channel's FIFO entries: the user streams through them (dd
     with 512-byte blocks), but may not read send nor write recv, nor change
     who may (the FIFOs are the daemon's); a stranger opens neither."""
-    a = mount_factory("-o", "allow_other,mkdir=all")
-    b = mount_factory("-o", "allow_other,mkdir=all")
-    user_handshake(user, a, b, "uc")
+    a, b = user_channel(mount_factory, user)
     src = source(tmp_path)
     r = as_user(user, f"cat {b / 'uc'}/recv | sha256sum & "
                       f"dd if={src} of={a / 'uc'}/send status=none; wait")
@@ -445,3 +446,246 @@ with open(os.path.join(a, "send"), "w") as f:
 t.join(10)
 print(got[0])
 """
+
+
+# ---- a shared machine: what one user can do to the others (issue 24) ----
+
+# The whole squat runs in a mount namespace of its own with a tmpfs of its
+# own on /dev/shm, so that the default mmap_dir, /dev/shm/mmapfs-0, is this
+# test's alone. The daemons it starts die with it (trap) and their mount
+# with the namespace.
+SQUAT = r"""
+set -u
+exe=$1 mnt=$2 log=$3 uid=$4 gid=$5 squat=$6 other=$7
+mount -t tmpfs -o mode=1777,size=64m tmpfs /dev/shm || exit 90
+as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --clear-groups "$@"; }
+pid=
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; umount -l "$mnt" 2>/dev/null' EXIT
+start() {
+    "$exe" -f -o allow_other,mkdir=all,size=64K "$mnt" >> "$log" 2>&1 &
+    pid=$!
+    for i in $(seq 100); do
+        mountpoint -q "$mnt" && return 0
+        kill -0 $pid 2>/dev/null || { wait $pid; echo "start=exit $?"; exit 0; }
+        sleep 0.1
+    done
+    echo "start=timeout"; exit 0
+}
+# the user takes root's default name first, and another user's old one
+case $squat in
+    dir) as $uid mkdir -m 0777 /dev/shm/mmapfs-0 ;;
+    file) as $uid touch /dev/shm/mmapfs-0 ;;
+    symlink) as $uid ln -s /etc /dev/shm/mmapfs-0 ;;
+esac
+as $uid mkdir -m 0700 /dev/shm/mmapfs-0-u$other
+start
+echo "start=ok"
+mkdir "$mnt/rootc" && echo "rootc=$(grep read.file= "$mnt/rootc/capabilities")"
+as $uid mkdir "$mnt/userc" && echo "userc=$(grep read.file= "$mnt/userc/capabilities")"
+as $other mkdir "$mnt/otherc" && echo "otherc=$(grep read.file= "$mnt/otherc/capabilities")"
+echo "squatter=$(stat -c %u /dev/shm/mmapfs-0)"
+# a crash: the next daemon finds its directory again and sweeps every
+# area left, the users' too
+kill -9 $pid; wait $pid 2>/dev/null; pid=; umount -l "$mnt"
+echo "left=$(find /dev/shm -name '*.mmap' | wc -l)"
+start
+echo "swept=$(find /dev/shm -name '*.mmap' | wc -l)"
+fusermount3 -u "$mnt"; wait $pid; echo "rc=$?"; pid=
+"""
+
+
+@pytest.mark.parametrize("squat", ["dir", "file", "symlink"])
+def test_squatted_default_dir(user, tmp_path, squat):
+    """A user who takes /dev/shm/mmapfs-0 first (a directory open to all,
+    a file, a symlink) stops nothing: root's daemon starts, says who holds
+    the name, makes a directory of its own beside it, and finds it again
+    after a crash to sweep its leftovers, its users' too. The old users'
+    directory names beside the mmap_dir (mmapfs-0-uUID) mean nothing."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare(1)")
+    from conftest import MMAPFS, unexpected_log_lines
+    mnt, log, other = tmp_path / "mnt", tmp_path / "squat.log", 54321
+    mnt.mkdir()
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", SQUAT,
+                        "squat", MMAPFS, str(mnt), str(log), str(user.uid), str(user.gid),
+                        squat, str(other)],
+                       capture_output=True, text=True, timeout=120, start_new_session=True)
+    got = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert r.returncode == 0 and got.get("start") == "ok", (r.stdout, r.stderr, text)
+    assert got["squatter"] == str(user.uid)
+    files = {k: got.get(k, "").split("=", 1)[-1] for k in ("rootc", "userc", "otherc")}
+    assert all(files.values()), (got, r.stderr, text)
+    ours = os.path.dirname(files["rootc"])
+    assert re.fullmatch(r"/dev/shm/mmapfs-0\.[A-Za-z0-9]{6}", ours), files
+    assert os.path.dirname(files["userc"]) == f"{ours}/u{user.uid}"
+    assert os.path.dirname(files["otherc"]) == f"{ours}/u{other}"
+    assert f"/dev/shm/mmapfs-0 is taken by uid {user.uid} ({user.name})" in text, text
+    assert f"areas go to {ours} instead" in text
+    assert got["left"] == "6" and got["swept"] == "0", got
+    assert "removed 6 areas a dead mmapfs left behind" in text
+    assert got["rc"] == "0", text
+    assert not unexpected_log_lines(text), text
+
+
+def offer_naming(caps, name):
+    """A whole offer (a real one's tokens and sizes) whose files are name."""
+    return "".join(f"{d}.file=/x/{name}\n" + "".join(
+        f"{d}.{k}={caps[f'{d}.{k}']}\n" for k in ("size", "token", "token_index", "token_bytes"))
+        for d in ("read", "write"))
+
+
+def test_offer_through_symlinked_dir(mount_factory, user, tmp_path):
+    """The user's allowed directory, theirs, swapped for a symlink to /dev
+    or to a directory only root may read: nothing there is opened, and the
+    refusal says no more than for a name that is not there."""
+    home = tmp_path / "home"            # the user's, where they may swap names
+    home.mkdir(mode=0o755)
+    os.chown(home, user.uid, user.gid)
+    allowed = home / "allowed"
+    allowed.mkdir(mode=0o700)
+    os.chown(allowed, user.uid, user.gid)
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o700)
+    (secret / "f.mmap").write_bytes(b"\0" * (128 << 10))
+    a = mount_factory("-o", "allow_other,mkdir=all")
+    b = mount_factory("-o", f"allow_other,mkdir=all,allow_dirs={allowed}")
+    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'}")
+    assert r.returncode == 0, r.stderr
+    caps = read_kv(a / "uc/capabilities")
+    answers = {}
+    for target, name in (("/dev", "null"), ("/dev", "zero"), (str(secret), "f.mmap"),
+                         (str(secret), "none.mmap")):
+        r = as_user(user, f"rmdir {allowed} 2>/dev/null; rm -f {allowed}; "
+                          f"ln -s {target} {allowed}")
+        assert r.returncode == 0, r.stderr
+        offer = tmp_path / f"offer-{name}"
+        offer.write_text(offer_naming(caps, name))
+        offer.chmod(0o644)
+        r = as_user(user, f"cat {offer} > {b / 'uc'}/peer")
+        assert r.returncode != 0 and "Permission denied" in r.stderr, (name, r.stderr)
+        answers[name] = b.status("uc")["error"]
+    for name, why in answers.items():
+        assert why.endswith(f"{name}: not found in the allowed directories"), (name, why)
+        for leak in ("regular", "uid 0", "owned", "symbolic", "/dev", str(secret)):
+            assert leak not in why, (name, why)
+
+
+def test_offer_never_opens_a_fifo(mount_factory, user, tmp_path):
+    """A FIFO the user offers from their own directory is looked at, never
+    opened: a writer waiting for a reader on it goes on waiting."""
+    a = mount_factory("-o", "allow_other,mkdir=all")
+    b = mount_factory("-o", "allow_other,mkdir=all")
+    r = as_user(user, f"mkdir {a / 'uc'} {b / 'uc'}")
+    assert r.returncode == 0, r.stderr
+    caps = read_kv(a / "uc/capabilities")
+    udir = os.path.dirname(caps["read.file"])
+    r = as_user(user, f"mkfifo -m 0600 {udir}/fifo")
+    assert r.returncode == 0, r.stderr
+    # opens for writing once someone opens it for reading: as the daemon did
+    writer = subprocess.Popen(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
+                               "--init-groups", "sh", "-c", f"exec 3>{udir}/fifo; echo opened"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        offer = tmp_path / "offer"
+        offer.write_text(offer_naming(caps, "fifo"))
+        offer.chmod(0o644)
+        r = as_user(user, f"cat {offer} > {b / 'uc'}/peer")
+        assert r.returncode != 0 and "Permission denied" in r.stderr, r.stderr
+        # their own directory: they may learn what it is
+        assert "fifo: not a regular file" in b.status("uc")["error"]
+        time.sleep(0.5)
+        assert writer.poll() is None, "the daemon opened the FIFO"
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def mkdirs_as(uid, paths):
+    """mkdir each path as uid (any number, no account needed): the errno
+    name of each, or OK."""
+    script = ("import errno, os, sys\n"
+              "for p in sys.argv[1:]:\n"
+              "    try:\n        os.mkdir(p); print('OK')\n"
+              "    except OSError as e:\n        print(errno.errorcode[e.errno])\n")
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        sys.executable, "-c", script, *map(str, paths)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+AREA_PAIR = 2 * (64 * 1024 + 4096)     # the two areas of a channel of 64K rings
+
+
+def test_limit_channels(mount_factory, user):
+    """A user at their limit of channels gets EDQUOT, and the log says whose
+    limit and which; another user, and the mounting user, go on."""
+    m = mount_factory("-o", "allow_other,mkdir=all,max_channels=3")
+    assert mkdirs_as(user.uid, [m / f"u{i}" for i in range(5)]) == ["OK"] * 3 + ["EDQUOT"] * 2
+    assert mkdirs_as(54321, [m / f"o{i}" for i in range(4)]) == ["OK"] * 3 + ["EDQUOT"]
+    for i in range(6):
+        os.mkdir(m / f"root{i}")     # the mounting user: no limit unless configured
+    assert f"mkdir u3: uid {user.uid} is at its limit of 3 channels (max_channels)" \
+        in m.log_text()
+    # a channel removed gives its place back
+    assert probe(user, "rmdir", m / "u0") == "OK"
+    assert mkdirs_as(user.uid, [m / "u5", m / "u6"]) == ["OK", "EDQUOT"]
+
+
+def test_limit_bytes(mount_factory, user, shm):
+    """The same for the bytes of a user's areas (their apparent size)."""
+    m = mount_factory("-o", f"allow_other,mkdir=all,max_bytes={2 * AREA_PAIR + 100}")
+    assert mkdirs_as(user.uid, [m / f"u{i}" for i in range(3)]) == ["OK", "OK", "EDQUOT"]
+    assert mkdirs_as(54321, [m / "o0", m / "o1"]) == ["OK", "OK"]
+    log = m.log_text()
+    assert f"mkdir u2: uid {user.uid}: {AREA_PAIR} bytes of areas more would pass its " \
+           f"limit of {2 * AREA_PAIR + 100} (max_bytes), {2 * AREA_PAIR} in use" in log, log
+    assert len(areas_in(f"{shm}/u{user.uid}")) == 4
+
+
+def test_limit_owner_and_defaults(mount_factory, conf_file, user):
+    """The mounting user is limited only when configured (owner_max_*, here
+    from the file); other users by default to 64 channels."""
+    m = mount_factory("-c", conf_file("owner_max_channels = 2;\n"), "-o", "allow_other,mkdir=all")
+    assert mkdirs_as(0, [m / "a", m / "b", m / "c"]) == ["OK", "OK", "EDQUOT"]
+    assert "uid 0 is at its limit of 2 channels (owner_max_channels)" in m.log_text()
+    got = mkdirs_as(user.uid, [m / f"u{i}" for i in range(66)])
+    assert got == ["OK"] * 64 + ["EDQUOT"] * 2
+
+
+@pytest.fixture
+def conf_file(tmp_path):
+    def make(text):
+        path = tmp_path / f"limits{len(list(tmp_path.glob('limits*')))}.conf"
+        path.write_text(text)
+        return str(path)
+    return make
+
+
+# _IOW('M', 1, struct mm_ioc_bytes): core/channel.h
+MM_IOC_BYTES = (1 << 30) | (16 << 16) | (ord("M") << 8) | 1
+
+LIAR = r"""
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.write(fd, b"x" * 5000)
+for _ in range(3):
+    fcntl.ioctl(fd, int(sys.argv[2]), struct.pack("QQ", 10**12, 10**12))
+os.close(fd)
+"""
+
+
+def test_lying_byte_counts(mount_factory, user):
+    """The holder of data says with MM_IOC_BYTES that it moved 10^12 bytes
+    each way: status counts what the pointers moved, nothing more."""
+    a, b = user_channel(mount_factory, user)
+    r = subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                        sys.executable, "-c", LIAR, str(a / "uc/data"), str(MM_IOC_BYTES)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    st = a.status("uc")
+    assert (st["write.bytes"], st["read.bytes"]) == ("5000", "0"), st
+    r = as_user(user, f"cat {b / 'uc'}/data | wc -c")
+    assert r.stdout.strip() == "5000"
+    assert b.status("uc")["read.bytes"] == "5000"

@@ -265,7 +265,7 @@ t_user_channel() {
 	e=$(mnt e)/uc f=$(mnt f)/uc
 	runuser -u "$user" -- mkdir "$e" "$f" ||
 		fail "$user: mkdir failed: $(journalctl -q -o cat -u mmapfs@e | grep -m 2 mkdir)"
-	ud=/dev/shm/mmapfs-users-u$uid
+	ud=/dev/shm/mmapfs-users/u$uid
 	[ "$(stat -c '%a %U' "$ud")" = "700 $user" ] || fail "$ud: $(stat -c '%a %U' "$ud")"
 	[ "$(stat -c '%a %U' "$ud"/*.mmap | sort -u)" = "600 $user" ] ||
 		fail "areas: $(stat -c '%n %a %U' "$ud"/*.mmap)"
@@ -294,6 +294,49 @@ t_user_channel() {
 	timeout 30 systemctl stop mmapfs@e mmapfs@f
 	bad=$(bad_lines mmapfs@e "$c"; bad_lines mmapfs@f "$c")
 	[ -z "$bad" ] || fail "journal: $bad"
+}
+
+# A user takes the default mmap_dir's name, /dev/shm/mmapfs-0, before the
+# unit starts: the start succeeds, the journal names the squatter, root's
+# and the user's areas go to a directory of the daemon's own beside it, and
+# after kill -9 the restarted daemon finds it again and sweeps them.
+t_squatted_default() {
+	local d uid c own left
+	id "$user" > /dev/null 2>&1 || useradd -M -s /bin/sh "$user" || fail "useradd"
+	uid=$(id -u "$user")
+	# an earlier instance with the default took it at start: left empty
+	rmdir /dev/shm/mmapfs-0 2> /dev/null
+	[ ! -e /dev/shm/mmapfs-0 ] || fail "/dev/shm/mmapfs-0 is in use: $(ls -la /dev/shm/mmapfs-0)"
+	runuser -u "$user" -- mkdir -m 0777 /dev/shm/mmapfs-0 || fail "the squat failed"
+	printf 'size = "1M";
+' > /etc/mmapfs/q.conf
+	d=/etc/systemd/system/mmapfs@q.service.d
+	mkdir -p "$d"
+	{ echo "[Service]"; grep -o 'Environment="OPTIONS=-o allow_other[^"]*"' "$unit" | head -n 1; } \
+		> "$d/options.conf"
+	systemctl daemon-reload
+	c=$(cursor)
+	timeout 30 systemctl start mmapfs@q ||
+		fail "start failed: $(journalctl -q -o cat -u mmapfs@q | grep -m 2 mmapfs)"
+	journalctl --sync 2>/dev/null
+	journalctl -q -o cat -u mmapfs@q --after-cursor="$c" |
+		grep -F "/dev/shm/mmapfs-0 is taken by uid $uid ($user)" ||
+		fail "the squatter is not named: $(journalctl -q -o cat -u mmapfs@q | head -n 3)"
+	mkdir "$(mnt q)/rootc" || fail "root's mkdir"
+	runuser -u "$user" -- mkdir "$(mnt q)/userc" || fail "$user's mkdir"
+	own=$(dirname "$(sed -n 's/^read.file=//p' "$(mnt q)/rootc/capabilities")")
+	case $own in /dev/shm/mmapfs-0.??????) ;; *) fail "root's areas in $own" ;; esac
+	[ "$(dirname "$(sed -n 's/^read.file=//p' "$(mnt q)/userc/capabilities")")" = "$own/u$uid" ] ||
+		fail "$user's areas: $(grep file= "$(mnt q)/userc/capabilities")"
+	kill -9 "$(prop mmapfs@q MainPID)"
+	wait_for 15 eval '[ "$(prop mmapfs@q NRestarts)" = 1 ] && mountpoint -q "$(mnt q)"' ||
+		fail "not back after kill -9"
+	left=$(find /dev/shm/mmapfs-0.* -name '*.mmap' | wc -l)
+	[ "$left" = 0 ] || fail "$left areas left after the restart"
+	journalctl --sync 2>/dev/null
+	journalctl -q -o cat -u mmapfs@q | grep -F "$own: removed 4 areas" || fail "no sweep logged"
+	timeout 30 systemctl stop mmapfs@q
+	rm -rf /dev/shm/mmapfs-0 /dev/shm/mmapfs-0.*
 }
 
 # The documented User= drop-in: the daemon runs as that user, mounts through
@@ -397,6 +440,7 @@ check bad-config-fails-fast-no-restart t_bad_config
 check allow-other-second-user t_allow_other
 check user-dropin t_user_dropin
 check second-user-channel t_user_channel
+check squatted-default-mmap-dir t_squatted_default
 check sample-config-as-is t_sample_as_is
 check stop-clean-journal t_stop_plain
 if packaged; then

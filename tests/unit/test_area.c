@@ -237,37 +237,129 @@ static void test_dir_prepare(void)
 	const char *owned = path_in("owned");
 	struct stat st;
 
-	CHECK_INT(mm_area_dir_prepare(fresh, NULL, &err), ==, 0);
+	CHECK_INT(mm_area_dir_prepare(fresh, &err), ==, 0);
 	CHECK_INT(lstat(fresh, &st), ==, 0);
 	CHECK(S_ISDIR(st.st_mode));
 	CHECK_INT(st.st_mode & 07777, ==, 0700);
-	CHECK_INT(mm_area_dir_prepare(fresh, NULL, &err), ==, 0);	/* again */
+	CHECK_INT(mm_area_dir_prepare(fresh, &err), ==, 0);	/* again */
 
-	CHECK_INT(mm_area_dir_prepare("relative/dir", NULL, &err), ==, -EINVAL);
+	CHECK_INT(mm_area_dir_prepare("relative/dir", &err), ==, -EINVAL);
 	CHECK_HAS(err.msg, "relative/dir");
-	CHECK_INT(mm_area_dir_prepare(path_in("no/such/parent"), NULL, &err), ==, -ENOENT);
+	CHECK_INT(mm_area_dir_prepare(path_in("no/such/parent"), &err), ==, -ENOENT);
 	CHECK_HAS(err.msg, "no/such/parent");
 
 	CHECK_INT(symlink(fresh, link), ==, 0);
-	CHECK_INT(mm_area_dir_prepare(link, NULL, &err), <, 0);
+	CHECK_INT(mm_area_dir_prepare(link, &err), <, 0);
 	CHECK_HAS(err.msg, link);
 	CHECK_INT(make_file(file, 0), ==, true);
-	CHECK_INT(mm_area_dir_prepare(file, NULL, &err), ==, -ENOTDIR);
+	CHECK_INT(mm_area_dir_prepare(file, &err), ==, -ENOTDIR);
 	CHECK_HAS(err.msg, file);
 
 	if (make_dir(grp, 0770)) {
-		CHECK_INT(mm_area_dir_prepare(grp, NULL, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(grp, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, grp);
 	}
 	if (make_dir(oth, 0702)) {
-		CHECK_INT(mm_area_dir_prepare(oth, NULL, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(oth, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, oth);
 	}
 	if (geteuid() == 0 && make_dir(owned, 0700)) {
 		CHECK_INT(chown(owned, OTHER_UID, (gid_t)-1), ==, 0);
-		CHECK_INT(mm_area_dir_prepare(owned, NULL, &err), ==, -EACCES);
+		CHECK_INT(mm_area_dir_prepare(owned, &err), ==, -EACCES);
 		CHECK_HAS(err.msg, owned);
 	}
+}
+
+/* The default directory, whose name someone else may hold first. */
+static void test_dir_claim(void)
+{
+	const char *want = path_in("shm/mmapfs-0");
+	char why[512], *dir, *again;
+	uid_t who;
+
+	if (!make_dir(path_in("shm"), 01777))
+		return;
+	/* free: taken as it is */
+	CHECK_INT(mm_area_dir_claim(want, &dir, &who, why, sizeof(why), &err), ==, 0);
+	CHECK_STR(dir, want);
+	CHECK_INT(who, ==, (uid_t)-1);
+	free(dir);
+	CHECK_INT(rmdir(want), ==, 0);
+	/* a file, a symlink, a directory of another user or open to others:
+	 * a directory of ours beside it, the same one each time (found again
+	 * after a crash), whatever holds the name */
+	CHECK_INT(make_file(want, 0), ==, true);
+	CHECK_INT(mm_area_dir_claim(want, &dir, &who, why, sizeof(why), &err), ==, 0);
+	CHECK_HAS(why, "not a directory");
+	CHECK_INT(who, ==, geteuid());
+	CHECK(strncmp(dir, want, strlen(want)) == 0 && dir[strlen(want)] == '.' &&
+	      strlen(dir) == strlen(want) + 7);
+	CHECK_INT(mm_area_dir_prepare(dir, &err), ==, 0);	/* ours, private */
+	CHECK_INT(unlink(want), ==, 0);
+	CHECK_INT(symlink("/etc", want), ==, 0);
+	CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+	CHECK_HAS(why, "symbolic link");
+	CHECK_STR(again, dir);
+	free(again);
+	CHECK_INT(unlink(want), ==, 0);
+	if (make_dir(want, 0777)) {
+		CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+		CHECK_HAS(why, "writable by group or others");
+		CHECK_STR(again, dir);
+		free(again);
+	}
+	if (geteuid() == 0 && chmod(want, 0700) == 0 && chown(want, OTHER_UID, 0) == 0) {
+		CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+		CHECK_INT(who, ==, OTHER_UID);
+		CHECK_HAS(why, "owned by uid 12345");
+		CHECK_STR(again, dir);
+		free(again);
+		/* one beside it that is not ours is not taken */
+		CHECK_INT(chown(dir, OTHER_UID, 0), ==, 0);
+		CHECK_INT(mm_area_dir_claim(want, &again, &who, why, sizeof(why), &err), ==, 0);
+		CHECK(strcmp(again, dir) != 0);
+		free(again);
+	}
+	free(dir);
+	/* a missing parent is no squatter */
+	CHECK_INT(mm_area_dir_claim(path_in("none/mmapfs-0"), &dir, &who, why, sizeof(why), &err),
+		  ==, -ENOENT);
+}
+
+/* A dead daemon's areas, in its mmap_dir and in its users' directories. */
+static void test_sweep(void)
+{
+	const struct mm_owner user = { OTHER_UID, OTHER_UID };
+	const char *dir = path_in("sweep");
+	char udir[PATH_MAX], name[PATH_MAX + 64];
+	unsigned swept;
+	int lockfd, dead;
+
+	if (geteuid() != 0) {
+		printf("#     skipped: not root\n");
+		return;
+	}
+	CHECK_INT(mm_area_dir_prepare(dir, &err), ==, 0);
+	CHECK_INT(mm_area_user_dir(dir, &user, udir, sizeof(udir), &err), ==, 0);
+	/* the dead one's: its lock file, locked by nobody, and its areas */
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.lock", dir);
+	dead = open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	CHECK(dead >= 0);
+	close(dead);
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.AAAAAA.mmap", dir);
+	CHECK(make_file(name, K64));
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.BBBBBB.mmap", udir);
+	CHECK(make_file(name, K64));
+	CHECK_INT(chown(name, OTHER_UID, OTHER_UID), ==, 0);
+	/* not the user's in their directory: left alone */
+	snprintf(name, sizeof(name), "%s/mmapfs.dead.CCCCCC.mmap", udir);
+	CHECK(make_file(name, K64));
+	CHECK_INT(mm_area_dir_lock(dir, "live", &lockfd, &swept, &err), ==, 0);
+	CHECK_INT(swept, ==, 2);
+	CHECK_INT(count_entries(udir), ==, 1);
+	CHECK_INT(access(name, F_OK), ==, 0);
+	CHECK_INT(count_entries(dir), ==, 2);	/* our lock file, the user's directory */
+	mm_area_dir_unlock(dir, "live", lockfd);
 }
 
 static const char *allowed;	/* the allowed directory, with file "f" */
@@ -447,27 +539,38 @@ static void test_offered_owner(void)
 static void test_user(void)
 {
 	const struct mm_owner user = { OTHER_UID, OTHER_UID + 1 };
-	const char *dir = path_in("user");
+	const char *base = path_in("base");
 	const char *link = path_in("user-link");
+	char dir[PATH_MAX], name[PATH_MAX + 16];
 	const char *dirs[] = { dir };
 	struct mm_attach_rules rl = { dirs, 1, NULL, 0, &user };
-	char name[PATH_MAX];
 	struct stat st;
 
 	if (geteuid() != 0) {
 		printf("#     skipped: not root\n");
 		return;
 	}
-	CHECK_INT(mm_area_dir_prepare(dir, &user, &err), ==, 0);
+	/* made in our own directory, which becomes searchable */
+	CHECK_INT(mm_area_dir_prepare(base, &err), ==, 0);
+	CHECK_INT(mm_area_user_dir(base, &user, dir, sizeof(dir), &err), ==, 0);
+	snprintf(name, sizeof(name), "%s/u%u", base, (unsigned)OTHER_UID);
+	CHECK_STR(dir, name);
 	CHECK_INT(lstat(dir, &st), ==, 0);
 	CHECK_INT(st.st_mode & 07777, ==, 0700);
 	CHECK_INT(st.st_uid, ==, OTHER_UID);
 	CHECK_INT(st.st_gid, ==, OTHER_UID + 1);
-	CHECK_INT(mm_area_dir_prepare(dir, &user, &err), ==, 0);	/* again */
-	/* ours is not theirs, theirs not ours */
-	CHECK_INT(mm_area_dir_prepare(path_in("create"), &user, &err), ==, -EACCES);
+	CHECK_INT(lstat(base, &st), ==, 0);
+	CHECK_INT(st.st_mode & 07777, ==, 0711);
+	CHECK_INT(mm_area_user_dir(base, &user, dir, sizeof(dir), &err), ==, 0);	/* again */
+	/* theirs is not ours; a directory not ours holds no user's */
+	CHECK_INT(mm_area_dir_prepare(dir, &err), ==, -EACCES);
+	CHECK_HAS(err.msg, "owned by uid 12345");
+	CHECK_INT(mm_area_user_dir(dir, &user, name, sizeof(name), &err), ==, -EACCES);
+	/* a user directory someone else made under that name is refused */
+	CHECK_INT(chown(dir, 0, 0), ==, 0);
+	CHECK_INT(mm_area_user_dir(base, &user, dir, sizeof(dir), &err), ==, -EACCES);
 	CHECK_HAS(err.msg, "not by uid 12345");
-	CHECK_INT(mm_area_dir_prepare(dir, NULL, &err), ==, -EACCES);
+	CHECK_INT(chown(dir, OTHER_UID, OTHER_UID + 1), ==, 0);
 
 	mm_area_init(&a);
 	if (!CHECK_INT(mm_area_create(&a, dir, "tag", K64, &user, &err), ==, 0)) {
@@ -490,13 +593,42 @@ static void test_user(void)
 	CHECK_INT(count_entries(dir), ==, 0);
 
 	/* offered: the user's file only, not ours */
-	if (!make_file(path_in("user/mine"), K64) || !make_file(path_in("user/theirs"), K64))
+	snprintf(name, sizeof(name), "%s/mine", dir);
+	if (!make_file(name, K64))
 		return;
-	CHECK_INT(chown(path_in("user/theirs"), OTHER_UID, (gid_t)-1), ==, 0);
+	snprintf(name, sizeof(name), "%s/theirs", dir);
+	if (!make_file(name, K64))
+		return;
+	CHECK_INT(chown(name, OTHER_UID, (gid_t)-1), ==, 0);
 	expect_refused("mine", K64, &rl, -EACCES, "owned by uid 0");
 	mm_area_init(&a);
 	CHECK_INT(mm_area_open_offered(&a, "theirs", K64, &rl, false, &err), ==, 0);
 	mm_area_close(&a);
+
+	/* in a directory not theirs, whatever is refused is "not found": the
+	 * user cannot look there, and learns nothing */
+	{
+		const char *ours[] = { base };
+		struct mm_attach_rules in_ours = { ours, 1, NULL, 0, &user };
+
+		CHECK(make_file(path_in("base/rootfile"), K64));
+		CHECK_INT(mkfifo(path_in("base/fifo"), 0600), ==, 0);
+		CHECK_INT(symlink(name, path_in("base/sym")), ==, 0);
+		expect_refused("rootfile", K64, &in_ours, -EACCES, "rootfile: not found in the");
+		expect_refused("fifo", K64, &in_ours, -EACCES, "fifo: not found in the");
+		expect_refused("sym", K64, &in_ours, -EACCES, "sym: not found in the");
+		expect_refused("nothing", K64, &in_ours, -EACCES, "nothing: not found in the");
+	}
+	/* their own directory swapped for a symlink (where they may): not
+	 * followed, whatever it leads to */
+	{
+		const char *swapped = path_in("swapped");
+		const char *sw[] = { swapped };
+		struct mm_attach_rules via = { sw, 1, NULL, 0, &user };
+
+		CHECK_INT(symlink(dir, swapped), ==, 0);
+		expect_refused("theirs", K64, &via, -EACCES, "not found in the");
+	}
 }
 
 static void test_offered_world_writable(void)
@@ -606,6 +738,8 @@ int main(void)
 		TAP_TEST(test_create_refused),
 		TAP_TEST(test_create_replaced),
 		TAP_TEST(test_dir_prepare),
+		TAP_TEST(test_dir_claim),
+		TAP_TEST(test_sweep),
 		TAP_TEST(test_offered_ok),
 		TAP_TEST(test_offered_refused),
 		TAP_TEST(test_offered_sizes),

@@ -74,6 +74,11 @@ static void test_defaults(void)
 	CHECK_U64(c.size, ==, UINT64_C(64) << 20);
 	CHECK_U64(c.n_allow_dirs, ==, 0);
 	CHECK_U64(c.n_channels, ==, 0);
+	CHECK(c.mmap_dir_default);
+	CHECK_U64(c.user_max.channels, ==, 64);
+	CHECK_U64(c.user_max.bytes, ==, MM_LIMIT_AUTO);
+	CHECK_U64(c.owner_max.channels, ==, 0);
+	CHECK_U64(c.owner_max.bytes, ==, 0);
 	mm_config_free(&c);
 	CHECK(c.mmap_dir == NULL);
 }
@@ -236,6 +241,11 @@ static void test_load_errors(void)
 		{ "channels = (\n  { name = \"..\"; }\n);\n", 2, "name", NULL },
 		{ "channels = (\n  { name = \"\"; }\n);\n", 2, "name", NULL },
 		{ "channels = (\n  { name = 5; }\n);\n", 2, "name", NULL },
+		{ "\nmax_channels = \"lots\";\n", 2, "max_channels", "lots" },
+		{ "max_channels = -2;\n", 1, "max_channels", "negative" },
+		{ "max_bytes = \"1T\";\n", 1, "max_bytes", "1T" },
+		{ "owner_max_bytes = true;\n", 1, "owner_max_bytes", NULL },
+		{ "max_colours = 1;\n", 1, "max_colours", "unknown" },
 	};
 
 	for (size_t i = 0; i < TAP_COUNT(cases); i++) {
@@ -259,6 +269,42 @@ static void test_load_errors(void)
 			printf("#     case %zu:\n#     %s\n", i, k->text);
 		mm_config_free(&c);	/* whatever the file left in it */
 	}
+}
+
+/* Each user's limits, from the file and from -o's text. */
+static void test_limits(void)
+{
+	CHECK_INT(mm_config_defaults(&c), ==, 0);
+	CHECK_INT(mm_config_set_limit(&c, "max_channels", "3", &err), ==, 0);
+	CHECK_INT(mm_config_set_limit(&c, "max_bytes", "2G", &err), ==, 0);
+	CHECK_INT(mm_config_set_limit(&c, "owner_max_channels", "0", &err), ==, 0);
+	CHECK_INT(mm_config_set_limit(&c, "owner_max_bytes", "640K", &err), ==, 0);
+	CHECK_U64(c.user_max.channels, ==, 3);
+	CHECK_U64(c.user_max.bytes, ==, UINT64_C(2) << 30);
+	CHECK_U64(c.owner_max.channels, ==, 0);
+	CHECK_U64(c.owner_max.bytes, ==, 640 << 10);
+	CHECK_INT(mm_config_set_limit(&c, "max_channels", "many", &err), ==, -EINVAL);
+	CHECK_HAS(err.msg, "many");
+	CHECK_INT(mm_config_set_limit(&c, "max_bytes", "-1", &err), ==, -EINVAL);
+	CHECK_HAS(err.msg, "-1");
+	CHECK_INT(mm_config_set_limit(&c, "max_colours", "1", &err), ==, -ENOENT);
+	CHECK_U64(c.user_max.channels, ==, 3);
+	mm_config_free(&c);
+
+	if (!write_conf("max_channels = 5;\nmax_bytes = \"1G\";\nowner_max_bytes = 1048576;\n"
+			"mmap_dir = \"/x\";\n"))
+		return;
+	CHECK_INT(mm_config_defaults(&c), ==, 0);
+	if (CHECK_INT(mm_config_load(&c, conf_path, &err), ==, 0)) {
+		CHECK_U64(c.user_max.channels, ==, 5);
+		CHECK_U64(c.user_max.bytes, ==, UINT64_C(1) << 30);
+		CHECK_U64(c.owner_max.bytes, ==, UINT64_C(1) << 20);
+		CHECK_U64(c.owner_max.channels, ==, 0);
+		CHECK(!c.mmap_dir_default);
+	} else {
+		printf("#     %s\n", err.msg);
+	}
+	mm_config_free(&c);
 }
 
 /* A declared channel's owner and mode. */
@@ -300,6 +346,7 @@ int main(void)
 	static const struct tap_test tests[] = {
 		TAP_TEST(test_parse_size),
 		TAP_TEST(test_defaults),
+		TAP_TEST(test_limits),
 		TAP_TEST(test_allow_dirs),
 		TAP_TEST(test_load_sample),
 		TAP_TEST(test_load_partial),

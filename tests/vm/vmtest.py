@@ -111,8 +111,8 @@ def configs(lay, host_files, guest_bars, host_mmap_dir):
         out.append(");")
         return "\n".join(out) + "\n"
 
-    # the guest's areas are all declared: it needs no mmap_dir (its default,
-    # /dev/shm/mmapfs-0, does not exist there)
+    # the guest's areas are all declared: it uses no mmap_dir (it takes its
+    # default, /dev/shm/mmapfs-0, at start all the same)
     return (one("creator", host_files, host_mmap_dir, False),
             one("attacher", guest_bars, None, True))
 
