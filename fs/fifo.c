@@ -394,6 +394,10 @@ static void send_step(struct mmfs *fs, struct fifo *f, char *buf)
 			}
 			memmove(f->pend, f->pend + w, f->pend_len - (size_t)w);
 			f->pend_len -= (size_t)w;
+			if (!f->pend_len) {
+				free(f->pend);	/* the next short write makes its own */
+				f->pend = NULL;
+			}
 			continue;
 		}
 		room = mm_stream_room(mc);
