@@ -369,6 +369,8 @@ static void send_step(struct mmfs *fs, struct fifo *f, char *buf)
 				return;
 			}
 			if (n < 0) {
+				trace(fs, "%s: send: claim refused: %s\n", f->h.ch->key.name,
+				      strerror((int)-n));
 				send_end(fs, f, false);
 				return;
 			}

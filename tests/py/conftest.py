@@ -65,7 +65,7 @@ BENIGN_LOG = [
     r"mmapfs: .+: state \w+, peer \w+(, .+)?",
     r"mmapfs: .+: chunks.*",
     r"mmapfs: .+: (send|recv): (end of stream|stream cut, writers get EPIPE|reader gone|"
-    r"claim given back)",
+    r"claim given back|claim refused: .+)",
     r"mmapfs: removed .+, a dead mmapfs's FIFOs",
     # libfuse's own words at unmount and for -o fuse_debug runs
     r"unique: .*|INIT: .*|   .*|opcode: .*",
