@@ -287,7 +287,7 @@ int mm_channel_claim(struct mm_channel *ch, unsigned want, const void *owner)
 		 * the ends of stream it took are in the trailer */
 		if (ch->rd.ext)
 			mm_ext_load(ch->rd.ext, MM_EXT_W_EOF_ACK, &ch->rd.eof_ack);
-		mm_dir_claimed(&ch->rd);
+		mm_reader_claimed(&ch->rd);
 		ch->rd.owner = owner;
 		told_now(&ch->rd, MM_RD);
 	}
@@ -339,8 +339,10 @@ uint64_t mm_channel_add_bytes(struct mm_channel *ch, unsigned dir, uint64_t n)
 	p = own_pointer(d, dir);
 	if (p && d->told)
 		moved = p >= d->told ? p - d->told : (d->ring.end - d->told) + (p - MM_RING_HEADER);
-	/* without the mmapfs trailer (an xpra peer), a writer may start
-	 * again at the ring's start: all before the pointer may be new */
+	/* past a mark (ring.h) this counts the ring's end beyond it too: the
+	 * report itself bounds it. Without the mmapfs trailer (an xpra
+	 * peer), a writer may start again at the ring's start: all before
+	 * the pointer may be new */
 	if (p && !d->ext && p != d->told && p - MM_RING_HEADER > moved)
 		moved = p - MM_RING_HEADER;
 	ours = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED) - d->told_bytes;

@@ -67,6 +67,8 @@ enum mm_ext2_word {
 	MM_EXT2_W_EOF_ABORT = 1,
 	MM_EXT2_W_ABANDONED = 2,
 	MM_EXT2_W_EPOCH = 3,		/* + role */
+	MM_EXT2_W_MARK = 5,		/* the writer's: where it started again at 8 */
+	MM_EXT2_W_FOLLOWS = 6,		/* the reader's: 1, it follows the mark */
 };
 
 #define MM_EXT_VERIFIED 1u

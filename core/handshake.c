@@ -41,13 +41,17 @@ int mm_dir_setup_ring(struct mm_dir *d, unsigned version)
 {
 	uint64_t end = mm_ext_start(d->area.size, version);
 	uint64_t at = mm_ext_start(d->area.size, MM_EXT_VERSION);
+	int r;
 
 	d->ext = version ? d->area.base + mm_ext_offset(d->area.size) : NULL;
 	d->ext2 = version >= 2 ? d->area.base + end : NULL;
 	/* what a daemon's ticker writes, where its page walks are cheap */
 	if (version && !d->tick && at >= MM_RING_HEADER)
 		d->tick = mm_alias(d->area.base + at, MM_EXT2_SIZE + MM_EXT_SIZE);
-	return mm_ring_init(&d->ring, d->area.base, d->area.size, end);
+	r = mm_ring_init(&d->ring, d->area.base, d->area.size, end);
+	if (r == 0 && d->ext2)
+		mm_ring_set_mark(&d->ring, (uint32_t *)(void *)(d->ext2 + 4 * MM_EXT2_W_MARK));
+	return r;
 }
 
 /* The trailer of `version` in an area of size bytes: where, how long. */

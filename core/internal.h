@@ -55,5 +55,8 @@ void mm_writer_end(struct mm_channel *ch);
 void mm_sleepers_reset(struct mm_channel *ch, unsigned dirs);
 /* d was just claimed (or viewed): the epoch its stream starts in. */
 void mm_dir_claimed(struct mm_dir *d);
+/* The same for a reading direction, whose reader (version 2) tells the
+ * writer that it follows the writer's mark (ring.h, the working window). */
+void mm_reader_claimed(struct mm_dir *d);
 
 #endif

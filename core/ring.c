@@ -19,12 +19,6 @@ static uint32_t load_word(const struct mm_ring *r, unsigned i)
 	return le32toh(__atomic_load_n(word(r, i), __ATOMIC_ACQUIRE));
 }
 
-static void store_word(const struct mm_ring *r, unsigned i, uint32_t v)
-{
-	__atomic_store_n(word(r, i), htole32(v), __ATOMIC_RELEASE);
-}
-
-
 int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
 		 uint64_t ring_end)
 {
@@ -33,7 +27,13 @@ int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
 		return -EINVAL;
 	r->base = base;
 	r->end = (uint32_t)ring_end;
+	r->mark = NULL;
 	return 0;
+}
+
+void mm_ring_set_mark(struct mm_ring *r, uint32_t *word)
+{
+	r->mark = word;
 }
 
 size_t mm_ring_capacity(const struct mm_ring *r)
@@ -54,16 +54,30 @@ static int normalize(const struct mm_ring *r, uint32_t v, uint32_t *out)
 
 struct load_args {
 	const struct mm_ring *r;
-	uint32_t start, end;
+	uint32_t start, end, mark;
 };
 
+/* The mark after end: the writer stores it before the end it publishes. */
 static int do_load(void *arg)
 {
 	struct load_args *l = arg;
 
 	l->start = load_word(l->r, 0);
 	l->end = load_word(l->r, 1);
+	l->mark = l->r->mark ? le32toh(__atomic_load_n(l->r->mark, __ATOMIC_ACQUIRE)) : 0;
 	return 0;
+}
+
+/* The mark holds while the reader has yet to reach it, behind a writer
+ * that started again (end < start <= mark); a mark saying anything else
+ * is not one (the writer clears it). */
+static uint32_t lap_of(const struct mm_ring *r, const struct mm_ring_pos *p)
+{
+	uint32_t m = p->mark;
+
+	if (m > MM_RING_HEADER && m < r->end && p->end < p->start && p->start <= m)
+		return m;
+	return r->end;
 }
 
 int mm_ring_load(const struct mm_ring *r, struct mm_ring_pos *p)
@@ -77,30 +91,55 @@ int mm_ring_load(const struct mm_ring *r, struct mm_ring_pos *p)
 		return ret;
 	if (normalize(r, l.start, &v.start) < 0 || normalize(r, l.end, &v.end) < 0)
 		return -EPROTO;
+	v.mark = l.mark;
+	v.lap = lap_of(r, &v);
 	*p = v;
 	return 0;
 }
 
 size_t mm_ring_used(const struct mm_ring *r, const struct mm_ring_pos *p)
 {
-	size_t len = r->end - MM_RING_HEADER;
-
-	return (p->end + len - p->start) % len;
+	(void)r;
+	if (p->end >= p->start)
+		return p->end - p->start;
+	return (p->lap - p->start) + (p->end - MM_RING_HEADER);
 }
 
+/* Behind a mark the space between it and the ring's end is not free: the
+ * writer's next bytes go before the reader's start. */
 size_t mm_ring_free(const struct mm_ring *r, const struct mm_ring_pos *p)
 {
-	return mm_ring_capacity(r) - mm_ring_used(r, p);
+	if (p->end >= p->start)
+		return mm_ring_capacity(r) - (p->end - p->start);
+	return p->start - p->end - 1;
 }
 
-/* Split n bytes from offset at into at most two pieces, wrapping at end. */
-static int span(const struct mm_ring *r, uint32_t at, size_t n,
+size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32_t b)
+{
+	(void)r;
+	if (b >= p->start && b <= (p->end >= p->start ? p->end : p->lap))
+		return b - p->start;
+	if (p->end < p->start && b <= p->end)
+		return (p->lap - p->start) + (b - MM_RING_HEADER);
+	return SIZE_MAX;
+}
+
+/* A reader at the mark goes on at 8. */
+static uint32_t lap_start(uint32_t at, uint32_t lap)
+{
+	return at >= lap ? MM_RING_HEADER : at;
+}
+
+/* Split n bytes from offset at into at most two pieces, wrapping at lap. */
+static int span(const struct mm_ring *r, uint32_t at, uint32_t lap, size_t n,
 		struct iovec iov[2])
 {
-	size_t first = r->end - at;
+	size_t first;
 
 	if (n == 0)
 		return 0;
+	at = lap_start(at, lap);
+	first = lap - at;
 	iov[0].iov_base = r->base + at;
 	if (n <= first) {
 		iov[0].iov_len = n;
@@ -118,7 +157,7 @@ int mm_ring_read_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 	size_t n = mm_ring_used(r, p);
 
 	*len = n < max ? n : max;
-	return span(r, p->start, *len, iov);
+	return span(r, p->start, p->lap, *len, iov);
 }
 
 int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
@@ -127,19 +166,22 @@ int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 	size_t n = mm_ring_free(r, p);
 
 	*len = n < max ? n : max;
-	return span(r, p->end, *len, iov);
+	return span(r, p->end, p->lap, *len, iov);
 }
 
-static uint32_t advance(const struct mm_ring *r, uint32_t at, size_t n)
+/* n bytes on from at, in a lap that ends at lap (n: at most what is
+ * unread or free there). */
+static uint32_t advance(uint32_t at, uint32_t lap, size_t n)
 {
-	size_t len = r->end - MM_RING_HEADER;
+	size_t first;
 
-	return (uint32_t)(MM_RING_HEADER + (at - MM_RING_HEADER + n) % len);
+	at = lap_start(at, lap);
+	first = lap - at;
+	return (uint32_t)(n < first ? at + n : MM_RING_HEADER + (n - first));
 }
 
 struct store_args {
-	const struct mm_ring *r;
-	unsigned i;
+	uint32_t *w;
 	uint32_t v;
 };
 
@@ -147,24 +189,53 @@ static int do_store(void *arg)
 {
 	struct store_args *s = arg;
 
-	store_word(s->r, s->i, s->v);
+	__atomic_store_n(s->w, htole32(s->v), __ATOMIC_RELEASE);
 	return 0;
+}
+
+static int store(uint32_t *w, uint32_t v)
+{
+	struct store_args s = { w, v };
+
+	return mm_guard_run(do_store, &s);
 }
 
 int mm_ring_consume(const struct mm_ring *r, struct mm_ring_pos *p, size_t n)
 {
-	struct store_args s = { r, 0, advance(r, p->start, n) };
-
-	p->start = s.v;
-	return mm_guard_run(do_store, &s);
+	p->start = advance(p->start, p->lap, n);
+	return store(word(r, 0), p->start);
 }
 
 int mm_ring_commit(const struct mm_ring *r, struct mm_ring_pos *p, size_t n)
 {
-	struct store_args s = { r, 1, advance(r, p->end, n) };
+	p->end = advance(p->end, p->lap, n);
+	return store(word(r, 1), p->end);
+}
 
-	p->end = s.v;
-	return mm_guard_run(do_store, &s);
+bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
+			 size_t window)
+{
+	return r->mark && p->lap == r->end && p->end >= p->start &&
+	       p->end - MM_RING_HEADER >= window && p->start - MM_RING_HEADER >= window / 2 &&
+	       window / 2 > 0;
+}
+
+int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again)
+{
+	int ret = 0;
+
+	if (again) {
+		ret = store(r->mark, p->end);
+		if (ret == 0) {
+			p->mark = p->lap = p->end;
+			p->end = MM_RING_HEADER;
+		}
+	} else if (r->mark && p->mark && p->lap == r->end) {
+		ret = store(r->mark, 0);
+		if (ret == 0)
+			p->mark = 0;
+	}
+	return ret;
 }
 
 int mm_ring_raw(const struct mm_ring *r, uint32_t *start, uint32_t *end)

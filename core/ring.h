@@ -13,32 +13,51 @@
  *
  * Every pointer is loaded from shared memory once into a struct mm_ring_pos
  * and validated there: the peer may change the memory at any time, and a
- * value it corrupted is -EPROTO, never an access outside the area. */
+ * value it corrupted is -EPROTO, never an access outside the area.
+ *
+ * The working window (docs/PROTOCOL.md, "The working window"): between
+ * mmapfs ends of version 2, a writer whose reader follows the rule may start
+ * again at 8 before the ring's end, leaving a mark (a word of the trailer)
+ * where it left off; the reader, at the mark, goes on at 8. So a stream
+ * whose reader keeps up walks the first MM_RING_WINDOW bytes of the ring,
+ * which stay in the cache, not the whole ring. */
 #ifndef MMAPFS_RING_H
 #define MMAPFS_RING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
 
 #define MM_RING_HEADER 8
+#define MM_RING_WINDOW (1024 * 1024)
 
 struct mm_ring {
 	uint8_t *base;		/* the area */
 	uint32_t end;		/* end of the data ring: the area size, or less
 				 * when a trailer follows it (docs/PROTOCOL.md) */
+	uint32_t *mark;		/* the writer's mark, where it started again
+				 * at 8 (in the trailer), or NULL: none */
 };
 
-/* One validated snapshot of the two pointers, both in [8, end). */
+/* One validated snapshot of the two pointers, both in [8, end), and of the
+ * mark: the unread bytes are [start, lap) then [8, end) when end < start,
+ * else [start, end). */
 struct mm_ring_pos {
 	uint32_t start;
 	uint32_t end;
+	uint32_t lap;		/* where this lap's data stops: the mark while
+				 * the reader has yet to reach it, else r->end */
+	uint32_t mark;		/* the mark word as loaded (0: none) */
 };
 
-/* Set up r over an area of area_size bytes whose ring stops at ring_end.
- * -EINVAL unless 8 < ring_end <= area_size < 4 GiB. */
+/* Set up r over an area of area_size bytes whose ring stops at ring_end,
+ * with no mark. -EINVAL unless 8 < ring_end <= area_size < 4 GiB. */
 int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
 		 uint64_t ring_end);
+
+/* The writer's mark lives at word: loads see it from now on. */
+void mm_ring_set_mark(struct mm_ring *r, uint32_t *word);
 
 /* Bytes the ring can hold at most (its length minus the one kept free). */
 size_t mm_ring_capacity(const struct mm_ring *r);
@@ -59,6 +78,23 @@ int mm_ring_read_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 /* Where up to max bytes of free space lie, as with mm_ring_read_iov. */
 int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 		      size_t max, struct iovec iov[2], size_t *len);
+
+/* How many unread bytes lie before the pointer value b (a writer's end at
+ * an end of stream): more than mm_ring_used() if b is not among them. */
+size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32_t b);
+
+/* The writer's working window, as it is about to write at p: is it due to
+ * start again at 8 (the first `window` bytes of the ring behind its end,
+ * and by half behind the reader's start, with no mark of its own the reader
+ * has yet to reach)? The caller checks what the ring cannot: that the reader
+ * follows marks, and that no end of stream waits at the writer's end. */
+bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
+			 size_t window);
+
+/* Then, with `again`, leave a mark at the writer's end and start again at
+ * 8 (p follows); without, only clear a mark the reader has passed, before
+ * the writer can pass it again. 0 or -EFAULT. */
+int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again);
 
 /* Publish n bytes read (start moves) or written (end moves) since p was
  * loaded. n must not exceed what mm_ring_used/free said. 0 or -EFAULT. */

@@ -150,6 +150,13 @@ void mm_dir_claimed(struct mm_dir *d)
 	d->cut = false;
 }
 
+void mm_reader_claimed(struct mm_dir *d)
+{
+	mm_dir_claimed(d);
+	if (d->ext2)
+		mm_ext_store(d->ext2, MM_EXT2_W_FOLLOWS, 1);
+}
+
 /* Has the writer's stream been cut since its claim: failed by either end
  * (an epoch moved), or abandoned by its reader? -EPIPE, 0, -EFAULT. */
 static int writer_cut(const struct mm_dir *d)
@@ -227,6 +234,18 @@ static int writer_told(struct mm_channel *ch, struct mm_dir *d, int r)
 
 /* ---- writing ---- */
 
+/* May the writer start again at 8 (ring.h, the working window): does the
+ * reader follow the mark, and has it taken every end of stream (one may
+ * stand at the writer's end, where the mark would go)? */
+static bool restart_allowed(const struct mm_dir *d)
+{
+	uint32_t follows = 0, cs = 1, ack = 0;
+
+	return d->ext2 && mm_ext_load(d->ext2, MM_EXT2_W_FOLLOWS, &follows) == 0 &&
+	       follows == 1 && mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) == 0 &&
+	       mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) == 0 && cs == ack;
+}
+
 ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 {
 	struct mm_dir *d = &ch->wr;
@@ -242,6 +261,13 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 	if (raw_word(d, W_START, &d->seen) < 0)
 		return stream_fail(ch, MM_WR, -EFAULT);
 	r = mm_ring_load(&d->ring, &p);
+	if (r == 0 && d->ring.mark) {
+		bool again = mm_ring_restart_due(&d->ring, &p, MM_RING_WINDOW) &&
+			     restart_allowed(d);
+
+		if (again || p.mark)
+			r = mm_ring_restart(&d->ring, &p, again);
+	}
 	if (r < 0)
 		return stream_fail(ch, MM_WR, r);
 	at = p.end;
@@ -318,7 +344,6 @@ void mm_writer_end(struct mm_channel *ch)
 static int eof_distance(struct mm_dir *d, const struct mm_ring_pos *p, uint32_t cs,
 			size_t *dist)
 {
-	size_t len = d->ring.end - MM_RING_HEADER;
 	uint32_t b;
 
 	if (cs == d->eof_ack)
@@ -331,7 +356,7 @@ static int eof_distance(struct mm_dir *d, const struct mm_ring_pos *p, uint32_t 
 		b = MM_RING_HEADER;
 	if (b < MM_RING_HEADER || b > d->ring.end)
 		return -EPROTO;
-	*dist = (b + len - p->start) % len;
+	*dist = mm_ring_dist(&d->ring, p, b);
 	return *dist > mm_ring_used(&d->ring, p) ? -EPROTO : 0;
 }
 

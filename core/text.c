@@ -172,7 +172,7 @@ void mm_channel_reason(struct mm_channel *ch, char *buf, size_t len)
 static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 		      size_t len, size_t *pos)
 {
-	struct mm_ring_pos p = { 0, 0 };
+	struct mm_ring_pos p = { .start = 0 };
 	uint32_t s = 0, e = 0;
 	unsigned long long used = 0, fr = 0;
 	int r;

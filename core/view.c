@@ -141,7 +141,11 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 	/* the ends of stream the last reader took, whichever process it was */
 	if (dir == MM_RD && mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &d->eof_ack) < 0)
 		return mm_fail(err, -EIO, "%s: the mapping faulted", path);
-	mm_dir_claimed(d);	/* the claim is ours: its streams' epoch */
+	/* the claim is ours: its streams' epoch */
+	if (dir == MM_RD)
+		mm_reader_claimed(d);
+	else
+		mm_dir_claimed(d);
 	return 0;
 }
 

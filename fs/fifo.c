@@ -500,9 +500,13 @@ static int recv_open(struct mmfs *fs, struct fifo *f)
 	if (f->fd < 0)
 		return f->fd;
 	/* less than half the ring, so that a full ring means a full FIFO,
-	 * whose reader then wakes us */
+	 * whose reader then wakes us; and than half the working window: the
+	 * bytes in the FIFO are still unread in the ring, and a writer
+	 * starts again at the ring's start only once its reader is half a
+	 * window on (ring.h) */
 	if (mm_channel_dir_info(&f->h.ch->mc, MM_RD, &i))
-		while (want > 4096 && want > (i.ring_end - MM_RING_HEADER) / 2)
+		while (want > 4096 && (want > (i.ring_end - MM_RING_HEADER) / 2 ||
+				       want > MM_RING_WINDOW / 2))
 			want /= 2;
 	fcntl(f->fd, F_SETPIPE_SZ, (int)want);
 	f->rs = R_WAITING;

@@ -25,6 +25,9 @@
 # (f) the FIFO entries beside dd | dd at 512 B to 1 MiB with the daemons'
 #     CPU per GiB, data at 1 MiB, and tar (10 KiB blocks) through them
 #     beside a plain FIFO.
+# (g) the working window: libmmapfs (bench_lib, copying and zero-copy
+#     reads) at 512 B to 1 MiB with the default 64 MiB ring beside a 1 MiB
+#     ring (a second pair of daemons, -o size=1M), and dd | dd.
 # ONLY=c,f runs those sections alone.
 # Each figure is measured RUNS times (default 3) and the table at the end
 # gives the range. Areas live in SHM (default a new directory in /dev/shm,
@@ -55,6 +58,8 @@ pids=()
 cleanup() {
 	fusermount3 -u "$A" 2>/dev/null || true
 	fusermount3 -u "$B" 2>/dev/null || true
+	fusermount3 -u "$work/a1m" 2>/dev/null || true
+	fusermount3 -u "$work/b1m" 2>/dev/null || true
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$work" "$shm"
 }
@@ -67,20 +72,22 @@ for i in $(seq 100); do
 	sleep 0.05
 done
 n=0
-newchan() {	# a fresh ready channel, the last one removed: its name in $c
+MA=$A MB=$B	# the mounts newchan and lib_rate use
+LA=$A LB=$B	# those of the last channel
+newchan() {	# a fresh ready channel on $MA and $MB, the last one removed: its name in $c
 	local d i
-	for d in "$A/c$n" "$B/c$n"; do
+	for d in "$LA/c$n" "$LB/c$n"; do
 		for i in $(seq 100); do	# its last release may be on its way
 			[ -d "$d" ] || break
 			rmdir "$d" 2>/dev/null && break
 			sleep 0.05
 		done
 	done
-	n=$((n + 1))
-	mkdir "$A/c$n" "$B/c$n"
-	cat "$A/c$n/capabilities" > "$B/c$n/peer"
-	cat "$B/c$n/capabilities" > "$A/c$n/peer"
-	for i in $(seq 100); do grep -q state=ready "$B/c$n/status" && break; sleep 0.02; done
+	n=$((n + 1)) LA=$MA LB=$MB
+	mkdir "$MA/c$n" "$MB/c$n"
+	cat "$MA/c$n/capabilities" > "$MB/c$n/peer"
+	cat "$MB/c$n/capabilities" > "$MA/c$n/peer"
+	for i in $(seq 100); do grep -q state=ready "$MB/c$n/status" && break; sleep 0.02; done
 	c=c$n
 }
 now() { date +%s.%N; }
@@ -109,7 +116,7 @@ files_rate() {	# BS BYTES [W R]: dd into A's W (data), dd out of B's R (data) ($
 	gbs "$2" "$t0" "$t1"
 }
 lib_rate() {	# BS BYTES zc|copy: bench_lib over $c, GB/s
-	"$bench_lib" "$A/$c" "$B/$c" "$2" "$1" "$3" | sed 's/.*, \([0-9.]*\) GB\/s$/\1/'
+	"$bench_lib" "$MA/$c" "$MB/$c" "$2" "$1" "$3" | sed 's/.*, \([0-9.]*\) GB\/s$/\1/'
 }
 cpu_ns() {	# PID: CPU time of all its threads, ns
 	cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f\n", s }'
@@ -271,6 +278,34 @@ for i in $(seq "$RUNS"); do
 	record "f.tar.fifos" "$(tar_time "$A/$c/send" "$B/$c/recv")"
 done
 rm -rf "$shm/tree" "$shm/out"
+fi
+if want g; then
+echo
+echo "(g) the working window: libmmapfs with the default 64 MiB ring and a 1 MiB ring, GB/s"
+mkdir -p "$work/a1m" "$work/b1m"
+"$mmapfs" -f -o mmap_dir="$shm",size=1M "$work/a1m" & pids+=($!)
+"$mmapfs" -f -o mmap_dir="$shm",size=1M "$work/b1m" & pids+=($!)
+for i in $(seq 100); do
+	grep -q " $work/a1m fuse" /proc/self/mounts && grep -q " $work/b1m fuse" /proc/self/mounts &&
+		break
+	sleep 0.05
+done
+for bs in 512 4096 16384 65536 262144 1048576; do
+	lib_bytes=$((bs < 4096 ? 512 << 20 : bs < 65536 ? 2 << 30 : 4 << 30))
+	pipe_bytes=$((bs < 4096 ? 256 << 20 : 2 << 30))
+	for i in $(seq "$RUNS"); do
+		record "g.$bs.pipe" "$(pipe_rate "$bs" "$pipe_bytes")"
+		for how in copy zc; do
+			MA=$A MB=$B
+			newchan
+			record "g.$bs.$how.64M" "$(lib_rate "$bs" "$lib_bytes" "$how")"
+			MA=$work/a1m MB=$work/b1m
+			newchan
+			record "g.$bs.$how.1M" "$(lib_rate "$bs" "$lib_bytes" "$how")"
+		done
+	done
+done
+MA=$A MB=$B
 fi
 echo
 echo "summary: min-max of $RUNS runs"

@@ -88,6 +88,15 @@ static uint64_t coarse_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* How far a pointer surely moves before it comes round: a ring, or where a
+ * writer may start again behind a mark (ring.h), the window. */
+static size_t turn(const struct mm_ring *r)
+{
+	size_t cap = mm_ring_capacity(r);
+
+	return r->mark && cap > MM_RING_WINDOW ? MM_RING_WINDOW : cap;
+}
+
 /* Tell the daemon of this end what dir moved since the last time, for
  * status's counters (MM_IOC_BYTES): at most every TELL_MS, unless `now`,
  * or the `next` bytes about to move could bring the pointer round to where
@@ -106,8 +115,7 @@ static void tell(struct mmapfs_chan *c, unsigned dir, bool now, size_t next)
 	/* and before the pointer could come round again: the daemon counts
 	 * no more than it moved since the last report, less than a turn */
 	if (!now && ms - t->ms < TELL_MS &&
-	    moved - t->bytes + next < mm_ring_capacity(dir == MM_RD ? &c->ch.rd.ring :
-							   &c->ch.wr.ring))
+	    moved - t->bytes + next < turn(dir == MM_RD ? &c->ch.rd.ring : &c->ch.wr.ring))
 		return;
 	*(dir == MM_RD ? &b.read : &b.written) = moved - t->bytes;
 	ioctl(c->fd, MM_IOC_BYTES, &b);

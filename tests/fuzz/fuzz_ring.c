@@ -4,7 +4,8 @@
  * bytes, the ring may stop short of that for a trailer), 8 bytes are the
  * two header words as the peer left them, then operations of 3 bytes (what,
  * 16-bit length), some followed by a 4-byte value the peer pokes into a
- * header word.
+ * header word. With the working window on (a bit of the input), the writer
+ * may start again at 8 behind a mark, and the peer may poke the mark.
  *
  * Only the ring's bytes are allocated, exactly, so ASan reports any access
  * past ring_end; every user buffer is allocated to its exact length too.
@@ -28,13 +29,19 @@ static uint8_t stream_byte(uint64_t pos)
 	return (uint8_t)(pos * 131 + (pos >> 8) * 7 + 1);
 }
 
+/* Behind a mark the bytes between it and the ring's end are neither used
+ * nor free. */
 static void check_pos(const struct mm_ring *r, const struct mm_ring_pos *p)
 {
+	size_t both = mm_ring_used(r, p) + mm_ring_free(r, p);
+
 	if (p->start < MM_RING_HEADER || p->start >= r->end ||
-	    p->end < MM_RING_HEADER || p->end >= r->end)
+	    p->end < MM_RING_HEADER || p->end >= r->end ||
+	    p->lap <= MM_RING_HEADER || p->lap > r->end || p->lap < p->start)
 		abort();
-	if (mm_ring_used(r, p) > mm_ring_capacity(r) ||
-	    mm_ring_used(r, p) + mm_ring_free(r, p) != mm_ring_capacity(r))
+	if (mm_ring_used(r, p) > mm_ring_capacity(r) || both > mm_ring_capacity(r) ||
+	    (p->lap == r->end && both != mm_ring_capacity(r)) ||
+	    (p->lap != r->end && both != p->lap - MM_RING_HEADER - 1))
 		abort();
 }
 
@@ -63,6 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint32_t ring_end = 10 + take(&in, 2) % (AREA - 10 + 1);
 	uint8_t *area = malloc(ring_end);
 	uint64_t wpos = 0, rpos = 0;
+	uint32_t mark = 0;
 	struct mm_ring r;
 	struct mm_ring_pos p;
 	bool clean;
@@ -74,10 +82,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(area + 4, (uint32_t[]){ take(&in, 4) }, 4);
 	if (mm_ring_init(&r, area, AREA, ring_end) != 0)
 		abort();
+	if (take(&in, 1) & 1)
+		mm_ring_set_mark(&r, &mark);
 	clean = mm_ring_load(&r, &p) == 0 && mm_ring_used(&r, &p) == 0;
 
 	for (int ops = 0; in.left && ops < 256; ops++) {
-		unsigned what = take(&in, 1) % 7;
+		unsigned what = take(&in, 1) % 9;
 		size_t len = take(&in, 2);
 		uint8_t *buf = malloc(len ? len : 1);
 		struct iovec iov[2];
@@ -148,6 +158,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 6:
 			if (mm_ring_raw(&r, &s, &e) != 0)
 				abort();
+			break;
+		case 7:		/* the writer's working window of len bytes */
+			if (!loaded)
+				break;
+			if (mm_ring_restart(&r, &p, mm_ring_restart_due(&r, &p, len)) != 0)
+				abort();
+			check_pos(&r, &p);
+			if (mm_ring_used(&r, &p) != used)
+				abort();
+			break;
+		case 8:		/* the peer pokes the mark */
+			mark = take(&in, 4);
+			clean = false;
 			break;
 		}
 		free(buf);

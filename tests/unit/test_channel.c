@@ -28,12 +28,13 @@ static struct mm_channel C, A;
 static char text[TEXT];
 static struct mm_err err;
 static uint64_t now = 1000;
+static uint64_t ring_size = RING;	/* of the channels the next pair makes */
 
 static struct mm_chan_opts opts(uint32_t session)
 {
 	return (struct mm_chan_opts){
 		.mmap_dir = top,
-		.size = RING,
+		.size = ring_size,
 		.rules = { .dirs = dirs, .ndirs = 1 },
 		.area_tag = NULL,
 	};
@@ -907,6 +908,170 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 	return remove(path);
 }
 
+/* ---- the working window (ring.h): between two mmapfs ends ---- */
+
+#define BIG (UINT64_C(4) << 20)
+
+static uint32_t data_end_of(struct mm_channel *ch)
+{
+	uint32_t s = 0, e = 0;
+
+	mm_ring_raw(&ch->wr.ring, &s, &e);
+	return e;
+}
+
+static uint32_t mark_of(struct mm_channel *ch)
+{
+	uint32_t m = 0;
+
+	mm_ext_load(ch->wr.ext2, MM_EXT2_W_MARK, &m);
+	return m;
+}
+
+/* C writes n bytes in pieces of up to `piece`, A reading each piece whole
+ * before the next: 0 and the furthest data_end, or -1. */
+static int keep_up(size_t n, size_t piece, uint64_t seed, uint32_t *top_end, unsigned *marks)
+{
+	static uint8_t out[256 << 10], in[256 << 10];
+	size_t done = 0;
+
+	while (done < n) {
+		size_t k = n - done < piece ? n - done : piece, got = 0;
+		ssize_t w;
+
+		fill(out, k, seed + done);
+		w = mm_stream_write(&C, out, k);
+		if (!CHECK_INT(w, >, 0))
+			return -1;
+		while (got < (size_t)w) {
+			ssize_t r = mm_stream_read(&A, in + got, sizeof(in) - got);
+
+			if (!CHECK_INT(r, >, 0))
+				return -1;
+			got += (size_t)r;
+		}
+		if (!CHECK_U64(got, ==, (size_t)w) || !CHECK_MEM(in, out, got))
+			return -1;
+		if (data_end_of(&C) > *top_end)
+			*top_end = data_end_of(&C);
+		*marks += mark_of(&C) != 0;
+		done += (size_t)w;
+	}
+	return 0;
+}
+
+/* A reader that keeps up: the writer stays within the window and a piece
+ * past it, on a 4 MiB ring; one whose reader never said it follows the
+ * mark (an mmapfs of the format's version 2 before the window) walks the
+ * whole ring, and still gets every byte. */
+static void test_window(void)
+{
+	uint32_t top_end = 0;
+	unsigned marks = 0;
+
+	ring_size = BIG;
+	if (!handshake(true))
+		goto out;
+	CHECK_INT(keep_up(24 << 20, 48 << 10, 1, &top_end, &marks), ==, 0);
+	printf("#     keeping up: furthest data_end %u, %u writes behind a mark\n", top_end,
+	       marks);
+	CHECK_U64(top_end, <=, 8 + MM_RING_WINDOW + (48 << 10));
+	CHECK_U64(marks, >, 0);
+
+	/* the reader's word says it does not follow */
+	CHECK_INT(mm_ext_store(C.wr.ext2, MM_EXT2_W_FOLLOWS, 0), ==, 0);
+	top_end = 0, marks = 0;
+	CHECK_INT(keep_up(12 << 20, 48 << 10, 2, &top_end, &marks), ==, 0);
+	printf("#     a reader that does not follow: furthest data_end %u, %u marks\n",
+	       top_end, marks);
+	CHECK_U64(top_end, >, BIG / 2);
+	/* the last mark, if the first part left one, went at the writer's
+	 * next look; none came after */
+	CHECK_U64(marks, <=, 1);
+	CHECK_U64(mark_of(&C), ==, 0);
+	/* its next claim says it follows again */
+	mm_channel_unclaim(&A, &A);
+	CHECK_INT(mm_channel_claim(&A, MM_RD, &A), ==, MM_RD);
+	{
+		uint32_t f = 0;
+
+		mm_ext_load(C.wr.ext2, MM_EXT2_W_FOLLOWS, &f);
+		CHECK_U64(f, ==, 1);
+	}
+out:
+	close_pair();
+	ring_size = RING;
+}
+
+/* The writer starts again at 8 in the middle of a stream, with half a
+ * window unread behind it; and across many short streams, whose ends of
+ * stream come before and after marks. */
+static void test_window_restarts(void)
+{
+	static uint8_t out[1600 << 10], in[1600 << 10];
+	size_t sent = 0, got = 0, n = sizeof(out);
+	unsigned marks = 0, streams = 0;
+	uint32_t top_end = 0;
+	uint64_t total = 0;
+
+	ring_size = BIG;
+	if (!handshake(true))
+		goto out;
+	fill(out, n, 7);
+	/* 1.2 MiB in, 0.7 MiB out: the writer is past the window, the
+	 * reader past half of it */
+	while (sent < (1200 << 10))
+		sent += (size_t)mm_stream_write(&C, out + sent, (1200 << 10) - sent);
+	while (got < (700 << 10))
+		got += (size_t)mm_stream_read(&A, in + got, (700 << 10) - got);
+	CHECK_U64(mark_of(&C), ==, 0);
+	CHECK_INT(mm_stream_write(&C, out + sent, 1000), ==, 1000);
+	sent += 1000;
+	CHECK_U64(mark_of(&C), ==, 8 + (1200 << 10));	/* where it left off */
+	CHECK_U64(data_end_of(&C), ==, 8 + 1000);
+	while (got < n) {
+		ssize_t w = sent < n ? mm_stream_write(&C, out + sent, tap_range(1, n - sent)) : 0;
+		ssize_t r = mm_stream_read(&A, in + got, tap_range(1, n - got));
+
+		sent += w > 0 ? (size_t)w : 0;
+		if (r != -EAGAIN && !CHECK_INT(r, >, 0))
+			goto out;
+		got += r > 0 ? (size_t)r : 0;
+	}
+	CHECK_MEM(in, out, n);
+
+	/* short streams, each read to its end of file */
+	mm_channel_unclaim(&C, &C);
+	CHECK_INT(mm_stream_read(&A, in, sizeof(in)), ==, 0);	/* the one above's */
+	for (int i = 0; i < 6000 && total < (UINT64_C(6) << 20); i++) {
+		size_t k = tap_range(1, 4000), have = 0;
+		ssize_t r;
+
+		if (!CHECK_INT(mm_channel_claim(&C, MM_WR, &C), ==, MM_WR))
+			break;
+		fill(out, k, (uint64_t)i);
+		if (!CHECK_INT(mm_stream_write(&C, out, k), ==, (ssize_t)k))
+			break;
+		mm_channel_unclaim(&C, &C);
+		while ((r = mm_stream_read(&A, in + have, sizeof(in) - have)) > 0)
+			have += (size_t)r;
+		if (!CHECK_INT(r, ==, 0) || !CHECK_U64(have, ==, k) || !CHECK_MEM(in, out, k))
+			break;
+		marks += mark_of(&C) != 0;
+		if (data_end_of(&C) > top_end)
+			top_end = data_end_of(&C);
+		total += k;
+		streams++;
+	}
+	printf("#     %u streams, %llu bytes, furthest data_end %u, %u behind a mark\n", streams,
+	       (unsigned long long)total, top_end, marks);
+	CHECK_U64(total, >=, UINT64_C(6) << 20);
+	CHECK_U64(top_end, <=, 8 + MM_RING_WINDOW + 4000);
+out:
+	close_pair();
+	ring_size = RING;
+}
+
 int main(void)
 {
 	static const struct tap_test tests[] = {
@@ -929,6 +1094,8 @@ int main(void)
 		TAP_TEST(test_view),
 		TAP_TEST(test_view_chunks),
 		TAP_TEST(test_waiters),
+		TAP_TEST(test_window),
+		TAP_TEST(test_window_restarts),
 	};
 	const char *tmp = getenv("TMPDIR");
 	int ret;

@@ -1,4 +1,5 @@
 /* Unit tests for core/ring.h: the data ring of an xpra mmap area. */
+#include <endian.h>
 #include <errno.h>
 #include <sys/mman.h>
 
@@ -84,7 +85,7 @@ static void test_init(void)
 static void expect_load(struct mm_ring *r, uint32_t start, uint32_t end, int want,
 			uint32_t want_start, uint32_t want_end)
 {
-	struct mm_ring_pos p = { 12345, 54321 };
+	struct mm_ring_pos p = { 12345, 54321, 0, 0 };
 	int ret;
 
 	set_ptrs(r->base, start, end);
@@ -150,6 +151,7 @@ static void test_used_free(void)
 
 	mm_ring_init(&r, a, 4096, 4096);
 	cap = mm_ring_capacity(&r);
+	p.lap = 4096, p.mark = 0;	/* no mark: the lap is the ring */
 	p.start = 8, p.end = 8;
 	CHECK_U64(mm_ring_used(&r, &p), ==, 0);
 	CHECK_U64(mm_ring_free(&r, &p), ==, cap);
@@ -224,6 +226,7 @@ static void test_iov_split(void)
 	size_t len;
 
 	mm_ring_init(&r, a, SIZE, SIZE);
+	p.lap = SIZE, p.mark = 0;
 	p.start = 60, p.end = 60;
 	CHECK_INT(mm_ring_write_iov(&r, &p, 10, iov, &len), ==, 2);
 	CHECK_U64(len, ==, 10);
@@ -278,7 +281,7 @@ static void test_iov_no_touch(void)
 	size_t sz = 65536;
 	uint8_t *a = mmap(NULL, sz, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct mm_ring r;
-	struct mm_ring_pos p = { 100, 50 };
+	struct mm_ring_pos p = { 100, 50, 65536, 0 };
 	struct iovec iov[2];
 	size_t len;
 
@@ -549,6 +552,209 @@ static void test_xpra_writer(void)
 	xpra_interop(64, 8000);
 }
 
+/* ---- the working window: a writer that starts again at 8 behind a mark ---- */
+
+/* The writer's step before a write, as core/stream.c takes it: 1 if it
+ * started again at 8. */
+static int writer_window(struct mm_ring *r, struct mm_ring_pos *p, size_t window)
+{
+	bool again = mm_ring_restart_due(r, p, window);
+
+	if (!CHECK_INT(mm_ring_restart(r, p, again), ==, 0))
+		return -1;
+	return again;
+}
+
+/* A reader that keeps up: the writer never goes further than the window
+ * and one write past it, and every byte arrives in order. */
+static void test_window_keeps_up(void)
+{
+	enum { SIZE = 1 << 20, WINDOW = 64 << 10, MAX = 5000 };
+	uint8_t *a = new_area(SIZE, SIZE), in[MAX], out[MAX];
+	uint32_t mark = 0, top = 0;
+	uint64_t wpos = 0, rpos = 0, restarts = 0;
+	struct mm_ring r;
+
+	mm_ring_init(&r, a, SIZE, SIZE);
+	mm_ring_set_mark(&r, &mark);
+	for (int k = 0; k < 20000; k++) {
+		size_t len = (size_t)tap_range(1, MAX);
+		struct mm_ring_pos p;
+		ssize_t n;
+		int ret;
+
+		for (size_t i = 0; i < len; i++)
+			in[i] = stream_byte(wpos + i);
+		if (!CHECK_INT(mm_ring_load(&r, &p), ==, 0) ||
+		    (ret = writer_window(&r, &p, WINDOW)) < 0)
+			break;
+		restarts += (unsigned)ret;
+		if (!CHECK_INT(mm_ring_put(&r, &p, in, len), ==, (ssize_t)len))
+			break;
+		wpos += len;
+		if (p.end > top)
+			top = p.end;
+		n = mm_ring_read(&r, out, sizeof(out));
+		if (!CHECK_INT(n, ==, (ssize_t)len))
+			break;
+		for (size_t i = 0; i < len; i++)
+			if (out[i] != stream_byte(rpos + i)) {
+				CHECK_U64(rpos + i, ==, UINT64_MAX);
+				goto out;
+			}
+		rpos += len;
+	}
+	printf("#     %llu bytes, %llu restarts, furthest end %u\n", (unsigned long long)wpos,
+	       (unsigned long long)restarts, top);
+	CHECK_U64(top, <=, 8 + WINDOW + MAX);
+	CHECK_U64(restarts, >, wpos / (WINDOW + MAX) - 1);
+out:
+	free(a);
+}
+
+/* Random reads and writes through both APIs, the writer taking its
+ * window before each write: the stream stays exact and the pointers say
+ * what is in flight. */
+static void test_window_stress(void)
+{
+	enum { SIZE = 65536 };
+	uint8_t *a = new_area(SIZE, SIZE), buf[SIZE / 3];
+	uint32_t mark = 0;
+	uint64_t wpos = 0, rpos = 0, restarts = 0;
+	struct mm_ring r;
+
+	mm_ring_init(&r, a, SIZE, SIZE);
+	mm_ring_set_mark(&r, &mark);
+	for (int k = 0; k < 40000; k++) {
+		size_t len = (size_t)tap_range(0, sizeof(buf)), n;
+		size_t window = (size_t)tap_range(2, SIZE / 2);
+		struct mm_ring_pos p;
+		struct iovec iov[2];
+		int np, ret;
+
+		if (!CHECK_INT(mm_ring_load(&r, &p), ==, 0) ||
+		    !CHECK_U64(mm_ring_used(&r, &p), ==, wpos - rpos))
+			break;
+		if (tap_rand() % 2) {
+			if ((ret = writer_window(&r, &p, window)) < 0)
+				break;
+			restarts += (unsigned)ret;
+			np = mm_ring_write_iov(&r, &p, len, iov, &n);
+			for (int i = 0, off = 0; i < np; off += (int)iov[i].iov_len, i++) {
+				uint8_t *b = iov[i].iov_base;
+
+				CHECK(b >= a + 8 && b + iov[i].iov_len <= a + SIZE);
+				for (size_t j = 0; j < iov[i].iov_len; j++)
+					b[j] = stream_byte(wpos + (size_t)off + j);
+			}
+			CHECK_INT(mm_ring_commit(&r, &p, n), ==, 0);
+			wpos += n;
+		} else {
+			ssize_t got = mm_ring_get(&r, &p, buf, len);
+
+			if (!CHECK_INT(got, >=, 0))
+				break;
+			for (size_t i = 0; i < (size_t)got; i++)
+				if (buf[i] != stream_byte(rpos + i)) {
+					CHECK_U64(rpos + i, ==, UINT64_MAX);
+					goto out;
+				}
+			rpos += (size_t)got;
+		}
+	}
+	printf("#     %llu bytes, %llu restarts\n", (unsigned long long)wpos,
+	       (unsigned long long)restarts);
+	CHECK_U64(restarts, >, 100);
+out:
+	free(a);
+}
+
+/* A mark that says nothing the rule allows is no mark: the reader reads
+ * as if it were not there, within the ring; one behind a writer that
+ * started again sends it on at 8, also when it is at the mark already. */
+static void test_window_hostile(void)
+{
+	enum { SIZE = 1000 };
+	uint8_t *a = new_area(SIZE, SIZE);
+	uint32_t mark;
+	struct mm_ring r;
+	struct mm_ring_pos p;
+	struct iovec iov[2];
+	size_t len;
+	static const struct {
+		uint32_t start, end, mark, lap;
+	} cases[] = {
+		{ 100, 200, 150, SIZE },	/* end >= start: not in effect */
+		{ 100, 200, 100, SIZE },
+		{ 500, 200, 400, SIZE },	/* the reader past the mark */
+		{ 500, 200, SIZE, SIZE },	/* at or beyond the ring's end */
+		{ 500, 200, 4000, SIZE },
+		{ 500, 200, 8, SIZE },		/* at the ring's start */
+		{ 500, 200, 0, SIZE },
+		{ 500, 200, 700, 700 },		/* in effect */
+		{ 500, 200, 500, 500 },		/* the reader at the mark */
+	};
+
+	mm_ring_init(&r, a, SIZE, SIZE);
+	mm_ring_set_mark(&r, &mark);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		set_ptrs(a, cases[i].start, cases[i].end);
+		mark = htole32(cases[i].mark);
+		if (!CHECK_INT(mm_ring_load(&r, &p), ==, 0))
+			continue;
+		if (!CHECK_U64(p.lap, ==, cases[i].lap))
+			printf("#     case %zu\n", i);
+		CHECK_INT(mm_ring_read_iov(&r, &p, SIZE, iov, &len), >=, 1);
+		CHECK_U64(len, ==, mm_ring_used(&r, &p));
+		for (int k = 0; k < 2 && k * iov[0].iov_len < len; k++)
+			CHECK(iov[k].iov_len > 0 && (uint8_t *)iov[k].iov_base >= a + 8 &&
+			      (uint8_t *)iov[k].iov_base + iov[k].iov_len <= a + cases[i].lap);
+		/* the writer clears a mark not in effect, keeps one in effect */
+		CHECK_INT(mm_ring_restart(&r, &p, false), ==, 0);
+		CHECK_U64(le32toh(mark), ==, cases[i].lap == SIZE ? 0 : cases[i].mark);
+		/* reading it all leaves the reader where the writer is */
+		CHECK_INT(mm_ring_consume(&r, &p, len), ==, 0);
+		CHECK_U64(p.start, ==, cases[i].end);
+	}
+	/* the reader at the mark, nothing after it yet: empty, and no jump */
+	set_ptrs(a, 500, 500);
+	mark = htole32(500);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(mm_ring_used(&r, &p), ==, 0);
+	/* no mark where the rule is off (an xpra peer, version 1) */
+	mm_ring_set_mark(&r, NULL);
+	set_ptrs(a, 500, 200);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(p.lap, ==, SIZE);
+	CHECK(!mm_ring_restart_due(&r, &p, 10));
+	free(a);
+}
+
+/* Where an end of stream lies among the unread bytes, across a mark. */
+static void test_window_dist(void)
+{
+	enum { SIZE = 1000 };
+	uint8_t *a = new_area(SIZE, SIZE);
+	uint32_t mark = htole32(700);
+	struct mm_ring r;
+	struct mm_ring_pos p;
+
+	mm_ring_init(&r, a, SIZE, SIZE);
+	mm_ring_set_mark(&r, &mark);
+	set_ptrs(a, 500, 200);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(mm_ring_used(&r, &p), ==, 200 + 192);
+	CHECK_U64(mm_ring_dist(&r, &p, 500), ==, 0);
+	CHECK_U64(mm_ring_dist(&r, &p, 650), ==, 150);
+	CHECK_U64(mm_ring_dist(&r, &p, 700), ==, 200);	/* at the mark ... */
+	CHECK_U64(mm_ring_dist(&r, &p, 8), ==, 200);	/* ... is at 8 */
+	CHECK_U64(mm_ring_dist(&r, &p, 200), ==, 392);
+	CHECK_U64(mm_ring_dist(&r, &p, 800), >, 392);	/* past the mark: none of them */
+	CHECK_U64(mm_ring_dist(&r, &p, 300), >, 392);
+	CHECK_U64(mm_ring_dist(&r, &p, 400), >, 392);
+	free(a);
+}
+
 int main(void)
 {
 	static const struct tap_test tests[] = {
@@ -563,6 +769,10 @@ int main(void)
 		TAP_TEST(test_stress_tiny),
 		TAP_TEST(test_trailer),
 		TAP_TEST(test_xpra_writer),
+		TAP_TEST(test_window_keeps_up),
+		TAP_TEST(test_window_stress),
+		TAP_TEST(test_window_hostile),
+		TAP_TEST(test_window_dist),
 	};
 
 	return tap_main(tests, TAP_COUNT(tests));
