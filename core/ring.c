@@ -14,10 +14,6 @@ static uint32_t *word(const struct mm_ring *r, unsigned i)
 	return (uint32_t *)(void *)(r->base + 4 * i);
 }
 
-static uint32_t load_word(const struct mm_ring *r, unsigned i)
-{
-	return le32toh(__atomic_load_n(word(r, i), __ATOMIC_ACQUIRE));
-}
 
 int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
 		 uint64_t ring_end)
@@ -27,13 +23,19 @@ int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
 		return -EINVAL;
 	r->base = base;
 	r->end = (uint32_t)ring_end;
-	r->mark = NULL;
+	r->mark = r->mark_on = NULL;
 	return 0;
 }
 
-void mm_ring_set_mark(struct mm_ring *r, uint32_t *word)
+void mm_ring_set_mark(struct mm_ring *r, uint32_t *word, uint32_t *on)
 {
 	r->mark = word;
+	r->mark_on = on;
+}
+
+static uint32_t load_at(const uint32_t *w)
+{
+	return le32toh(__atomic_load_n(w, __ATOMIC_ACQUIRE));
 }
 
 size_t mm_ring_capacity(const struct mm_ring *r)
@@ -57,14 +59,18 @@ struct load_args {
 	uint32_t start, end, mark;
 };
 
-/* The mark after end: the writer stores it before the end it publishes. */
+/* The mark after end, the writer's word saying it leaves marks after the
+ * mark: each is stored before what is loaded ahead of it. A mark from a
+ * writer that never said so is none. */
 static int do_load(void *arg)
 {
 	struct load_args *l = arg;
 
-	l->start = load_word(l->r, 0);
-	l->end = load_word(l->r, 1);
-	l->mark = l->r->mark ? le32toh(__atomic_load_n(l->r->mark, __ATOMIC_ACQUIRE)) : 0;
+	l->start = load_at(word(l->r, 0));
+	l->end = load_at(word(l->r, 1));
+	l->mark = l->r->mark ? load_at(l->r->mark) : 0;
+	if (l->mark && load_at(l->r->mark_on) != 1)
+		l->mark = 0;
 	return 0;
 }
 
@@ -225,7 +231,9 @@ int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again)
 	int ret = 0;
 
 	if (again) {
-		ret = store(r->mark, p->end);
+		ret = store(r->mark_on, 1);
+		if (ret == 0)
+			ret = store(r->mark, p->end);
 		if (ret == 0) {
 			p->mark = p->lap = p->end;
 			p->end = MM_RING_HEADER;

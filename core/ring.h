@@ -38,6 +38,8 @@ struct mm_ring {
 				 * when a trailer follows it (docs/PROTOCOL.md) */
 	uint32_t *mark;		/* the writer's mark, where it started again
 				 * at 8 (in the trailer), or NULL: none */
+	uint32_t *mark_on;	/* the writer's word saying it leaves marks:
+				 * a mark counts only when it holds 1 */
 };
 
 /* One validated snapshot of the two pointers, both in [8, end), and of the
@@ -56,8 +58,9 @@ struct mm_ring_pos {
 int mm_ring_init(struct mm_ring *r, uint8_t *base, uint64_t area_size,
 		 uint64_t ring_end);
 
-/* The writer's mark lives at word: loads see it from now on. */
-void mm_ring_set_mark(struct mm_ring *r, uint32_t *word);
+/* The writer's mark lives at word, and the word saying that it leaves marks
+ * at on: loads see them from now on. */
+void mm_ring_set_mark(struct mm_ring *r, uint32_t *word, uint32_t *on);
 
 /* Bytes the ring can hold at most (its length minus the one kept free). */
 size_t mm_ring_capacity(const struct mm_ring *r);
@@ -91,8 +94,8 @@ size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32
 bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
 			 size_t window);
 
-/* Then, with `again`, leave a mark at the writer's end and start again at
- * 8 (p follows); without, only clear a mark the reader has passed, before
+/* Then, with `again`, say that the writer leaves marks, leave one at its
+ * end and start again at 8 (p follows); without, only clear a mark the reader has passed, before
  * the writer can pass it again. 0 or -EFAULT. */
 int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again);
 

@@ -70,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint32_t ring_end = 10 + take(&in, 2) % (AREA - 10 + 1);
 	uint8_t *area = malloc(ring_end);
 	uint64_t wpos = 0, rpos = 0;
-	uint32_t mark = 0;
+	uint32_t mark = 0, mark_on = 0;
 	struct mm_ring r;
 	struct mm_ring_pos p;
 	bool clean;
@@ -83,7 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (mm_ring_init(&r, area, AREA, ring_end) != 0)
 		abort();
 	if (take(&in, 1) & 1)
-		mm_ring_set_mark(&r, &mark);
+		mm_ring_set_mark(&r, &mark, &mark_on);
 	clean = mm_ring_load(&r, &p) == 0 && mm_ring_used(&r, &p) == 0;
 
 	for (int ops = 0; in.left && ops < 256; ops++) {
@@ -100,6 +100,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (loaded) {
 			check_pos(&r, &p);
 			used = mm_ring_used(&r, &p);
+			/* a writer clears a mark its reader has passed before it
+			 * writes (ring.h): ours does so at each step */
+			if (mm_ring_restart(&r, &p, false) != 0)
+				abort();
 		}
 		switch (what) {
 		case 0:		/* write */
@@ -168,8 +172,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (mm_ring_used(&r, &p) != used)
 				abort();
 			break;
-		case 8:		/* the peer pokes the mark */
-			mark = take(&in, 4);
+		case 8:		/* the peer pokes the mark, or the word that says it counts */
+			*(take(&in, 1) & 1 ? &mark : &mark_on) = take(&in, 4);
 			clean = false;
 			break;
 		}

@@ -1028,6 +1028,12 @@ static void test_window_restarts(void)
 	CHECK_INT(mm_stream_write(&C, out + sent, 1000), ==, 1000);
 	sent += 1000;
 	CHECK_U64(mark_of(&C), ==, 8 + (1200 << 10));	/* where it left off */
+	{
+		uint32_t on = 0;
+
+		mm_ext_load(C.wr.ext2, MM_EXT2_W_MARK_ON, &on);
+		CHECK_U64(on, ==, 1);	/* and it says it leaves marks */
+	}
 	CHECK_U64(data_end_of(&C), ==, 8 + 1000);
 	while (got < n) {
 		ssize_t w = sent < n ? mm_stream_write(&C, out + sent, tap_range(1, n - sent)) : 0;

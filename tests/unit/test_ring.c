@@ -571,12 +571,12 @@ static void test_window_keeps_up(void)
 {
 	enum { SIZE = 1 << 20, WINDOW = 64 << 10, MAX = 5000 };
 	uint8_t *a = new_area(SIZE, SIZE), in[MAX], out[MAX];
-	uint32_t mark = 0, top = 0;
+	uint32_t mark = 0, mark_on = 0, top = 0;
 	uint64_t wpos = 0, rpos = 0, restarts = 0;
 	struct mm_ring r;
 
 	mm_ring_init(&r, a, SIZE, SIZE);
-	mm_ring_set_mark(&r, &mark);
+	mm_ring_set_mark(&r, &mark, &mark_on);
 	for (int k = 0; k < 20000; k++) {
 		size_t len = (size_t)tap_range(1, MAX);
 		struct mm_ring_pos p;
@@ -619,12 +619,12 @@ static void test_window_stress(void)
 {
 	enum { SIZE = 65536 };
 	uint8_t *a = new_area(SIZE, SIZE), buf[SIZE / 3];
-	uint32_t mark = 0;
+	uint32_t mark = 0, mark_on = 0;
 	uint64_t wpos = 0, rpos = 0, restarts = 0;
 	struct mm_ring r;
 
 	mm_ring_init(&r, a, SIZE, SIZE);
-	mm_ring_set_mark(&r, &mark);
+	mm_ring_set_mark(&r, &mark, &mark_on);
 	for (int k = 0; k < 40000; k++) {
 		size_t len = (size_t)tap_range(0, sizeof(buf)), n;
 		size_t window = (size_t)tap_range(2, SIZE / 2);
@@ -676,7 +676,7 @@ static void test_window_hostile(void)
 {
 	enum { SIZE = 1000 };
 	uint8_t *a = new_area(SIZE, SIZE);
-	uint32_t mark;
+	uint32_t mark, mark_on = htole32(1);
 	struct mm_ring r;
 	struct mm_ring_pos p;
 	struct iovec iov[2];
@@ -696,7 +696,7 @@ static void test_window_hostile(void)
 	};
 
 	mm_ring_init(&r, a, SIZE, SIZE);
-	mm_ring_set_mark(&r, &mark);
+	mm_ring_set_mark(&r, &mark, &mark_on);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		set_ptrs(a, cases[i].start, cases[i].end);
 		mark = htole32(cases[i].mark);
@@ -716,13 +716,26 @@ static void test_window_hostile(void)
 		CHECK_INT(mm_ring_consume(&r, &p, len), ==, 0);
 		CHECK_U64(p.start, ==, cases[i].end);
 	}
+	/* a mark from a writer that never said it leaves marks is none */
+	set_ptrs(a, 500, 200);
+	mark = htole32(700);
+	mark_on = 0;
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(p.lap, ==, SIZE);
+	CHECK_U64(p.mark, ==, 0);
+	mark_on = htole32(2);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(p.lap, ==, SIZE);
+	mark_on = htole32(1);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(p.lap, ==, 700);
 	/* the reader at the mark, nothing after it yet: empty, and no jump */
 	set_ptrs(a, 500, 500);
 	mark = htole32(500);
 	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
 	CHECK_U64(mm_ring_used(&r, &p), ==, 0);
 	/* no mark where the rule is off (an xpra peer, version 1) */
-	mm_ring_set_mark(&r, NULL);
+	mm_ring_set_mark(&r, NULL, NULL);
 	set_ptrs(a, 500, 200);
 	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
 	CHECK_U64(p.lap, ==, SIZE);
@@ -735,12 +748,12 @@ static void test_window_dist(void)
 {
 	enum { SIZE = 1000 };
 	uint8_t *a = new_area(SIZE, SIZE);
-	uint32_t mark = htole32(700);
+	uint32_t mark = htole32(700), mark_on = htole32(1);
 	struct mm_ring r;
 	struct mm_ring_pos p;
 
 	mm_ring_init(&r, a, SIZE, SIZE);
-	mm_ring_set_mark(&r, &mark);
+	mm_ring_set_mark(&r, &mark, &mark_on);
 	set_ptrs(a, 500, 200);
 	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
 	CHECK_U64(mm_ring_used(&r, &p), ==, 200 + 192);
