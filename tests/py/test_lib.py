@@ -145,6 +145,54 @@ def test_library_against_files(chan, tmp_path, lib_end):
     assert (int(st["write.bytes"]), int(st["read.bytes"])) == (len(payload), 3 * len(payload))
 
 
+def write_way(way, chan, src, seed):
+    """SRC's bytes into chan as one stream: the library, data or send."""
+    if way == "lib":
+        assert run("write", chan, src, seed) == f"ok {os.path.getsize(src)}"
+        return
+    payload = open(src, "rb").read()
+    file_writer(os.path.join(chan, "data" if way == "data" else "send"), payload, seed)
+
+
+def test_working_window_mixed_ends(mount_factory, tmp_path):
+    """The working window (PROTOCOL.md): on 8 MiB rings, one stream for each
+    way in at the writing end (the library, data, send) and out at the
+    reading end (the library, data, recv), 36 MiB in all, each exact to its
+    end of stream, while the writer starts again at the ring's start behind
+    marks its reader follows; the write area's trailer says it left marks."""
+    c, a = mount_factory(size="8M"), mount_factory(size="8M")
+    handshake(c, a)
+    ways = ("lib", "data", "fifo")
+    n = 0
+    for w in ways:
+        for r in ways:
+            src = src_file(tmp_path, f"src{n}", (4 << 20) + n)
+            payload = open(src, "rb").read()
+            if r == "lib":
+                reader = start("read", a / "chan", src, 100 + n)
+            else:
+                reader = threading.Thread(target=file_reader, args=(
+                    os.path.join(a / "chan", "data" if r == "data" else "recv"), payload,
+                    100 + n))
+                reader.start()
+            write_way(w, c / "chan", src, 200 + n)
+            if r == "lib":
+                assert finish(reader) == f"ok {len(payload)}", (w, r)
+            else:
+                reader.join(120)
+                assert not reader.is_alive(), (w, r)
+            n += 1
+    st = c.status("chan")
+    assert st["mmapfs"] == "2" and st["streams_failed"] == "0"
+    assert int(st["write.bytes"]) == sum(os.path.getsize(tmp_path / f"src{i}") for i in range(n))
+    # version 2's words: mark_on (7) is 1 once the writer started again
+    with open(st["write.file"], "rb") as f:
+        f.seek(int(st["write.ring_end"]) + 4 * 7)
+        assert int.from_bytes(f.read(4), "little") == 1
+        f.seek(int(st["write.ring_end"]) + 4 * 6)
+        assert int.from_bytes(f.read(4), "little") == 1     # its reader follows
+
+
 def test_ends_of_stream_between_library_and_files(chan, tmp_path):
     """Streams end at the library's close; the ends a library reader took
     are the daemon's too when a file reader comes next, and back."""
