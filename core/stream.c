@@ -246,48 +246,78 @@ static bool restart_allowed(const struct mm_dir *d)
 	       mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) == 0 && cs == ack;
 }
 
-ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
+ssize_t mm_stream_write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s)
 {
 	struct mm_dir *d = &ch->wr;
-	struct mm_ring_pos p;
-	uint32_t at;
-	ssize_t n;
 	int r = data_check(ch, d, EPIPE);
 
+	*s = (struct mm_slice){ .niov = 0 };
 	if (r == 0 && (r = writer_cut(d)) < 0)
 		return writer_told(ch, d, r);
 	if (r < 0)
 		return r;
 	if (raw_word(d, W_START, &d->seen) < 0)
 		return stream_fail(ch, MM_WR, -EFAULT);
-	r = mm_ring_load(&d->ring, &p);
+	r = mm_ring_load(&d->ring, &s->pos);
 	if (r == 0 && d->ring.mark) {
-		bool again = mm_ring_restart_due(&d->ring, &p, MM_RING_WINDOW) &&
+		bool again = mm_ring_restart_due(&d->ring, &s->pos, MM_RING_WINDOW) &&
 			     restart_allowed(d);
 
-		if (again || p.mark)
-			r = mm_ring_restart(&d->ring, &p, again);
+		if (again || s->pos.mark)
+			r = mm_ring_restart(&d->ring, &s->pos, again);
 	}
 	if (r < 0)
 		return stream_fail(ch, MM_WR, r);
-	at = p.end;
-	n = mm_ring_put(&d->ring, &p, buf, len);
-	if (n == -EFAULT && mm_area_fault(&d->area) == -ENOSPC) {
+	s->niov = mm_ring_write_iov(&d->ring, &s->pos, max, s->iov, &s->len);
+	return s->len ? (ssize_t)s->len : -EAGAIN;
+}
+
+int mm_stream_write_end(struct mm_channel *ch, const struct mm_slice *s, size_t n)
+{
+	struct mm_dir *d = &ch->wr;
+	struct mm_ring_pos p = s->pos;
+	int r;
+
+	if (n > s->len)
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	r = mm_ring_commit(&d->ring, &p, n);
+	if (r < 0)
+		return stream_fail(ch, MM_WR, r);
+	if (d->chunks)
+		mm_chunks_log(d, s->pos.end, n);
+	__atomic_add_fetch(&d->bytes, (uint64_t)n, __ATOMIC_RELAXED);
+	wake(d, W_END);
+	return 0;
+}
+
+int mm_stream_write_fault(struct mm_channel *ch)
+{
+	struct mm_dir *d = &ch->wr;
+
+	if (mm_area_fault(&d->area) == -ENOSPC) {
 		/* a sparse area on a full filesystem: nothing was published,
 		 * the write may be tried again once there is room */
 		mm_channel_set_reason(ch, "write area %s: no space left on its filesystem",
 				      d->area.path);
 		return -ENOSPC;
 	}
-	if (n < 0)
-		return stream_fail(ch, MM_WR, (int)n);
-	if (n == 0)
-		return -EAGAIN;
-	if (d->chunks)
-		mm_chunks_log(d, at, (size_t)n);
-	__atomic_add_fetch(&d->bytes, (uint64_t)n, __ATOMIC_RELAXED);
-	wake(d, W_END);
-	return n;
+	return stream_fail(ch, MM_WR, -EFAULT);
+}
+
+ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
+{
+	struct mm_slice s;
+	ssize_t n = mm_stream_write_begin(ch, len, &s);
+	int r;
+
+	if (n <= 0)
+		return n;
+	if (mm_guard_copy_iov((void *)buf, s.iov, s.niov, true) < 0)
+		return mm_stream_write_fault(ch);
+	r = mm_stream_write_end(ch, &s, (size_t)n);
+	return r < 0 ? r : n;
 }
 
 ssize_t mm_stream_room(struct mm_channel *ch)

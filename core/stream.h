@@ -29,7 +29,7 @@
 #define MM_WAIT_MIN_US 50
 #define MM_WAIT_MAX_US 10000
 
-/* What a read's begin saw, handed back to its end. */
+/* What a read's or a write's begin saw, handed back to its end. */
 struct mm_slice {
 	struct iovec iov[2];		/* the bytes, in the area (two: wrapped) */
 	int niov;
@@ -45,6 +45,19 @@ struct mm_slice {
  * -EPIPE), -ENOTCONN, -ENXIO, -EIO (the area faulted), -EPROTO (corrupt
  * pointers), -ECONNRESET (peer restarted). */
 ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len);
+
+/* Writing in place, as mm_stream_write() in two steps: begin hands back
+ * where the next up to max bytes go, as a slice of the area (the ring's
+ * free space); the caller fills it by any means (readv(2) from a FIFO), and
+ * end publishes the first n bytes (n <= the count) and wakes the reader.
+ * begin returns the count (> 0), -EAGAIN while the ring is full, or the
+ * errors of mm_stream_write(). If filling it faulted (the area's file was
+ * truncated, or its filesystem is full), mm_stream_write_fault() says so:
+ * -ENOSPC (nothing published; try again once there is room) or the
+ * channel's failure. */
+ssize_t mm_stream_write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s);
+int mm_stream_write_end(struct mm_channel *ch, const struct mm_slice *s, size_t n);
+int mm_stream_write_fault(struct mm_channel *ch);
 
 /* How many bytes a write could take now (> 0), 0 while the ring is full,
  * or the errors of mm_stream_write(). Only the claim holder's own writes

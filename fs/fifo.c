@@ -82,8 +82,6 @@ struct fifo {
 	bool claimed;		/* send: holds the write direction */
 	enum recv_state rs;
 	size_t inflight;	/* recv: in the FIFO, not yet taken */
-	char *pend;		/* send: read from the FIFO, not yet */
-	size_t pend_len;	/* in the ring (a short write) */
 	uint64_t due_us;	/* pump: next timed look, 0 none */
 	unsigned step_us;
 	bool fired;		/* pump: an epoll event came */
@@ -335,16 +333,13 @@ static void send_end(struct mmfs *fs, struct fifo *f, bool end)
 	if (f->claimed)
 		mm_channel_unclaim(&f->h.ch->mc, &f->h);
 	f->claimed = false;
-	free(f->pend);
-	f->pend = NULL;
-	f->pend_len = 0;
 	trace(fs, "%s: send: %s\n", f->h.ch->key.name,
 	      end ? "end of stream" : "stream cut, writers get EPIPE");
 	data_serve(fs, f->h.ch);	/* opens of data waiting for this */
 }
 
 /* The FIFO into the ring, until the FIFO is empty or the ring full. */
-static void send_step(struct mmfs *fs, struct fifo *f, char *buf)
+static void send_step(struct mmfs *fs, struct fifo *f)
 {
 	struct mm_channel *mc = &f->h.ch->mc;
 
@@ -353,7 +348,8 @@ static void send_step(struct mmfs *fs, struct fifo *f, char *buf)
 		return;
 	for (;;) {
 		uint32_t seen[MM_STREAM_STATE_WORDS];
-		ssize_t room, n, w;
+		struct mm_slice sl;
+		ssize_t n;
 		int queued = 0;
 
 		if (!f->claimed) {
@@ -380,56 +376,33 @@ static void send_step(struct mmfs *fs, struct fifo *f, char *buf)
 			pthread_mutex_unlock(&fs->lock);
 		}
 		mm_stream_state(mc, POLLOUT, seen);	/* before the look */
-		if (f->pend_len) {
-			w = mm_stream_write(mc, f->pend, f->pend_len);
-			if (w == -EAGAIN) {
-				wait_ring(fs, f, seen);
-				return;
-			}
-			if (w == -ENOSPC) {
-				set_due(f, NOSPACE_US);	/* the reason is in status */
-				return;
-			}
-			if (w < 0) {
-				send_end(fs, f, false);
-				return;
-			}
-			memmove(f->pend, f->pend + w, f->pend_len - (size_t)w);
-			f->pend_len -= (size_t)w;
-			if (!f->pend_len) {
-				free(f->pend);	/* the next short write makes its own */
-				f->pend = NULL;
-			}
-			continue;
-		}
-		room = mm_stream_room(mc);
-		if (room < 0) {
-			send_end(fs, f, false);	/* the reason is in status */
-			return;
-		}
-		if (room == 0) {
+		/* straight from the FIFO into the ring's free space */
+		n = mm_stream_write_begin(mc, PUMP_BATCH, &sl);
+		if (n == -EAGAIN) {
 			wait_ring(fs, f, seen);
 			return;
 		}
-		n = read(f->fd, buf, (size_t)room < PUMP_BATCH ? (size_t)room : PUMP_BATCH);
+		if (n < 0) {
+			send_end(fs, f, false);	/* the reason is in status */
+			return;
+		}
+		n = readv(f->fd, sl.iov, sl.niov);
 		if (n > 0) {
-			w = mm_stream_write(mc, buf, (size_t)n);
-			if (w == -ENOSPC)
-				w = 0;	/* a full disk: kept, and tried again */
-			if (w < 0) {
+			if (mm_stream_write_end(mc, &sl, (size_t)n) < 0) {
 				send_end(fs, f, false);
 				return;
 			}
-			if (w < n) {
-				f->pend = malloc((size_t)(n - w));
-				if (!f->pend) {
-					send_end(fs, f, false);
-					return;
-				}
-				memcpy(f->pend, buf + w, (size_t)(n - w));
-				f->pend_len = (size_t)(n - w);
-			}
 			continue;
+		}
+		if (n < 0 && errno == EFAULT) {
+			/* the area faulted: a pipe keeps what it could not
+			 * copy, so nothing is lost while a full disk waits */
+			if (mm_stream_write_fault(mc) == -ENOSPC) {
+				set_due(f, NOSPACE_US);	/* the reason is in status */
+				return;
+			}
+			send_end(fs, f, false);
+			return;
 		}
 		if (n < 0 && errno != EAGAIN) {
 			send_end(fs, f, false);
@@ -759,7 +732,6 @@ void fifo_free(struct fifo *f)
 	if (!f)
 		return;
 	pthread_mutex_destroy(&f->lock);
-	free(f->pend);
 	free(f);
 }
 
@@ -871,7 +843,7 @@ static void step(struct mmfs *fs, struct fifo *f, char *buf)
 		f->due_us = 0;
 	pthread_mutex_lock(&f->lock);
 	if (f->which == FIFO_SEND)
-		send_step(fs, f, buf);
+		send_step(fs, f);
 	else
 		recv_step(fs, f, buf);
 	pthread_mutex_unlock(&f->lock);

@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -96,6 +97,48 @@ def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     assert nospace, "the filesystem never filled up"
     assert got.hexdigest() == hashlib.sha256(blob).hexdigest()
 
+
+
+def test_send_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
+    """The FIFO entry `send` reads its FIFO straight into the ring: on a full
+    filesystem its pump waits (a FIFO's writer cannot be told ENOSPC; it
+    blocks once the FIFO is full), status says why, and the stream goes on
+    whole once room is made."""
+    shm = os.path.join(small_fs, "shm")
+    c = mount_factory(size="1M", mmap_dir=shm)
+    a = mount_factory(size="1M", mmap_dir=shm)
+    handshake(c, a)
+    filler = os.path.join(small_fs, "filler")
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (1500 << 10))
+    blob = os.urandom(3 << 20)
+    got = hashlib.sha256()
+
+    def read_all():
+        with open(a / "chan/recv", "rb", buffering=0) as f:
+            while True:
+                piece = f.read(1 << 16)
+                if not piece:
+                    return
+                got.update(piece)
+
+    def write_all():
+        with open(c / "chan/send", "wb", buffering=0) as f:
+            f.write(blob)
+
+    threads = [threading.Thread(target=read_all), threading.Thread(target=write_all)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while "no space left on its filesystem" not in c.status("chan")["error"]:
+        assert time.monotonic() < deadline, c.status("chan")
+        time.sleep(0.05)
+    assert c.status("chan")["state"] == "ready"
+    os.unlink(filler)            # make room: the stream goes on
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert got.hexdigest() == hashlib.sha256(blob).hexdigest()
 
 def lowest_free_fd(pid):
     """The descriptor number the process's next open() would get."""
