@@ -143,11 +143,16 @@ static void peer_seen(struct mm_channel *ch, uint64_t now_ms, uint32_t session, 
 		mm_channel_fail(ch, ECONNRESET, MM_WHY_RESTARTED, 0, session, ch->peer_session);
 		return;
 	}
+	/* now_ms was read before the lock: another look (the ticker's, a
+	 * status read's) may have seen the beat move at a later time. Time
+	 * goes forward only, or a look a moment behind would find the peer
+	 * silent for 2^64 ms and fail its streams. */
 	if (beat != ch->peer_beat) {
 		ch->peer_beat = beat;
-		ch->peer_beat_ms = now_ms;
+		if (now_ms > ch->peer_beat_ms)
+			ch->peer_beat_ms = now_ms;
 		mm_set_peer(ch, MM_PEER_ALIVE);
-	} else if (now_ms - ch->peer_beat_ms > MM_DEAD_MS &&
+	} else if (now_ms > ch->peer_beat_ms + MM_DEAD_MS &&
 		   mm_channel_peer_state(ch) != MM_PEER_DEAD) {
 		mm_set_peer(ch, MM_PEER_DEAD);
 		fail_streams(ch);

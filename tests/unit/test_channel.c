@@ -908,6 +908,25 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 	return remove(path);
 }
 
+/* Looks at the peer come from threads that read the time before they take
+ * the channel's lock (the ticker, a status read): one a moment behind
+ * another that saw the beat move is no silence. */
+static void test_look_behind(void)
+{
+	if (!handshake(true))
+		goto out;
+	mm_channel_tick(&A, now + 500, NULL);	/* the attacher beats */
+	CHECK(mm_channel_tick(&C, now + 510, NULL) == false);	/* seen at 510 */
+	mm_channel_watch(&C, now + 505);	/* a look that read the time first */
+	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_ALIVE);
+	CHECK_INT(mm_channel_failures(&C), ==, 0);
+	/* a real silence still is one */
+	mm_channel_tick(&C, now + 510 + MM_DEAD_MS + 1, NULL);
+	CHECK_INT(mm_channel_peer_state(&C), ==, MM_PEER_DEAD);
+out:
+	close_pair();
+}
+
 /* ---- the working window (ring.h): between two mmapfs ends ---- */
 
 #define BIG (UINT64_C(4) << 20)
@@ -1100,6 +1119,7 @@ int main(void)
 		TAP_TEST(test_view),
 		TAP_TEST(test_view_chunks),
 		TAP_TEST(test_waiters),
+		TAP_TEST(test_look_behind),
 		TAP_TEST(test_window),
 		TAP_TEST(test_window_restarts),
 	};
