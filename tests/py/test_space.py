@@ -53,15 +53,22 @@ def test_reserve_fails_mkdir_up_front(mount_factory, small_fs):
     assert "no space left for its" in m.log_text()
 
 
-def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
+def almost_full(mount_factory, small_fs):
+    """A channel of 1 MiB rings on the small filesystem, and a filler file
+    that leaves less room than the ring needs: (c, a, filler)."""
     shm = os.path.join(small_fs, "shm")
     c = mount_factory(size="1M", mmap_dir=shm)
     a = mount_factory(size="1M", mmap_dir=shm)
     handshake(c, a)
-    # leave less room than the 1 MiB ring needs; the stream wraps it 3 times
     filler = os.path.join(small_fs, "filler")
     with open(filler, "wb") as f:
         f.write(b"\0" * (1500 << 10))
+    return c, a, filler
+
+
+def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
+    # the stream wraps the 1 MiB ring 3 times
+    c, a, filler = almost_full(mount_factory, small_fs)
     blob = os.urandom(3 << 20)
     got = hashlib.sha256()
     nospace = []
@@ -104,13 +111,7 @@ def test_send_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     filesystem its pump waits (a FIFO's writer cannot be told ENOSPC; it
     blocks once the FIFO is full), status says why, and the stream goes on
     whole once room is made."""
-    shm = os.path.join(small_fs, "shm")
-    c = mount_factory(size="1M", mmap_dir=shm)
-    a = mount_factory(size="1M", mmap_dir=shm)
-    handshake(c, a)
-    filler = os.path.join(small_fs, "filler")
-    with open(filler, "wb") as f:
-        f.write(b"\0" * (1500 << 10))
+    c, a, filler = almost_full(mount_factory, small_fs)
     blob = os.urandom(3 << 20)
     got = hashlib.sha256()
 
