@@ -41,8 +41,9 @@ apt-get install -y -q --no-install-recommends \
 # real programs that wait on `data` (tests/py/test_waiting.py): Go's
 # runtime (an edge-triggered epoll), curl through a socat tunnel
 apt-get install -y -q --no-install-recommends golang-go curl
-# io_uring's opens of the FIFO entries (tests/peers/uring_open.c)
-apt-get install -y -q --no-install-recommends liburing-dev
+# io_uring's opens of the FIFO entries (tests/peers/uring_open.c), and a
+# 32-bit program at them (tests/peers/fifo32.c, built -m32)
+apt-get install -y -q --no-install-recommends liburing-dev gcc-multilib
 # xpra itself, as the interoperability tests' peer: Debian's 3.1, and xpra
 # 6.6's own modules from ../shared/xpra-6.6, whose packet encoder the tests
 # build with cython3 into build-xpra6/ (tests/py/xpra_peer.py). Under CI

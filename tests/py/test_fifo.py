@@ -17,7 +17,9 @@ import pytest
 
 from conftest import MMAPFS, handshake, sh
 
-URING = os.path.join(os.path.dirname(os.path.dirname(MMAPFS)), "tests", "peers", "uring_open")
+PEERS = os.path.join(os.path.dirname(os.path.dirname(MMAPFS)), "tests", "peers")
+URING = os.path.join(PEERS, "uring_open")
+FIFO32 = os.path.join(PEERS, "fifo32")
 
 
 def wait_for(cond, timeout=5, what="condition"):
@@ -246,6 +248,37 @@ def test_before_ready_writers_wait_or_get_enxio(pair):
     assert w.wait(10) == 0
     assert r.communicate(timeout=10)[0] == b"early\n"
 
+
+
+def test_a_32_bit_program(pair):
+    """A 32-bit program without large-file support (tests/peers/fifo32.c,
+    built -m32): it stats the entries (a link to a FIFO), its non-blocking
+    open of send before the channel is ready gets ENXIO as from a FIFO with
+    no reader, and its bytes through send reach a 32-bit reader of recv
+    whole."""
+    c, a = pair
+    if not os.access(FIFO32, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail("no 32-bit toolchain at build time (gcc-multilib)")
+        pytest.skip("no 32-bit toolchain at build time (gcc-multilib)")
+
+    def fifo32(*args, **kw):
+        p = subprocess.run([FIFO32, *args], capture_output=True, timeout=30, **kw)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    sh(f"mkdir {c / 'chan'} {a / 'chan'}")
+    assert fifo32("stat", f"{c / 'chan'}/send") == b"link fifo\n"
+    assert fifo32("stat", f"{a / 'chan'}/recv") == b"link fifo\n"
+    assert fifo32("nb", f"{c / 'chan'}/send") == b"ENXIO\n"
+    sh(f"cat {c / 'chan'}/capabilities > {a / 'chan'}/peer")
+    sh(f"cat {a / 'chan'}/capabilities > {c / 'chan'}/peer")
+    wait_for(lambda: c.status("chan")["state"] == "ready", what="ready")
+    blob = os.urandom(300_000)
+    r = subprocess.Popen([FIFO32, "r", f"{a / 'chan'}/recv"], stdout=subprocess.PIPE)
+    fifo32("w", f"{c / 'chan'}/send", input=blob)
+    assert r.communicate(timeout=30)[0] == blob
+    assert r.returncode == 0
 
 def test_io_uring_and_o_path_reopen_follow_fifo_rules(chan):
     """Opens the daemon never sees: io_uring's OPENAT and OPENAT2, and an
