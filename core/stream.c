@@ -320,22 +320,6 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 	return r < 0 ? r : n;
 }
 
-ssize_t mm_stream_room(struct mm_channel *ch)
-{
-	struct mm_dir *d = &ch->wr;
-	struct mm_ring_pos p;
-	int r = data_check(ch, d, EPIPE);
-
-	if (r == 0 && (r = writer_cut(d)) < 0)
-		return writer_told(ch, d, r);
-	if (r < 0)
-		return r;
-	r = mm_ring_load(&d->ring, &p);
-	if (r < 0)
-		return stream_fail(ch, MM_WR, r);
-	return (ssize_t)mm_ring_free(&d->ring, &p);
-}
-
 /* ---- ends of stream (the extension's trailer) ---- */
 
 int mm_writer_begin(struct mm_channel *ch)

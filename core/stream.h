@@ -59,11 +59,6 @@ ssize_t mm_stream_write_begin(struct mm_channel *ch, size_t max, struct mm_slice
 int mm_stream_write_end(struct mm_channel *ch, const struct mm_slice *s, size_t n);
 int mm_stream_write_fault(struct mm_channel *ch);
 
-/* How many bytes a write could take now (> 0), 0 while the ring is full,
- * or the errors of mm_stream_write(). Only the claim holder's own writes
- * make it smaller. */
-ssize_t mm_stream_room(struct mm_channel *ch);
-
 /* The next up to max bytes of the stream, as a slice of the area. Returns
  * the count (> 0), 0 at an end of stream (which this call consumes), or
  * -EAGAIN (nothing yet), -ECONNRESET (the peer died and everything it wrote
