@@ -220,6 +220,13 @@ def chan(pair):
     return c / "chan", a / "chan", c, a
 
 
+def sigint_default():
+    """preexec_fn for a program a test sends SIGINT (a terminal's Ctrl-C):
+    its default action, even where the suite was started in the background
+    (a shell's `&` ignores SIGINT, and so does everything started from it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def sh(cmd, check=True, **kw):
     """Run a shell command line as a user would type it."""
     kw.setdefault("timeout", 60)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import handshake, nothing_to_read, sh, wait_state
+from conftest import handshake, nothing_to_read, sh, sigint_default, wait_state
 
 
 def sha_of_stream(cmd):
@@ -234,7 +234,8 @@ def test_enotconn_before_ready(pair):
 
 def test_blocked_read_leaves_daemon_answering(chan):
     cdir, adir, c, a = chan
-    cat = subprocess.Popen(["cat", adir + "/data"], stdout=subprocess.PIPE)
+    cat = subprocess.Popen(["cat", adir + "/data"], stdout=subprocess.PIPE,
+                           preexec_fn=sigint_default)
     try:
         time.sleep(0.3)
         assert cat.poll() is None

@@ -34,7 +34,7 @@ import time
 
 import pytest
 
-from conftest import handshake, read_text, sh, wait_state
+from conftest import handshake, read_text, sh, sigint_default, wait_state
 
 SCALE = int(os.environ.get("MMAPFS_SCALE", "500"))
 ROUNDS = int(os.environ.get("MMAPFS_TUNNEL_ROUNDS", "20"))
@@ -305,7 +305,8 @@ def test_many_blocked_readers_leave_the_mount_answering(pair, tmp_path):
 def test_signals_end_blocked_callers(chan):
     cdir, adir, c, a = chan
     for sig in (signal.SIGINT, signal.SIGKILL):
-        cat = subprocess.Popen(["cat", adir + "/data"], stdout=subprocess.DEVNULL)
+        cat = subprocess.Popen(["cat", adir + "/data"], stdout=subprocess.DEVNULL,
+                               preexec_fn=sigint_default)
         try:
             wait_blocked(cat)
             ends_within(cat, sig, 1)
