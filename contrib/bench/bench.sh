@@ -306,6 +306,18 @@ for bs in 512 4096 16384 65536 262144 1048576; do
 	done
 done
 MA=$A MB=$B
+echo
+echo "  side by side, GB/s, min-max of $RUNS runs:"
+awk 'function r(k) { return (k in lo) ? (lo[k] == hi[k] ? lo[k] : lo[k] "-" hi[k]) : "-" }
+     $1 ~ /^g\./ { v = $2 + 0
+       if (!($1 in lo) || v < lo[$1]) lo[$1] = v
+       if (!($1 in hi) || v > hi[$1]) hi[$1] = v }
+     END { printf "  %-8s %-13s %-13s %-13s %-13s %s\n", "block", "copy 64M", "copy 1M",
+                  "zero-copy 64M", "zero-copy 1M", "dd | dd"
+           n = split("512 4096 16384 65536 262144 1048576", bs, " ")
+           for (i = 1; i <= n; i++) { b = "g." bs[i] "."
+             printf "  %-8s %-13s %-13s %-13s %-13s %s\n", bs[i], r(b "copy.64M"),
+                    r(b "copy.1M"), r(b "zc.64M"), r(b "zc.1M"), r(b "pipe") } }' "$results"
 fi
 echo
 echo "summary: min-max of $RUNS runs"
