@@ -226,6 +226,12 @@ bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
 	       window / 2 > 0;
 }
 
+bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window)
+{
+	return r->mark && p->lap == r->end && p->end >= p->start &&
+	       p->end - MM_RING_HEADER >= window && p->start - MM_RING_HEADER < window / 2;
+}
+
 int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again)
 {
 	int ret = 0;

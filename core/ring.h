@@ -94,6 +94,12 @@ size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32
 bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
 			 size_t window);
 
+/* Is the writer at the window's edge, unable to start again yet: its end
+ * `window` bytes or more into the ring, its reader's start less than half
+ * a window? (Where a reader slower than its writer would let the writer
+ * walk on through the whole ring.) */
+bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window);
+
 /* Then, with `again`, say that the writer leaves marks, leave one at its
  * end and start again at 8 (p follows); without, only clear a mark the reader has passed, before
  * the writer can pass it again. 0 or -EFAULT. */

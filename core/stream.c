@@ -246,7 +246,9 @@ static bool restart_allowed(const struct mm_dir *d)
 	       mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) == 0 && cs == ack;
 }
 
-ssize_t mm_stream_write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s)
+/* write_begin, with the blocking library writer's hold (stream.h). */
+static ssize_t write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s,
+			   bool (*hold)(void *), void *arg)
 {
 	struct mm_dir *d = &ch->wr;
 	int r = data_check(ch, d, EPIPE);
@@ -265,11 +267,19 @@ ssize_t mm_stream_write_begin(struct mm_channel *ch, size_t max, struct mm_slice
 
 		if (again || s->pos.mark)
 			r = mm_ring_restart(&d->ring, &s->pos, again);
+		if (r == 0 && !again && hold && mm_ring_at_edge(&d->ring, &s->pos, MM_RING_WINDOW) &&
+		    restart_allowed(d) && hold(arg))
+			return -EAGAIN;
 	}
 	if (r < 0)
 		return stream_fail(ch, MM_WR, r);
 	s->niov = mm_ring_write_iov(&d->ring, &s->pos, max, s->iov, &s->len);
 	return s->len ? (ssize_t)s->len : -EAGAIN;
+}
+
+ssize_t mm_stream_write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s)
+{
+	return write_begin(ch, max, s, NULL, NULL);
 }
 
 int mm_stream_write_end(struct mm_channel *ch, const struct mm_slice *s, size_t n)
@@ -306,10 +316,11 @@ int mm_stream_write_fault(struct mm_channel *ch)
 	return stream_fail(ch, MM_WR, -EFAULT);
 }
 
-ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
+ssize_t mm_stream_write_hold(struct mm_channel *ch, const void *buf, size_t len,
+			     bool (*hold)(void *), void *arg)
 {
 	struct mm_slice s;
-	ssize_t n = mm_stream_write_begin(ch, len, &s);
+	ssize_t n = write_begin(ch, len, &s, hold, arg);
 	int r;
 
 	if (n <= 0)
@@ -318,6 +329,11 @@ ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
 		return mm_stream_write_fault(ch);
 	r = mm_stream_write_end(ch, &s, (size_t)n);
 	return r < 0 ? r : n;
+}
+
+ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len)
+{
+	return mm_stream_write_hold(ch, buf, len, NULL, NULL);
 }
 
 /* ---- ends of stream (the extension's trailer) ---- */

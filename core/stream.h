@@ -46,6 +46,15 @@ struct mm_slice {
  * pointers), -ECONNRESET (peer restarted). */
 ssize_t mm_stream_write(struct mm_channel *ch, const void *buf, size_t len);
 
+/* The same for a writer that blocks: at the working window's edge, where
+ * its reader is not yet half a window on (ring.h), -EAGAIN while hold(arg)
+ * says the reader is moving, rather than write on through the rest of the
+ * ring; so a reader slower than its writer keeps the stream within the
+ * window, as a ring of that size would, while one that has stopped
+ * reading leaves the writer the whole ring. hold is asked only there. */
+ssize_t mm_stream_write_hold(struct mm_channel *ch, const void *buf, size_t len,
+			     bool (*hold)(void *), void *arg);
+
 /* Writing in place, as mm_stream_write() in two steps: begin hands back
  * where the next up to max bytes go, as a slice of the area (the ring's
  * free space); the caller fills it by any means (readv(2) from a FIFO), and

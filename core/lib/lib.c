@@ -34,6 +34,7 @@ _Static_assert(MM_CHUNKS_MAX * 22 + 1 <= MMAPFS_CHUNKS_TEXT_MAX, "MMAPFS_CHUNKS_
 #define SPIN_PAUSES 16		/* between two looks: less traffic on the pointers */
 /* How often at most the bytes moved are told to the daemon (status). */
 #define TELL_MS 250
+#define HOLD_NS 2000000		/* a reader still this long has stopped */
 
 /* What a direction told its daemon last: its own thread's. */
 struct told {
@@ -57,6 +58,8 @@ struct mmapfs_chan {
 	struct told rd_told;
 	/* the writer's */
 	struct told wr_told;
+	uint32_t hold_seen;		/* the reader's start, at the window's edge */
+	uint64_t hold_moved_ns;		/* when it was last seen to move */
 };
 
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
@@ -278,6 +281,21 @@ static void cpu_relax(void)
 
 enum op { OP_READ, OP_READ_BEGIN, OP_WRITE };
 
+/* A blocking writer at the working window's edge waits for its reader
+ * while the reader moves (mm_stream_write_hold): it has moved within
+ * HOLD_NS. */
+static bool reader_moving(void *arg)
+{
+	struct mmapfs_chan *c = arg;
+	uint64_t now = now_ns();
+
+	if (c->ch.wr.seen != c->hold_seen) {
+		c->hold_seen = c->ch.wr.seen;
+		c->hold_moved_ns = now;
+	}
+	return now - c->hold_moved_ns < HOLD_NS;
+}
+
 /* One stream call, repeated while it says -EAGAIN (unless non-blocking).
  * A peer that answers within SPIN_NS is met by looking again: sleeping
  * and being woken cost tens of microseconds on a VM. After that, a futex
@@ -294,7 +312,8 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 		int r;
 
 		if (op == OP_WRITE)
-			n = mm_stream_write(&c->ch, buf, len);
+			n = mm_stream_write_hold(&c->ch, buf, len, c->nonblock ? NULL : reader_moving,
+						 c);
 		else if (op == OP_READ)
 			n = mm_stream_read(&c->ch, buf, len);
 		else

@@ -978,6 +978,82 @@ static int keep_up(size_t n, size_t piece, uint64_t seed, uint32_t *top_end, uns
 	return 0;
 }
 
+static bool hold_yes(void *arg)
+{
+	(*(unsigned *)arg)++;
+	return true;
+}
+
+static bool hold_no(void *arg)
+{
+	(*(unsigned *)arg)++;
+	return false;
+}
+
+/* A reader slower than its writer: a writer that blocks holds at the
+ * window's edge while its reader moves (the stream stays within the
+ * window, as in a ring of that size); once the reader is said to have
+ * stopped, it writes on through the ring. */
+static void test_window_hold(void)
+{
+	static uint8_t out[8 << 20], in[64 << 10];
+	size_t sent = 0, got = 0, n = sizeof(out);
+	uint32_t top_end = 0;
+	unsigned asked = 0, held = 0;
+
+	ring_size = BIG;
+	if (!handshake(true))
+		goto out;
+	fill(out, n, 11);
+	while (got < n) {
+		/* the writer twice as fast as its reader */
+		for (int k = 0; k < 2 && sent < n; k++) {
+			size_t len = n - sent < (32 << 10) ? n - sent : (32 << 10);
+			ssize_t w = mm_stream_write_hold(&C, out + sent, len, hold_yes, &asked);
+
+			if (w == -EAGAIN) {
+				held++;
+				break;
+			}
+			if (!CHECK_INT(w, >, 0))
+				goto out;
+			sent += (size_t)w;
+		}
+		if (data_end_of(&C) > top_end)
+			top_end = data_end_of(&C);
+		ssize_t r = mm_stream_read(&A, in, 16 << 10);
+
+		if (r != -EAGAIN && !CHECK_INT(r, >, 0))
+			goto out;
+		if (r > 0 && !CHECK_MEM(in, out + got, (size_t)r))
+			goto out;
+		got += r > 0 ? (size_t)r : 0;
+	}
+	printf("#     held %u times (asked %u), furthest data_end %u\n", held, asked, top_end);
+	CHECK_U64(held, >, 0);
+	CHECK_U64(top_end, <=, 8 + MM_RING_WINDOW + (32 << 10));
+
+	/* a reader that stopped before half a window (here, before its
+	 * first byte): the writer uses the ring */
+	close_pair();
+	if (!handshake(true))
+		goto out;
+	sent = 0;
+	asked = 0;
+	while (sent < (3 << 20)) {
+		ssize_t w = mm_stream_write_hold(&C, out, 64 << 10, hold_no, &asked);
+
+		if (!CHECK_INT(w, >, 0))
+			goto out;
+		sent += (size_t)w;
+	}
+	CHECK_U64(data_end_of(&C), >, 8 + MM_RING_WINDOW * 2);
+	CHECK_U64(asked, >, 0);
+out:
+	close_pair();
+	ring_size = RING;
+}
+
 /* A reader that keeps up: the writer stays within the window and a piece
  * past it, on a 4 MiB ring; one whose reader never said it follows the
  * mark (an mmapfs of the format's version 2 before the window) walks the
@@ -1121,6 +1197,7 @@ int main(void)
 		TAP_TEST(test_look_behind),
 		TAP_TEST(test_window),
 		TAP_TEST(test_window_restarts),
+		TAP_TEST(test_window_hold),
 	};
 	const char *tmp = getenv("TMPDIR");
 	int ret;
