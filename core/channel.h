@@ -99,6 +99,8 @@ struct mm_chunks;
  * when the trailer says the peer may sleep. */
 struct mm_bell {
 	void (*ring)(const struct mm_bell *b);
+	bool hears;			/* the peer's rings reach this end too:
+					 * its waits need no futex, no poll */
 };
 
 struct mm_dir {

@@ -229,11 +229,15 @@ static bool add_watchers(struct mmfs *fs, unsigned want)
 	}
 }
 
-/* Does a doorbell wake the waits of mc's direction dir (ivshmem.c)? With
- * the debug setting ivshmem_poll = false nothing else does: no recheck. */
+/* Does a doorbell wake the waits of mc's direction dir (ivshmem.c)? Then
+ * the words are not waited on (the peer's futex wakes cannot reach them,
+ * and a BAR's cannot be waited on at all); with the debug setting
+ * ivshmem_poll = false nothing but the doorbell wakes them: no recheck. */
 static bool rung(const struct mm_channel *mc, unsigned dir)
 {
-	return (dir == MM_RD ? mc->rd.bell : mc->wr.bell) != NULL;
+	const struct mm_bell *b = dir == MM_RD ? mc->rd.bell : mc->wr.bell;
+
+	return b && b->hears;
 }
 
 /* One look at the armed waiters: those whose stream moved from its state
@@ -261,8 +265,15 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 		unsigned k;
 
 		next = w->next;
-		/* the words to sleep on, loaded before the state */
-		k = mm_stream_poll_words(&w->ch->mc, w->events, wd, v);
+		/* the words to sleep on, loaded before the state; none where
+		 * a doorbell wakes us */
+		k = 0;
+		for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
+			unsigned ev = dir == MM_RD ? POLLIN : POLLOUT;
+
+			if ((w->events & ev) && !rung(&w->ch->mc, dir))
+				k += mm_stream_poll_words(&w->ch->mc, ev, wd + k, v + k);
+		}
 		mm_stream_state(&w->ch->mc, w->events, st);
 		if (all || (beat && w->beat) || memcmp(st, w->state, sizeof(st))) {
 			unlist(fs, w);

@@ -19,10 +19,12 @@
  *
  * Guest: the daemon rings the host through the Doorbell register of the
  * device's BAR0 (sysfs resource0, mapped: no driver needed), value
- * (peer << 16) | vector. Taking the host's interrupts needs MSI-X in user
- * space (VFIO behind a virtual IOMMU): not done yet, so a guest's waits
- * still poll (docs/ivshmem.md says why uio_pci_generic cannot: QEMU's
- * ivshmem-doorbell has no INTx).
+ * (peer << 16) | vector. It takes the host's rings, MSI-X vector 0, where
+ * the device is bound to vfio-pci (a virtual IOMMU: VFIO's no-IOMMU mode
+ * is not in Debian's kernel): VFIO signals an eventfd, which a thread of
+ * this file waits on, and kicks the ticker as on the host. Without it the
+ * guest's waits poll as before (docs/ivshmem.md says why uio_pci_generic
+ * cannot: QEMU's ivshmem-doorbell has no INTx).
  *
  * Watch it work: mmapfs -d with ivshmem_server logs each client's coming
  * and going; a doorbell channel's status counts the rings both ways. */
@@ -35,7 +37,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/pci_regs.h>
+#include <linux/vfio.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -85,6 +90,8 @@ struct ivshmem {
 	volatile uint32_t *regs;	/* BAR0, mapped */
 	size_t regs_len;
 	uint32_t doorbell;		/* (peer << 16) | vector */
+	int container, group, vdev;	/* VFIO, or -1 */
+	int irq;			/* MSI-X vector 0's eventfd, or -1 */
 	/* atomic */
 	uint64_t rung, heard;
 	unsigned peers;
@@ -435,12 +442,14 @@ static int sysfs_line(const char *dir, const char *name, char *buf, size_t n)
 	return r;
 }
 
+static int guest_vfio(struct ivshmem *v, struct mm_err *err);
+
 static int guest_setup(struct ivshmem *v, const struct mm_config *c, struct mm_err *err)
 {
 	char path[PATH_MAX], vendor[16] = "", device[16] = "";
 	long page = sysconf(_SC_PAGESIZE);
 	void *p;
-	int fd;
+	int fd, r;
 
 	if (!(v->device = realpath(c->ivshmem_device, NULL)))
 		return mm_fail(err, -errno, "ivshmem_device %s: %s", c->ivshmem_device,
@@ -465,7 +474,107 @@ static int guest_setup(struct ivshmem *v, const struct mm_config *c, struct mm_e
 	v->doorbell = c->ivshmem_peer << 16;	/* vector 0 */
 	v->peers = v->regs[IVS_REG_IVPOSITION];	/* our own id, shown in status */
 	v->bell.ring = guest_ring;
+	r = guest_vfio(v, err);
+	return r < 0 ? r : 0;
+}
+
+/* The guest's interrupts: MSI-X vector 0 through VFIO, where the device
+ * is bound to vfio-pci. 0 (set up), 1 (not bound: the guest polls), or
+ * -errno with err saying why. */
+static int guest_vfio(struct ivshmem *v, struct mm_err *err)
+{
+	union {
+		char buf[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
+		struct vfio_irq_set set;
+	} u;
+	struct vfio_group_status gs = { .argsz = sizeof(gs) };
+	struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
+	struct vfio_region_info cfg = { .argsz = sizeof(cfg),
+					.index = VFIO_PCI_CONFIG_REGION_INDEX };
+	char path[PATH_MAX], link[PATH_MAX], *base;
+	const char *dev = strrchr(v->device, '/') + 1;
+	uint16_t cmd;
+	int32_t fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/driver", v->device);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0 || (link[n] = '\0', strcmp(basename(link), "vfio-pci") != 0))
+		return 1;
+	snprintf(path, sizeof(path), "%s/iommu_group", v->device);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return mm_fail(err, -ENODEV, "ivshmem_device %s: bound to vfio-pci but in no IOMMU "
+			       "group (a virtual IOMMU, intel_iommu=on?)", v->device);
+	link[n] = '\0';
+	base = basename(link);
+	snprintf(path, sizeof(path), "/dev/vfio/%s", base);
+	if ((v->group = open(path, O_RDWR | O_CLOEXEC)) < 0 ||
+	    (v->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC)) < 0)
+		return mm_fail(err, -errno, "ivshmem_device %s: %s: %s", v->device,
+			       v->group < 0 ? path : "/dev/vfio/vfio", strerror(errno));
+	if (ioctl(v->container, VFIO_GET_API_VERSION) != VFIO_API_VERSION ||
+	    ioctl(v->container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
+		return mm_fail(err, -ENOTSUP, "ivshmem_device %s: VFIO has no type 1 IOMMU",
+			       v->device);
+	if (ioctl(v->group, VFIO_GROUP_GET_STATUS, &gs) < 0 ||
+	    !(gs.flags & VFIO_GROUP_FLAGS_VIABLE))
+		return mm_fail(err, -EBUSY, "ivshmem_device %s: IOMMU group %s is not viable: "
+			       "bind its other devices to vfio-pci too, or to no driver",
+			       v->device, base);
+	if (ioctl(v->group, VFIO_GROUP_SET_CONTAINER, &v->container) < 0 ||
+	    ioctl(v->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0 ||
+	    (v->vdev = ioctl(v->group, VFIO_GROUP_GET_DEVICE_FD, dev)) < 0)
+		return mm_fail(err, -errno, "ivshmem_device %s: VFIO: %s", v->device,
+			       strerror(errno));
+	if (ioctl(v->vdev, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0 || ii.count < 1)
+		return mm_fail(err, -ENOTSUP, "ivshmem_device %s: no MSI-X vector (not an "
+			       "ivshmem-doorbell device?)", v->device);
+	/* MSI-X messages are the device's writes: bus mastering on */
+	if (ioctl(v->vdev, VFIO_DEVICE_GET_REGION_INFO, &cfg) < 0 ||
+	    pread(v->vdev, &cmd, sizeof(cmd), (off_t)cfg.offset + PCI_COMMAND) != sizeof(cmd))
+		return mm_fail(err, -EIO, "ivshmem_device %s: its PCI command register: %s",
+			       v->device, strerror(errno));
+	cmd |= PCI_COMMAND_MASTER;
+	if (pwrite(v->vdev, &cmd, sizeof(cmd), (off_t)cfg.offset + PCI_COMMAND) != sizeof(cmd))
+		return mm_fail(err, -EIO, "ivshmem_device %s: bus mastering: %s", v->device,
+			       strerror(errno));
+	if ((v->irq = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+		return mm_fail(err, -errno, "ivshmem_device: eventfd: %s", strerror(errno));
+	memset(&u, 0, sizeof(u));
+	u.set.argsz = sizeof(u);
+	u.set.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+	u.set.index = VFIO_PCI_MSIX_IRQ_INDEX;
+	u.set.start = 0;
+	u.set.count = 1;
+	fd = v->irq;
+	memcpy(u.set.data, &fd, sizeof(fd));
+	if (ioctl(v->vdev, VFIO_DEVICE_SET_IRQS, &u.set) < 0)
+		return mm_fail(err, -errno, "ivshmem_device %s: MSI-X through VFIO: %s", v->device,
+			       strerror(errno));
+	v->bell.hears = true;
 	return 0;
+}
+
+/* The guest's thread: the host's rings, through VFIO's eventfd. */
+static void *hear(void *arg)
+{
+	struct ivshmem *v = arg;
+	struct pollfd p[2] = { { .fd = v->stop, .events = POLLIN },
+			       { .fd = v->irq, .events = POLLIN } };
+	uint64_t count;
+
+	for (;;) {
+		if (poll(p, 2, -1) < 0)
+			continue;	/* EINTR */
+		if (p[0].revents)
+			break;
+		if ((p[1].revents & POLLIN) && read(v->irq, &count, sizeof(count)) == sizeof(count)) {
+			__atomic_add_fetch(&v->heard, 1, __ATOMIC_RELAXED);
+			mmfs_ticker_kick(v->fs);
+		}
+	}
+	return NULL;
 }
 
 int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
@@ -481,14 +590,16 @@ int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 	v->fs = fs;
 	v->host = c->ivshmem_server != NULL;
 	v->listen = v->memfd = v->stop = -1;
+	v->container = v->group = v->vdev = v->irq = -1;
 	for (unsigned k = 0; k < IVS_VECTORS; k++)
 		v->own[k] = -1;
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++)
 		close_client(&v->clients[i]);
 	pthread_mutex_init(&v->lock, NULL);
 	fs->ivshmem = v;
+	v->bell.hears = v->host;	/* the server thread hears the guests */
 	r = v->host ? host_setup(v, c, err) : guest_setup(v, c, err);
-	if (r == 0 && v->host && (v->stop = eventfd(0, EFD_CLOEXEC)) < 0)
+	if (r == 0 && (v->stop = eventfd(0, EFD_CLOEXEC)) < 0)
 		r = mm_fail(err, -errno, "ivshmem_server: eventfd: %s", strerror(errno));
 	return r;
 }
@@ -498,9 +609,9 @@ int mmfs_ivshmem_start(struct mmfs *fs)
 	struct ivshmem *v = fs->ivshmem;
 	int r;
 
-	if (!v || !v->host)
+	if (!v || (!v->host && v->irq < 0))
 		return 0;
-	r = -pthread_create(&v->thread, NULL, serve, v);
+	r = -pthread_create(&v->thread, NULL, v->host ? serve : hear, v);
 	v->running = r == 0;
 	return r;
 }
@@ -532,6 +643,15 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 		close(v->stop);
 	if (v->regs)
 		munmap((void *)v->regs, v->regs_len);
+	/* VFIO's: the device's first, which ends its interrupts */
+	if (v->vdev >= 0)
+		close(v->vdev);
+	if (v->irq >= 0)
+		close(v->irq);
+	if (v->group >= 0)
+		close(v->group);
+	if (v->container >= 0)
+		close(v->container);
 	pthread_mutex_destroy(&v->lock);
 	free(v->path);
 	free(v->device);
@@ -572,11 +692,13 @@ int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len)
 	v = of_bell(b);
 	fs = v->fs;
 	n = snprintf(buf, len, "doorbell=%s\n%s=%u\ndoorbell.rung=%llu\ndoorbell.heard=%llu\n"
-		     "doorbell.poll=%s\n", v->host ? "ivshmem-server" : "ivshmem-guest",
+		     "doorbell.poll=%s\ndoorbell.hears=%s\n",
+		     v->host ? "ivshmem-server" : "ivshmem-guest",
 		     v->host ? "doorbell.peers" : "doorbell.id",
 		     __atomic_load_n(&v->peers, __ATOMIC_RELAXED),
 		     (unsigned long long)__atomic_load_n(&v->rung, __ATOMIC_RELAXED),
 		     (unsigned long long)__atomic_load_n(&v->heard, __ATOMIC_RELAXED),
-		     fs->cfg.ivshmem_nopoll ? "off" : "on");
+		     fs->cfg.ivshmem_nopoll ? "off" : "on",
+		     v->host ? "eventfd" : v->bell.hears ? "vfio-msix" : "no");
 	return n < 0 ? 0 : (size_t)n >= len ? (int)len - 1 : n;
 }

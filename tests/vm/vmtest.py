@@ -120,7 +120,8 @@ def configs(lay, host_files, guest_bars, host_mmap_dir, bells=(), server=None):
             out += [f'ivshmem_server = "{server}";', f'ivshmem_memory = "{files[bell]}";',
                     "ivshmem_poll = false;"]
         elif bell is not None:
-            out += [f'ivshmem_device = "{os.path.dirname(files[bell])}";']
+            out += [f'ivshmem_device = "{os.path.dirname(files[bell])}";',
+                    "ivshmem_poll = false;"]
         out += ["channels = ("]
         for i, (name, wr, rd) in enumerate(chans):
             if swap:
@@ -332,10 +333,13 @@ class Guest:
         self.accel = accel
         self.sock = {n: os.path.join(work, f"{n}.sock") for n in ("handshake", "control", "monitor")}
         self.console = os.path.join(work, "console.log")
+        # a doorbell device's interrupts reach the guest's daemon through
+        # VFIO, which needs an IOMMU: q35 and its intel-iommu (first)
+        iommu = ["-machine", "q35", "-device", "intel-iommu"] if bells else []
         cmd = ["qemu-system-x86_64", "-accel", accel, "-m", "512M", "-smp", "1",
-               "-nographic", "-nodefaults", "-no-reboot",
+               "-nographic", "-nodefaults", "-no-reboot", *iommu,
                "-kernel", kernel, "-initrd", initrd,
-               "-append", "console=ttyS0 panic=-1",
+               "-append", "console=ttyS0 panic=-1" + (" intel_iommu=on" if bells else ""),
                "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
                "-chardev", f"socket,id=hs,path={self.sock['handshake']},server=on,wait=off",
                "-serial", "chardev:hs",
@@ -784,6 +788,10 @@ class VMTest:
                        f"not {len(self.dev_files)}: {bars}")
         rep.ok("guest finds the ivshmem devices by 1af4:1110", " ".join(bars))
 
+        for i in sorted(self.bells):
+            dev = os.path.dirname(bars[i])
+            rep.check(f"guest binds vfio-pci to the doorbell device {os.path.basename(dev)}",
+                      self.bind_vfio, dev)
         _, guest_conf = configs(self.lay, self.dev_files, bars,
                                 os.path.join(self.work, "host-shm"), self.bells, self.server)
         g.sh(f"cat > {GUEST_CONF} <<'EOF'\n{guest_conf}EOF")
@@ -917,13 +925,25 @@ class VMTest:
             if (st.get("doorbell"), st.get("doorbell.peers"), st.get("doorbell.poll")) != \
                     ("ivshmem-server", "1", "off"):
                 raise Fail(f"host status: {st}")
-            if gst.get("doorbell") != "ivshmem-guest" or gst.get("doorbell.id") in (None, "0"):
+            if gst.get("doorbell") != "ivshmem-guest" or gst.get("doorbell.id") in (None, "0") \
+                    or gst.get("doorbell.hears") != "vfio-msix":
                 raise Fail(f"guest status: {gst}")
-            return f"host: server of 1 peer, polling off; guest: peer {gst['doorbell.id']}"
+            return (f"host: server of 1 peer, polling off; guest: peer {gst['doorbell.id']}, "
+                    "interrupts by VFIO, polling off")
         rep.check(f"doorbell device: the host serves it, the guest is its peer: {name}", setup)
         rep.check(f"doorbell: guest->host, the host's blocked reader woken with polling "
                   f"off: {name}", self.bell_g2h, name)
         rep.check(f"doorbell: host->guest, the sleeping guest rung: {name}", self.bell_h2g, name)
+
+    def bind_vfio(self, dev):
+        g = self.guest
+        g.sh(f"echo vfio-pci > {dev}/driver_override; "
+             f"echo {os.path.basename(dev)} > /sys/bus/pci/drivers_probe")
+        rc, out = g.sh(f"readlink {dev}/driver; readlink {dev}/iommu_group; ls /dev/vfio",
+                       check=False)
+        if "vfio-pci" not in out:
+            raise Fail(f"not bound: {out!r}")
+        return " ".join(out.split())
 
     def bell_g2h(self, name):
         heard0 = int(self.host.status(name)["doorbell.heard"])
@@ -948,14 +968,22 @@ class VMTest:
         g.sh(f"rm -f /tmp/pong; cat {gc}/data > /tmp/pong 2>&1 </dev/null &")
         time.sleep(1.0)         # the guest's reader waits: its daemon sleeps
         rung0 = int(self.host.status(name)["doorbell.rung"])
+        heard0 = self.guest_heard(name)
         with open(os.path.join(self.host.chan(name), "data"), "w") as f:
             f.write("pong")
         rc, out = g.sh(f"i=0; until [ \"$(cat /tmp/pong)\" = pong ]; do i=$((i+1)); "
                        "[ $i -le 100 ] || break; sleep 0.1; done; cat /tmp/pong", check=False)
         rung = int(self.host.status(name)["doorbell.rung"])
-        if out.strip() != "pong" or rung <= rung0:
-            raise Fail(f"guest got {out.strip()!r}, the host rang {rung - rung0} times")
-        return f"pong arrived; the host rang the guest's eventfd {rung - rung0} times"
+        heard = self.guest_heard(name)
+        if out.strip() != "pong" or rung <= rung0 or heard <= heard0:
+            raise Fail(f"guest got {out.strip()!r}, the host rang {rung - rung0} times, the "
+                       f"guest heard {heard - heard0}")
+        return (f"pong arrived, polling off in the guest too; the host rang "
+                f"{rung - rung0} times, the guest heard {heard - heard0} (VFIO, MSI-X)")
+
+    def guest_heard(self, name):
+        _, out = self.guest.sh(f"sed -n 's/^doorbell.heard=//p' {self.gchan(name)}/status")
+        return int(out.strip() or 0)
 
     def streams_running(self, name, guest_read=True, guest_write=True):
         """The host's writer and reader of name, and the guest's other
