@@ -845,6 +845,9 @@ class VMTest:
                 return self.bell_g2h(name)
             rep.check(f"guest daemon restarted: the host still hears its doorbell: {name}",
                       again)
+        for name in self.bell_chans[:1]:
+            rep.check(f"host daemon restarted, QEMU left running: the channel goes on by "
+                      f"polling: {name}", self.host_restart, name)
 
     # -- the benchmark (contrib/bench/ivshmem-rtt.sh): round trips --
 
@@ -934,6 +937,35 @@ class VMTest:
         rep.check(f"doorbell: guest->host, the host's blocked reader woken with polling "
                   f"off: {name}", self.bell_g2h, name)
         rep.check(f"doorbell: host->guest, the sleeping guest rung: {name}", self.bell_h2g, name)
+
+    def host_restart(self, name):
+        """docs/ivshmem.md, "Restarts with doorbells": QEMU cannot connect to
+        a restarted server, so the old QEMU's doorbells reach nobody; the
+        daemons' default polling carries the channel. Both daemons run with
+        polling on (the guest's restarted first for that), then the host's
+        restarts: QEMU runs on, the new server has no peer, and after the
+        handshake the channel streams both ways."""
+        g = self.guest
+        g.sh(f"umount -l {GUEST_MNT}; sed -i /ivshmem_poll/d {GUEST_CONF}; "
+             "echo '--- restarted, polling on' >> /tmp/mmapfs.log")
+        self.guest_mount()
+        Job.kill_all()
+        rc = self.host.unmount()
+        if rc != 0:
+            raise Fail(f"the host daemon exited with {rc} at its unmount")
+        conf = os.path.join(self.work, "host-2.conf")
+        with open(os.path.join(self.work, "host.conf")) as f, open(conf, "w") as out:
+            out.writelines(line for line in f if "ivshmem_poll" not in line)
+        self.host = HostMount(self.args.mmapfs, conf, os.path.join(self.work, "host"),
+                              os.path.join(self.work, "host-2-mmapfs.log"))
+        time.sleep(1.0)
+        if g.proc.poll() is not None:
+            raise Fail(f"QEMU exited ({g.proc.returncode}) when its ivshmem server went away")
+        st = self.host.status(name)
+        if st.get("doorbell.peers") != "0":
+            raise Fail(f"the new server has peers: {st.get('doorbell.peers')}")
+        self.handshake(name)
+        return "QEMU runs on, the new server has no peer; " + self.both_ways(name, SMALL)
 
     def bind_vfio(self, dev):
         g = self.guest
@@ -1108,7 +1140,7 @@ class VMTest:
             rc = self.host.unmount()
             if rc != 0:
                 problems.append(f"host mmapfs exited with {rc} at unmount")
-        for side in ("host", "guest"):
+        for side in ("host", "guest", "host-2"):
             bad = BAD_LOG.search(tail(os.path.join(self.work, f"{side}-mmapfs.log"), 100000))
             if bad:
                 problems.append(f"{side} mmapfs logged {bad.group(0)!r}")
