@@ -571,7 +571,7 @@ static int load_ivshmem(struct mm_config *c, const config_setting_t *s, const ch
 	char **slot = strcmp(key, "ivshmem_server") == 0 ? &c->ivshmem_server :
 		      strcmp(key, "ivshmem_memory") == 0 ? &c->ivshmem_memory :
 		      strcmp(key, "ivshmem_device") == 0 ? &c->ivshmem_device : NULL;
-	const char *str;
+	const char *str = NULL;
 	struct mm_err why;
 	char num[32];
 	int r;

@@ -37,6 +37,9 @@
  *   fs->wheel_lock             the ticker's wheel; held across a beat's
  *                              ticks
  *   ch->mc's own locks         (core/channel.h)
+ *   the ivshmem server's lock  (ivshmem.c) its clients' eventfds: a leaf,
+ *                              taken by a doorbell's ring (a stream call
+ *                              under any of the above), never waiting
  * libfuse calls an interrupt function holding the request's own lock,
  * which then takes fs->lock: so nothing that takes a request's lock
  * (fuse_req_interrupt_func) is called under fs->lock. Debug builds check

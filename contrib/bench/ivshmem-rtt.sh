@@ -11,6 +11,13 @@
 #
 #   contrib/bench/ivshmem-rtt.sh [MMAPFS]          as root; one QEMU at a time
 #
+# Then the CPU a reader of data blocked while nothing moves costs, % of a
+# core over BENCH_IDLE_S (5) s: the host daemon's and QEMU's for a reader
+# on the host, QEMU's for one in the guest. The guest binds the doorbell
+# device to vfio-pci, so both sides take the other's rings; both run with
+# ivshmem_poll = false unless VMTEST_DOORBELL_POLL=on (the default of a
+# real setup: a 10 ms recheck besides the doorbells).
+#
 # VMTEST_ACCEL=kvm|tcg as for the VM test (auto: KVM if it works).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)

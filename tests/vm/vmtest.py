@@ -116,12 +116,15 @@ def configs(lay, host_files, guest_bars, host_mmap_dir, bells=(), server=None):
 
     def one(role, files, mmap_dir, swap):
         out = [f'mmap_dir = "{mmap_dir}";'] if mmap_dir else []
+        # the doorbell's waits are not polled: only doorbells wake them
+        # (VMTEST_DOORBELL_POLL=on: they are, as by default; for the bench)
+        nopoll = [] if os.environ.get("VMTEST_DOORBELL_POLL") == "on" else \
+            ["ivshmem_poll = false;"]
         if bell is not None and role == "creator":
             out += [f'ivshmem_server = "{server}";', f'ivshmem_memory = "{files[bell]}";',
-                    "ivshmem_poll = false;"]
+                    *nopoll]
         elif bell is not None:
-            out += [f'ivshmem_device = "{os.path.dirname(files[bell])}";',
-                    "ivshmem_poll = false;"]
+            out += [f'ivshmem_device = "{os.path.dirname(files[bell])}";', *nopoll]
         out += ["channels = ("]
         for i, (name, wr, rd) in enumerate(chans):
             if swap:
@@ -882,7 +885,6 @@ class VMTest:
                 for _ in range(10):
                     trip()                              # warm up
                 b2b = sorted(trip() for _ in range(back))
-                cpu0 = self.cpu_s()
                 idl = []
                 for _ in range(idle):
                     time.sleep(0.02)
@@ -894,16 +896,35 @@ class VMTest:
                 g.sh("kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
             kind = "doorbell" if name in self.bell_chans else "plain"
             med = lambda v: v[len(v) // 2]
+            # what a blocked reader costs while nothing moves: the host's
+            # reader (its daemon's CPU), then the guest's (QEMU's CPU)
+            secs = float(os.environ.get("BENCH_IDLE_S", "5"))
+            r = Job.read(path)
+            time.sleep(1.0)
+            h0, q0 = self.cpu_s(self.host.proc.pid), self.cpu_s(g.proc.pid)
+            time.sleep(secs)
+            h1, q1 = self.cpu_s(self.host.proc.pid), self.cpu_s(g.proc.pid)
+            r.kill()
+            g.sh(f"cat {gc}/data > /dev/null 2>&1 </dev/null & echo $! > /tmp/idle.pid")
+            time.sleep(1.0)
+            q2 = self.cpu_s(g.proc.pid)
+            time.sleep(secs)
+            q3 = self.cpu_s(g.proc.pid)
+            g.sh("kill $(cat /tmp/idle.pid) 2>/dev/null; sleep 0.3", check=False)
             rows.append((name, kind, med(b2b), b2b[len(b2b) * 9 // 10], med(idl),
-                         idl[len(idl) * 9 // 10]))
+                         idl[len(idl) * 9 // 10], (h1 - h0) / secs * 100,
+                         (q1 - q0) / secs * 100, (q3 - q2) / secs * 100))
         print("BENCH: 64-byte round trips through data, host -> guest echo -> host, "
               f"ms ({back} back to back, {idle} after 20 ms idle; "
               f"{self.figures.get('accel')})", flush=True)
         print("BENCH: channel  device    b2b-median  b2b-p90  idle-median  idle-p90  "
-              "idle/b2b", flush=True)
-        for name, kind, bm, b9, im, i9 in rows:
+              "idle/b2b  host-rd:daemon%  host-rd:qemu%  guest-rd:qemu%", flush=True)
+        for name, kind, bm, b9, im, i9, hd, hq, gq in rows:
             print(f"BENCH: {name:8} {kind:9} {bm:10.2f} {b9:8.2f} {im:12.2f} {i9:9.2f} "
-                  f"{im / bm:8.1f}x", flush=True)
+                  f"{im / bm:8.1f}x {hd:16.1f} {hq:14.1f} {gq:15.1f}", flush=True)
+        print("BENCH: (the last three: CPU, % of a core, while a reader of data is blocked "
+              "and nothing moves: on the host, its daemon's and QEMU's; in the guest, "
+              "QEMU's)", flush=True)
         for name in self.bell_chans:
             st = self.host.status(name)
             print(f"BENCH: doorbells: host rang {st.get('doorbell.rung')}, heard "
@@ -911,8 +932,12 @@ class VMTest:
                   flush=True)
         self.rep.ok("benchmark: round trips measured")
 
-    def cpu_s(self):
-        return 0.0
+    @staticmethod
+    def cpu_s(pid):
+        """A process's CPU time so far, all threads, in s."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     # -- doorbells (an ivshmem-doorbell device, the host daemon its server) --
 
