@@ -16,7 +16,8 @@
 # (a failure, a signal, the time limit), the trap leaves nothing behind:
 # QEMU killed, mounts lazily unmounted, /dev/shm files and the scratch
 # directory removed (VMTEST_KEEP=1 keeps the directory and its logs).
-# Environment: VMTEST_ACCEL=auto|kvm|tcg, VMTEST_LAYOUT=two-devices|one-device.
+# Environment: VMTEST_ACCEL=auto|kvm|tcg, VMTEST_LAYOUT=two-devices|one-device|doorbell,
+# VMTEST_BENCH=1 (contrib/bench/ivshmem-rtt.sh).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)

@@ -10,12 +10,19 @@ ECONNRESET and its writer with EPIPE within 2 s while the host daemon keeps
 serving; after `cont` the guest's own writer and reader are told too, both
 statuses count the failure, and the next streams carry no byte of the
 failed ones (format version 2); the restarted guest daemon handshakes again
-with the same scripts.
+with the same scripts. An ivshmem-doorbell device (the default layout's
+second) has the host daemon as its ivshmem server and the guest's daemon
+taking its interrupts through vfio-pci (a q35 machine with QEMU's
+intel-iommu), both with polling of its waits off: a message each way
+arrives all the same, so the doorbells are what woke them; it streams both
+ways, its doorbell is heard after the guest daemon's restart, and the host
+daemon restarts with QEMU left running (the channel goes on by polling).
 
     tests/vm/run.sh [MMAPFS]        (root; installs the tools it needs, and
                                     unpacks Debian's kernel into build-vm/)
     tests/vm/vmtest.py --mmapfs PATH --work DIR [--kernel-root DIR]
-                       [--accel auto|kvm|tcg] [--layout two-devices|one-device]
+                       [--accel auto|kvm|tcg] [--layout two-devices|one-device|doorbell]
+                       [--bench]
 
 The guest's kernel is ROOT/boot/vmlinuz-KVER, its fuse.ko under
 ROOT/lib/modules/KVER (or ROOT/usr/lib/modules/KVER), ROOT being
