@@ -207,8 +207,33 @@ def test_settings_checked(tmp_path):
     from conftest import MMAPFS
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    notdev = tmp_path / "notdev"
+    notdev.mkdir()
     for opts, says in ((f"ivshmem_server={tmp_path}/s.sock", "go together"),
                        ("ivshmem_peer=70000", "0..65535"),
-                       ("ivshmem_poll=maybe", "on or off")):
+                       ("ivshmem_poll=maybe", "on or off"),
+                       (f"ivshmem_device={notdev}", "not an ivshmem device"),
+                       ("ivshmem_device=relative", "not an absolute path"),
+                       (f"ivshmem_device={notdev},ivshmem_server={tmp_path}/s.sock,"
+                        f"ivshmem_memory={notdev}", "exclude each other")):
         r = sh(f"{MMAPFS} -f -o {opts} {mnt}", check=False, timeout=10)
         assert r.returncode != 0 and says in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("line,says", [
+    ('ivshmem_poll = "no";', "ivshmem_poll: expected true or false"),
+    ("ivshmem_peer = 70000;", "ivshmem_peer: 70000: expected a peer id"),
+    ('ivshmem_server = "rel.sock";', "ivshmem_server: not an absolute path"),
+    ('ivshmem_bogus = 1;', "ivshmem_bogus: unknown key"),
+])
+def test_file_keys_checked(tmp_path, line, says):
+    """A bad ivshmem key of the file: its line and key named, nothing mounted."""
+    from conftest import MMAPFS
+    conf = write_conf(tmp_path / "bad.conf", f"""
+        # line 2
+        {line}
+        """)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = sh(f"{MMAPFS} -f -c {conf} {mnt}", check=False, timeout=10)
+    assert r.returncode != 0 and f"{conf}:3: {says}" in r.stderr, r.stderr
