@@ -866,26 +866,44 @@ class VMTest:
         the guest (cat of its data into its data) writes back, the host
         reads; back to back, then each after 20 ms idle. Medians, per
         channel: a plain device's (polling both sides) and a doorbell
-        device's."""
+        device's; the same through the FIFO entries of the first channel
+        and the doorbell's."""
         g = self.guest
         back, idle = int(os.environ.get("BENCH_TRIPS", "200")), \
             int(os.environ.get("BENCH_IDLE_TRIPS", "40"))
         rows = []
-        for name in self.chans:
-            gc = self.gchan(name)
-            g.sh(f"cat {gc}/data > {gc}/data 2>/tmp/echo.log </dev/null & echo $! > /tmp/echo.pid")
+        def trips(hc, gc, host_w, host_r, guest_r, guest_w):
+            """(back to back, after idle), sorted: the host writes host_w
+            and reads host_r; the guest's cat reads guest_r into guest_w."""
+            info(f"round trips: {hc}/{host_w}, {host_r}")
+            g.sh(f"cat {gc}/{guest_r} > {gc}/{guest_w} 2>/tmp/echo.log </dev/null & "
+                 "echo $! > /tmp/echo.pid")
             time.sleep(0.5)
-            path = os.path.join(self.host.chan(name), "data")
-            wfd = os.open(path, os.O_WRONLY)
-            rfd = os.open(path, os.O_RDONLY)
             msg = b"m" * 64
+            wfd = os.open(os.path.join(hc, host_w), os.O_WRONLY)
+            # a first message before the reader opens: the FIFO entry's
+            # open waits for a writer, which the daemon is once bytes come
+            os.write(wfd, msg)
+            rfd = os.open(os.path.join(hc, host_r), os.O_RDONLY)
+            left = len(msg)
+            while left > 0:
+                if not select.select([rfd], [], [], 10)[0]:
+                    os.close(wfd)
+                    os.close(rfd)
+                    raise Fail(f"{host_r}: no echo within 10 s")
+                left -= len(os.read(rfd, 4096))
 
             def trip():
                 t0 = time.perf_counter()
                 os.write(wfd, msg)
                 got = 0
                 while got < len(msg):
-                    got += len(os.read(rfd, 4096))
+                    if not select.select([rfd], [], [], 10)[0]:
+                        raise Fail(f"{host_r}: no echo within 10 s")
+                    n = len(os.read(rfd, 4096))
+                    if not n:
+                        raise Fail(f"{host_r}: the echo ended")
+                    got += n
                 return (time.perf_counter() - t0) * 1e3
 
             try:
@@ -899,8 +917,19 @@ class VMTest:
                 idl.sort()
             finally:
                 os.close(wfd)
-                os.close(rfd)
                 g.sh("kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
+                os.close(rfd)
+            return b2b, idl
+
+        fifo_rows = []
+        for name in self.chans:
+            gc, hc = self.gchan(name), self.host.chan(name)
+            path = os.path.join(hc, "data")
+            b2b, idl = trips(hc, gc, "data", "data", "data", "data")
+            if name == self.chans[0] or name in self.bell_chans:
+                fb, fi = trips(hc, gc, "send", "recv", "recv", "send")
+                fifo_rows.append((name, "doorbell" if name in self.bell_chans else "plain",
+                                  fb, fi))
             kind = "doorbell" if name in self.bell_chans else "plain"
             med = lambda v: v[len(v) // 2]
             # what a blocked reader costs while nothing moves: the host's
@@ -932,6 +961,12 @@ class VMTest:
         print("BENCH: (the last three: CPU, % of a core, while a reader of data is blocked "
               "and nothing moves: on the host, its daemon's and QEMU's; in the guest, "
               "QEMU's)", flush=True)
+        print("BENCH: the FIFO entries (host: send, recv; guest: cat recv > send), ms",
+              flush=True)
+        for name, kind, fb, fi in fifo_rows:
+            m, p9 = (lambda v: v[len(v) // 2]), (lambda v: v[len(v) * 9 // 10])
+            print(f"BENCH: {name:8} {kind:9} {m(fb):10.2f} {p9(fb):8.2f} {m(fi):12.2f} "
+                  f"{p9(fi):9.2f} {m(fi) / m(fb):8.1f}x", flush=True)
         for name in self.bell_chans:
             st = self.host.status(name)
             print(f"BENCH: doorbells: host rang {st.get('doorbell.rung')}, heard "
