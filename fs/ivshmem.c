@@ -174,10 +174,15 @@ static void close_client(struct ivs_client *c)
 {
 	if (c->sock >= 0)
 		close(c->sock);
-	for (unsigned k = 0; k < IVS_VECTORS; k++)
+	for (unsigned k = 0; k < IVS_VECTORS; k++) {
 		if (c->fds[k] >= 0)
 			close(c->fds[k]);
-	*c = (struct ivs_client){ .sock = -1, .fds = { -1 } };
+		c->fds[k] = -1;
+	}
+	c->sock = -1;
+	c->id = 0;
+	c->junk = 0;
+	c->ready = false;
 }
 
 /* Drop client c (why: for the log) and tell the others; one that cannot
@@ -219,8 +224,13 @@ static void join(struct ivshmem *v)
 	struct ivs_client *c = NULL;
 	int r = 0;
 
-	if (sock < 0)
+	if (sock < 0) {
+		/* out of descriptors or memory: the listening socket stays
+		 * readable, so wait a little rather than spin */
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+			usleep(100000);
 		return;
+	}
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX && !c; i++)
 		if (v->clients[i].sock < 0)
 			c = &v->clients[i];
@@ -593,8 +603,13 @@ int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 	v->container = v->group = v->vdev = v->irq = -1;
 	for (unsigned k = 0; k < IVS_VECTORS; k++)
 		v->own[k] = -1;
-	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++)
-		close_client(&v->clients[i]);
+	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
+		struct ivs_client *c = &v->clients[i];
+
+		c->sock = -1;
+		for (unsigned k = 0; k < IVS_VECTORS; k++)
+			c->fds[k] = -1;
+	}
 	pthread_mutex_init(&v->lock, NULL);
 	fs->ivshmem = v;
 	v->bell.hears = v->host;	/* the server thread hears the guests */
