@@ -604,11 +604,11 @@ int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 	for (unsigned k = 0; k < IVS_VECTORS; k++)
 		v->own[k] = -1;
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
-		struct ivs_client *c = &v->clients[i];
+		struct ivs_client *slot = &v->clients[i];
 
-		c->sock = -1;
+		slot->sock = -1;
 		for (unsigned k = 0; k < IVS_VECTORS; k++)
-			c->fds[k] = -1;
+			slot->fds[k] = -1;
 	}
 	pthread_mutex_init(&v->lock, NULL);
 	fs->ivshmem = v;
