@@ -64,6 +64,7 @@ int mm_config_defaults(struct mm_config *c)
 	if (mm_config_set_str(&c->mmap_dir, dir) < 0)
 		return -ENOMEM;
 	c->mmap_dir_default = true;
+	c->ivshmem_group = (gid_t)-1;
 	/* allow_dirs stays empty: it then means "the mmap_dir" */
 	return 0;
 }
@@ -579,6 +580,14 @@ static int load_ivshmem(struct mm_config *c, const config_setting_t *s, const ch
 	if (slot) {
 		r = get_abs_path(s, path, key, &str, err);
 		return r < 0 ? r : mm_config_set_str(slot, str);
+	}
+	if (strcmp(key, "ivshmem_group") == 0) {
+		unsigned gid;
+
+		r = load_id(s, path, key, &gid, NULL, err);
+		if (r == 0)
+			c->ivshmem_group = (gid_t)gid;
+		return r;
 	}
 	if (strcmp(key, "ivshmem_poll") == 0) {
 		if (config_setting_type(s) != CONFIG_TYPE_BOOL)

@@ -359,7 +359,7 @@ static bool power_of_two(uint64_t x)
 
 /* The listening socket at path: a stale one (nobody answers) is replaced,
  * a live one or another kind of file is refused. 0 or -errno. */
-static int listen_at(struct ivshmem *v, const char *path, struct mm_err *err)
+static int listen_at(struct ivshmem *v, const char *path, gid_t group, struct mm_err *err)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	struct stat st;
@@ -388,10 +388,17 @@ static int listen_at(struct ivshmem *v, const char *path, struct mm_err *err)
 	if (s < 0)
 		return mm_fail(err, -errno, "ivshmem_server %s: socket: %s", path,
 			       strerror(errno));
-	if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(s, 8) < 0 ||
-	    lstat(path, &st) < 0) {
+	if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0) {
 		r = -errno;
 		close(s);
+		return mm_fail(err, r, "ivshmem_server %s: %s", path, strerror(-r));
+	}
+	/* QEMU's user (libvirt-qemu) reaches it through a group */
+	if ((group != (gid_t)-1 && (chown(path, (uid_t)-1, group) < 0 || chmod(path, 0660) < 0)) ||
+	    listen(s, 8) < 0 || lstat(path, &st) < 0) {
+		r = -errno;
+		close(s);
+		unlink(path);
 		return mm_fail(err, r, "ivshmem_server %s: %s", path, strerror(-r));
 	}
 	v->listen = s;
@@ -428,7 +435,7 @@ static int host_setup(struct ivshmem *v, const struct mm_config *c, struct mm_er
 			return mm_fail(err, -errno, "ivshmem_server: eventfd: %s", strerror(errno));
 	if (!(v->path = strdup(c->ivshmem_server)))
 		return mm_fail(err, -ENOMEM, "out of memory");
-	r = listen_at(v, c->ivshmem_server, err);
+	r = listen_at(v, c->ivshmem_server, c->ivshmem_group, err);
 	if (r < 0)
 		return r;
 	v->bell.ring = host_ring;

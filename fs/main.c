@@ -74,6 +74,7 @@ struct cmdline {
 	char *ivshmem_device;
 	char *ivshmem_peer;
 	char *ivshmem_poll;
+	char *ivshmem_group;
 	int allow_other;
 	int reserve;
 	int debug;
@@ -107,6 +108,7 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("ivshmem_memory=%s", ivshmem_memory),
 	OPT("ivshmem_device=%s", ivshmem_device),
 	OPT("ivshmem_peer=%s", ivshmem_peer),
+	OPT("ivshmem_group=%s", ivshmem_group),
 	OPT("ivshmem_poll=%s", ivshmem_poll),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	OPT("-d", debug),
@@ -164,6 +166,7 @@ static void usage(const char *prog)
 	       "    -o ivshmem_server=SOCKET,ivshmem_memory=FILE\n"
 	       "                           host: be the ivshmem server of QEMU's ivshmem-doorbell\n"
 	       "                           devices on SOCKET, handing out FILE as their memory\n"
+	       "    -o ivshmem_group=GROUP the server socket's group (mode 0660), for QEMU's user\n"
 	       "    -o ivshmem_device=DIR  guest: ring the host through the Doorbell register of\n"
 	       "                           this ivshmem-doorbell device (/sys/bus/pci/devices/...)\n"
 	       "    -o ivshmem_peer=ID     guest: the peer it rings (default 0, the host daemon)\n"
@@ -271,6 +274,18 @@ static int configure_ivshmem(struct mmfs *fs, struct cmdline *cl, const char *fi
 	}
 	if (cl->ivshmem_peer && mm_config_parse_peer(cl->ivshmem_peer, &c->ivshmem_peer, &err) < 0)
 		return fprintf(stderr, "mmapfs: -o ivshmem_peer=%s\n", err.msg), 1;
+	if (cl->ivshmem_group) {
+		struct group *gr;
+		uint64_t gid;
+
+		if (mm_parse_u64(cl->ivshmem_group, UINT32_MAX - 1, &gid) < 0) {
+			if (!(gr = getgrnam(cl->ivshmem_group)))
+				return fprintf(stderr, "mmapfs: -o ivshmem_group=%s: no such group\n",
+					       cl->ivshmem_group), 1;
+			gid = gr->gr_gid;
+		}
+		c->ivshmem_group = (gid_t)gid;
+	}
 	if (cl->ivshmem_poll) {
 		if (strcmp(cl->ivshmem_poll, "on") != 0 && strcmp(cl->ivshmem_poll, "off") != 0)
 			return fprintf(stderr, "mmapfs: -o ivshmem_poll=%s: expected on or off\n",
@@ -540,6 +555,7 @@ out_args:
 	free(cl.ivshmem_device);
 	free(cl.ivshmem_peer);
 	free(cl.ivshmem_poll);
+	free(cl.ivshmem_group);
 	free(cl.operand[0]);
 	free(cl.operand[1]);
 	return ret;

@@ -79,6 +79,21 @@ def server(tmp_path, mount_factory):
     return m, sock, str(mem)
 
 
+def test_socket_group(tmp_path, mount_factory):
+    """ivshmem_group: the socket is that group's, mode 0660."""
+    mem = tmp_path / "ivshmem"
+    with open(mem, "wb") as f:
+        f.truncate(MEM)
+    sock = tmp_path / "g.sock"
+    m = mount_factory("-o", f"ivshmem_server={sock},ivshmem_memory={mem},ivshmem_group=1")
+    st = os.stat(sock)
+    assert st.st_gid == 1 and st.st_mode & 0o777 == 0o660
+    c = connect(str(sock))
+    setup = setup_msgs(c)
+    close_all(setup[1], setup[2])
+    c.close()
+
+
 def test_setup_and_peers(server):
     m, sock, mem = server
     a = connect(sock)
