@@ -14,6 +14,8 @@
  *   event.c   the event core: waiters (what a wait is for, what to do when
  *             it moves) and the ticker thread that fires them, beside the
  *             heartbeats and liveness of the channels due
+ *   ivshmem.c doorbells across a VM: the host's ivshmem server for QEMU's
+ *             ivshmem-doorbell, the guest's Doorbell register and VFIO
  *
  * No libfuse worker waits: a worker does bounded work and returns.
  *

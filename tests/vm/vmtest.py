@@ -852,8 +852,8 @@ class VMTest:
             def again(name=name):
                 if name != main:
                     self.handshake(name)
-                return self.bell_g2h(name)
-            rep.check(f"guest daemon restarted: the host still hears its doorbell: {name}",
+                return self.bell_g2h(name) + "; " + self.bell_h2g(name)
+            rep.check(f"guest daemon restarted: the doorbells still ring both ways: {name}",
                       again)
         for name in self.bell_chans[:1]:
             rep.check(f"host daemon restarted, QEMU left running: the channel goes on by "
