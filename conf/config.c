@@ -39,6 +39,7 @@ void mm_config_free(struct mm_config *c)
 	free(c->ivshmem_server);
 	free(c->ivshmem_memory);
 	free(c->ivshmem_device);
+	free(c->ivshmem_client);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -559,9 +560,12 @@ int mm_config_check_ivshmem(const struct mm_config *c, const char *origin,
 	if (!c->ivshmem_server != !c->ivshmem_memory)
 		return mm_fail(err, -EINVAL, "%s: ivshmem_server and ivshmem_memory go together "
 			       "(the socket QEMU connects to, the memory it gets)", origin);
-	if (c->ivshmem_server && c->ivshmem_device)
-		return mm_fail(err, -EINVAL, "%s: ivshmem_server (a host's) and ivshmem_device "
-			       "(a guest's) exclude each other", origin);
+	if ((c->ivshmem_server || c->ivshmem_client) && c->ivshmem_device)
+		return mm_fail(err, -EINVAL, "%s: ivshmem_server or ivshmem_client (a host's) and "
+			       "ivshmem_device (a guest's) exclude each other", origin);
+	if (c->ivshmem_server && c->ivshmem_client)
+		return mm_fail(err, -EINVAL, "%s: ivshmem_server and ivshmem_client exclude each "
+			       "other: be the server, or join one", origin);
 	return 0;
 }
 
@@ -571,7 +575,8 @@ static int load_ivshmem(struct mm_config *c, const config_setting_t *s, const ch
 {
 	char **slot = strcmp(key, "ivshmem_server") == 0 ? &c->ivshmem_server :
 		      strcmp(key, "ivshmem_memory") == 0 ? &c->ivshmem_memory :
-		      strcmp(key, "ivshmem_device") == 0 ? &c->ivshmem_device : NULL;
+		      strcmp(key, "ivshmem_device") == 0 ? &c->ivshmem_device :
+		      strcmp(key, "ivshmem_client") == 0 ? &c->ivshmem_client : NULL;
 	const char *str = NULL;
 	struct mm_err why;
 	char num[32];

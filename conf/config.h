@@ -55,6 +55,7 @@ struct mm_config {
 	char *ivshmem_server;		/* host: serve QEMU's ivshmem server
 					 * protocol on this unix socket, */
 	char *ivshmem_memory;		/* handing out this file as the memory */
+	char *ivshmem_client;		/* host: or join the server there */
 	gid_t ivshmem_group;		/* the socket's group (mode 0660), or -1:
 					 * the daemon's umask alone */
 	char *ivshmem_device;		/* guest: the PCI device (sysfs) whose

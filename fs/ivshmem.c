@@ -26,6 +26,14 @@
  * guest's waits poll as before (docs/ivshmem.md says why uio_pci_generic
  * cannot: QEMU's ivshmem-doorbell has no INTx).
  *
+ * Host, joining an existing server instead (ivshmem_client: QEMU's
+ * contrib/ivshmem-server, or another mmapfs): the daemon is one of its
+ * clients, as QEMU is. It reads the setup (version, its id, the memory,
+ * whose file its declared areas must be) before it mounts, and the rest,
+ * the peers' eventfds (which it rings) and its own (which it waits on),
+ * in its thread; every message is checked, and descriptors where none
+ * belong are closed.
+ *
  * Watch it work: mmapfs -d with ivshmem_server logs each client's coming
  * and going; a doorbell channel's status counts the rings both ways. */
 #include <endian.h>
@@ -68,6 +76,12 @@ struct ivshmem {
 	struct mm_bell bell;		/* first: what the channels hold */
 	struct mmfs *fs;
 	bool host;
+	bool client;			/* host: a client of another server */
+	int csock;			/* client: its connection, or -1 */
+	unsigned own_n;			/* client: own eventfds received */
+	int64_t pending;		/* client: bytes of a message so far */
+	uint8_t msg[8];
+	int msg_fd;
 	/* host, fixed */
 	char *path;			/* the socket, unlinked at the end */
 	dev_t sock_dev;
@@ -94,7 +108,8 @@ struct ivshmem {
 	int irq;			/* MSI-X vector 0's eventfd, or -1 */
 	/* atomic */
 	uint64_t rung, heard;
-	unsigned peers;
+	unsigned peers;			/* server: clients; guest, client: our id */
+	unsigned peers_n;		/* client: peers we may ring */
 };
 
 static struct ivshmem *of_bell(const struct mm_bell *b)
@@ -594,19 +609,215 @@ static void *hear(void *arg)
 	return NULL;
 }
 
+/* ---- a client of an existing server ---- */
+
+/* One message from the server: 1 and *val, *fd (-1 without) once whole,
+ * 0 while only part of it came, -errno (-ECONNRESET: the server left).
+ * Extra descriptors are closed. */
+static int client_msg(struct ivshmem *v, int64_t *val, int *fd)
+{
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { v->msg + v->pending, sizeof(v->msg) - (size_t)v->pending };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			    .msg_controllen = sizeof(u.buf) };
+	ssize_t n = recvmsg(v->csock, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+		int fds[4];
+		size_t k = cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS ?
+			   (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int) : 0;
+
+		if (k > 4)
+			k = 4;
+
+		memcpy(fds, CMSG_DATA(cm), k * sizeof(int));
+		for (size_t i = 0; i < k; i++) {
+			if (v->msg_fd < 0)
+				v->msg_fd = fds[i];	/* one per message */
+			else
+				close(fds[i]);
+		}
+	}
+	if (n == 0)
+		return -ECONNRESET;
+	v->pending += n;
+	if (v->pending < (int64_t)sizeof(v->msg))
+		return 0;
+	memcpy(val, v->msg, sizeof(*val));
+	*val = (int64_t)le64toh((uint64_t)*val);
+	*fd = v->msg_fd;
+	v->pending = 0;
+	v->msg_fd = -1;
+	return 1;
+}
+
+/* The setup's first three messages, waiting (before the mount: no FUSE
+ * worker yet) at most 5 s: version 0, our id, the memory. */
+static int client_setup(struct ivshmem *v, const struct mm_config *c, struct mm_err *err)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	const char *path = c->ivshmem_client;
+	int64_t val;
+	struct stat st;
+	int fd, r;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return mm_fail(err, -ENAMETOOLONG, "ivshmem_client %s: too long", path);
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	if (!(v->path = strdup(path)))
+		return mm_fail(err, -ENOMEM, "out of memory");
+	v->csock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (v->csock < 0 || connect(v->csock, (struct sockaddr *)&a, sizeof(a)) < 0)
+		return mm_fail(err, -errno, "ivshmem_client %s: %s", path, strerror(errno));
+	for (int i = 0; i < 3; i++) {
+		struct pollfd p = { .fd = v->csock, .events = POLLIN };
+
+		do {
+			if (poll(&p, 1, 5000) <= 0)
+				return mm_fail(err, -ETIMEDOUT, "ivshmem_client %s: the server said "
+					       "nothing for 5 s", path);
+			r = client_msg(v, &val, &fd);
+		} while (r == 0);
+		if (r < 0)
+			return mm_fail(err, r, "ivshmem_client %s: %s", path, strerror(-r));
+		/* version 0 without a descriptor; an id 0..65535 without; -1 with */
+		if ((i == 0 && (val != 0 || fd >= 0)) || (i == 1 && (val < 0 || val > IVS_ID_MAX ||
+								    fd >= 0)) ||
+		    (i == 2 && (val != -1 || fd < 0))) {
+			if (fd >= 0)
+				close(fd);
+			return mm_fail(err, -EPROTO, "ivshmem_client %s: message %d is %lld%s: not "
+				       "QEMU's ivshmem protocol, version 0", path, i + 1,
+				       (long long)val, fd >= 0 ? " with a descriptor" : "");
+		}
+		if (i == 1)
+			v->peers = (unsigned)val;	/* our id */
+	}
+	r = fstat(fd, &st);
+	close(fd);
+	if (r < 0)
+		return mm_fail(err, -errno, "ivshmem_client %s: the memory: %s", path,
+			       strerror(errno));
+	v->mem_dev = st.st_dev;
+	v->mem_ino = st.st_ino;
+	v->bell.ring = host_ring;
+	return 0;
+}
+
+/* A message after the setup: a peer's eventfd (ours: what we hear), or a
+ * peer gone. */
+static void client_hear(struct ivshmem *v, int64_t val, int fd)
+{
+	struct ivs_client *c = NULL, *free_slot = NULL;
+
+	if (val < 0 || val > IVS_ID_MAX) {
+		fuse_log(FUSE_LOG_WARNING, "mmapfs: ivshmem %s: the server sent %lld: ignored\n",
+			 v->path, (long long)val);
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	if ((unsigned)val == v->peers) {		/* our own vectors */
+		if (fd >= 0 && v->own_n < IVS_VECTORS)
+			v->own[v->own_n++] = fd;
+		else if (fd >= 0)
+			close(fd);			/* more vectors than we use */
+		return;
+	}
+	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
+		if (v->clients[i].fds[0] >= 0 && v->clients[i].id == (unsigned)val)
+			c = &v->clients[i];
+		else if (v->clients[i].fds[0] < 0 && !free_slot)
+			free_slot = &v->clients[i];
+	}
+	if (fd < 0) {					/* a peer left */
+		if (c) {
+			pthread_mutex_lock(&v->lock);
+			c->ready = false;
+			pthread_mutex_unlock(&v->lock);
+			close_client(c);
+			__atomic_sub_fetch(&v->peers_n, 1, __ATOMIC_RELAXED);
+			fuse_log(FUSE_LOG_NOTICE, "mmapfs: ivshmem %s: peer %lld left\n", v->path,
+				 (long long)val);
+		}
+		return;
+	}
+	if (c || !free_slot) {		/* a further vector, or no room: not rung */
+		close(fd);
+		return;
+	}
+	free_slot->id = (unsigned)val;
+	free_slot->fds[0] = fd;
+	pthread_mutex_lock(&v->lock);
+	free_slot->ready = true;
+	pthread_mutex_unlock(&v->lock);
+	__atomic_add_fetch(&v->peers_n, 1, __ATOMIC_RELAXED);
+	fuse_log(FUSE_LOG_NOTICE, "mmapfs: ivshmem %s: peer %lld joined\n", v->path,
+		 (long long)val);
+}
+
+static void *serve_client(void *arg)
+{
+	struct ivshmem *v = arg;
+	struct pollfd p[2 + IVS_VECTORS];
+
+	for (;;) {
+		unsigned n = 0;
+
+		p[n++] = (struct pollfd){ .fd = v->stop, .events = POLLIN };
+		p[n++] = (struct pollfd){ .fd = v->csock, .events = POLLIN };
+		for (unsigned k = 0; k < IVS_VECTORS; k++)
+			p[n++] = (struct pollfd){ .fd = v->own[k], .events = POLLIN };
+		if (poll(p, n, -1) < 0)
+			continue;
+		if (p[0].revents)
+			break;
+		for (unsigned k = 0; k < IVS_VECTORS; k++) {
+			uint64_t count;
+
+			if ((p[2 + k].revents & POLLIN) &&
+			    read(v->own[k], &count, sizeof(count)) == sizeof(count)) {
+				__atomic_add_fetch(&v->heard, 1, __ATOMIC_RELAXED);
+				mmfs_ticker_kick(v->fs);
+			}
+		}
+		if (p[1].revents) {
+			int64_t val;
+			int fd, r;
+
+			while ((r = client_msg(v, &val, &fd)) > 0)
+				client_hear(v, val, fd);
+			if (r < 0) {
+				/* waits on the memory go on by polling (ivshmem_poll) */
+				fuse_log(FUSE_LOG_WARNING, "mmapfs: ivshmem %s: the server left (%s): "
+					 "no more doorbells\n", v->path, strerror(-r));
+				close(v->csock);
+				v->csock = -1;		/* poll ignores it from now on */
+			}
+		}
+	}
+	return NULL;
+}
+
 int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 {
 	const struct mm_config *c = &fs->cfg;
 	struct ivshmem *v;
 	int r;
 
-	if (!c->ivshmem_server && !c->ivshmem_device)
+	if (!c->ivshmem_server && !c->ivshmem_device && !c->ivshmem_client)
 		return 0;
 	if (!(v = calloc(1, sizeof(*v))))
 		return mm_fail(err, -ENOMEM, "out of memory");
 	v->fs = fs;
-	v->host = c->ivshmem_server != NULL;
-	v->listen = v->memfd = v->stop = -1;
+	v->client = c->ivshmem_client != NULL;
+	v->host = c->ivshmem_server != NULL || v->client;
+	v->listen = v->memfd = v->stop = v->csock = v->msg_fd = -1;
 	v->container = v->group = v->vdev = v->irq = -1;
 	for (unsigned k = 0; k < IVS_VECTORS; k++)
 		v->own[k] = -1;
@@ -620,7 +831,8 @@ int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 	pthread_mutex_init(&v->lock, NULL);
 	fs->ivshmem = v;
 	v->bell.hears = v->host;	/* the server thread hears the guests */
-	r = v->host ? host_setup(v, c, err) : guest_setup(v, c, err);
+	r = v->client ? client_setup(v, c, err) : v->host ? host_setup(v, c, err) :
+	    guest_setup(v, c, err);
 	if (r == 0 && (v->stop = eventfd(0, EFD_CLOEXEC)) < 0)
 		r = mm_fail(err, -errno, "ivshmem_server: eventfd: %s", strerror(errno));
 	return r;
@@ -633,7 +845,8 @@ int mmfs_ivshmem_start(struct mmfs *fs)
 
 	if (!v || (!v->host && v->irq < 0))
 		return 0;
-	r = -pthread_create(&v->thread, NULL, v->host ? serve : hear, v);
+	r = -pthread_create(&v->thread, NULL, v->client ? serve_client : v->host ? serve : hear,
+			    v);
 	v->running = r == 0;
 	return r;
 }
@@ -651,6 +864,10 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++)
 		close_client(&v->clients[i]);
 	/* the socket, if it is still ours */
+	if (v->csock >= 0)
+		close(v->csock);
+	if (v->msg_fd >= 0)
+		close(v->msg_fd);
 	if (v->listen >= 0 && lstat(v->path, &st) == 0 && st.st_dev == v->sock_dev &&
 	    st.st_ino == v->sock_ino)
 		unlink(v->path);
@@ -715,8 +932,8 @@ int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len)
 	fs = v->fs;
 	n = snprintf(buf, len, "doorbell=%s\n%s=%u\ndoorbell.rung=%llu\ndoorbell.heard=%llu\n"
 		     "doorbell.poll=%s\ndoorbell.hears=%s\n",
-		     v->host ? "ivshmem-server" : "ivshmem-guest",
-		     v->host ? "doorbell.peers" : "doorbell.id",
+		     v->client ? "ivshmem-client" : v->host ? "ivshmem-server" : "ivshmem-guest",
+		     v->host && !v->client ? "doorbell.peers" : "doorbell.id",
 		     __atomic_load_n(&v->peers, __ATOMIC_RELAXED),
 		     (unsigned long long)__atomic_load_n(&v->rung, __ATOMIC_RELAXED),
 		     (unsigned long long)__atomic_load_n(&v->heard, __ATOMIC_RELAXED),

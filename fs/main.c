@@ -72,6 +72,7 @@ struct cmdline {
 	char *ivshmem_server;
 	char *ivshmem_memory;
 	char *ivshmem_device;
+	char *ivshmem_client;
 	char *ivshmem_peer;
 	char *ivshmem_poll;
 	char *ivshmem_group;
@@ -107,6 +108,7 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("ivshmem_server=%s", ivshmem_server),
 	OPT("ivshmem_memory=%s", ivshmem_memory),
 	OPT("ivshmem_device=%s", ivshmem_device),
+	OPT("ivshmem_client=%s", ivshmem_client),
 	OPT("ivshmem_peer=%s", ivshmem_peer),
 	OPT("ivshmem_group=%s", ivshmem_group),
 	OPT("ivshmem_poll=%s", ivshmem_poll),
@@ -167,6 +169,8 @@ static void usage(const char *prog)
 	       "                           host: be the ivshmem server of QEMU's ivshmem-doorbell\n"
 	       "                           devices on SOCKET, handing out FILE as their memory\n"
 	       "    -o ivshmem_group=GROUP the server socket's group (mode 0660), for QEMU's user\n"
+	       "    -o ivshmem_client=SOCKET\n"
+	       "                           host: join the ivshmem server there instead\n"
 	       "    -o ivshmem_device=DIR  guest: ring the host through the Doorbell register of\n"
 	       "                           this ivshmem-doorbell device (/sys/bus/pci/devices/...)\n"
 	       "    -o ivshmem_peer=ID     guest: the peer it rings (default 0, the host daemon)\n"
@@ -259,11 +263,14 @@ static int configure_ivshmem(struct mmfs *fs, struct cmdline *cl, const char *fi
 {
 	struct mm_config *c = &fs->cfg;
 	struct mm_err err = { "" };
-	char *const *val[3] = { &cl->ivshmem_server, &cl->ivshmem_memory, &cl->ivshmem_device };
-	char **slot[3] = { &c->ivshmem_server, &c->ivshmem_memory, &c->ivshmem_device };
-	static const char *const key[3] = { "ivshmem_server", "ivshmem_memory", "ivshmem_device" };
+	char *const *val[4] = { &cl->ivshmem_server, &cl->ivshmem_memory, &cl->ivshmem_device,
+				&cl->ivshmem_client };
+	char **slot[4] = { &c->ivshmem_server, &c->ivshmem_memory, &c->ivshmem_device,
+			   &c->ivshmem_client };
+	static const char *const key[4] = { "ivshmem_server", "ivshmem_memory", "ivshmem_device",
+					    "ivshmem_client" };
 
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < 4; i++) {
 		if (!*val[i])
 			continue;
 		if ((*val[i])[0] != '/')
@@ -553,6 +560,7 @@ out_args:
 	free(cl.ivshmem_server);
 	free(cl.ivshmem_memory);
 	free(cl.ivshmem_device);
+	free(cl.ivshmem_client);
 	free(cl.ivshmem_peer);
 	free(cl.ivshmem_poll);
 	free(cl.ivshmem_group);

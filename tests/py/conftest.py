@@ -68,7 +68,8 @@ BENIGN_LOG = [
     r"claim given back|claim refused: .+)",
     r"mmapfs: removed .+, a dead mmapfs's FIFOs",
     # the ivshmem server's clients coming and going (test_ivshmem.py)
-    r"mmapfs: ivshmem .+: (peer \d+ .+|a client refused: .+)",
+    r"mmapfs: ivshmem .+: (peer \d+ .+|a client refused: .+|the server sent -?\d+: ignored|"
+    r"the server left \(.+\): no more doorbells)",
     # libfuse's own words at unmount and for -o fuse_debug runs
     r"unique: .*|INIT: .*|   .*|opcode: .*",
 ]

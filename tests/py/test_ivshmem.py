@@ -252,3 +252,120 @@ def test_file_keys_checked(tmp_path, line, says):
     mnt.mkdir()
     r = sh(f"{MMAPFS} -f -c {conf} {mnt}", check=False, timeout=10)
     assert r.returncode != 0 and f"{conf}:3: {says}" in r.stderr, r.stderr
+
+
+def test_join_an_existing_server(tmp_path, mount_factory):
+    """ivshmem_client: the daemon joins a server (played here) as a peer:
+    it hears its own eventfd, rings a sleeping peer's, forgets a peer gone,
+    ignores nonsense, and goes on (polling) when the server leaves."""
+    mem = tmp_path / "ivshmem"
+    with open(mem, "wb") as f:
+        f.truncate(MEM)
+    path = str(tmp_path / "server.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    conf = write_conf(tmp_path / "host.conf", f"""
+        ivshmem_client = "{path}";
+        channels = ( {{ name = "vm";
+            write_file = "{mem}"; write_offset = 0; write_size = {WIN};
+            read_file = "{mem}"; read_offset = {WIN}; read_size = {WIN}; }} );
+        """)
+    peer0, mine = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    memfd = os.open(mem, os.O_RDWR)
+
+    def msg(s, v, fd=None):
+        data = struct.pack("<q", v)
+        if fd is None:
+            s.sendall(data)
+        else:
+            socket.send_fds(s, [data], [fd])
+
+    import threading
+    conns = []
+
+    def serve():
+        c, _ = lsock.accept()
+        conns.append(c)
+        msg(c, 0)
+        msg(c, 3)                      # its id
+        msg(c, -1, memfd)
+        msg(c, 0, peer0)               # peer 0, one vector
+        msg(c, 3, mine)                # its own
+    t = threading.Thread(target=serve)
+    t.start()
+    m = mount_factory("-c", conf)
+    t.join(5)
+    c = conns[0]
+    deadline = time.monotonic() + 5
+    while m.status("vm").get("doorbell.id") != "3":
+        assert time.monotonic() < deadline, m.status("vm")
+        time.sleep(0.02)
+    assert m.status("vm")["doorbell"] == "ivshmem-client"
+    # a ring of ours (the eventfd the server gave us) is heard
+    os.write(mine, struct.pack("=Q", 1))
+    deadline = time.monotonic() + 5
+    while m.status("vm")["doorbell.heard"] == "0":
+        assert time.monotonic() < deadline, "the ring was not heard"
+        time.sleep(0.02)
+    # an attacher on the same memory sleeps in a read: the daemon rings peer 0
+    aconf = write_conf(tmp_path / "guest.conf", f"""
+        channels = ( {{ name = "vm"; role = "attacher";
+            read_file = "{mem}"; read_offset = 0; read_size = {WIN};
+            write_file = "{mem}"; write_offset = {WIN}; write_size = {WIN}; }} );
+        """)
+    a = mount_factory("-c", aconf)
+    sh(f"cat {m / 'vm/capabilities'} > {a / 'vm/peer'}")
+    sh(f"cat {a / 'vm/capabilities'} > {m / 'vm/peer'}")
+    wait_state(m, "vm", "ready")
+    wait_state(a, "vm", "ready")
+    rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        p = select.poll()
+        p.register(rd, select.POLLIN)
+        assert not p.poll(200)
+        sh(f"printf hello > {m / 'vm/data'}")
+        assert select.select([peer0], [], [], 5)[0], "peer 0 was not rung"
+    finally:
+        os.close(rd)
+    # nonsense, a peer gone, the server gone: logged, the daemon goes on
+    msg(c, 70000)
+    msg(c, 0)
+    deadline = time.monotonic() + 5
+    while "peer 0 left" not in m.log_text():
+        assert time.monotonic() < deadline, m.log_text()
+        time.sleep(0.02)
+    c.close()
+    lsock.close()
+    deadline = time.monotonic() + 5
+    while "the server left" not in m.log_text():
+        assert time.monotonic() < deadline, m.log_text()
+        time.sleep(0.02)
+    assert "the server sent 70000: ignored" in m.log_text()
+    assert m.status("vm")["state"] == "ready"
+    for fd in (peer0, mine, memfd):
+        os.close(fd)
+
+
+def test_join_refuses_another_protocol(tmp_path):
+    """A server whose first words are not version 0: refused at start."""
+    from conftest import MMAPFS
+    import threading
+    path = str(tmp_path / "odd.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+
+    def serve():
+        c, _ = lsock.accept()
+        c.sendall(struct.pack("<q", 7))
+        time.sleep(1)
+        c.close()
+    t = threading.Thread(target=serve)
+    t.start()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = sh(f"{MMAPFS} -f -o ivshmem_client={path} {mnt}", check=False, timeout=10)
+    t.join(5)
+    lsock.close()
+    assert r.returncode != 0 and "not QEMU's ivshmem protocol" in r.stderr, r.stderr
