@@ -164,6 +164,7 @@ tsan_tests=(
 	tests/py/test_ivshmem.py::test_setup_and_peers
 	tests/py/test_ivshmem.py::test_hostile_clients
 	tests/py/test_ivshmem.py::test_ring_a_sleeping_guest_and_hear_it
+	tests/py/test_ivshmem.py::test_join_an_existing_server
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1
