@@ -36,6 +36,10 @@ void mm_config_free(struct mm_config *c)
 	free_strv(c->allow_dirs, c->n_allow_dirs);
 	free(c->allow_uids);
 	free_channels(c->channels, c->n_channels);
+	free(c->ivshmem_server);
+	free(c->ivshmem_memory);
+	free(c->ivshmem_device);
+	free(c->ivshmem_client);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -61,6 +65,7 @@ int mm_config_defaults(struct mm_config *c)
 	if (mm_config_set_str(&c->mmap_dir, dir) < 0)
 		return -ENOMEM;
 	c->mmap_dir_default = true;
+	c->ivshmem_group = (gid_t)-1;
 	/* allow_dirs stays empty: it then means "the mmap_dir" */
 	return 0;
 }
@@ -539,6 +544,72 @@ static int load_channels(struct mm_config *c, const config_setting_t *s,
 	return 0;
 }
 
+int mm_config_parse_peer(const char *s, unsigned *out, struct mm_err *err)
+{
+	uint64_t v;
+
+	if (mm_parse_u64(s, 65535, &v) < 0)
+		return mm_fail(err, -EINVAL, "%s: expected a peer id, 0..65535", s);
+	*out = (unsigned)v;
+	return 0;
+}
+
+int mm_config_check_ivshmem(const struct mm_config *c, const char *origin,
+			    struct mm_err *err)
+{
+	if (!c->ivshmem_server != !c->ivshmem_memory)
+		return mm_fail(err, -EINVAL, "%s: ivshmem_server and ivshmem_memory go together "
+			       "(the socket QEMU connects to, the memory it gets)", origin);
+	if ((c->ivshmem_server || c->ivshmem_client) && c->ivshmem_device)
+		return mm_fail(err, -EINVAL, "%s: ivshmem_server or ivshmem_client (a host's) and "
+			       "ivshmem_device (a guest's) exclude each other", origin);
+	if (c->ivshmem_server && c->ivshmem_client)
+		return mm_fail(err, -EINVAL, "%s: ivshmem_server and ivshmem_client exclude each "
+			       "other: be the server, or join one", origin);
+	return 0;
+}
+
+/* An ivshmem_* key of the file. */
+static int load_ivshmem(struct mm_config *c, const config_setting_t *s, const char *path,
+			const char *key, struct mm_err *err)
+{
+	char **slot = strcmp(key, "ivshmem_server") == 0 ? &c->ivshmem_server :
+		      strcmp(key, "ivshmem_memory") == 0 ? &c->ivshmem_memory :
+		      strcmp(key, "ivshmem_device") == 0 ? &c->ivshmem_device :
+		      strcmp(key, "ivshmem_client") == 0 ? &c->ivshmem_client : NULL;
+	const char *str = NULL;
+	struct mm_err why;
+	char num[32];
+	int r;
+
+	if (slot) {
+		r = get_abs_path(s, path, key, &str, err);
+		return r < 0 ? r : mm_config_set_str(slot, str);
+	}
+	if (strcmp(key, "ivshmem_group") == 0) {
+		unsigned gid;
+
+		r = load_id(s, path, key, &gid, NULL, err);
+		if (r == 0)
+			c->ivshmem_group = (gid_t)gid;
+		return r;
+	}
+	if (strcmp(key, "ivshmem_poll") == 0) {
+		if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+			return bad(err, path, s, key, "expected true or false");
+		c->ivshmem_nopoll = !config_setting_get_bool(s);
+		return 0;
+	}
+	if (strcmp(key, "ivshmem_peer") == 0) {
+		if (config_setting_type(s) != CONFIG_TYPE_INT)
+			return bad(err, path, s, key, "expected a peer id, 0..65535");
+		snprintf(num, sizeof(num), "%d", config_setting_get_int(s));
+		return mm_config_parse_peer(num, &c->ivshmem_peer, &why) < 0 ?
+		       bad(err, path, s, key, why.msg) : 0;
+	}
+	return bad(err, path, s, key, "unknown key");
+}
+
 int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 {
 	config_t cf;
@@ -588,6 +659,8 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 				c->reserve = config_setting_get_bool(s);
 		} else if (strcmp(key, "channels") == 0) {
 			r = load_channels(c, s, path, err);
+		} else if (strncmp(key, "ivshmem_", 8) == 0) {
+			r = load_ivshmem(c, s, path, key, err);
 		} else if (strstr(key, "max_")) {
 			r = load_limit(c, s, path, key, err);
 		} else {

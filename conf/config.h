@@ -51,6 +51,19 @@ struct mm_config {
 	size_t n_channels;
 	struct mm_limits user_max;	/* each user but the mounting one */
 	struct mm_limits owner_max;	/* the mounting user: none by default */
+	/* ivshmem doorbells (docs/ivshmem.md, "Doorbells"), all optional */
+	char *ivshmem_server;		/* host: serve QEMU's ivshmem server
+					 * protocol on this unix socket, */
+	char *ivshmem_memory;		/* handing out this file as the memory */
+	char *ivshmem_client;		/* host: or join the server there */
+	gid_t ivshmem_group;		/* the socket's group (mode 0660), or -1:
+					 * the daemon's umask alone */
+	char *ivshmem_device;		/* guest: the PCI device (sysfs) whose
+					 * Doorbell register rings the host */
+	unsigned ivshmem_peer;		/* guest: the peer id it rings (0: the
+					 * host daemon, as its server) */
+	bool ivshmem_nopoll;		/* debug: waits on a doorbell's areas
+					 * are not rechecked on a timer */
 };
 
 /* Fill c with the embedded defaults (mmap_dir /dev/shm/mmapfs-UID, 64M, the
@@ -76,6 +89,15 @@ int mm_config_set_allow_dirs(struct mm_config *c, const char *s,
  * the value). */
 int mm_config_set_limit(struct mm_config *c, const char *key, const char *value,
 			struct mm_err *err);
+
+/* Check the ivshmem settings together (server and memory go in pairs; a
+ * host's server and a guest's device exclude each other). origin names
+ * where they came from in err. 0 or -EINVAL. */
+int mm_config_check_ivshmem(const struct mm_config *c, const char *origin,
+			    struct mm_err *err);
+
+/* Parse a peer id: 0..65535. 0 or -EINVAL. */
+int mm_config_parse_peer(const char *s, unsigned *out, struct mm_err *err);
 
 /* Replace a string setting. 0 or -ENOMEM. */
 int mm_config_set_str(char **slot, const char *value);

@@ -91,6 +91,17 @@ struct mm_failure {
 
 struct mm_chunks;
 
+/* A doorbell (docs/ivshmem.md, "Doorbells"): how to wake the peer where
+ * its futex cannot reach, across a VM boundary (an ivshmem-doorbell
+ * device: an eventfd on the host, the Doorbell register in the guest).
+ * ring() must not block: the stream calls it after publishing a pointer
+ * when the trailer says the peer may sleep. */
+struct mm_bell {
+	void (*ring)(const struct mm_bell *b);
+	bool hears;			/* the peer's rings reach this end too:
+					 * its waits need no futex, no poll */
+};
+
 /* One direction, named from this end: rd is the area we read from. */
 struct mm_dir {
 	/* set by the handshake under ch->lock; fixed while claimed (first,
@@ -106,6 +117,8 @@ struct mm_dir {
 	uint8_t *tick;			/* a daemon's second mapping of the
 					 * trailer (alias.h): version 2's words,
 					 * then version 1's; or NULL */
+	const struct mm_bell *bell;	/* the administrator's area has a
+					 * doorbell (opts), or NULL */
 	/* ch->lock */
 	const void *owner;		/* who holds the claim, or NULL */
 	/* set by the handshake under ch->lock; fixed while claimed */
@@ -154,6 +167,8 @@ struct mm_chan_opts {
 	struct mm_attach_rules rules;
 	const char *area_tag;		/* in the names of created areas, or NULL
 					 * (area.h: leftovers) */
+	const struct mm_bell *read_bell;	/* read_file's and write_file's */
+	const struct mm_bell *write_bell;	/* doorbells, or NULL */
 };
 
 struct mm_channel {

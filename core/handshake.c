@@ -178,6 +178,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 		return r;
 	d->present = true;
 	d->local = !admin;
+	d->bell = admin ? (admin == o->read_file ? o->read_bell : o->write_bell) : NULL;
 	r = mm_dir_setup_ring(d, MM_EXT_VERSION);
 	if (r < 0)
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
@@ -319,6 +320,8 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 		return mm_fail(err, r, "%s.file: %s", name, why.msg);
 	d->present = true;
 	d->local = !admin;
+	d->bell = admin ? (admin == ch->opts.read_file ? ch->opts.read_bell
+						       : ch->opts.write_bell) : NULL;
 	if (mm_dir_setup_ring(d, ext) < 0)
 		return mm_fail(err, -EINVAL, "%s.size: too small", name);
 	r = check_token(d, c, ext, name, err);

@@ -57,6 +57,10 @@ static void wake(struct mm_dir *d, unsigned i)
 	}
 	if (n)
 		mm_futex_wake(word_of(d, i));
+	/* across a VM the futex reaches nobody: the doorbell, likewise only
+	 * for a peer that may sleep (docs/ivshmem.md, "Doorbells") */
+	if (n && d->bell)
+		d->bell->ring(d->bell);
 }
 
 /* Count ourselves in (+1) or out (-1) among the sleepers on d's word i. */
@@ -217,6 +221,8 @@ static void end_stream(struct mm_dir *d, bool cut)
 	}
 	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
 	mm_futex_wake(word_of(d, W_END));
+	if (d->bell)
+		wake(d, W_END);		/* the doorbell, if the reader sleeps */
 }
 
 /* The writer learns that its stream was cut (writer_cut): it ends it
@@ -416,6 +422,8 @@ static int eof_take(struct mm_dir *d)
 	if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
 		return -EFAULT;
 	mm_futex_wake(word_of(d, W_START));
+	if (d->bell)
+		wake(d, W_START);	/* the doorbell, if the writer sleeps */
 	return 0;
 }
 

@@ -31,12 +31,13 @@
 /* A watcher's wait: its kick or its words end it; this only bounds it. */
 #define WATCH_TIMEOUT_US 60000000
 
-/* Wake the ticker: a waiter armed, or the end. */
-static void ticker_kick(struct mmfs *fs)
+/* Wake the ticker: a waiter armed, a doorbell, or the end. */
+void mmfs_ticker_kick(struct mmfs *fs)
 {
 	__atomic_add_fetch(&fs->kick, 1, __ATOMIC_SEQ_CST);
 	mm_futex_wake_private(&fs->kick);
 }
+#define ticker_kick mmfs_ticker_kick
 
 /* Count w among the sleepers the peer wakes for `events` (0: none). */
 static void count(struct waiter *w, unsigned events)
@@ -228,6 +229,17 @@ static bool add_watchers(struct mmfs *fs, unsigned want)
 	}
 }
 
+/* Does a doorbell wake the waits of mc's direction dir (ivshmem.c)? Then
+ * the words are not waited on (the peer's futex wakes cannot reach them,
+ * and a BAR's cannot be waited on at all); with the debug setting
+ * ivshmem_poll = false nothing but the doorbell wakes them: no recheck. */
+static bool rung(const struct mm_channel *mc, unsigned dir)
+{
+	const struct mm_bell *b = dir == MM_RD ? mc->rd.bell : mc->wr.bell;
+
+	return b && b->hears;
+}
+
 /* One look at the armed waiters: those whose stream moved from its state
  * at arming (all of them if `all`, those with beat if `beat`) go to
  * fs->due, to be fired; the words of the others go into words/seen from
@@ -253,8 +265,15 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 		unsigned k;
 
 		next = w->next;
-		/* the words to sleep on, loaded before the state */
-		k = mm_stream_poll_words(&w->ch->mc, w->events, wd, v);
+		/* the words to sleep on, loaded before the state; none where
+		 * a doorbell wakes us */
+		k = 0;
+		for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1) {
+			unsigned ev = dir == MM_RD ? POLLIN : POLLOUT;
+
+			if ((w->events & ev) && !rung(&w->ch->mc, dir))
+				k += mm_stream_poll_words(&w->ch->mc, ev, wd + k, v + k);
+		}
 		mm_stream_state(&w->ch->mc, w->events, st);
 		if (all || (beat && w->beat) || memcmp(st, w->state, sizeof(st))) {
 			unlist(fs, w);
@@ -264,7 +283,8 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 		}
 		for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1)
 			if ((w->events & (dir == MM_RD ? POLLIN : POLLOUT)) &&
-			    mm_stream_wait_max(&w->ch->mc, dir) < MM_TICK_MS * 1000)
+			    mm_stream_wait_max(&w->ch->mc, dir) < MM_TICK_MS * 1000 &&
+			    !(fs->cfg.ivshmem_nopoll && rung(&w->ch->mc, dir)))
 				*recheck = true;
 		for (unsigned j = 0; j < k && !full; j++)
 			full = !place_word(fs, i++, wd[j], v[j], words, seen, want);

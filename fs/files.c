@@ -19,8 +19,13 @@ int file_text(struct chan *ch, enum file_kind k, char *buf, size_t len)
 		return mm_channel_peer_text(&ch->mc, buf, len);
 	case F_TOKEN:
 		return mm_channel_token_text(&ch->mc, buf, len);
-	case F_STATUS:
-		return mm_channel_status_text(&ch->mc, buf, len);
+	case F_STATUS: {
+		int n = mm_channel_status_text(&ch->mc, buf, len);
+
+		if (n >= 0 && (size_t)n < len)
+			n += mmfs_ivshmem_status(&ch->mc, buf + n, len - (size_t)n);
+		return n;
+	}
 	case F_CHUNKS:
 		return mm_channel_chunks_text(&ch->mc, buf, len);
 	default:

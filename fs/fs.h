@@ -14,6 +14,8 @@
  *   event.c   the event core: waiters (what a wait is for, what to do when
  *             it moves) and the ticker thread that fires them, beside the
  *             heartbeats and liveness of the channels due
+ *   ivshmem.c doorbells across a VM: the host's ivshmem server for QEMU's
+ *             ivshmem-doorbell, the guest's Doorbell register and VFIO
  *
  * No libfuse worker waits: a worker does bounded work and returns.
  *
@@ -37,6 +39,9 @@
  *   fs->wheel_lock             the ticker's wheel; held across a beat's
  *                              ticks
  *   ch->mc's own locks         (core/channel.h)
+ *   the ivshmem server's lock  (ivshmem.c) its clients' eventfds: a leaf,
+ *                              taken by a doorbell's ring (a stream call
+ *                              under any of the above), never waiting
  * libfuse calls an interrupt function holding the request's own lock,
  * which then takes fs->lock: so nothing that takes a request's lock
  * (fuse_req_interrupt_func) is called under fs->lock. Debug builds check
@@ -245,6 +250,8 @@ struct mmfs {
 	struct fifo *fifos;		/* lock: the FIFO ends in use */
 	pthread_t pump;
 	int pump_ep, pump_ev;		/* its epoll set, its eventfd */
+	/* doorbells (ivshmem.c): fixed after start-up, or NULL */
+	struct ivshmem *ivshmem;
 };
 
 extern const struct fuse_lowlevel_ops mmfs_ops;
@@ -391,6 +398,25 @@ void mmfs_tick_forget(struct mmfs *fs, struct chan *ch);
 void mmfs_tick_free(struct mmfs *fs);
 /* Log a change of ch's state or of its peer's liveness. */
 void chan_log_change(struct chan *ch);
+
+/* Wake the ticker: it looks at the armed waiters again (a doorbell rang). */
+void mmfs_ticker_kick(struct mmfs *fs);
+
+/* ivshmem.c: doorbells across a VM (docs/ivshmem.md, "Doorbells") */
+/* From the configuration (ivshmem_server and ivshmem_memory on a host,
+ * ivshmem_device in a guest): open what they name, before the declared
+ * channels are made. 0 (also when none is set) or -errno, err says why. */
+int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err);
+/* The server's thread (a host's), after daemonizing; stop: at the end,
+ * and after a failed setup. 0 or -errno. */
+int mmfs_ivshmem_start(struct mmfs *fs);
+void mmfs_ivshmem_stop(struct mmfs *fs);
+/* The doorbell of a declared area's file (the memory the server hands
+ * out, a BAR of the guest's device), or NULL. */
+const struct mm_bell *mmfs_ivshmem_bell(struct mmfs *fs, const char *file);
+/* status lines of a channel with a doorbell, appended at buf: their
+ * length (0 without one). */
+int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len);
 
 /* Where fs->lock must not be held. It is an error-checking mutex (main.c)
  * unless NDEBUG, so locking it again in its holder fails: a cheap check. */

@@ -69,6 +69,13 @@ struct cmdline {
 	char *allow_dirs;
 	char *mkdir;
 	char *limit[4];			/* LIMIT_KEYS' values */
+	char *ivshmem_server;
+	char *ivshmem_memory;
+	char *ivshmem_device;
+	char *ivshmem_client;
+	char *ivshmem_peer;
+	char *ivshmem_poll;
+	char *ivshmem_group;
 	int allow_other;
 	int reserve;
 	int debug;
@@ -98,6 +105,13 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("max_bytes=%s", limit[1]),
 	OPT("owner_max_channels=%s", limit[2]),
 	OPT("owner_max_bytes=%s", limit[3]),
+	OPT("ivshmem_server=%s", ivshmem_server),
+	OPT("ivshmem_memory=%s", ivshmem_memory),
+	OPT("ivshmem_device=%s", ivshmem_device),
+	OPT("ivshmem_client=%s", ivshmem_client),
+	OPT("ivshmem_peer=%s", ivshmem_peer),
+	OPT("ivshmem_group=%s", ivshmem_group),
+	OPT("ivshmem_poll=%s", ivshmem_poll),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	OPT("-d", debug),
 	OPT("--debug", debug),
@@ -151,6 +165,16 @@ static void usage(const char *prog)
 	       "                           and a quarter of the mmap_dir's filesystem; 0: none)\n"
 	       "    -o owner_max_channels=N, -o owner_max_bytes=SIZE\n"
 	       "                           the same for the mounting user (default: no limit)\n"
+	       "    -o ivshmem_server=SOCKET,ivshmem_memory=FILE\n"
+	       "                           host: be the ivshmem server of QEMU's ivshmem-doorbell\n"
+	       "                           devices on SOCKET, handing out FILE as their memory\n"
+	       "    -o ivshmem_group=GROUP the server socket's group (mode 0660), for QEMU's user\n"
+	       "    -o ivshmem_client=SOCKET\n"
+	       "                           host: join the ivshmem server there instead\n"
+	       "    -o ivshmem_device=DIR  guest: ring the host through the Doorbell register of\n"
+	       "                           this ivshmem-doorbell device (/sys/bus/pci/devices/...)\n"
+	       "    -o ivshmem_peer=ID     guest: the peer it rings (default 0, the host daemon)\n"
+	       "    -o ivshmem_poll=off    debug: only doorbells wake waits on a doorbell's areas\n"
 	       "    -o fuse_debug          libfuse's own trace of every request\n"
 	       "    -h, --help             this help\n"
 	       "    -V, --version          the version\n\n"
@@ -232,6 +256,55 @@ static uint64_t auto_max_bytes(const char *dir, uint64_t ring)
 	return b > fs_bytes / 2 && fs_bytes / 2 ? fs_bytes / 2 : b;
 }
 
+/* The ivshmem settings of -o over the file's, checked together, and what
+ * they name opened (before the declared channels, which may use it). 0, or
+ * 1 after printing why. */
+static int configure_ivshmem(struct mmfs *fs, struct cmdline *cl, const char *file)
+{
+	struct mm_config *c = &fs->cfg;
+	struct mm_err err = { "" };
+	char *const *val[4] = { &cl->ivshmem_server, &cl->ivshmem_memory, &cl->ivshmem_device,
+				&cl->ivshmem_client };
+	char **slot[4] = { &c->ivshmem_server, &c->ivshmem_memory, &c->ivshmem_device,
+			   &c->ivshmem_client };
+	static const char *const key[4] = { "ivshmem_server", "ivshmem_memory", "ivshmem_device",
+					    "ivshmem_client" };
+
+	for (int i = 0; i < 4; i++) {
+		if (!*val[i])
+			continue;
+		if ((*val[i])[0] != '/')
+			return fprintf(stderr, "mmapfs: -o %s=%s: not an absolute path\n", key[i],
+				       *val[i]), 1;
+		if (mm_config_set_str(slot[i], *val[i]) < 0)
+			return fprintf(stderr, "mmapfs: out of memory\n"), 1;
+	}
+	if (cl->ivshmem_peer && mm_config_parse_peer(cl->ivshmem_peer, &c->ivshmem_peer, &err) < 0)
+		return fprintf(stderr, "mmapfs: -o ivshmem_peer=%s\n", err.msg), 1;
+	if (cl->ivshmem_group) {
+		struct group *gr;
+		uint64_t gid;
+
+		if (mm_parse_u64(cl->ivshmem_group, UINT32_MAX - 1, &gid) < 0) {
+			if (!(gr = getgrnam(cl->ivshmem_group)))
+				return fprintf(stderr, "mmapfs: -o ivshmem_group=%s: no such group\n",
+					       cl->ivshmem_group), 1;
+			gid = gr->gr_gid;
+		}
+		c->ivshmem_group = (gid_t)gid;
+	}
+	if (cl->ivshmem_poll) {
+		if (strcmp(cl->ivshmem_poll, "on") != 0 && strcmp(cl->ivshmem_poll, "off") != 0)
+			return fprintf(stderr, "mmapfs: -o ivshmem_poll=%s: expected on or off\n",
+				       cl->ivshmem_poll), 1;
+		c->ivshmem_nopoll = strcmp(cl->ivshmem_poll, "off") == 0;
+	}
+	if (mm_config_check_ivshmem(c, file ? file : "options", &err) < 0 ||
+	    mmfs_ivshmem_setup(fs, &err) < 0)
+		return fprintf(stderr, "mmapfs: %s\n", err.msg), 1;
+	return 0;
+}
+
 /* Defaults, then the file, then -o. 0, or 1 after printing why. */
 static int configure(struct mmfs *fs, struct cmdline *cl)
 {
@@ -268,6 +341,8 @@ static int configure(struct mmfs *fs, struct cmdline *cl)
 		return fprintf(stderr, "mmapfs: out of memory\n"), 1;
 	if (cl->reserve)
 		c->reserve = true;
+	if (configure_ivshmem(fs, cl, file))
+		return 1;
 	if (top_mode(fs, cl->mkdir))
 		return 1;
 	if (c->n_allow_dirs) {
@@ -426,6 +501,10 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "mmapfs: cannot start the pump: %s\n", strerror(-r));
 		goto out_ticker;
 	}
+	if ((r = mmfs_ivshmem_start(&fs)) < 0) {
+		fprintf(stderr, "mmapfs: cannot start the ivshmem server: %s\n", strerror(-r));
+		goto out_pump;
+	}
 	log_mounted(&fs, opts.mountpoint, cl.config ? cl.config : fs.cfg.file, cl.allow_other);
 
 	if (opts.singlethread) {
@@ -463,6 +542,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_chans:
 	mmfs_close_all(&fs);
+	mmfs_ivshmem_stop(&fs);	/* after the channels, which ring its bell */
 	free(fs.usage);
 	mmfs_tick_free(&fs);
 	mm_area_dir_unlock(fs.cfg.mmap_dir, fs.area_tag, fs.dir_lockfd);
@@ -477,6 +557,13 @@ out_args:
 	free(cl.mkdir);
 	for (int i = 0; i < 4; i++)
 		free(cl.limit[i]);
+	free(cl.ivshmem_server);
+	free(cl.ivshmem_memory);
+	free(cl.ivshmem_device);
+	free(cl.ivshmem_client);
+	free(cl.ivshmem_peer);
+	free(cl.ivshmem_poll);
+	free(cl.ivshmem_group);
 	free(cl.operand[0]);
 	free(cl.operand[1]);
 	return ret;

@@ -434,6 +434,8 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		o.write_file = write_file;
 		o.read_window = decl->read_window;
 		o.write_window = decl->write_window;
+		o.read_bell = mmfs_ivshmem_bell(fs, read_file);
+		o.write_bell = mmfs_ivshmem_bell(fs, write_file);
 		snprintf(origin, sizeof(origin), "%s:%d", fs->cfg.file ? fs->cfg.file : "?",
 			 decl->line);
 		o.origin = origin;

@@ -130,8 +130,9 @@ no_aslr=(setarch "$(uname -m)" -R)
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
 # truncated area, a handshake in pieces, xpra's chunk lists, the FIFO
 # entries' pump, and parked requests (signals, poll, epoll, SIGTERM, early
-# closes, a tunnel), and format version 2's failed and abandoned streams:
-# about a minute
+# closes, a tunnel), format version 2's failed and abandoned streams, and
+# the ivshmem server's thread beside the rings of the doorbells: about a
+# minute
 tsan_tests=(
 	tests/py/test_data.py::test_dd_both_ways_at_once
 	tests/py/test_data.py::test_end_of_file_and_next_stream
@@ -161,6 +162,10 @@ tsan_tests=(
 	"tests/py/test_streams.py::test_stall_fails_streams_for_good[attacher]"
 	tests/py/test_streams.py::test_reader_leaves_writer_gets_epipe
 	"tests/py/test_streams.py::test_abort_mark[data]"
+	tests/py/test_ivshmem.py::test_setup_and_peers
+	tests/py/test_ivshmem.py::test_hostile_clients
+	tests/py/test_ivshmem.py::test_ring_a_sleeping_guest_and_hear_it
+	tests/py/test_ivshmem.py::test_join_an_existing_server
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1

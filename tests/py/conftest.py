@@ -67,6 +67,9 @@ BENIGN_LOG = [
     r"mmapfs: .+: (send|recv): (end of stream|stream cut, writers get EPIPE|reader gone|"
     r"claim given back|claim refused: .+)",
     r"mmapfs: removed .+, a dead mmapfs's FIFOs",
+    # the ivshmem server's clients coming and going (test_ivshmem.py)
+    r"mmapfs: ivshmem .+: (peer \d+ .+|a client refused: .+|the server sent -?\d+: ignored|"
+    r"the server left \(.+\): no more doorbells)",
     # libfuse's own words at unmount and for -o fuse_debug runs
     r"unique: .*|INIT: .*|   .*|opcode: .*",
 ]

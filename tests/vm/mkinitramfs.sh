@@ -1,6 +1,8 @@
 #!/bin/bash
 # Build the VM test's guest: an uncompressed initramfs (newc cpio) holding
-# busybox (static), fuse.ko of the guest's Debian kernel, an mmapfs binary
+# busybox (static), fuse.ko of the guest's Debian kernel and VFIO's modules
+# where the kernel has them (lib/vfio/, in the order init loads them), an
+# mmapfs binary
 # with the shared libraries ldd names and the dynamic loader, tests/vm/init
 # and contrib/handshake-serial.sh (the guest's side of the handshake).
 #
@@ -41,6 +43,26 @@ case $ko in
 *.gz) gzip -dc "$ko" ;;
 *) cat "$ko" ;;
 esac > "$root/lib/fuse.ko"
+
+# VFIO (the doorbell's interrupts, through vfio-pci): in load order; a
+# kernel without them gives a guest that polls
+mkdir -p "$root/lib/vfio"
+i=0
+for m in virt/lib/irqbypass drivers/vfio/vfio drivers/vfio/vfio_iommu_type1 \
+	drivers/vfio/vfio_virqfd drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci; do
+	for f in "$modules/$kver/kernel/$m".ko{,.xz,.zst,.gz}; do
+		[ -e "$f" ] || continue
+		i=$((i + 1))
+		ko_out="$root/lib/vfio/$i-$(basename "$m").ko"
+		case $f in
+		*.xz) xz -dc "$f" ;;
+		*.zst) zstd -qdc "$f" ;;
+		*.gz) gzip -dc "$f" ;;
+		*) cat "$f" ;;
+		esac > "$ko_out"
+		break
+	done
+done
 
 # mmapfs, every library ldd names (at the same path) and the loader
 cp "$mmapfs" "$root/bin/mmapfs"

@@ -8,13 +8,16 @@
 # cpio), but not a kernel: the guest's is Debian's, whose package
 # (linux-image-amd64's dependency, linux-image-VERSION-amd64) is downloaded
 # with apt-get download and unpacked with dpkg-deb into build-vm/VERSION/
-# (VMTEST_KERNEL_DIR=DIR: DIR/VERSION), kept for the next run: vmlinuz and
-# fuse.ko, nothing else, and nothing on this host's /boot or /lib/modules.
+# (VMTEST_KERNEL_DIR=DIR: DIR/VERSION), kept for the next run: vmlinuz,
+# fuse.ko and VFIO's modules (the guest takes its doorbell's interrupts
+# through vfio-pci), nothing else, and nothing on this host's /boot or
+# /lib/modules.
 # Then it runs vmtest.py in a scratch directory /tmp/vmtest-XXXXXX. Whatever happens
 # (a failure, a signal, the time limit), the trap leaves nothing behind:
 # QEMU killed, mounts lazily unmounted, /dev/shm files and the scratch
 # directory removed (VMTEST_KEEP=1 keeps the directory and its logs).
-# Environment: VMTEST_ACCEL=auto|kvm|tcg, VMTEST_LAYOUT=two-devices|one-device.
+# Environment: VMTEST_ACCEL=auto|kvm|tcg, VMTEST_LAYOUT=two-devices|one-device|doorbell,
+# VMTEST_BENCH=1 (contrib/bench/ivshmem-rtt.sh).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -46,7 +49,9 @@ if [ -z "$pkg" ]; then
 fi
 [ -n "$pkg" ] || { echo "tests/vm/run.sh: apt knows no linux-image-amd64" >&2; exit 1; }
 kroot=$kdir/$pkg
-if [ ! -e "$kroot/.unpacked" ]; then
+# (unpacked again where an earlier run took fuse.ko alone)
+if [ ! -e "$kroot/.unpacked" ] || [ -z "$(find "$kroot" -name 'vfio-pci.ko*' -print -quit)" ]
+then
 	echo "tests/vm/run.sh: unpacking $pkg into $kroot (apt-get download, dpkg-deb)"
 	rm -rf "$kroot" "$kdir/download"
 	mkdir -p "$kdir/download" "$kroot"
@@ -59,6 +64,8 @@ if [ ! -e "$kroot/.unpacked" ]; then
 	dpkg-deb --fsys-tarfile "$kdir/download/${pkg}_"*.deb |
 		tar -x -C "$kroot" --wildcards './boot/vmlinuz-*' \
 			'./lib/modules/*/kernel/fs/fuse/*' './usr/lib/modules/*/kernel/fs/fuse/*' \
+			'./lib/modules/*/kernel/drivers/vfio/*' './usr/lib/modules/*/kernel/drivers/vfio/*' \
+			'./lib/modules/*/kernel/virt/lib/*' './usr/lib/modules/*/kernel/virt/lib/*' \
 			2>/dev/null || :
 	found=$(ls "$kroot"/boot/vmlinuz-* "$kroot"/lib/modules/*/kernel/fs/fuse/fuse.ko* \
 		"$kroot"/usr/lib/modules/*/kernel/fs/fuse/fuse.ko* 2> /dev/null) || :

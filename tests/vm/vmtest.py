@@ -10,12 +10,19 @@ ECONNRESET and its writer with EPIPE within 2 s while the host daemon keeps
 serving; after `cont` the guest's own writer and reader are told too, both
 statuses count the failure, and the next streams carry no byte of the
 failed ones (format version 2); the restarted guest daemon handshakes again
-with the same scripts.
+with the same scripts. An ivshmem-doorbell device (the default layout's
+second) has the host daemon as its ivshmem server and the guest's daemon
+taking its interrupts through vfio-pci (a q35 machine with QEMU's
+intel-iommu), both with polling of its waits off: a message each way
+arrives all the same, so the doorbells are what woke them; it streams both
+ways, its doorbell is heard after the guest daemon's restart, and the host
+daemon restarts with QEMU left running (the channel goes on by polling).
 
     tests/vm/run.sh [MMAPFS]        (root; installs the tools it needs, and
                                     unpacks Debian's kernel into build-vm/)
     tests/vm/vmtest.py --mmapfs PATH --work DIR [--kernel-root DIR]
-                       [--accel auto|kvm|tcg] [--layout two-devices|one-device]
+                       [--accel auto|kvm|tcg] [--layout two-devices|one-device|doorbell]
+                       [--bench]
 
 The guest's kernel is ROOT/boot/vmlinuz-KVER, its fuse.ko under
 ROOT/lib/modules/KVER (or ROOT/usr/lib/modules/KVER), ROOT being
@@ -76,9 +83,21 @@ class Stop(BaseException):
 # one (64 MiB streams, the dead-peer checks); any other gets a small stream
 # each way.
 
+# Devices whose index is here are ivshmem-doorbell devices (the others are
+# ivshmem-plain): the host daemon is their ivshmem server (ivshmem_server,
+# ivshmem_memory) with polling of their waits switched off
+# (ivshmem_poll = false), so that only a doorbell wakes the host; the
+# guest rings through the device's BAR0 (ivshmem_device).
+DOORBELL_DEVS = {"one-device": {1}, "two-devices": set(), "doorbell": {0}}
+BELL_SIZE = 4 * MiB
+
+
 def layout(name):
     """-> (device sizes in PCI order, [(channel, host's write window,
     host's read window)])."""
+    if name == "doorbell":
+        # one ivshmem-doorbell device alone: both directions of "vm"
+        return [BELL_SIZE * 16], [("vm", (0, 0, 16 * MiB), (0, 16 * MiB, 16 * MiB))]
     if name == "two-devices":
         # Today: one device is one area, so a duplex channel takes two.
         return [64 * MiB, 64 * MiB], [("vm", (0, None, None), (1, None, None))]
@@ -86,19 +105,34 @@ def layout(name):
         # One device carrying both directions of "vm" and a second channel,
         # as windows of the device's file (read_offset/read_size,
         # write_offset/write_size).
-        return [256 * MiB], [("vm", (0, 0, 64 * MiB), (0, 64 * MiB, 64 * MiB)),
-                             ("vm2", (0, 128 * MiB, MiB), (0, 129 * MiB, MiB))]
+        # And a second device, an ivshmem-doorbell one, carrying "bell".
+        return [256 * MiB, BELL_SIZE], [
+            ("vm", (0, 0, 64 * MiB), (0, 64 * MiB, 64 * MiB)),
+            ("vm2", (0, 128 * MiB, MiB), (0, 129 * MiB, MiB)),
+            ("bell", (1, 0, MiB), (1, MiB, MiB))]
     raise SystemExit(f"unknown layout {name!r}")
 
 
-def configs(lay, host_files, guest_bars, host_mmap_dir):
+def configs(lay, host_files, guest_bars, host_mmap_dir, bells=(), server=None):
     """The host's and the guest's configuration texts. The host creates and
     offers; the guest attaches, its read window being the host's write
-    window and the other way round."""
+    window and the other way round. bells: the doorbell devices' indexes
+    (one at most: a daemon serves one), server: the host's socket."""
     _, chans = lay
+    bell = min(bells) if bells else None
 
     def one(role, files, mmap_dir, swap):
-        out = ([f'mmap_dir = "{mmap_dir}";'] if mmap_dir else []) + ["channels = ("]
+        out = [f'mmap_dir = "{mmap_dir}";'] if mmap_dir else []
+        # the doorbell's waits are not polled: only doorbells wake them
+        # (VMTEST_DOORBELL_POLL=on: they are, as by default; for the bench)
+        nopoll = [] if os.environ.get("VMTEST_DOORBELL_POLL") == "on" else \
+            ["ivshmem_poll = false;"]
+        if bell is not None and role == "creator":
+            out += [f'ivshmem_server = "{server}";', f'ivshmem_memory = "{files[bell]}";',
+                    *nopoll]
+        elif bell is not None:
+            out += [f'ivshmem_device = "{os.path.dirname(files[bell])}";', *nopoll]
+        out += ["channels = ("]
         for i, (name, wr, rd) in enumerate(chans):
             if swap:
                 wr, rd = rd, wr
@@ -303,15 +337,19 @@ def kvm_works(kernel, work):
 
 
 class Guest:
-    def __init__(self, work, kernel, initrd, accel, dev_files, dev_sizes):
+    def __init__(self, work, kernel, initrd, accel, dev_files, dev_sizes, bells=(),
+                 server=None):
         self.work = work
         self.accel = accel
         self.sock = {n: os.path.join(work, f"{n}.sock") for n in ("handshake", "control", "monitor")}
         self.console = os.path.join(work, "console.log")
+        # a doorbell device's interrupts reach the guest's daemon through
+        # VFIO, which needs an IOMMU: q35 and its intel-iommu (first)
+        iommu = ["-machine", "q35", "-device", "intel-iommu"] if bells else []
         cmd = ["qemu-system-x86_64", "-accel", accel, "-m", "512M", "-smp", "1",
-               "-nographic", "-nodefaults", "-no-reboot",
+               "-nographic", "-nodefaults", "-no-reboot", *iommu,
                "-kernel", kernel, "-initrd", initrd,
-               "-append", "console=ttyS0 panic=-1",
+               "-append", "console=ttyS0 panic=-1" + (" intel_iommu=on" if bells else ""),
                "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
                "-chardev", f"socket,id=hs,path={self.sock['handshake']},server=on,wait=off",
                "-serial", "chardev:hs",
@@ -323,6 +361,11 @@ class Guest:
             cmd[3:3] = ["-cpu", "host"]
         for i, (path, size) in enumerate(zip(dev_files, dev_sizes)):
             # fixed PCI slots: the guest takes the devices in address order
+            if i in bells:
+                # the memory comes from the server, the host's daemon
+                cmd += ["-chardev", f"socket,id=ivs{i},path={server}",
+                        "-device", f"ivshmem-doorbell,chardev=ivs{i},vectors=1,addr={4 + i:#x}"]
+                continue
             cmd += ["-object", f"memory-backend-file,id=shm{i},share=on,mem-path={path},"
                     f"size={size}",
                     "-device", f"ivshmem-plain,memdev=shm{i},addr={4 + i:#x}"]
@@ -478,6 +521,10 @@ class VMTest:
         self.tag = os.path.basename(self.work.rstrip("/"))
         self.dev_files = [f"/dev/shm/{self.tag}-dev{i}" for i in range(len(self.lay[0]))]
         self.chans = [c[0] for c in self.lay[1]]
+        self.bells = DOORBELL_DEVS.get(args.layout, set())
+        self.server = os.path.join(self.work, "ivshmem.sock")
+        # the channels on a doorbell device
+        self.bell_chans = [c[0] for c in self.lay[1] if c[1][0] in self.bells]
         self.guest = None
         self.host = None
         self.said = ("", "")     # what the last handshake said: host's log, guest's
@@ -717,7 +764,25 @@ class VMTest:
             with open(path, "wb") as f:
                 f.truncate(size)
 
-        self.guest = g = Guest(self.work, kernel, initrd, accel, self.dev_files, self.lay[0])
+        # the host's configuration needs only its own paths: written (and,
+        # for a doorbell device, mounted: QEMU connects to its server at
+        # start) before the guest boots
+        host_conf, _ = configs(self.lay, self.dev_files, self.dev_files,
+                               os.path.join(self.work, "host-shm"), self.bells, self.server)
+        conf = os.path.join(self.work, "host.conf")
+        with open(conf, "w") as f:
+            f.write(host_conf)
+
+        def mount_host():
+            self.host = HostMount(a.mmapfs, conf, os.path.join(self.work, "host"),
+                                  os.path.join(self.work, "host-mmapfs.log"))
+            return f"ivshmem server on {self.server}" if self.bells else ""
+        if self.bells and not rep.check("host mmapfs mounts first: the ivshmem server for "
+                                        "QEMU's ivshmem-doorbell", mount_host):
+            raise Fail("cannot go on without the host's mount")
+
+        self.guest = g = Guest(self.work, kernel, initrd, accel, self.dev_files, self.lay[0],
+                               self.bells, self.server)
         boot = g.start(a.boot_timeout)
         rep.ok("guest boots", f"{boot:.1f} s under {accel}")
         self.figures = {"boot_s": boot, "accel": accel}
@@ -733,18 +798,19 @@ class VMTest:
                        f"not {len(self.dev_files)}: {bars}")
         rep.ok("guest finds the ivshmem devices by 1af4:1110", " ".join(bars))
 
-        host_conf, guest_conf = configs(self.lay, self.dev_files, bars,
-                                        os.path.join(self.work, "host-shm"))
-        conf = os.path.join(self.work, "host.conf")
-        with open(conf, "w") as f:
-            f.write(host_conf)
+        for i in sorted(self.bells):
+            dev = os.path.dirname(bars[i])
+            rep.check(f"guest binds vfio-pci to the doorbell device {os.path.basename(dev)}",
+                      self.bind_vfio, dev)
+        _, guest_conf = configs(self.lay, self.dev_files, bars,
+                                os.path.join(self.work, "host-shm"), self.bells, self.server)
         g.sh(f"cat > {GUEST_CONF} <<'EOF'\n{guest_conf}EOF")
         with open(os.path.join(self.work, "guest.conf"), "w") as f:
             f.write(guest_conf)
 
         def mount_both():
-            self.host = HostMount(a.mmapfs, conf, os.path.join(self.work, "host"),
-                                  os.path.join(self.work, "host-mmapfs.log"))
+            if not self.host:
+                mount_host()
             self.guest_mount()
             _, ls = g.sh(f"ls {GUEST_MNT}")
             missing = [c for c in self.chans
@@ -761,6 +827,9 @@ class VMTest:
                 raise Fail("cannot go on without a handshake")
 
         main = self.chans[0]
+        if self.args.bench:
+            self.bench()
+            return
         rep.check(f"handshake run again on the ready pair: {main}", self.handshake_again, main)
         for what, fn, args, key in (
                 ("host->guest", self.host_to_guest, (main, STREAM, self.big_file), "h2g"),
@@ -774,9 +843,248 @@ class VMTest:
             rep.check(f"both ways, second channel on the device: {name}",
                       self.both_ways, name, SMALL)
         rep.check(f"the FIFO entries both ways: {main}", self.fifo_both_ways, main)
+        for name in self.bell_chans:
+            self.doorbell_checks(name)
 
         self.stall(main)
         self.kill_peer(main)
+        for name in self.bell_chans:
+            def again(name=name):
+                if name != main:
+                    self.handshake(name)
+                return self.bell_g2h(name) + "; " + self.bell_h2g(name)
+            rep.check(f"guest daemon restarted: the doorbells still ring both ways: {name}",
+                      again)
+        for name in self.bell_chans[:1]:
+            rep.check(f"host daemon restarted, QEMU left running: the channel goes on by "
+                      f"polling: {name}", self.host_restart, name)
+
+    # -- the benchmark (contrib/bench/ivshmem-rtt.sh): round trips --
+
+    def bench(self):
+        """64-byte round trips through data: the host writes, an echo in
+        the guest (cat of its data into its data) writes back, the host
+        reads; back to back, then each after 20 ms idle. Medians, per
+        channel: a plain device's (polling both sides) and a doorbell
+        device's; the same through the FIFO entries of the first channel
+        and the doorbell's."""
+        g = self.guest
+        back, idle = int(os.environ.get("BENCH_TRIPS", "200")), \
+            int(os.environ.get("BENCH_IDLE_TRIPS", "40"))
+        rows = []
+        def trips(hc, gc, host_w, host_r, guest_r, guest_w):
+            """(back to back, after idle), sorted: the host writes host_w
+            and reads host_r; the guest's cat reads guest_r into guest_w."""
+            info(f"round trips: {hc}/{host_w}, {host_r}")
+            g.sh(f"cat {gc}/{guest_r} > {gc}/{guest_w} 2>/tmp/echo.log </dev/null & "
+                 "echo $! > /tmp/echo.pid")
+            time.sleep(0.5)
+            msg = b"m" * 64
+            wfd = os.open(os.path.join(hc, host_w), os.O_WRONLY)
+            # a first message before the reader opens: the FIFO entry's
+            # open waits for a writer, which the daemon is once bytes come
+            os.write(wfd, msg)
+            rfd = os.open(os.path.join(hc, host_r), os.O_RDONLY)
+            left = len(msg)
+            while left > 0:
+                if not select.select([rfd], [], [], 10)[0]:
+                    os.close(wfd)
+                    os.close(rfd)
+                    raise Fail(f"{host_r}: no echo within 10 s")
+                left -= len(os.read(rfd, 4096))
+
+            def trip():
+                t0 = time.perf_counter()
+                os.write(wfd, msg)
+                got = 0
+                while got < len(msg):
+                    if not select.select([rfd], [], [], 10)[0]:
+                        raise Fail(f"{host_r}: no echo within 10 s")
+                    n = len(os.read(rfd, 4096))
+                    if not n:
+                        raise Fail(f"{host_r}: the echo ended")
+                    got += n
+                return (time.perf_counter() - t0) * 1e3
+
+            try:
+                for _ in range(10):
+                    trip()                              # warm up
+                b2b = sorted(trip() for _ in range(back))
+                idl = []
+                for _ in range(idle):
+                    time.sleep(0.02)
+                    idl.append(trip())
+                idl.sort()
+            finally:
+                os.close(wfd)
+                g.sh("kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
+                os.close(rfd)
+            return b2b, idl
+
+        fifo_rows = []
+        for name in self.chans:
+            gc, hc = self.gchan(name), self.host.chan(name)
+            path = os.path.join(hc, "data")
+            b2b, idl = trips(hc, gc, "data", "data", "data", "data")
+            kind = "doorbell" if name in self.bell_chans else "plain"
+            med = lambda v: v[len(v) // 2]
+            # what a blocked reader costs while nothing moves: the host's
+            # reader (its daemon's CPU), then the guest's (QEMU's CPU)
+            secs = float(os.environ.get("BENCH_IDLE_S", "5"))
+            r = Job.read(path)
+            time.sleep(1.0)
+            h0, q0 = self.cpu_s(self.host.proc.pid), self.cpu_s(g.proc.pid)
+            time.sleep(secs)
+            h1, q1 = self.cpu_s(self.host.proc.pid), self.cpu_s(g.proc.pid)
+            r.kill()
+            g.sh(f"cat {gc}/data > /dev/null 2>&1 </dev/null & echo $! > /tmp/idle.pid")
+            time.sleep(1.0)
+            q2 = self.cpu_s(g.proc.pid)
+            time.sleep(secs)
+            q3 = self.cpu_s(g.proc.pid)
+            g.sh("kill $(cat /tmp/idle.pid) 2>/dev/null; sleep 0.3", check=False)
+            rows.append((name, kind, med(b2b), b2b[len(b2b) * 9 // 10], med(idl),
+                         idl[len(idl) * 9 // 10], (h1 - h0) / secs * 100,
+                         (q1 - q0) / secs * 100, (q3 - q2) / secs * 100))
+        # the FIFO entries last: from their first use the daemons keep
+        # their ends, and a plain channel's keep polling (the CPU above)
+        for name in [self.chans[0]] + [n for n in self.bell_chans if n != self.chans[0]]:
+            gc, hc = self.gchan(name), self.host.chan(name)
+            fb, fi = trips(hc, gc, "send", "recv", "recv", "send")
+            fifo_rows.append((name, "doorbell" if name in self.bell_chans else "plain", fb, fi))
+        print("BENCH: 64-byte round trips through data, host -> guest echo -> host, "
+              f"ms ({back} back to back, {idle} after 20 ms idle; "
+              f"{self.figures.get('accel')})", flush=True)
+        print("BENCH: channel  device    b2b-median  b2b-p90  idle-median  idle-p90  "
+              "idle/b2b  host-rd:daemon%  host-rd:qemu%  guest-rd:qemu%", flush=True)
+        for name, kind, bm, b9, im, i9, hd, hq, gq in rows:
+            print(f"BENCH: {name:8} {kind:9} {bm:10.2f} {b9:8.2f} {im:12.2f} {i9:9.2f} "
+                  f"{im / bm:8.1f}x {hd:16.1f} {hq:14.1f} {gq:15.1f}", flush=True)
+        print("BENCH: (the last three: CPU, % of a core, while a reader of data is blocked "
+              "and nothing moves: on the host, its daemon's and QEMU's; in the guest, "
+              "QEMU's)", flush=True)
+        print("BENCH: the FIFO entries (host: send, recv; guest: cat recv > send), ms",
+              flush=True)
+        for name, kind, fb, fi in fifo_rows:
+            m, p9 = (lambda v: v[len(v) // 2]), (lambda v: v[len(v) * 9 // 10])
+            print(f"BENCH: {name:8} {kind:9} {m(fb):10.2f} {p9(fb):8.2f} {m(fi):12.2f} "
+                  f"{p9(fi):9.2f} {m(fi) / m(fb):8.1f}x", flush=True)
+        for name in self.bell_chans:
+            st = self.host.status(name)
+            print(f"BENCH: doorbells: host rang {st.get('doorbell.rung')}, heard "
+                  f"{st.get('doorbell.heard')}, host polling {st.get('doorbell.poll')}",
+                  flush=True)
+        self.rep.ok("benchmark: round trips measured")
+
+    @staticmethod
+    def cpu_s(pid):
+        """A process's CPU time so far, all threads, in s."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    # -- doorbells (an ivshmem-doorbell device, the host daemon its server) --
+
+    def doorbell_checks(self, name):
+        """The host's polling of the device's waits is off: a message from
+        the guest reaches the host's blocked reader only by the doorbell."""
+        g, rep = self.guest, self.rep
+
+        def setup():
+            st = self.host.status(name)
+            _, out = g.sh(f"grep ^doorbell {self.gchan(name)}/status")
+            gst = dict(line.split("=", 1) for line in out.split())
+            if (st.get("doorbell"), st.get("doorbell.peers"), st.get("doorbell.poll")) != \
+                    ("ivshmem-server", "1", "off"):
+                raise Fail(f"host status: {st}")
+            if gst.get("doorbell") != "ivshmem-guest" or gst.get("doorbell.id") in (None, "0") \
+                    or gst.get("doorbell.hears") != "vfio-msix":
+                raise Fail(f"guest status: {gst}")
+            return (f"host: server of 1 peer, polling off; guest: peer {gst['doorbell.id']}, "
+                    "interrupts by VFIO, polling off")
+        rep.check(f"doorbell device: the host serves it, the guest is its peer: {name}", setup)
+        rep.check(f"doorbell: guest->host, the host's blocked reader woken with polling "
+                  f"off: {name}", self.bell_g2h, name)
+        rep.check(f"doorbell: host->guest, the sleeping guest rung: {name}", self.bell_h2g, name)
+
+    def host_restart(self, name):
+        """docs/ivshmem.md, "Restarts with doorbells": QEMU cannot connect to
+        a restarted server, so the old QEMU's doorbells reach nobody; the
+        daemons' default polling carries the channel. Both daemons run with
+        polling on (the guest's restarted first for that), then the host's
+        restarts: QEMU runs on, the new server has no peer, and after the
+        handshake the channel streams both ways."""
+        g = self.guest
+        g.sh(f"umount -l {GUEST_MNT}; sed -i /ivshmem_poll/d {GUEST_CONF}; "
+             "echo '--- restarted, polling on' >> /tmp/mmapfs.log")
+        self.guest_mount()
+        Job.kill_all()
+        rc = self.host.unmount()
+        if rc != 0:
+            raise Fail(f"the host daemon exited with {rc} at its unmount")
+        conf = os.path.join(self.work, "host-2.conf")
+        with open(os.path.join(self.work, "host.conf")) as f, open(conf, "w") as out:
+            out.writelines(line for line in f if "ivshmem_poll" not in line)
+        self.host = HostMount(self.args.mmapfs, conf, os.path.join(self.work, "host"),
+                              os.path.join(self.work, "host-2-mmapfs.log"))
+        time.sleep(1.0)
+        if g.proc.poll() is not None:
+            raise Fail(f"QEMU exited ({g.proc.returncode}) when its ivshmem server went away")
+        st = self.host.status(name)
+        if st.get("doorbell.peers") != "0":
+            raise Fail(f"the new server has peers: {st.get('doorbell.peers')}")
+        self.handshake(name)
+        return "QEMU runs on, the new server has no peer; " + self.both_ways(name, SMALL)
+
+    def bind_vfio(self, dev):
+        g = self.guest
+        g.sh(f"echo vfio-pci > {dev}/driver_override; "
+             f"echo {os.path.basename(dev)} > /sys/bus/pci/drivers_probe")
+        rc, out = g.sh(f"readlink {dev}/driver; readlink {dev}/iommu_group; ls /dev/vfio",
+                       check=False)
+        if "vfio-pci" not in out:
+            raise Fail(f"not bound: {out!r}")
+        return " ".join(out.split())
+
+    def bell_g2h(self, name):
+        heard0 = int(self.host.status(name)["doorbell.heard"])
+        r = Job.read(os.path.join(self.host.chan(name), "data"))
+        time.sleep(1.0)         # parked: nothing but a doorbell wakes it now
+        t0 = time.monotonic()
+        self.guest.sh(f"printf ping > {self.gchan(name)}/data")
+        res = r.result(10)
+        if res is None:
+            r.kill()
+            raise Fail(f"the host's reader had {r.moved.value} bytes and no end of stream "
+                       "10 s after the guest wrote: no doorbell heard")
+        heard = int(self.host.status(name)["doorbell.heard"])
+        if res["bytes"] != 4 or res["errno"] or heard <= heard0:
+            raise Fail(f"host read {res['bytes']} bytes, errno {errname(res['errno'])}, "
+                       f"doorbells heard {heard0} -> {heard}")
+        return (f"4 bytes and the end of stream {(res['t_end'] - t0) * 1000:.0f} ms after the "
+                f"guest's command was sent; {heard - heard0} rings heard")
+
+    def bell_h2g(self, name):
+        g, gc = self.guest, self.gchan(name)
+        g.sh(f"rm -f /tmp/pong; cat {gc}/data > /tmp/pong 2>&1 </dev/null &")
+        time.sleep(1.0)         # the guest's reader waits: its daemon sleeps
+        rung0 = int(self.host.status(name)["doorbell.rung"])
+        heard0 = self.guest_heard(name)
+        with open(os.path.join(self.host.chan(name), "data"), "w") as f:
+            f.write("pong")
+        rc, out = g.sh(f"i=0; until [ \"$(cat /tmp/pong)\" = pong ]; do i=$((i+1)); "
+                       "[ $i -le 100 ] || break; sleep 0.1; done; cat /tmp/pong", check=False)
+        rung = int(self.host.status(name)["doorbell.rung"])
+        heard = self.guest_heard(name)
+        if out.strip() != "pong" or rung <= rung0 or heard <= heard0:
+            raise Fail(f"guest got {out.strip()!r}, the host rang {rung - rung0} times, the "
+                       f"guest heard {heard - heard0}")
+        return (f"pong arrived, polling off in the guest too; the host rang "
+                f"{rung - rung0} times, the guest heard {heard - heard0} (VFIO, MSI-X)")
+
+    def guest_heard(self, name):
+        _, out = self.guest.sh(f"sed -n 's/^doorbell.heard=//p' {self.gchan(name)}/status")
+        return int(out.strip() or 0)
 
     def streams_running(self, name, guest_read=True, guest_write=True):
         """The host's writer and reader of name, and the guest's other
@@ -901,7 +1209,7 @@ class VMTest:
             rc = self.host.unmount()
             if rc != 0:
                 problems.append(f"host mmapfs exited with {rc} at unmount")
-        for side in ("host", "guest"):
+        for side in ("host", "guest", "host-2"):
             bad = BAD_LOG.search(tail(os.path.join(self.work, f"{side}-mmapfs.log"), 100000))
             if bad:
                 problems.append(f"{side} mmapfs logged {bad.group(0)!r}")
@@ -939,8 +1247,12 @@ def main():
                    choices=("auto", "kvm", "tcg"),
                    help="auto: KVM if a probe boots, else TCG (default)")
     p.add_argument("--layout", default=os.environ.get("VMTEST_LAYOUT", "one-device"),
-                   choices=("two-devices", "one-device"))
+                   choices=("two-devices", "one-device", "doorbell"))
     p.add_argument("--boot-timeout", type=float, default=300)
+    p.add_argument("--bench", action="store_true",
+                   default=os.environ.get("VMTEST_BENCH", "") == "1",
+                   help="measure round trips after the handshakes, then stop "
+                        "(contrib/bench/ivshmem-rtt.sh)")
     p.add_argument("--time-limit", type=int, default=900, help="for the whole test, s")
     a = p.parse_args()
     a.mmapfs = os.path.abspath(a.mmapfs)

@@ -1,0 +1,371 @@
+"""The host daemon as the ivshmem server of QEMU's ivshmem-doorbell devices
+(docs/ivshmem.md, "Doorbells"; QEMU's docs/specs/ivshmem-spec.rst): this
+test plays QEMU on the socket. Each client gets version 0, its id, the
+memory's descriptor, peer 0's (the daemon's) eventfd, the others' and its
+own; the others hear of its coming and going. Hostile clients (gone in the
+middle of their setup, sending bytes or descriptors the protocol has not)
+cost the daemon nothing. A write on the host rings a guest that sleeps
+(an attacher on the same memory, its reader blocked), and a guest's ring
+of peer 0 is heard."""
+import os
+import select
+import socket
+import struct
+import time
+
+import pytest
+
+from conftest import sh, wait_state, write_conf
+
+MEM = 1 << 20           # the device's memory: a power of two
+WIN = 256 << 10         # each direction's window
+
+
+def recv_msg(s, timeout=5.0):
+    """One message: (value, fd or None)."""
+    s.settimeout(timeout)
+    data, fds, _, _ = socket.recv_fds(s, 8, 1)
+    assert len(data) == 8, f"short message {data!r}"
+    return struct.unpack("<q", data)[0], (fds[0] if fds else None)
+
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+def setup_msgs(s):
+    """The messages of a client's setup, up to its own eventfd."""
+    version, fd = recv_msg(s)
+    assert (version, fd) == (0, None)
+    my_id, fd = recv_msg(s)
+    assert fd is None and 1 <= my_id <= 65535
+    minus1, memfd = recv_msg(s)
+    assert minus1 == -1 and memfd is not None
+    peers = {}
+    while True:
+        pid, fd = recv_msg(s)
+        assert fd is not None, f"a descriptor-less message {pid} in the setup"
+        peers.setdefault(pid, []).append(fd)
+        if pid == my_id:
+            return my_id, memfd, peers
+
+
+def close_all(memfd, peers):
+    os.close(memfd)
+    for fds in peers.values():
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.fixture
+def server(tmp_path, mount_factory):
+    """A host daemon serving the protocol, a channel "vm" in windows of its
+    memory; -> (mount, socket path, memory path, conf writer)."""
+    mem = tmp_path / "ivshmem"
+    with open(mem, "wb") as f:
+        f.truncate(MEM)
+    sock = str(tmp_path / "ivshmem.sock")
+    conf = write_conf(tmp_path / "host.conf", f"""
+        ivshmem_server = "{sock}";
+        ivshmem_memory = "{mem}";
+        ivshmem_poll = false;
+        channels = ( {{ name = "vm";
+            write_file = "{mem}"; write_offset = 0; write_size = {WIN};
+            read_file = "{mem}"; read_offset = {WIN}; read_size = {WIN}; }} );
+        """)
+    m = mount_factory("-c", conf)
+    return m, sock, str(mem)
+
+
+def test_socket_group(tmp_path, mount_factory):
+    """ivshmem_group: the socket is that group's, mode 0660."""
+    mem = tmp_path / "ivshmem"
+    with open(mem, "wb") as f:
+        f.truncate(MEM)
+    sock = tmp_path / "g.sock"
+    m = mount_factory("-o", f"ivshmem_server={sock},ivshmem_memory={mem},ivshmem_group=1")
+    st = os.stat(sock)
+    assert st.st_gid == 1 and st.st_mode & 0o777 == 0o660
+    c = connect(str(sock))
+    setup = setup_msgs(c)
+    close_all(setup[1], setup[2])
+    c.close()
+
+
+def test_setup_and_peers(server):
+    m, sock, mem = server
+    a = connect(sock)
+    a_id, a_mem, a_peers = setup_msgs(a)
+    assert os.fstat(a_mem).st_size == MEM
+    assert os.fstat(a_mem).st_ino == os.stat(mem).st_ino
+    assert sorted(a_peers) == sorted({0, a_id}) and all(len(v) == 1 for v in a_peers.values())
+    st = m.status("vm")
+    assert st["doorbell"] == "ivshmem-server" and st["doorbell.peers"] == "1"
+
+    b = connect(sock)
+    b_id, b_mem, b_peers = setup_msgs(b)
+    assert b_id != a_id and sorted(b_peers) == sorted({0, a_id, b_id})
+    # a hears of b, with b's eventfd
+    pid, fd = recv_msg(a)
+    assert pid == b_id and fd is not None
+    os.close(fd)
+    b.close()
+    pid, fd = recv_msg(a)
+    assert (pid, fd) == (b_id, None), "a was not told that b left"
+    close_all(b_mem, b_peers)
+    close_all(a_mem, a_peers)
+    a.close()
+
+
+def test_hostile_clients(server, tmp_path):
+    m, sock, _ = server
+    # gone at once, in the middle of the setup, many times
+    for _ in range(50):
+        connect(sock).close()
+    # one that sends what the protocol has not: bytes, and a descriptor
+    j = connect(sock)
+    setup = setup_msgs(j)
+    with open(os.devnull) as f:
+        socket.send_fds(j, [b"x" * 8], [f.fileno()])
+    try:
+        j.sendall(os.urandom(64 << 10))
+    except OSError:
+        pass                            # dropped meanwhile
+    j.settimeout(5)
+    try:
+        while j.recv(4096):
+            pass
+    except (ConnectionResetError, socket.timeout):
+        pass
+    j.close()
+    close_all(setup[1], setup[2])
+    # the server still serves
+    c = connect(sock)
+    c_id, c_mem, c_peers = setup_msgs(c)
+    assert 0 in c_peers
+    close_all(c_mem, c_peers)
+    c.close()
+    assert "dropped: it sends what the protocol has not" in m.log_text()
+
+
+def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
+    """The host's write rings the guest's eventfd only while its reader
+    sleeps; a ring of peer 0 is heard by the host."""
+    m, sock, mem = server
+    g = connect(sock)
+    g_id, g_mem, g_peers = setup_msgs(g)
+    mine = g_peers[g_id][0]
+    # the guest: an attacher on the same memory (here: the same host)
+    conf = write_conf(tmp_path / "guest.conf", f"""
+        channels = ( {{ name = "vm"; role = "attacher";
+            read_file = "{mem}"; read_offset = 0; read_size = {WIN};
+            write_file = "{mem}"; write_offset = {WIN}; write_size = {WIN}; }} );
+        """)
+    a = mount_factory("-c", conf)
+    sh(f"cat {m / 'vm/capabilities'} > {a / 'vm/peer'}")
+    sh(f"cat {a / 'vm/capabilities'} > {m / 'vm/peer'}")
+    wait_state(m, "vm", "ready")
+    wait_state(a, "vm", "ready")
+
+    rung0 = int(m.status("vm")["doorbell.rung"])
+    rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        # a blocked reader: the guest's ticker counts itself as a sleeper
+        p = select.poll()
+        p.register(rd, select.POLLIN)
+        assert not p.poll(200)
+        sh(f"printf hello > {m / 'vm/data'}")
+        assert select.select([mine], [], [], 5)[0], "the guest's eventfd was not rung"
+        assert os.read(mine, 8)
+        assert int(m.status("vm")["doorbell.rung"]) > rung0
+        deadline = time.monotonic() + 5
+        got = b""
+        while got != b"hello" and time.monotonic() < deadline:
+            try:
+                got += os.read(rd, 64)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert got == b"hello"
+    finally:
+        os.close(rd)
+    # the guest rings peer 0 (QEMU writes the eventfd the server gave it)
+    heard0 = int(m.status("vm")["doorbell.heard"])
+    os.write(g_peers[0][0], struct.pack("=Q", 1))
+    deadline = time.monotonic() + 5
+    while int(m.status("vm")["doorbell.heard"]) == heard0:
+        assert time.monotonic() < deadline, "the host did not hear the ring"
+        time.sleep(0.02)
+    close_all(g_mem, g_peers)
+    g.close()
+
+
+@pytest.mark.parametrize("size", [3 << 20, 4096])
+def test_memory_refused(tmp_path, size):
+    """QEMU exits on a BAR whose size is no power of two: refused at start,
+    naming the key, nothing mounted, no socket left."""
+    from conftest import MMAPFS
+    mem = tmp_path / "odd"
+    with open(mem, "wb") as f:
+        f.truncate(size)
+    sock = tmp_path / "s.sock"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = sh(f"{MMAPFS} -f -o ivshmem_server={sock},ivshmem_memory={mem} {mnt}",
+           check=False, timeout=10)
+    assert r.returncode != 0 and "ivshmem_memory" in r.stderr and "power of two" in r.stderr
+    assert not sock.exists()
+
+
+def test_settings_checked(tmp_path):
+    from conftest import MMAPFS
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    notdev = tmp_path / "notdev"
+    notdev.mkdir()
+    for opts, says in ((f"ivshmem_server={tmp_path}/s.sock", "go together"),
+                       ("ivshmem_peer=70000", "0..65535"),
+                       ("ivshmem_poll=maybe", "on or off"),
+                       (f"ivshmem_device={notdev}", "not an ivshmem device"),
+                       ("ivshmem_device=relative", "not an absolute path"),
+                       (f"ivshmem_device={notdev},ivshmem_server={tmp_path}/s.sock,"
+                        f"ivshmem_memory={notdev}", "exclude each other")):
+        r = sh(f"{MMAPFS} -f -o {opts} {mnt}", check=False, timeout=10)
+        assert r.returncode != 0 and says in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("line,says", [
+    ('ivshmem_poll = "no";', "ivshmem_poll: expected true or false"),
+    ("ivshmem_peer = 70000;", "ivshmem_peer: 70000: expected a peer id"),
+    ('ivshmem_server = "rel.sock";', "ivshmem_server: not an absolute path"),
+    ('ivshmem_bogus = 1;', "ivshmem_bogus: unknown key"),
+])
+def test_file_keys_checked(tmp_path, line, says):
+    """A bad ivshmem key of the file: its line and key named, nothing mounted."""
+    from conftest import MMAPFS
+    conf = write_conf(tmp_path / "bad.conf", f"""
+        # line 2
+        {line}
+        """)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = sh(f"{MMAPFS} -f -c {conf} {mnt}", check=False, timeout=10)
+    assert r.returncode != 0 and f"{conf}:3: {says}" in r.stderr, r.stderr
+
+
+def test_join_an_existing_server(tmp_path, mount_factory):
+    """ivshmem_client: the daemon joins a server (played here) as a peer:
+    it hears its own eventfd, rings a sleeping peer's, forgets a peer gone,
+    ignores nonsense, and goes on (polling) when the server leaves."""
+    mem = tmp_path / "ivshmem"
+    with open(mem, "wb") as f:
+        f.truncate(MEM)
+    path = str(tmp_path / "server.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    conf = write_conf(tmp_path / "host.conf", f"""
+        ivshmem_client = "{path}";
+        channels = ( {{ name = "vm";
+            write_file = "{mem}"; write_offset = 0; write_size = {WIN};
+            read_file = "{mem}"; read_offset = {WIN}; read_size = {WIN}; }} );
+        """)
+    peer0, mine = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    memfd = os.open(mem, os.O_RDWR)
+
+    def msg(s, v, fd=None):
+        data = struct.pack("<q", v)
+        if fd is None:
+            s.sendall(data)
+        else:
+            socket.send_fds(s, [data], [fd])
+
+    import threading
+    conns = []
+
+    def serve():
+        c, _ = lsock.accept()
+        conns.append(c)
+        msg(c, 0)
+        msg(c, 3)                      # its id
+        msg(c, -1, memfd)
+        msg(c, 0, peer0)               # peer 0, one vector
+        msg(c, 3, mine)                # its own
+    t = threading.Thread(target=serve)
+    t.start()
+    m = mount_factory("-c", conf)
+    t.join(5)
+    c = conns[0]
+    deadline = time.monotonic() + 5
+    while m.status("vm").get("doorbell.id") != "3":
+        assert time.monotonic() < deadline, m.status("vm")
+        time.sleep(0.02)
+    assert m.status("vm")["doorbell"] == "ivshmem-client"
+    # a ring of ours (the eventfd the server gave us) is heard
+    os.write(mine, struct.pack("=Q", 1))
+    deadline = time.monotonic() + 5
+    while m.status("vm")["doorbell.heard"] == "0":
+        assert time.monotonic() < deadline, "the ring was not heard"
+        time.sleep(0.02)
+    # an attacher on the same memory sleeps in a read: the daemon rings peer 0
+    aconf = write_conf(tmp_path / "guest.conf", f"""
+        channels = ( {{ name = "vm"; role = "attacher";
+            read_file = "{mem}"; read_offset = 0; read_size = {WIN};
+            write_file = "{mem}"; write_offset = {WIN}; write_size = {WIN}; }} );
+        """)
+    a = mount_factory("-c", aconf)
+    sh(f"cat {m / 'vm/capabilities'} > {a / 'vm/peer'}")
+    sh(f"cat {a / 'vm/capabilities'} > {m / 'vm/peer'}")
+    wait_state(m, "vm", "ready")
+    wait_state(a, "vm", "ready")
+    rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        p = select.poll()
+        p.register(rd, select.POLLIN)
+        assert not p.poll(200)
+        sh(f"printf hello > {m / 'vm/data'}")
+        assert select.select([peer0], [], [], 5)[0], "peer 0 was not rung"
+    finally:
+        os.close(rd)
+    # nonsense, a peer gone, the server gone: logged, the daemon goes on
+    msg(c, 70000)
+    msg(c, 0)
+    deadline = time.monotonic() + 5
+    while "peer 0 left" not in m.log_text():
+        assert time.monotonic() < deadline, m.log_text()
+        time.sleep(0.02)
+    c.close()
+    lsock.close()
+    deadline = time.monotonic() + 5
+    while "the server left" not in m.log_text():
+        assert time.monotonic() < deadline, m.log_text()
+        time.sleep(0.02)
+    assert "the server sent 70000: ignored" in m.log_text()
+    assert m.status("vm")["state"] == "ready"
+    for fd in (peer0, mine, memfd):
+        os.close(fd)
+
+
+def test_join_refuses_another_protocol(tmp_path):
+    """A server whose first words are not version 0: refused at start."""
+    from conftest import MMAPFS
+    import threading
+    path = str(tmp_path / "odd.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+
+    def serve():
+        c, _ = lsock.accept()
+        c.sendall(struct.pack("<q", 7))
+        time.sleep(1)
+        c.close()
+    t = threading.Thread(target=serve)
+    t.start()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = sh(f"{MMAPFS} -f -o ivshmem_client={path} {mnt}", check=False, timeout=10)
+    t.join(5)
+    lsock.close()
+    assert r.returncode != 0 and "not QEMU's ivshmem protocol" in r.stderr, r.stderr
