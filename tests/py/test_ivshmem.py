@@ -150,14 +150,9 @@ def test_hostile_clients(server, tmp_path):
     assert "dropped: it sends what the protocol has not" in m.log_text()
 
 
-def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
-    """The host's write rings the guest's eventfd only while its reader
-    sleeps; a ring of peer 0 is heard by the host."""
-    m, sock, mem = server
-    g = connect(sock)
-    g_id, g_mem, g_peers = setup_msgs(g)
-    mine = g_peers[g_id][0]
-    # the guest: an attacher on the same memory (here: the same host)
+def attacher_on(m, mem, tmp_path, mount_factory):
+    """A mount attaching channel vm to m's, on the same memory file (the
+    guest's view, here on the same host), handshaken: the mount."""
     conf = write_conf(tmp_path / "guest.conf", f"""
         channels = ( {{ name = "vm"; role = "attacher";
             read_file = "{mem}"; read_offset = 0; read_size = {WIN};
@@ -168,6 +163,18 @@ def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     sh(f"cat {a / 'vm/capabilities'} > {m / 'vm/peer'}")
     wait_state(m, "vm", "ready")
     wait_state(a, "vm", "ready")
+    return a
+
+
+def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
+    """The host's write rings the guest's eventfd only while its reader
+    sleeps; a ring of peer 0 is heard by the host."""
+    m, sock, mem = server
+    g = connect(sock)
+    g_id, g_mem, g_peers = setup_msgs(g)
+    mine = g_peers[g_id][0]
+    # the guest: an attacher on the same memory (here: the same host)
+    a = attacher_on(m, mem, tmp_path, mount_factory)
 
     rung0 = int(m.status("vm")["doorbell.rung"])
     rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
@@ -309,16 +316,7 @@ def test_join_an_existing_server(tmp_path, mount_factory):
         assert time.monotonic() < deadline, "the ring was not heard"
         time.sleep(0.02)
     # an attacher on the same memory sleeps in a read: the daemon rings peer 0
-    aconf = write_conf(tmp_path / "guest.conf", f"""
-        channels = ( {{ name = "vm"; role = "attacher";
-            read_file = "{mem}"; read_offset = 0; read_size = {WIN};
-            write_file = "{mem}"; write_offset = {WIN}; write_size = {WIN}; }} );
-        """)
-    a = mount_factory("-c", aconf)
-    sh(f"cat {m / 'vm/capabilities'} > {a / 'vm/peer'}")
-    sh(f"cat {a / 'vm/capabilities'} > {m / 'vm/peer'}")
-    wait_state(m, "vm", "ready")
-    wait_state(a, "vm", "ready")
+    a = attacher_on(m, mem, tmp_path, mount_factory)
     rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
     try:
         p = select.poll()
