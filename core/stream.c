@@ -31,6 +31,20 @@ static int raw_word(const struct mm_dir *d, unsigned i, uint32_t *v)
 	return r;
 }
 
+/* A word of a trailer, and its raw value, for the same. */
+static uint32_t *ext_word(uint8_t *ext, unsigned i)
+{
+	return (uint32_t *)(void *)(ext + 4 * i);
+}
+
+static int raw_ext(uint8_t *ext, unsigned i, uint32_t *v)
+{
+	int r = mm_ext_load(ext, i, v);
+
+	*v = htole32(*v);
+	return r;
+}
+
 static struct mm_dir *dir_of(struct mm_channel *ch, unsigned dir)
 {
 	return dir == MM_RD ? &ch->rd : &ch->wr;
@@ -220,7 +234,8 @@ static void end_stream(struct mm_dir *d, bool cut)
 		mm_ext_store(d->ext2, MM_EXT2_W_EOF_ABORT, cut ? bits | bit : bits & ~bit);
 	}
 	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
-	mm_futex_wake(word_of(d, W_END));
+	mm_futex_wake(ext_word(d->ext, MM_EXT_W_CLOSE_SEQ));
+	mm_futex_wake(word_of(d, W_END));	/* where an older reader waits */
 	if (d->bell)
 		wake(d, W_END);		/* the doorbell, if the reader sleeps */
 }
@@ -421,7 +436,8 @@ static int eof_take(struct mm_dir *d)
 	d->eof_ack++;
 	if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
 		return -EFAULT;
-	mm_futex_wake(word_of(d, W_START));
+	mm_futex_wake(ext_word(d->ext, MM_EXT_W_EOF_ACK));
+	mm_futex_wake(word_of(d, W_START));	/* where an older writer waits */
 	if (d->bell)
 		wake(d, W_START);	/* the doorbell, if the writer sleeps */
 	return 0;
@@ -680,11 +696,22 @@ unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
 
 	if (mm_channel_state(ch) != MM_STATE_READY)
 		return 0;
-	/* data and ends of stream move data_end; space moves data_start */
-	if ((events & POLLIN) && ch->rd.usable && raw_word(&ch->rd, W_END, &seen[n]) == 0)
-		words[n++] = word_of(&ch->rd, W_END);
-	if ((events & POLLOUT) && ch->wr.usable && raw_word(&ch->wr, W_START, &seen[n]) == 0)
-		words[n++] = word_of(&ch->wr, W_START);
+	/* data moves data_end, an end of stream close_seq; space moves
+	 * data_start, an end of stream taken eof_ack. An end of stream moves
+	 * no pointer: a wait on data_end alone could miss the wake of one
+	 * that came after its look at the state */
+	if ((events & POLLIN) && ch->rd.usable) {
+		if (raw_word(&ch->rd, W_END, &seen[n]) == 0)
+			words[n++] = word_of(&ch->rd, W_END);
+		if (ch->rd.ext && raw_ext(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &seen[n]) == 0)
+			words[n++] = ext_word(ch->rd.ext, MM_EXT_W_CLOSE_SEQ);
+	}
+	if ((events & POLLOUT) && ch->wr.usable) {
+		if (raw_word(&ch->wr, W_START, &seen[n]) == 0)
+			words[n++] = word_of(&ch->wr, W_START);
+		if (ch->wr.ext && raw_ext(ch->wr.ext, MM_EXT_W_EOF_ACK, &seen[n]) == 0)
+			words[n++] = ext_word(ch->wr.ext, MM_EXT_W_EOF_ACK);
+	}
 	return n;
 }
 

@@ -131,7 +131,8 @@ void mm_stream_wake(struct mm_channel *ch);
 void mm_stream_sleepers(struct mm_channel *ch, unsigned events, bool add);
 
 /* The shared words whose change may make `events` (POLLIN, POLLOUT) come
- * true, with their values now, for a futex wait: at most two. Load them
+ * true, with their values now, for a futex wait: at most four (a pointer
+ * and, with the trailer, the count of ends of stream, each way). Load them
  * before checking mm_stream_poll(), so no change falls in between. */
 unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
 			      uint32_t **words, uint32_t *seen);

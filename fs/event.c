@@ -261,7 +261,7 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 	for (unsigned k = 0; k < fs->nwatchers; k++)
 		fs->watchers[k]->n = 0;
 	for (w = fs->waiters; w; w = next) {
-		uint32_t st[MM_STREAM_STATE_WORDS], *wd[2], v[2];
+		uint32_t st[MM_STREAM_STATE_WORDS], *wd[4], v[4];
 		unsigned k;
 
 		next = w->next;
