@@ -166,6 +166,16 @@ def attacher_on(m, mem, tmp_path, mount_factory):
     return a
 
 
+def write_to_sleeper(m, rd, efd, who):
+    """rd, the attacher's data, has nothing and its reader sleeps; `hello`
+    written into m's data rings the eventfd efd (who: for the message)."""
+    p = select.poll()
+    p.register(rd, select.POLLIN)
+    assert not p.poll(200)
+    sh(f"printf hello > {m / 'vm/data'}")
+    assert select.select([efd], [], [], 5)[0], f"{who} was not rung"
+
+
 def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     """The host's write rings the guest's eventfd only while its reader
     sleeps; a ring of peer 0 is heard by the host."""
@@ -180,11 +190,7 @@ def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
     try:
         # a blocked reader: the guest's ticker counts itself as a sleeper
-        p = select.poll()
-        p.register(rd, select.POLLIN)
-        assert not p.poll(200)
-        sh(f"printf hello > {m / 'vm/data'}")
-        assert select.select([mine], [], [], 5)[0], "the guest's eventfd was not rung"
+        write_to_sleeper(m, rd, mine, "the guest's eventfd")
         assert os.read(mine, 8)
         assert int(m.status("vm")["doorbell.rung"]) > rung0
         deadline = time.monotonic() + 5
@@ -319,11 +325,7 @@ def test_join_an_existing_server(tmp_path, mount_factory):
     a = attacher_on(m, mem, tmp_path, mount_factory)
     rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
     try:
-        p = select.poll()
-        p.register(rd, select.POLLIN)
-        assert not p.poll(200)
-        sh(f"printf hello > {m / 'vm/data'}")
-        assert select.select([peer0], [], [], 5)[0], "peer 0 was not rung"
+        write_to_sleeper(m, rd, peer0, "peer 0")
     finally:
         os.close(rd)
     # nonsense, a peer gone, the server gone: logged, the daemon goes on

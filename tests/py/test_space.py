@@ -53,6 +53,15 @@ def test_reserve_fails_mkdir_up_front(mount_factory, small_fs):
     assert "no space left for its" in m.log_text()
 
 
+def read_into(path, h):
+    """Read path to its end of file into the hash h."""
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            piece = f.read(1 << 16)
+            if not piece:
+                return
+            h.update(piece)
+
 def almost_full(mount_factory, small_fs):
     """A channel of 1 MiB rings on the small filesystem, and a filler file
     that leaves less room than the ring needs: (c, a, filler)."""
@@ -73,15 +82,7 @@ def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     got = hashlib.sha256()
     nospace = []
 
-    def read_all():
-        with open(a / "chan/data", "rb", buffering=0) as f:
-            while True:
-                piece = f.read(1 << 16)
-                if not piece:
-                    return
-                got.update(piece)
-
-    reader = threading.Thread(target=read_all)
+    reader = threading.Thread(target=read_into, args=(a / "chan/data", got))
     reader.start()
     fd = os.open(c / "chan/data", os.O_WRONLY)
     try:
@@ -105,7 +106,6 @@ def test_write_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     assert got.hexdigest() == hashlib.sha256(blob).hexdigest()
 
 
-
 def test_send_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     """The FIFO entry `send` reads its FIFO straight into the ring: on a full
     filesystem its pump waits (a FIFO's writer cannot be told ENOSPC; it
@@ -115,19 +115,12 @@ def test_send_on_a_full_filesystem(mount_factory, small_fs, tmp_path):
     blob = os.urandom(3 << 20)
     got = hashlib.sha256()
 
-    def read_all():
-        with open(a / "chan/recv", "rb", buffering=0) as f:
-            while True:
-                piece = f.read(1 << 16)
-                if not piece:
-                    return
-                got.update(piece)
-
     def write_all():
         with open(c / "chan/send", "wb", buffering=0) as f:
             f.write(blob)
 
-    threads = [threading.Thread(target=read_all), threading.Thread(target=write_all)]
+    threads = [threading.Thread(target=read_into, args=(a / "chan/recv", got)),
+               threading.Thread(target=write_all)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 20
