@@ -218,18 +218,24 @@ int mm_ring_commit(const struct mm_ring *r, struct mm_ring_pos *p, size_t n)
 	return store(word(r, 1), p->end);
 }
 
+/* The writer in the same lap as its reader, window bytes or more into the
+ * ring, with marks in use. */
+static bool past_window(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window)
+{
+	return r->mark && p->lap == r->end && p->end >= p->start &&
+	       p->end - MM_RING_HEADER >= window;
+}
+
 bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
 			 size_t window)
 {
-	return r->mark && p->lap == r->end && p->end >= p->start &&
-	       p->end - MM_RING_HEADER >= window && p->start - MM_RING_HEADER >= window / 2 &&
-	       window / 2 > 0;
+	return past_window(r, p, window) && window / 2 > 0 &&
+	       p->start - MM_RING_HEADER >= window / 2;
 }
 
 bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window)
 {
-	return r->mark && p->lap == r->end && p->end >= p->start &&
-	       p->end - MM_RING_HEADER >= window && p->start - MM_RING_HEADER < window / 2;
+	return past_window(r, p, window) && p->start - MM_RING_HEADER < window / 2;
 }
 
 int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again)
