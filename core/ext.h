@@ -69,7 +69,10 @@ enum mm_ext2_word {
 	MM_EXT2_W_EPOCH = 3,		/* + role */
 	MM_EXT2_W_MARK = 5,		/* the writer's: where it started again at 8 */
 	MM_EXT2_W_FOLLOWS = 6,		/* the reader's: 1, it follows the mark */
-	MM_EXT2_W_MARK_ON = 7,		/* the writer's: 1, it leaves marks */
+	MM_EXT2_W_MARK_ON = 7,		/* the writer's: 1, it leaves marks (and
+					 * goes on at 8), 2 (at MM_RING_AGAIN) */
+	MM_EXT2_W_ALIGNED = 8,		/* the reader's: 1, it follows a mark to
+					 * MM_RING_AGAIN too */
 };
 
 #define MM_EXT_VERIFIED 1u

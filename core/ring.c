@@ -56,34 +56,36 @@ static int normalize(const struct mm_ring *r, uint32_t v, uint32_t *out)
 
 struct load_args {
 	const struct mm_ring *r;
-	uint32_t start, end, mark;
+	uint32_t start, end, mark, again;
 };
 
-/* The mark after end, the writer's word saying it leaves marks after the
- * mark: each is stored before what is loaded ahead of it. A mark from a
- * writer that never said so is none. */
+/* The mark after end, the writer's word saying it leaves marks (and where
+ * it goes on) after the mark: each is stored before what is loaded ahead
+ * of it. A mark from a writer that never said so is none. */
 static int do_load(void *arg)
 {
 	struct load_args *l = arg;
+	uint32_t on;
 
 	l->start = load_at(word(l->r, 0));
 	l->end = load_at(word(l->r, 1));
 	l->mark = l->r->mark ? load_at(l->r->mark) : 0;
-	if (l->mark && load_at(l->r->mark_on) != 1)
+	on = l->mark ? load_at(l->r->mark_on) : 0;
+	l->again = on == 2 ? MM_RING_AGAIN : MM_RING_HEADER;
+	if (on != 1 && on != 2)
 		l->mark = 0;
 	return 0;
 }
 
 /* The mark holds while the reader has yet to reach it, behind a writer
- * that started again (end < start <= mark); a mark saying anything else
- * is not one (the writer clears it). */
-static uint32_t lap_of(const struct mm_ring *r, const struct mm_ring_pos *p)
+ * that started again (again <= end < start <= mark); a mark saying
+ * anything else is not one (the writer clears it). */
+static bool in_effect(const struct mm_ring *r, const struct mm_ring_pos *p, uint32_t again)
 {
 	uint32_t m = p->mark;
 
-	if (m > MM_RING_HEADER && m < r->end && p->end < p->start && p->start <= m)
-		return m;
-	return r->end;
+	return m > MM_RING_HEADER && m < r->end && again <= p->end && p->end < p->start &&
+	       p->start <= m;
 }
 
 int mm_ring_load(const struct mm_ring *r, struct mm_ring_pos *p)
@@ -98,7 +100,12 @@ int mm_ring_load(const struct mm_ring *r, struct mm_ring_pos *p)
 	if (normalize(r, l.start, &v.start) < 0 || normalize(r, l.end, &v.end) < 0)
 		return -EPROTO;
 	v.mark = l.mark;
-	v.lap = lap_of(r, &v);
+	v.lap = r->end;
+	v.again = MM_RING_HEADER;
+	if (in_effect(r, &v, l.again)) {
+		v.lap = v.mark;
+		v.again = l.again;
+	}
 	*p = v;
 	return 0;
 }
@@ -108,7 +115,7 @@ size_t mm_ring_used(const struct mm_ring *r, const struct mm_ring_pos *p)
 	(void)r;
 	if (p->end >= p->start)
 		return p->end - p->start;
-	return (p->lap - p->start) + (p->end - MM_RING_HEADER);
+	return (p->lap - p->start) + (p->end - p->again);
 }
 
 /* Behind a mark the space between it and the ring's end is not free: the
@@ -125,34 +132,35 @@ size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32
 	(void)r;
 	if (b >= p->start && b <= (p->end >= p->start ? p->end : p->lap))
 		return b - p->start;
-	if (p->end < p->start && b <= p->end)
-		return (p->lap - p->start) + (b - MM_RING_HEADER);
+	if (p->end < p->start && b <= p->end && b >= p->again)
+		return (p->lap - p->start) + (b - p->again);
 	return SIZE_MAX;
 }
 
-/* A reader at the mark goes on at 8. */
-static uint32_t lap_start(uint32_t at, uint32_t lap)
+/* At the lap's end (the ring's, or the mark) the next lap begins. */
+static uint32_t lap_start(const struct mm_ring_pos *p, uint32_t at)
 {
-	return at >= lap ? MM_RING_HEADER : at;
+	return at >= p->lap ? p->again : at;
 }
 
-/* Split n bytes from offset at into at most two pieces, wrapping at lap. */
-static int span(const struct mm_ring *r, uint32_t at, uint32_t lap, size_t n,
+/* Split n bytes from offset at into at most two pieces, wrapping at p's
+ * lap. */
+static int span(const struct mm_ring *r, const struct mm_ring_pos *p, uint32_t at, size_t n,
 		struct iovec iov[2])
 {
 	size_t first;
 
 	if (n == 0)
 		return 0;
-	at = lap_start(at, lap);
-	first = lap - at;
+	at = lap_start(p, at);
+	first = p->lap - at;
 	iov[0].iov_base = r->base + at;
 	if (n <= first) {
 		iov[0].iov_len = n;
 		return 1;
 	}
 	iov[0].iov_len = first;
-	iov[1].iov_base = r->base + MM_RING_HEADER;
+	iov[1].iov_base = r->base + p->again;
 	iov[1].iov_len = n - first;
 	return 2;
 }
@@ -163,7 +171,7 @@ int mm_ring_read_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 	size_t n = mm_ring_used(r, p);
 
 	*len = n < max ? n : max;
-	return span(r, p->start, p->lap, *len, iov);
+	return span(r, p, p->start, *len, iov);
 }
 
 int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
@@ -172,18 +180,18 @@ int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 	size_t n = mm_ring_free(r, p);
 
 	*len = n < max ? n : max;
-	return span(r, p->end, p->lap, *len, iov);
+	return span(r, p, p->end, *len, iov);
 }
 
-/* n bytes on from at, in a lap that ends at lap (n: at most what is
- * unread or free there). */
-static uint32_t advance(uint32_t at, uint32_t lap, size_t n)
+/* n bytes on from at, in p's lap (n: at most what is unread or free
+ * there). */
+static uint32_t advance(const struct mm_ring_pos *p, uint32_t at, size_t n)
 {
 	size_t first;
 
-	at = lap_start(at, lap);
-	first = lap - at;
-	return (uint32_t)(n < first ? at + n : MM_RING_HEADER + (n - first));
+	at = lap_start(p, at);
+	first = p->lap - at;
+	return (uint32_t)(n < first ? at + n : p->again + (n - first));
 }
 
 struct store_args {
@@ -208,13 +216,13 @@ static int store(uint32_t *w, uint32_t v)
 
 int mm_ring_consume(const struct mm_ring *r, struct mm_ring_pos *p, size_t n)
 {
-	p->start = advance(p->start, p->lap, n);
+	p->start = advance(p, p->start, n);
 	return store(word(r, 0), p->start);
 }
 
 int mm_ring_commit(const struct mm_ring *r, struct mm_ring_pos *p, size_t n)
 {
-	p->end = advance(p->end, p->lap, n);
+	p->end = advance(p, p->end, n);
 	return store(word(r, 1), p->end);
 }
 
@@ -226,29 +234,36 @@ static bool past_window(const struct mm_ring *r, const struct mm_ring_pos *p, si
 	       p->end - MM_RING_HEADER >= window;
 }
 
+/* Half a window from again to the reader's start. */
+static bool room_before(const struct mm_ring_pos *p, size_t window, uint32_t again)
+{
+	return window / 2 > 0 && p->start > again && p->start - again >= window / 2;
+}
+
 bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
-			 size_t window)
+			 size_t window, uint32_t again)
 {
-	return past_window(r, p, window) && window / 2 > 0 &&
-	       p->start - MM_RING_HEADER >= window / 2;
+	return past_window(r, p, window) && room_before(p, window, again);
 }
 
-bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window)
+bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window,
+		     uint32_t again)
 {
-	return past_window(r, p, window) && p->start - MM_RING_HEADER < window / 2;
+	return past_window(r, p, window) && !room_before(p, window, again);
 }
 
-int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again)
+int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, uint32_t again)
 {
 	int ret = 0;
 
 	if (again) {
-		ret = store(r->mark_on, 1);
+		ret = store(r->mark_on, again == MM_RING_AGAIN ? 2 : 1);
 		if (ret == 0)
 			ret = store(r->mark, p->end);
 		if (ret == 0) {
 			p->mark = p->lap = p->end;
-			p->end = MM_RING_HEADER;
+			p->end = again;
+			p->again = again;
 		}
 	} else if (r->mark && p->mark && p->lap == r->end) {
 		ret = store(r->mark, 0);

@@ -17,10 +17,14 @@
  *
  * The working window (docs/PROTOCOL.md, "The working window"): between
  * mmapfs ends of version 2, a writer whose reader follows the rule may start
- * again at 8 before the ring's end, leaving a mark (a word of the trailer)
- * where it left off; the reader, at the mark, goes on at 8. So a stream
- * whose reader keeps up walks the first MM_RING_WINDOW bytes of the ring,
- * which stay in the cache, not the whole ring. */
+ * again before the ring's end, leaving a mark (a word of the trailer) where
+ * it left off; the reader, at the mark, goes on where the writer did: at 8,
+ * or at MM_RING_AGAIN for a reader that says it follows there too. So a
+ * stream whose reader keeps up walks the first MM_RING_WINDOW bytes of the
+ * ring, which stay in the cache, not the whole ring; and from the first
+ * restart at MM_RING_AGAIN on, blocks of a multiple of 64 bytes lie at the
+ * same offsets in a cache line as in a page-aligned buffer (copies whose
+ * source and destination differ there can be ten times slower). */
 #ifndef MMAPFS_RING_H
 #define MMAPFS_RING_H
 
@@ -31,6 +35,7 @@
 
 #define MM_RING_HEADER 8
 #define MM_RING_WINDOW (1024 * 1024)
+#define MM_RING_AGAIN 4096	/* the aligned place to start again */
 
 struct mm_ring {
 	uint8_t *base;		/* the area */
@@ -39,18 +44,21 @@ struct mm_ring {
 	uint32_t *mark;		/* the writer's mark, where it started again
 				 * at 8 (in the trailer), or NULL: none */
 	uint32_t *mark_on;	/* the writer's word saying it leaves marks:
-				 * a mark counts only when it holds 1 */
+				 * a mark counts only when it holds 1 (the
+				 * writer goes on at 8) or 2 (at MM_RING_AGAIN) */
 };
 
 /* One validated snapshot of the two pointers, both in [8, end), and of the
- * mark: the unread bytes are [start, lap) then [8, end) when end < start,
- * else [start, end). */
+ * mark: the unread bytes are [start, lap) then [again, end) when end <
+ * start, else [start, end). */
 struct mm_ring_pos {
 	uint32_t start;
 	uint32_t end;
 	uint32_t lap;		/* where this lap's data stops: the mark while
 				 * the reader has yet to reach it, else r->end */
 	uint32_t mark;		/* the mark word as loaded (0: none) */
+	uint32_t again;		/* where the next lap begins: 8 at the ring's
+				 * end, 8 or MM_RING_AGAIN at a mark */
 };
 
 /* Set up r over an area of area_size bytes whose ring stops at ring_end,
@@ -87,23 +95,26 @@ int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
 size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32_t b);
 
 /* The writer's working window, as it is about to write at p: is it due to
- * start again at 8 (the first `window` bytes of the ring behind its end,
- * and by half behind the reader's start, with no mark of its own the reader
- * has yet to reach)? The caller checks what the ring cannot: that the reader
- * follows marks, and that no end of stream waits at the writer's end. */
+ * start again at `again` (8 or MM_RING_AGAIN: the first `window` bytes of
+ * the ring behind its end, and half a window from there to the reader's
+ * start, with no mark of its own the reader has yet to reach)? The caller
+ * checks what the ring cannot: that the reader follows marks (and to
+ * where), and that no end of stream waits at the writer's end. */
 bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
-			 size_t window);
+			 size_t window, uint32_t again);
 
-/* Is the writer at the window's edge, unable to start again yet: its end
- * `window` bytes or more into the ring, its reader's start less than half
- * a window? (Where a reader slower than its writer would let the writer
- * walk on through the whole ring.) */
-bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window);
+/* Is the writer at the window's edge, unable to start again at `again`
+ * yet: its end `window` bytes or more into the ring, its reader's start
+ * less than half a window beyond `again`? (Where a reader slower than its
+ * writer would let the writer walk on through the whole ring.) */
+bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window,
+		     uint32_t again);
 
-/* Then, with `again`, say that the writer leaves marks, leave one at its
- * end and start again at 8 (p follows); without, only clear a mark the reader has passed, before
- * the writer can pass it again. 0 or -EFAULT. */
-int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, bool again);
+/* Then, with `again` (8 or MM_RING_AGAIN), say that the writer leaves marks
+ * and goes on there, leave a mark at its end and start again there (p
+ * follows); with 0, only clear a mark the reader has passed, before the
+ * writer can pass it again. 0 or -EFAULT. */
+int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, uint32_t again);
 
 /* Publish n bytes read (start moves) or written (end moves) since p was
  * loaded. n must not exceed what mm_ring_used/free said. 0 or -EFAULT. */

@@ -171,8 +171,10 @@ void mm_dir_claimed(struct mm_dir *d)
 void mm_reader_claimed(struct mm_dir *d)
 {
 	mm_dir_claimed(d);
-	if (d->ext2)
+	if (d->ext2) {
+		mm_ext_store(d->ext2, MM_EXT2_W_ALIGNED, 1);
 		mm_ext_store(d->ext2, MM_EXT2_W_FOLLOWS, 1);
+	}
 }
 
 /* Has the writer's stream been cut since its claim: failed by either end
@@ -255,16 +257,21 @@ static int writer_told(struct mm_channel *ch, struct mm_dir *d, int r)
 
 /* ---- writing ---- */
 
-/* May the writer start again at 8 (ring.h, the working window): does the
- * reader follow the mark, and has it taken every end of stream (one may
- * stand at the writer's end, where the mark would go)? */
-static bool restart_allowed(const struct mm_dir *d)
+/* Where may the writer start again (ring.h, the working window): 0
+ * nowhere, unless the reader follows the mark and has taken every end of
+ * stream (one may stand at the writer's end, where the mark would go); at
+ * MM_RING_AGAIN if it follows there too, else at 8. */
+static uint32_t restart_to(const struct mm_dir *d)
 {
-	uint32_t follows = 0, cs = 1, ack = 0;
+	uint32_t follows = 0, aligned = 0, cs = 1, ack = 0;
 
-	return d->ext2 && mm_ext_load(d->ext2, MM_EXT2_W_FOLLOWS, &follows) == 0 &&
-	       follows == 1 && mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) == 0 &&
-	       mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) == 0 && cs == ack;
+	if (!d->ext2 || mm_ext_load(d->ext2, MM_EXT2_W_FOLLOWS, &follows) < 0 || follows != 1 ||
+	    mm_ext_load(d->ext, MM_EXT_W_CLOSE_SEQ, &cs) < 0 ||
+	    mm_ext_load(d->ext, MM_EXT_W_EOF_ACK, &ack) < 0 || cs != ack)
+		return 0;
+	if (mm_ext_load(d->ext2, MM_EXT2_W_ALIGNED, &aligned) == 0 && aligned == 1)
+		return MM_RING_AGAIN;
+	return MM_RING_HEADER;
 }
 
 /* write_begin, with the blocking library writer's hold (stream.h). */
@@ -283,13 +290,14 @@ static ssize_t write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s
 		return stream_fail(ch, MM_WR, -EFAULT);
 	r = mm_ring_load(&d->ring, &s->pos);
 	if (r == 0 && d->ring.mark) {
-		bool again = mm_ring_restart_due(&d->ring, &s->pos, MM_RING_WINDOW) &&
-			     restart_allowed(d);
+		uint32_t to = restart_to(d);
+		uint32_t again = to && mm_ring_restart_due(&d->ring, &s->pos, MM_RING_WINDOW, to) ?
+				 to : 0;
 
 		if (again || s->pos.mark)
 			r = mm_ring_restart(&d->ring, &s->pos, again);
-		if (r == 0 && !again && hold && mm_ring_at_edge(&d->ring, &s->pos, MM_RING_WINDOW) &&
-		    restart_allowed(d) && hold(arg))
+		if (r == 0 && !again && to && hold &&
+		    mm_ring_at_edge(&d->ring, &s->pos, MM_RING_WINDOW, to) && hold(arg))
 			return -EAGAIN;
 	}
 	if (r < 0)

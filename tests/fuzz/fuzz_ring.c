@@ -41,7 +41,7 @@ static void check_pos(const struct mm_ring *r, const struct mm_ring_pos *p)
 		abort();
 	if (mm_ring_used(r, p) > mm_ring_capacity(r) || both > mm_ring_capacity(r) ||
 	    (p->lap == r->end && both != mm_ring_capacity(r)) ||
-	    (p->lap != r->end && both != p->lap - MM_RING_HEADER - 1))
+	    (p->lap != r->end && both != p->lap - p->again - 1))
 		abort();
 }
 
@@ -102,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			used = mm_ring_used(&r, &p);
 			/* a writer clears a mark its reader has passed before it
 			 * writes (ring.h): ours does so at each step */
-			if (mm_ring_restart(&r, &p, false) != 0)
+			if (mm_ring_restart(&r, &p, 0) != 0)
 				abort();
 		}
 		switch (what) {
@@ -163,10 +163,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (mm_ring_raw(&r, &s, &e) != 0)
 				abort();
 			break;
-		case 7:		/* the writer's working window of len bytes */
+		case 7:		/* the writer's working window of len bytes,
+				 * starting again at 8 or at MM_RING_AGAIN */
 			if (!loaded)
 				break;
-			if (mm_ring_restart(&r, &p, mm_ring_restart_due(&r, &p, len)) != 0)
+			s = take(&in, 1) & 1 ? MM_RING_AGAIN : MM_RING_HEADER;
+			if (mm_ring_restart(&r, &p, mm_ring_restart_due(&r, &p, len, s) ? s : 0) != 0)
 				abort();
 			check_pos(&r, &p);
 			if (mm_ring_used(&r, &p) != used)

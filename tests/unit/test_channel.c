@@ -1091,15 +1091,33 @@ static void test_window(void)
 
 		mm_ext_load(C.wr.ext2, MM_EXT2_W_FOLLOWS, &f);
 		CHECK_U64(f, ==, 1);
+		mm_ext_load(C.wr.ext2, MM_EXT2_W_ALIGNED, &f);
+		CHECK_U64(f, ==, 1);
+	}
+	/* a reader that follows marks to 8 only (the window's first
+	 * version): the writer goes on at 8, and says so */
+	CHECK_INT(mm_ext_store(C.wr.ext2, MM_EXT2_W_ALIGNED, 0), ==, 0);
+	top_end = 0, marks = 0;
+	CHECK_INT(keep_up(12 << 20, 48 << 10, 3, &top_end, &marks), ==, 0);
+	printf("#     a reader that follows to 8 only: furthest data_end %u, %u writes behind "
+	       "a mark\n", top_end, marks);
+	CHECK_U64(top_end, <=, 8 + MM_RING_WINDOW + (48 << 10));
+	CHECK_U64(marks, >, 0);
+	{
+		uint32_t on = 0;
+
+		mm_ext_load(C.wr.ext2, MM_EXT2_W_MARK_ON, &on);
+		CHECK_U64(on, ==, 1);
 	}
 out:
 	close_pair();
 	ring_size = RING;
 }
 
-/* The writer starts again at 8 in the middle of a stream, with half a
- * window unread behind it; and across many short streams, whose ends of
- * stream come before and after marks. */
+/* The writer starts again (at MM_RING_AGAIN, its reader following there)
+ * in the middle of a stream, with half a window unread behind it; and
+ * across many short streams, whose ends of stream come before and after
+ * marks. */
 static void test_window_restarts(void)
 {
 	static uint8_t out[1600 << 10], in[1600 << 10];
@@ -1126,9 +1144,10 @@ static void test_window_restarts(void)
 		uint32_t on = 0;
 
 		mm_ext_load(C.wr.ext2, MM_EXT2_W_MARK_ON, &on);
-		CHECK_U64(on, ==, 1);	/* and it says it leaves marks */
+		CHECK_U64(on, ==, 2);	/* and it says it leaves marks, and where
+					 * it goes on */
 	}
-	CHECK_U64(data_end_of(&C), ==, 8 + 1000);
+	CHECK_U64(data_end_of(&C), ==, MM_RING_AGAIN + 1000);
 	while (got < n) {
 		ssize_t w = sent < n ? mm_stream_write(&C, out + sent, tap_range(1, n - sent)) : 0;
 		ssize_t r = mm_stream_read(&A, in + got, tap_range(1, n - got));

@@ -81,7 +81,7 @@ static void test_copy_partial(void)
 static void test_ring_truncated(void)
 {
 	struct mm_ring r;
-	struct mm_ring_pos p = { 77, 88, SIZE, 0 };
+	struct mm_ring_pos p = { 77, 88, SIZE, 0, MM_RING_HEADER };
 	uint8_t buf[256] = { 0 };
 	uint32_t s, e;
 

@@ -85,7 +85,7 @@ static void test_init(void)
 static void expect_load(struct mm_ring *r, uint32_t start, uint32_t end, int want,
 			uint32_t want_start, uint32_t want_end)
 {
-	struct mm_ring_pos p = { 12345, 54321, 0, 0 };
+	struct mm_ring_pos p = { 12345, 54321, 0, 0, 0 };
 	int ret;
 
 	set_ptrs(r->base, start, end);
@@ -151,7 +151,7 @@ static void test_used_free(void)
 
 	mm_ring_init(&r, a, 4096, 4096);
 	cap = mm_ring_capacity(&r);
-	p.lap = 4096, p.mark = 0;	/* no mark: the lap is the ring */
+	p.lap = 4096, p.mark = 0, p.again = 8;	/* no mark: the lap is the ring */
 	p.start = 8, p.end = 8;
 	CHECK_U64(mm_ring_used(&r, &p), ==, 0);
 	CHECK_U64(mm_ring_free(&r, &p), ==, cap);
@@ -226,7 +226,7 @@ static void test_iov_split(void)
 	size_t len;
 
 	mm_ring_init(&r, a, SIZE, SIZE);
-	p.lap = SIZE, p.mark = 0;
+	p.lap = SIZE, p.mark = 0, p.again = 8;
 	p.start = 60, p.end = 60;
 	CHECK_INT(mm_ring_write_iov(&r, &p, 10, iov, &len), ==, 2);
 	CHECK_U64(len, ==, 10);
@@ -281,7 +281,7 @@ static void test_iov_no_touch(void)
 	size_t sz = 65536;
 	uint8_t *a = mmap(NULL, sz, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct mm_ring r;
-	struct mm_ring_pos p = { 100, 50, 65536, 0 };
+	struct mm_ring_pos p = { 100, 50, 65536, 0, MM_RING_HEADER };
 	struct iovec iov[2];
 	size_t len;
 
@@ -552,33 +552,35 @@ static void test_xpra_writer(void)
 	xpra_interop(64, 8000);
 }
 
-/* ---- the working window: a writer that starts again at 8 behind a mark ---- */
+/* ---- the working window: a writer that starts again behind a mark ---- */
 
 /* The writer's step before a write, as core/stream.c takes it: 1 if it
- * started again at 8. */
-static int writer_window(struct mm_ring *r, struct mm_ring_pos *p, size_t window)
+ * started again (at `to`). */
+static int writer_window(struct mm_ring *r, struct mm_ring_pos *p, size_t window, uint32_t to)
 {
-	bool again = mm_ring_restart_due(r, p, window);
+	uint32_t again = mm_ring_restart_due(r, p, window, to) ? to : 0;
 
 	if (!CHECK_INT(mm_ring_restart(r, p, again), ==, 0))
 		return -1;
-	return again;
+	return again != 0;
 }
 
 /* A reader that keeps up: the writer never goes further than the window
- * and one write past it, and every byte arrives in order. */
-static void test_window_keeps_up(void)
+ * and one write past it, and every byte arrives in order. Starting again
+ * at MM_RING_AGAIN, writes of a multiple of 64 bytes begin at a multiple
+ * of 64 from the first restart on. */
+static void window_keeps_up(uint32_t to, size_t unit)
 {
 	enum { SIZE = 1 << 20, WINDOW = 64 << 10, MAX = 5000 };
 	uint8_t *a = new_area(SIZE, SIZE), in[MAX], out[MAX];
 	uint32_t mark = 0, mark_on = 0, top = 0;
-	uint64_t wpos = 0, rpos = 0, restarts = 0;
+	uint64_t wpos = 0, rpos = 0, restarts = 0, aligned = 0;
 	struct mm_ring r;
 
 	mm_ring_init(&r, a, SIZE, SIZE);
 	mm_ring_set_mark(&r, &mark, &mark_on);
 	for (int k = 0; k < 20000; k++) {
-		size_t len = (size_t)tap_range(1, MAX);
+		size_t len = (size_t)tap_range(1, MAX / unit) * unit;
 		struct mm_ring_pos p;
 		ssize_t n;
 		int ret;
@@ -586,9 +588,11 @@ static void test_window_keeps_up(void)
 		for (size_t i = 0; i < len; i++)
 			in[i] = stream_byte(wpos + i);
 		if (!CHECK_INT(mm_ring_load(&r, &p), ==, 0) ||
-		    (ret = writer_window(&r, &p, WINDOW)) < 0)
+		    (ret = writer_window(&r, &p, WINDOW, to)) < 0)
 			break;
 		restarts += (unsigned)ret;
+		if (restarts && p.end % 64 == to % 64)
+			aligned++;
 		if (!CHECK_INT(mm_ring_put(&r, &p, in, len), ==, (ssize_t)len))
 			break;
 		wpos += len;
@@ -604,12 +608,24 @@ static void test_window_keeps_up(void)
 			}
 		rpos += len;
 	}
-	printf("#     %llu bytes, %llu restarts, furthest end %u\n", (unsigned long long)wpos,
-	       (unsigned long long)restarts, top);
+	printf("#     again at %u, blocks of %zu: %llu bytes, %llu restarts, furthest end %u, "
+	       "%llu writes at the restart's offset in a cache line\n", to, unit,
+	       (unsigned long long)wpos, (unsigned long long)restarts, top,
+	       (unsigned long long)aligned);
 	CHECK_U64(top, <=, 8 + WINDOW + MAX);
 	CHECK_U64(restarts, >, wpos / (WINDOW + MAX) - 1);
+	CHECK_U64(mark_on, ==, htole32(to == MM_RING_AGAIN ? 2 : 1));
+	if (unit % 64 == 0)
+		CHECK_U64(aligned, >, 19000);
 out:
 	free(a);
+}
+
+static void test_window_keeps_up(void)
+{
+	window_keeps_up(MM_RING_HEADER, 1);
+	window_keeps_up(MM_RING_AGAIN, 1);
+	window_keeps_up(MM_RING_AGAIN, 64);
 }
 
 /* Random reads and writes through both APIs, the writer taking its
@@ -636,7 +652,9 @@ static void test_window_stress(void)
 		    !CHECK_U64(mm_ring_used(&r, &p), ==, wpos - rpos))
 			break;
 		if (tap_rand() % 2) {
-			if ((ret = writer_window(&r, &p, window)) < 0)
+			uint32_t to = tap_rand() % 2 ? MM_RING_AGAIN : MM_RING_HEADER;
+
+			if ((ret = writer_window(&r, &p, window, to)) < 0)
 				break;
 			restarts += (unsigned)ret;
 			np = mm_ring_write_iov(&r, &p, len, iov, &n);
@@ -710,7 +728,7 @@ static void test_window_hostile(void)
 			CHECK(iov[k].iov_len > 0 && (uint8_t *)iov[k].iov_base >= a + 8 &&
 			      (uint8_t *)iov[k].iov_base + iov[k].iov_len <= a + cases[i].lap);
 		/* the writer clears a mark not in effect, keeps one in effect */
-		CHECK_INT(mm_ring_restart(&r, &p, false), ==, 0);
+		CHECK_INT(mm_ring_restart(&r, &p, 0), ==, 0);
 		CHECK_U64(le32toh(mark), ==, cases[i].lap == SIZE ? 0 : cases[i].mark);
 		/* reading it all leaves the reader where the writer is */
 		CHECK_INT(mm_ring_consume(&r, &p, len), ==, 0);
@@ -739,7 +757,60 @@ static void test_window_hostile(void)
 	set_ptrs(a, 500, 200);
 	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
 	CHECK_U64(p.lap, ==, SIZE);
-	CHECK(!mm_ring_restart_due(&r, &p, 10));
+	CHECK(!mm_ring_restart_due(&r, &p, 10, MM_RING_HEADER));
+	free(a);
+}
+
+/* A writer that goes on at MM_RING_AGAIN (mark_on 2): the second piece
+ * begins there, a mark whose writer's end lies below it is none, and no
+ * end of stream lies below it. */
+static void test_window_aligned(void)
+{
+	enum { SIZE = 8192 };
+	uint8_t *a = new_area(SIZE, SIZE);
+	uint32_t mark = htole32(7000), mark_on = htole32(2);
+	struct mm_ring r;
+	struct mm_ring_pos p;
+	struct iovec iov[2];
+	size_t len;
+
+	mm_ring_init(&r, a, SIZE, SIZE);
+	mm_ring_set_mark(&r, &mark, &mark_on);
+	set_ptrs(a, 6000, 5000);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(p.lap, ==, 7000);
+	CHECK_U64(p.again, ==, MM_RING_AGAIN);
+	CHECK_U64(mm_ring_used(&r, &p), ==, 1000 + 904);
+	CHECK_U64(mm_ring_free(&r, &p), ==, 999);
+	CHECK_INT(mm_ring_read_iov(&r, &p, SIZE, iov, &len), ==, 2);
+	CHECK(iov[0].iov_base == a + 6000 && iov[0].iov_len == 1000);
+	CHECK(iov[1].iov_base == a + MM_RING_AGAIN && iov[1].iov_len == 904);
+	CHECK_U64(mm_ring_dist(&r, &p, MM_RING_AGAIN), ==, 1000);
+	CHECK_U64(mm_ring_dist(&r, &p, 5000), ==, 1904);
+	CHECK_U64(mm_ring_dist(&r, &p, 100), >, 1904);	/* below it: none */
+	CHECK_INT(mm_ring_consume(&r, &p, 1000), ==, 0);
+	CHECK_U64(p.start, ==, MM_RING_AGAIN);
+	/* the same words with the writer's end below MM_RING_AGAIN: no mark */
+	set_ptrs(a, 6000, 200);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(p.lap, ==, SIZE);
+	CHECK_U64(p.again, ==, MM_RING_HEADER);
+	CHECK_U64(mm_ring_used(&r, &p), ==, (SIZE - 6000) + (200 - 8));
+	/* the writer starts again there only with room before its reader */
+	mark = 0;
+	set_ptrs(a, MM_RING_AGAIN + 100, 7000);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK(!mm_ring_restart_due(&r, &p, 1000, MM_RING_AGAIN));
+	CHECK(mm_ring_at_edge(&r, &p, 1000, MM_RING_AGAIN));
+	CHECK(mm_ring_restart_due(&r, &p, 1000, MM_RING_HEADER));
+	CHECK(mm_ring_restart_due(&r, &p, 200, MM_RING_AGAIN));
+	CHECK_INT(mm_ring_restart(&r, &p, MM_RING_AGAIN), ==, 0);
+	CHECK_U64(p.end, ==, MM_RING_AGAIN);
+	CHECK_U64(le32toh(mark), ==, 7000);
+	CHECK_U64(le32toh(mark_on), ==, 2);
+	CHECK_INT(mm_ring_commit(&r, &p, 50), ==, 0);
+	CHECK_INT(mm_ring_load(&r, &p), ==, 0);
+	CHECK_U64(mm_ring_used(&r, &p), ==, (7000 - (MM_RING_AGAIN + 100)) + 50);
 	free(a);
 }
 
@@ -786,6 +857,7 @@ int main(void)
 		TAP_TEST(test_window_stress),
 		TAP_TEST(test_window_hostile),
 		TAP_TEST(test_window_dist),
+		TAP_TEST(test_window_aligned),
 	};
 
 	return tap_main(tests, TAP_COUNT(tests));
