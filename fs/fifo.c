@@ -32,7 +32,14 @@
  *
  * The pump thread sleeps in epoll on the FIFO ends, and on an eventfd that
  * the ticker (a ring moved), the readlinks and the releases of `data`
- * kick. */
+ * kick. While a stream flows, a FIFO that the pump has just drained (send)
+ * or filled (recv) naps instead: for a few tens of microseconds neither its
+ * FIFO nor its ring wakes the pump (a send end is out of the epoll set, a
+ * recv end's ring not waited on), so that the bytes gather, and the next
+ * step moves many writes' worth at once. A nap that finds nothing new ends the naps:
+ * the first bytes after a pause never wait. On two cores, the two programs
+ * and two pumps of a stream through two mounts share them: a wake-up for
+ * every write cost the programs their cores. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -59,6 +66,10 @@
 #define TAIL_MAX_US 20000		/* how often to see what was read */
 #define RETRY_US 10000			/* a claim refused for a moment */
 #define NOSPACE_US 100000		/* a write area's disk full: try again */
+#define NAP_FIRST_US 50			/* the first nap after bytes moved */
+#define NAP_MIN_US 20			/* the naps, adjusted so that each */
+#define NAP_MAX_US 250			/* step moves about */
+#define NAP_BATCH (128 * 1024)		/* bytes */
 
 static const char *const dir_names[2] = { "send", "recv" };
 
@@ -85,6 +96,9 @@ struct fifo {
 	uint64_t due_us;	/* pump: next timed look, 0 none */
 	unsigned step_us;
 	bool fired;		/* pump: an epoll event came */
+	bool armed;		/* our FIFO end is in the pump's epoll set */
+	bool napping;		/* till due_us: no event wakes the pump for f */
+	unsigned nap_us;	/* the last nap's length */
 	bool closed;		/* let go of for good (finish) */
 	/* fs->lock */
 	bool ready;		/* something to look at (the ticker, a kick) */
@@ -227,19 +241,58 @@ static void next_fifo(struct mmfs *fs, struct fifo *f)
 	unlinkat(fs->fifo_dirfd, name, 0);
 }
 
-/* The FIFO end fd into the pump's epoll set. */
-static int watch(struct mmfs *fs, struct fifo *f, int fd, uint32_t events)
+/* The FIFO end fd into the pump's epoll set: send's for bytes (each write
+ * is an event) and the writers' last close, recv's for room after a full
+ * FIFO and the readers' last close. */
+static int watch(struct mmfs *fs, struct fifo *f, int fd)
 {
-	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = f };
+	struct epoll_event ev = {
+		.events = (f->which == FIFO_SEND ? EPOLLIN : EPOLLOUT) | EPOLLET,
+		.data.ptr = f,
+	};
 
-	return epoll_ctl(fs->pump_ep, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+	if (epoll_ctl(fs->pump_ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+		return -errno;
+	f->armed = true;
+	return 0;
+}
+
+/* A napping FIFO's end is out of the epoll set, so that its writes (send)
+ * or reads (recv) do not wake us; back in, the kernel reports what came
+ * meanwhile. */
+static void rearm(struct mmfs *fs, struct fifo *f, bool on)
+{
+	if (f->fd < 0 || f->armed == on)
+		return;
+	if (!on) {
+		epoll_ctl(fs->pump_ep, EPOLL_CTL_DEL, f->fd, NULL);
+		f->armed = false;
+	} else if (watch(fs, f, f->fd) < 0) {
+		fuse_log(FUSE_LOG_ERR, "mmapfs: %s: %s: watching our end: %s\n",
+			 f->h.ch->key.name, dir_names[f->which], strerror(errno));
+	}
+}
+
+static void nap_for(struct fifo *f, uint64_t us)
+{
+	f->nap_us = (unsigned)(us < NAP_MIN_US ? NAP_MIN_US : us > NAP_MAX_US ? NAP_MAX_US : us);
+	f->due_us = now_us() + f->nap_us;
+	f->napping = true;
+}
+
+/* The step moved `moved` bytes and found no more: nap, for a time that
+ * would have moved about NAP_BATCH; or (nothing moved) wait for events. */
+static void nap(struct fifo *f, size_t moved)
+{
+	if (moved)
+		nap_for(f, f->nap_us ? (uint64_t)f->nap_us * NAP_BATCH / moved : NAP_FIRST_US);
 }
 
 static void close_end(struct mmfs *fs, int *fd)
 {
 	if (*fd < 0)
 		return;
-	epoll_ctl(fs->pump_ep, EPOLL_CTL_DEL, *fd, NULL);
+	epoll_ctl(fs->pump_ep, EPOLL_CTL_DEL, *fd, NULL);	/* if in it */
 	close(*fd);
 	*fd = -1;
 }
@@ -310,7 +363,7 @@ static void send_open(struct mmfs *fs, struct fifo *f)
 	if (f->fd >= 0 || !chan_ready(fs, f->h.ch))
 		return;
 	fd = open_end(fs, f, O_RDONLY);
-	if (fd >= 0 && watch(fs, f, fd, EPOLLIN) < 0) {
+	if (fd >= 0 && watch(fs, f, fd) < 0) {
 		close(fd);
 		fd = -1;
 	}
@@ -342,6 +395,7 @@ static void send_end(struct mmfs *fs, struct fifo *f, bool end)
 static void send_step(struct mmfs *fs, struct fifo *f)
 {
 	struct mm_channel *mc = &f->h.ch->mc;
+	size_t moved = 0;
 
 	send_open(fs, f);
 	if (f->fd < 0)
@@ -392,6 +446,7 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 				send_end(fs, f, false);
 				return;
 			}
+			moved += (size_t)n;
 			continue;
 		}
 		if (n < 0 && errno == EFAULT) {
@@ -408,9 +463,12 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 			send_end(fs, f, false);
 			return;
 		}
-		/* empty: the end of the stream once no writer is left */
+		/* empty: the end of the stream once no writer is left;
+		 * else let more gather while the stream flows */
 		if (fifo_state(f->fd) & POLLHUP)
 			send_end(fs, f, true);
+		else
+			nap(f, moved);
 		return;
 	}
 }
@@ -483,7 +541,7 @@ static int recv_open(struct mmfs *fs, struct fifo *f)
 			want /= 2;
 	fcntl(f->fd, F_SETPIPE_SZ, (int)want);
 	f->rs = R_WAITING;
-	return watch(fs, f, f->fd, EPOLLOUT);
+	return watch(fs, f, f->fd);
 }
 
 /* Pieces [off, off + len) of slice sl into the FIFO. Bytes, or -errno. */
@@ -542,6 +600,7 @@ static void recv_taken(struct mmfs *fs, struct fifo *f, struct mm_slice *sl, siz
 static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 {
 	struct mm_channel *mc = &f->h.ch->mc;
+	size_t moved = 0;
 
 	recv_claim(fs, f);
 	if (f->rs == R_OFF)
@@ -575,7 +634,10 @@ static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 		}
 		n = mm_stream_read_begin(mc, f->inflight + PUMP_BATCH, &sl);
 		if (n == -EAGAIN) {
-			wait_ring(fs, f, seen);
+			/* while the stream flows, let more gather */
+			nap(f, moved);
+			if (!moved)
+				wait_ring(fs, f, seen);
 			return;
 		}
 		if (n <= 0) {
@@ -596,8 +658,10 @@ static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 			fresh = (size_t)n > f->inflight ? (size_t)n - f->inflight : 0;
 			if (fresh) {
 				w = fifo_put(f, &sl, f->inflight, fresh, buf);
-				if (w > 0)
+				if (w > 0) {
 					f->inflight += (size_t)w;
+					moved += (size_t)w;
+				}
 			}
 			/* what the reader took meanwhile goes back to the writer */
 			if (ioctl(f->fd, FIONREAD, &queued) == 0 && (size_t)queued <= f->inflight)
@@ -607,7 +671,12 @@ static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 					recv_end(fs, f, -1);
 					return;
 				}
-				/* all in the FIFO: look back at it, and wait for more */
+				/* all in the FIFO: while the stream flows, let
+				 * more gather; else look back at it, and wait
+				 * for more */
+				nap(f, moved);
+				if (moved)
+					return;
 				set_due(f, f->step_us && f->step_us < TAIL_MAX_US / 2 ?
 					   f->step_us * 2 : f->step_us ? TAIL_MAX_US : TAIL_MIN_US);
 				wait_ring(fs, f, seen);
@@ -620,8 +689,11 @@ static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 			return;
 		}
 		if (w == -EAGAIN) {
+			/* the FIFO is full: let its reader drain some (each of
+			 * its reads would wake us) */
 			f->step_us = 0;
-			return;	/* the FIFO is full: its reader wakes us */
+			nap_for(f, f->nap_us ? f->nap_us : NAP_FIRST_US);
+			return;
 		}
 		if (w < 0) {
 			recv_end(fs, f, -1);	/* EPIPE: no reader left */
@@ -837,15 +909,17 @@ static void finish(struct mmfs *fs, struct fifo *f)
 
 static void step(struct mmfs *fs, struct fifo *f, char *buf)
 {
-	bool due = f->due_us && now_us() >= f->due_us;
-
-	if (due)
+	if (f->due_us && now_us() >= f->due_us)
 		f->due_us = 0;
 	pthread_mutex_lock(&f->lock);
+	f->napping = false;
 	if (f->which == FIFO_SEND)
 		send_step(fs, f);
 	else
 		recv_step(fs, f, buf);
+	/* unless napping (a step comes when it ends), our end's next event
+	 * wakes us */
+	rearm(fs, f, !f->napping);
 	pthread_mutex_unlock(&f->lock);
 }
 
