@@ -70,6 +70,7 @@
 #define NAP_MIN_US 20			/* the naps, adjusted so that each */
 #define NAP_MAX_US 250			/* step moves about */
 #define NAP_BATCH (128 * 1024)		/* bytes */
+#define NAP_TRICKLE 4096		/* less in a step: no nap */
 
 static const char *const dir_names[2] = { "send", "recv" };
 
@@ -98,7 +99,7 @@ struct fifo {
 	bool fired;		/* pump: an epoll event came */
 	bool armed;		/* our FIFO end is in the pump's epoll set */
 	bool napping;		/* till due_us: no event wakes the pump for f */
-	unsigned nap_us;	/* the last nap's length */
+	unsigned nap_us;	/* the last nap's length, 0: none since events */
 	bool closed;		/* let go of for good (finish) */
 	/* fs->lock */
 	bool ready;		/* something to look at (the ticker, a kick) */
@@ -280,12 +281,16 @@ static void nap_for(struct fifo *f, uint64_t us)
 	f->napping = true;
 }
 
-/* The step moved `moved` bytes and found no more: nap, for a time that
- * would have moved about NAP_BATCH; or (nothing moved) wait for events. */
+/* The step moved `moved` bytes and found no more. More than a trickle:
+ * nap, for a time that would have moved about NAP_BATCH. A trickle (a
+ * message, a line: those a program waits for an answer to) or nothing:
+ * wait for events, and start the next naps short again. */
 static void nap(struct fifo *f, size_t moved)
 {
-	if (moved)
+	if (moved >= NAP_TRICKLE)
 		nap_for(f, f->nap_us ? (uint64_t)f->nap_us * NAP_BATCH / moved : NAP_FIRST_US);
+	else
+		f->nap_us = 0;
 }
 
 static void close_end(struct mmfs *fs, int *fd)
@@ -636,7 +641,7 @@ static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 		if (n == -EAGAIN) {
 			/* while the stream flows, let more gather */
 			nap(f, moved);
-			if (!moved)
+			if (!f->napping)
 				wait_ring(fs, f, seen);
 			return;
 		}
@@ -675,7 +680,7 @@ static void recv_step(struct mmfs *fs, struct fifo *f, char *buf)
 				 * more gather; else look back at it, and wait
 				 * for more */
 				nap(f, moved);
-				if (moved)
+				if (f->napping)
 					return;
 				set_due(f, f->step_us && f->step_us < TAIL_MAX_US / 2 ?
 					   f->step_us * 2 : f->step_us ? TAIL_MAX_US : TAIL_MIN_US);

@@ -8,6 +8,9 @@
  *                                            both ends (channel directories)
  *   pingpong libfiles COUNT A_CHAN B_CHAN    libmmapfs at this end, the files
  *                                            (B_CHAN/data) at the echo end
+ *   pingpong fifos COUNT A_CHAN B_CHAN       the FIFO entries: this end writes
+ *                                            A_CHAN/send and reads A_CHAN/recv,
+ *                                            the echo end B_CHAN's
  *
  * Prints the mean and median round trip in microseconds. */
 #include <errno.h>
@@ -23,10 +26,12 @@
 
 #define MSG 64
 
-/* One end: a way to read and a way to write, by descriptors or a handle. */
+/* One end: a way to read and a way to write, by descriptors or a handle;
+ * a recv entry is opened at the first read (its open waits for bytes). */
 struct end {
 	int rfd, wfd;
 	struct mmapfs_chan *c;
+	char rpath[4096];
 };
 
 static double now_us(void)
@@ -44,6 +49,8 @@ static int full(struct end *e, char *buf, int wr)
 	while (done < MSG) {
 		ssize_t n;
 
+		if (!e->c && !wr && e->rfd < 0 && (e->rfd = open(e->rpath, O_RDONLY)) < 0)
+			return -1;
 		if (e->c)
 			n = wr ? mmapfs_write(e->c, buf + done, MSG - done)
 			       : mmapfs_read(e->c, buf + done, MSG - done);
@@ -64,10 +71,26 @@ static int cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* A channel end through the FIFO entries (dir/send, dir/recv). */
+static struct end open_fifos(const char *chan)
+{
+	struct end e = { -1, -1, NULL, "" };
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/send", chan);
+	snprintf(e.rpath, sizeof(e.rpath), "%s/recv", chan);
+	e.wfd = open(path, O_WRONLY);
+	if (e.wfd < 0) {
+		fprintf(stderr, "pingpong: %s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+	return e;
+}
+
 /* A channel end through the files (dir/data) or the library. */
 static struct end open_end(const char *chan, int lib, int files_are_paths)
 {
-	struct end e = { -1, -1, NULL };
+	struct end e = { -1, -1, NULL, "" };
 	char path[4096];
 
 	if (lib) {
@@ -94,14 +117,16 @@ int main(int argc, char **argv)
 	const char *mode = argc > 1 ? argv[1] : "";
 	int pipes = strcmp(mode, "pipe") == 0, paths = strcmp(mode, "files") == 0;
 	int lib = strcmp(mode, "lib") == 0, libfiles = strcmp(mode, "libfiles") == 0;
+	int fifos = strcmp(mode, "fifos") == 0;
 	struct end me, echo;
 	long count;
 	double *rt, sum = 0;
 	char buf[MSG];
 	pid_t pid;
 
-	if (argc < 3 || (!pipes && argc != 5) || !(pipes || paths || lib || libfiles)) {
-		fprintf(stderr, "usage: %s pipe COUNT | {files,lib,libfiles} COUNT A B\n", argv[0]);
+	if (argc < 3 || (!pipes && argc != 5) || !(pipes || paths || lib || libfiles || fifos)) {
+		fprintf(stderr, "usage: %s pipe COUNT | {files,lib,libfiles,fifos} COUNT A B\n",
+			argv[0]);
 		return 2;
 	}
 	count = atol(argv[2]);
@@ -111,13 +136,15 @@ int main(int argc, char **argv)
 	if (pipes) {
 		if (pipe(to_echo) < 0 || pipe(from_echo) < 0)
 			return perror("pipe"), 1;
-		me = (struct end){ from_echo[0], to_echo[1], NULL };
-		echo = (struct end){ to_echo[0], from_echo[1], NULL };
+		me = (struct end){ .rfd = from_echo[0], .wfd = to_echo[1] };
+		echo = (struct end){ .rfd = to_echo[0], .wfd = from_echo[1] };
 	}
 	pid = fork();
 	if (pid == 0) {
 		/* the echo end: B's data, read and written back */
-		if (!pipes)
+		if (fifos)
+			echo = open_fifos(argv[4]);
+		else if (!pipes)
 			echo = open_end(argv[4], lib, paths);
 		if (write(sync[1], "", 1) != 1)
 			_exit(1);
@@ -128,7 +155,9 @@ int main(int argc, char **argv)
 			mmapfs_close(echo.c);
 		_exit(0);
 	}
-	if (!pipes)
+	if (fifos)
+		me = open_fifos(argv[3]);
+	else if (!pipes)
 		me = open_end(argv[3], lib || libfiles, paths);
 	if (read(sync[0], buf, 1) != 1)
 		return 1;
