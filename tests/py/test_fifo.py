@@ -193,6 +193,70 @@ def test_back_to_back_streams(chan, tmp_path):
     assert out.read_text().split() == [str(i) for i in range(1, 41)]
 
 
+def test_a_conversation_through_socat(chan):
+    """Questions and answers through the FIFO entries, socat relaying the
+    far end to `cat` (each answer waits for its question): 64-byte
+    messages, then a 4 MiB burst (the pumps nap while bytes flow), then
+    small messages again, each answered whole and in order. A pump that
+    napped after the burst and missed the next question would hang here."""
+    cdir, adir, c, a = chan
+    relay = subprocess.Popen(["socat", "-b", "65536", f"GOPEN:{adir}/recv!!GOPEN:{adir}/send",
+                              "EXEC:cat"], stderr=subprocess.PIPE)
+    try:
+        wfd = os.open(f"{cdir}/send", os.O_WRONLY)
+        rfd = -1
+
+        def ask(msg):
+            nonlocal rfd
+            os.write(wfd, msg)
+            if rfd < 0:
+                rfd = os.open(f"{cdir}/recv", os.O_RDONLY)   # waits for bytes
+            got = b""
+            while len(got) < len(msg):
+                r, _, _ = select.select([rfd], [], [], 10)
+                assert r, f"no answer after {len(got)} of {len(msg)} bytes"
+                part = os.read(rfd, len(msg) - len(got))
+                assert part, "end of file before the answer"
+                got += part
+            assert got == msg
+
+        for i in range(300):
+            ask(b"%063d\n" % i)
+        burst = os.urandom(4 << 20)
+        done = threading.Event()
+        answers = []
+
+        def read_burst():
+            got = bytearray()
+            while len(got) < len(burst):
+                part = os.read(rfd, len(burst) - len(got))
+                if not part:
+                    break
+                got += part
+            answers.append(bytes(got))
+            done.set()
+
+        reader = threading.Thread(target=read_burst)
+        reader.start()
+        view = memoryview(burst)
+        while view:
+            view = view[os.write(wfd, view[:65536]):]
+        assert done.wait(30), "the burst did not come back"
+        reader.join()
+        assert answers[0] == burst
+        for i in range(300):
+            ask(b"%063d\n" % (1000 + i))
+        os.close(wfd)
+        assert os.read(rfd, 1) == b""       # socat passed the end on
+        os.close(rfd)
+        assert relay.wait(10) == 0, relay.stderr.read()
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+    assert c.status("chan")["streams_failed"] == "0"
+
+
 def test_fifo_rules_nonblocking_poll_and_eof(chan):
     """O_NONBLOCK, poll, epoll and end of file as for any FIFO; O_RDWR and
     the wrong direction are refused by the FIFO's access list, not guessed."""
