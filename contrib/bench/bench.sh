@@ -11,11 +11,11 @@
 #     zero-copy reads that compare every byte they are handed (bench_lib);
 # (b) latency: 64-byte round trips, one direction each way: two pipes; the
 #     files at both ends; the library at both ends; the library at one end
-#     and the files at the other;
+#     and the files at the other; the FIFO entries at both ends;
 # (c) block sizes from 512 B to 1 MiB: pipe, files (dd into data, dd out
 #     of data), the FIFO entries (dd into A's send, dd out of B's recv: a
 #     FIFO at each end, the kernel's), library (copying reads of that size,
-#     every byte compared); contrib/bench/fifo.sh has more of the FIFOs;
+#     every byte compared); (f) has more of the FIFOs;
 # (d) cost of waiting: CPU of a daemon with one blocked file reader, with
 #     one blocked reader of recv, of a blocked library reader, and of both
 #     daemons while two library ends stream;
@@ -23,8 +23,9 @@
 #     blocked on each one's recv: the daemon's threads, descriptors and
 #     CPU over 10 s, then one line through each.
 # (f) the FIFO entries beside dd | dd at 512 B to 1 MiB with the daemons'
-#     CPU per GiB, data at 1 MiB, and tar (10 KiB blocks) through them
-#     beside a plain FIFO.
+#     CPU per GiB and the cores busy during each (all of them: the figure
+#     is the machine's, two programs and two pumps sharing its cores), data
+#     at 1 MiB, and tar (10 KiB blocks) through them beside a plain FIFO.
 # (g) the working window: libmmapfs (bench_lib, copying and zero-copy
 #     reads) at 512 B to 1 MiB with the default 64 MiB ring beside a 1 MiB
 #     ring (a second pair of daemons, -o size=1M), and dd | dd.
@@ -121,6 +122,21 @@ lib_rate() {	# BS BYTES zc|copy: bench_lib over $c, GB/s
 cpu_ns() {	# PID: CPU time of all its threads, ns
 	cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
+jiffies() {	# the machine's busy and total jiffies, all cores
+	awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+busy_run() {	# KEY CMD...: record CMD's output under KEY, and beside it under
+	# KEY-cores-busy how many of the machine's cores were busy meanwhile
+	# (nproc: the figure is limited by the cores)
+	local key=$1 b0 t0 b1 t1 out
+	shift
+	read -r b0 t0 < <(jiffies)
+	out=$("$@")
+	read -r b1 t1 < <(jiffies)
+	record "$key" "$out"
+	record "$key-cores-busy" "$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v n="$(nproc)" \
+		'BEGIN { printf "%.2f", t ? n * b / t : 0 }')"
+}
 
 echo "mmapfs benchmark, $(date -u +%F), $(nproc) cores, $(uname -r), 64 MiB rings in $shm"
 bytes=$((GIB << 30))
@@ -147,6 +163,8 @@ for i in $(seq "$RUNS"); do
 	record "b.library" "$("$pingpong" lib "$TRIPS" "$A/$c" "$B/$c" | median)"
 	newchan
 	record "b.library-files" "$("$pingpong" libfiles "$TRIPS" "$A/$c" "$B/$c" | median)"
+	newchan
+	record "b.fifos" "$("$pingpong" fifos "$TRIPS" "$A/$c" "$B/$c" | median)"
 done
 fi
 if want c; then
@@ -234,14 +252,15 @@ fi
 if want f; then
 echo
 echo "(f) the FIFO entries: dd into A's send, dd out of B's recv, beside dd | dd, GB/s,"
-echo "    and both daemons' CPU seconds per GiB moved; tar through them beside a plain FIFO, s"
+echo "    both daemons' CPU seconds per GiB moved, and the cores busy meanwhile (of $(nproc));"
+echo "    tar through them beside a plain FIFO, s"
 for bs in 512 4096 16384 65536 1048576; do
 	fifo_bytes=$((bs < 4096 ? 256 << 20 : 1 << 30))
 	for i in $(seq "$RUNS"); do
-		record "f.$bs.pipe" "$(pipe_rate "$bs" "$fifo_bytes")"
+		busy_run "f.$bs.pipe" pipe_rate "$bs" "$fifo_bytes"
 		newchan
 		a0=$(cpu_ns "${pids[0]}"); b0=$(cpu_ns "${pids[1]}")
-		record "f.$bs.fifos" "$(files_rate "$bs" "$fifo_bytes" send recv)"
+		busy_run "f.$bs.fifos" files_rate "$bs" "$fifo_bytes" send recv
 		a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
 		record "f.$bs.fifos-cpu-s-per-GiB" "$(awk -v ns=$((a1 - a0 + b1 - b0)) \
 			-v b="$fifo_bytes" 'BEGIN { printf "%.2f", ns / 1e9 / (b / 2^30) }')"
