@@ -191,11 +191,35 @@ struct copy_args {
 	size_t n;
 };
 
+#define COPY_PIECE 2048
+
+/* memcpy; but where the destination lies 1 to 32 bytes past the source,
+ * modulo 64, in pieces of COPY_PIECE bytes. There the `rep movsb` that
+ * glibc's memcpy takes for larger copies runs at a tenth of its speed on
+ * AMD's Zen (256 KiB: 1.9 against 20 to 30 GB/s), while copies of 2 KiB
+ * take its vector loops, which do not care. A ring's data is page-aligned
+ * from the writer's first restart on (ring.h), so a program's buffer from
+ * malloc (16 bytes past a page) meets it so. */
+static void copy(void *dst, const void *src, size_t n)
+{
+	size_t skew = ((uintptr_t)dst - (uintptr_t)src) & 63;
+	char *d = dst;
+	const char *s = src;
+
+	if (skew == 0 || skew > 32) {
+		memcpy(dst, src, n);
+		return;
+	}
+	for (; n > COPY_PIECE; n -= COPY_PIECE, d += COPY_PIECE, s += COPY_PIECE)
+		memcpy(d, s, COPY_PIECE);
+	memcpy(d, s, n);
+}
+
 static int do_copy(void *arg)
 {
 	struct copy_args *c = arg;
 
-	memcpy(c->dst, c->src, c->n);
+	copy(c->dst, c->src, c->n);
 	return 0;
 }
 
@@ -221,9 +245,9 @@ static int do_copy_iov(void *arg)
 
 	for (int i = 0; i < c->niov; i++) {
 		if (c->to_iov)
-			memcpy(c->iov[i].iov_base, b, c->iov[i].iov_len);
+			copy(c->iov[i].iov_base, b, c->iov[i].iov_len);
 		else
-			memcpy(b, c->iov[i].iov_base, c->iov[i].iov_len);
+			copy(b, c->iov[i].iov_base, c->iov[i].iov_len);
 		b += c->iov[i].iov_len;
 	}
 	return 0;

@@ -65,6 +65,41 @@ static void test_copy(void)
 	unmap();
 }
 
+/* Every skew of destination against source (some are copied in pieces),
+ * at lengths about a piece's, to and from an iovec: each byte once, and
+ * nothing beside. */
+static void test_copy_skews(void)
+{
+	enum { MAX = 3 * 2048 + 100 };
+	static const size_t lens[] = { 1, 63, 2047, 2048, 2049, 4096, MAX };
+	static uint8_t src[MAX + 64], dst[MAX + 192], want[MAX + 192];
+
+	for (size_t i = 0; i < sizeof(src); i++)
+		src[i] = (uint8_t)(i * 131 + 7);
+	for (size_t skew = 0; skew < 64; skew++) {
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			size_t n = lens[k];
+			struct iovec iov[2] = { { dst + 64 + skew, n / 3 },
+						{ dst + 64 + skew + n / 3, n - n / 3 } };
+
+			memset(dst, 0xee, sizeof(dst));
+			memset(want, 0xee, sizeof(want));
+			memcpy(want + 64 + skew, src + 3, n);
+			if (!CHECK_INT(mm_guard_copy(dst + 64 + skew, src + 3, n), ==, 0) ||
+			    !CHECK_MEM(dst, want, sizeof(dst)))
+				return;
+			memset(dst, 0xee, sizeof(dst));
+			if (!CHECK_INT(mm_guard_copy_iov(src + 3, iov, 2, true), ==, 0) ||
+			    !CHECK_MEM(dst, want, sizeof(dst)))
+				return;
+			memset(want, 0, sizeof(want));
+			if (!CHECK_INT(mm_guard_copy_iov(want, iov, 2, false), ==, 0) ||
+			    !CHECK_MEM(want, src + 3, n))
+				return;
+		}
+	}
+}
+
 /* Only the part past the new end faults. */
 static void test_copy_partial(void)
 {
@@ -521,6 +556,7 @@ int main(void)
 	static const struct tap_test tests[] = {
 		TAP_TEST(test_init),
 		TAP_TEST(test_copy),
+		TAP_TEST(test_copy_skews),
 		TAP_TEST(test_copy_partial),
 		TAP_TEST(test_ring_truncated),
 		TAP_TEST(test_ring_data_truncated),
