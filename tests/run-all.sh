@@ -129,8 +129,9 @@ no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" meson test -C build-tsan --suite unit --print-errorlogs
 # streams both ways at once, ends of stream, poll, blocked and killed peers, a
 # truncated area, a handshake in pieces, xpra's chunk lists, the FIFO
-# entries' pump, and parked requests (signals, poll, epoll, SIGTERM, early
-# closes, a tunnel), format version 2's failed and abandoned streams, and
+# entries' pump (and its naps between a burst's steps), and parked requests
+# (signals, poll, epoll, SIGTERM, early closes, a tunnel), format version
+# 2's failed and abandoned streams, and
 # the ivshmem server's thread beside the rings of the doorbells: about a
 # minute
 tsan_tests=(
@@ -149,6 +150,7 @@ tsan_tests=(
 	tests/py/test_xpra.py::test_xpra_writes_mmapfs_reads_restart_and_split
 	"tests/py/test_fifo.py::test_exactly_once_random_sizes_and_readers_that_leave[creator-to-attacher]"
 	tests/py/test_fifo.py::test_fifo_rules_nonblocking_poll_and_eof
+	tests/py/test_fifo.py::test_a_conversation_through_socat
 	tests/py/test_fifo.py::test_data_takes_the_direction_back_from_a_waiting_recv
 	tests/py/test_fifo.py::test_rmdir_unmount_and_sigterm_with_callers_blocked
 	tests/py/test_fifo.py::test_dead_peer
