@@ -67,7 +67,7 @@ enum mm_ext2_word {
 	MM_EXT2_W_EOF_ABORT = 1,
 	MM_EXT2_W_ABANDONED = 2,
 	MM_EXT2_W_EPOCH = 3,		/* + role */
-	MM_EXT2_W_MARK = 5,		/* the writer's: where it started again at 8 */
+	MM_EXT2_W_MARK = 5,		/* the writer's: where it left the ring */
 	MM_EXT2_W_FOLLOWS = 6,		/* the reader's: 1, it follows the mark */
 	MM_EXT2_W_MARK_ON = 7,		/* the writer's: 1, it leaves marks (and
 					 * goes on at 8), 2 (at MM_RING_AGAIN) */

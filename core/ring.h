@@ -41,8 +41,9 @@ struct mm_ring {
 	uint8_t *base;		/* the area */
 	uint32_t end;		/* end of the data ring: the area size, or less
 				 * when a trailer follows it (docs/PROTOCOL.md) */
-	uint32_t *mark;		/* the writer's mark, where it started again
-				 * at 8 (in the trailer), or NULL: none */
+	uint32_t *mark;		/* the writer's mark, where it left the ring
+				 * to start again (in the trailer), or NULL:
+				 * none */
 	uint32_t *mark_on;	/* the writer's word saying it leaves marks:
 				 * a mark counts only when it holds 1 (the
 				 * writer goes on at 8) or 2 (at MM_RING_AGAIN) */

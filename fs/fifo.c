@@ -33,13 +33,14 @@
  * The pump thread sleeps in epoll on the FIFO ends, and on an eventfd that
  * the ticker (a ring moved), the readlinks and the releases of `data`
  * kick. While a stream flows, a FIFO that the pump has just drained (send)
- * or filled (recv) naps instead: for a few tens of microseconds neither its
- * FIFO nor its ring wakes the pump (a send end is out of the epoll set, a
- * recv end's ring not waited on), so that the bytes gather, and the next
- * step moves many writes' worth at once. A nap that finds nothing new ends the naps:
- * the first bytes after a pause never wait. On two cores, the two programs
- * and two pumps of a stream through two mounts share them: a wake-up for
- * every write cost the programs their cores. */
+ * or filled (recv), or found full, naps instead: for tens of microseconds
+ * neither its FIFO nor its ring wakes the pump (its end is out of the
+ * epoll set, its ring not waited on), so that the bytes gather, and the
+ * next step moves many writes' worth at once. A step that moves only a
+ * trickle, or nothing, ends the naps: the first bytes after a pause, and a
+ * question and its answer, never wait. On two cores, the two programs and
+ * two pumps of a stream through two mounts share them: a wake-up for every
+ * write cost the programs their cores. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
