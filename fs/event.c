@@ -24,8 +24,13 @@
 #include "stream.h"
 
 /* How often waits are checked even without a wake: a peer in another VM,
- * or an xpra peer, wakes nobody. */
+ * or an xpra peer, wakes nobody. For a while after one of those moved (the
+ * peer may answer soon, or write on), more often: a one-line answer comes
+ * in about a millisecond, not ten, for at most a thousand looks a second
+ * while it lasts. */
 #define POLL_RECHECK_US 10000
+#define POLL_SOON_US 1000
+#define POLL_SOON_MS 200
 /* Where futex_waitv cannot wait (a PCI BAR), how long to sleep instead. */
 #define POLL_NAP_US 2000
 /* A watcher's wait: its kick or its words end it; this only bounds it. */
@@ -240,15 +245,26 @@ static bool rung(const struct mm_channel *mc, unsigned dir)
 	return b && b->hears;
 }
 
+/* Is a wait of w's on an area whose peer cannot wake us (a VM's, an xpra
+ * peer's), to be looked at every POLL_RECHECK_US? */
+static bool polled(const struct mmfs *fs, struct waiter *w)
+{
+	for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1)
+		if ((w->events & (dir == MM_RD ? POLLIN : POLLOUT)) &&
+		    mm_stream_wait_max(&w->ch->mc, dir) < MM_TICK_MS * 1000 &&
+		    !(fs->cfg.ivshmem_nopoll && rung(&w->ch->mc, dir)))
+			return true;
+	return false;
+}
+
 /* One look at the armed waiters: those whose stream moved from its state
  * at arming (all of them if `all`, those with beat if `beat`) go to
  * fs->due, to be fired; the words of the others go into words/seen from
  * index 1, the rest to watchers. *n: the count for
  * the ticker's own wait, MM_FUTEX_WAITV_MAX + 1 if they could not all be
- * placed (*want: the watchers that needs). *recheck: some wait is on an
- * area whose peer cannot wake us (a VM's, an xpra peer's), to be looked at
- * every POLL_RECHECK_US. fs->lock held: a walk of the armed waiters, each a
- * few loads from its area. */
+ * placed (*want: the watchers that needs). *recheck: some wait is polled.
+ * fs->lock held: a walk of the armed waiters, each a few loads from its
+ * area. */
 static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 		   uint32_t *seen, unsigned *n, unsigned *want, bool *recheck)
 {
@@ -263,6 +279,7 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 	for (w = fs->waiters; w; w = next) {
 		uint32_t st[MM_STREAM_STATE_WORDS], *wd[4], v[4];
 		unsigned k;
+		bool moved;
 
 		next = w->next;
 		/* the words to sleep on, loaded before the state; none where
@@ -275,17 +292,16 @@ static void gather(struct mmfs *fs, bool all, bool beat, uint32_t **words,
 				k += mm_stream_poll_words(&w->ch->mc, ev, wd + k, v + k);
 		}
 		mm_stream_state(&w->ch->mc, w->events, st);
-		if (all || (beat && w->beat) || memcmp(st, w->state, sizeof(st))) {
+		moved = memcmp(st, w->state, sizeof(st)) != 0;
+		if (moved && polled(fs, w))
+			fs->polled_move_ms = mmfs_now_ms();
+		if (all || (beat && w->beat) || moved) {
 			unlist(fs, w);
 			list(&fs->due, w);
 			w->is_due = true;
 			continue;
 		}
-		for (unsigned dir = MM_RD; dir <= MM_WR; dir <<= 1)
-			if ((w->events & (dir == MM_RD ? POLLIN : POLLOUT)) &&
-			    mm_stream_wait_max(&w->ch->mc, dir) < MM_TICK_MS * 1000 &&
-			    !(fs->cfg.ivshmem_nopoll && rung(&w->ch->mc, dir)))
-				*recheck = true;
+		*recheck |= polled(fs, w);
 		for (unsigned j = 0; j < k && !full; j++)
 			full = !place_word(fs, i++, wd[j], v[j], words, seen, want);
 	}
@@ -500,7 +516,8 @@ static void *ticker(void *arg)
 					continue;
 			}
 		}
-		timeout_us = recheck ? POLL_RECHECK_US : (unsigned)(next_beat - now) * 1000;
+		timeout_us = !recheck ? (unsigned)(next_beat - now) * 1000 :
+			     fs->polled_move_ms + POLL_SOON_MS > now ? POLL_SOON_US : POLL_RECHECK_US;
 		pthread_mutex_unlock(&fs->lock);
 		r = n > MM_FUTEX_WAITV_MAX ? -ENOSYS :
 		    mm_futex_waitv(words, seen, n, true, timeout_us);

@@ -206,6 +206,8 @@ struct mmfs {
 	struct waiter *due;		/* lock: those to fire now */
 	bool waits_changed;		/* lock: one came or went */
 	unsigned beat_waiters;		/* lock: armed ones with beat */
+	uint64_t polled_move_ms;	/* lock: when a wait that only the
+					 * recheck sees last moved */
 	pthread_cond_t fired;		/* lock: a waiter's fire() returned */
 	struct parked *parked;		/* lock: every parked request */
 	pthread_mutex_t wheel_lock;
