@@ -92,12 +92,14 @@ static uint64_t coarse_ms(void)
 }
 
 /* How far a pointer surely moves before it comes round: a ring, or where a
- * writer may start again behind a mark (ring.h), the window. */
+ * writer may start again behind a mark (ring.h), the window less where it
+ * starts again (its shortest lap runs from MM_RING_AGAIN to a mark past
+ * 8 + MM_RING_WINDOW). */
 static size_t turn(const struct mm_ring *r)
 {
 	size_t cap = mm_ring_capacity(r);
 
-	return r->mark && cap > MM_RING_WINDOW ? MM_RING_WINDOW : cap;
+	return r->mark && cap > MM_RING_WINDOW ? MM_RING_WINDOW - MM_RING_AGAIN : cap;
 }
 
 /* Tell the daemon of this end what dir moved since the last time, for
