@@ -53,7 +53,7 @@ static int do_word(void *arg)
 
 int mm_ext_load(const uint8_t *ext, unsigned word, uint32_t *v)
 {
-	struct word_args a = { .w = (uint32_t *)(void *)(ext + 4 * word), .op = LOAD };
+	struct word_args a = { .w = mm_ext_word(ext, word), .op = LOAD };
 	int r = mm_guard_run(do_word, &a);
 
 	if (r == 0)
@@ -63,7 +63,7 @@ int mm_ext_load(const uint8_t *ext, unsigned word, uint32_t *v)
 
 int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v)
 {
-	struct word_args a = { .w = (uint32_t *)(void *)(ext + 4 * word), .v = v, .op = STORE };
+	struct word_args a = { .w = mm_ext_word(ext, word), .v = v, .op = STORE };
 
 	return mm_guard_run(do_word, &a);
 }
@@ -71,7 +71,7 @@ int mm_ext_store(uint8_t *ext, unsigned word, uint32_t v)
 int mm_ext_count(uint8_t *ext, unsigned word, unsigned shift, int delta)
 {
 	struct word_args a = {
-		.w = (uint32_t *)(void *)(ext + 4 * word),
+		.w = mm_ext_word(ext, word),
 		.op = COUNT,
 		.shift = shift,
 		.delta = delta,

@@ -105,11 +105,18 @@ static inline bool mm_seq_below(uint32_t a, uint32_t b)
 	return (int32_t)(a - b) < 0;
 }
 
+/* The 32-bit word `word` of a trailer (or of an area's header: word 0 is
+ * data_start, 1 data_end), as it lies in memory: for a futex. */
+static inline uint32_t *mm_ext_word(const uint8_t *ext, unsigned word)
+{
+	return (uint32_t *)(uintptr_t)(ext + 4 * word);
+}
+
 /* Word access as such, for code that runs under mm_guard_run() itself:
  * a release store, an acquire load. */
 static inline void mm_ext_put(uint8_t *ext, unsigned word, uint32_t v)
 {
-	__atomic_store_n((uint32_t *)(void *)(ext + 4 * word), htole32(v), __ATOMIC_RELEASE);
+	__atomic_store_n(mm_ext_word(ext, word), htole32(v), __ATOMIC_RELEASE);
 }
 
 static inline uint32_t mm_ext_get(const uint8_t *ext, unsigned word)

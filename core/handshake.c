@@ -50,8 +50,8 @@ int mm_dir_setup_ring(struct mm_dir *d, unsigned version)
 		d->tick = mm_alias(d->area.base + at, MM_EXT2_SIZE + MM_EXT_SIZE);
 	r = mm_ring_init(&d->ring, d->area.base, d->area.size, end);
 	if (r == 0 && d->ext2)
-		mm_ring_set_mark(&d->ring, (uint32_t *)(void *)(d->ext2 + 4 * MM_EXT2_W_MARK),
-				 (uint32_t *)(void *)(d->ext2 + 4 * MM_EXT2_W_MARK_ON));
+		mm_ring_set_mark(&d->ring, mm_ext_word(d->ext2, MM_EXT2_W_MARK),
+				 mm_ext_word(d->ext2, MM_EXT2_W_MARK_ON));
 	return r;
 }
 

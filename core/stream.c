@@ -18,31 +18,23 @@ enum { W_START = 0, W_END = 1 };
 
 static uint32_t *word_of(const struct mm_dir *d, unsigned i)
 {
-	return (uint32_t *)(void *)(d->area.base + 4 * i);
+	return mm_ext_word(d->area.base, i);
 }
 
-/* The raw value of a pointer word, for a later futex wait (the futex
- * compares memory as it is). 0 or -EFAULT. */
-static int raw_word(const struct mm_dir *d, unsigned i, uint32_t *v)
-{
-	int r = mm_ext_load(d->area.base, i, v);
-
-	*v = htole32(*v);
-	return r;
-}
-
-/* A word of a trailer, and its raw value, for the same. */
-static uint32_t *ext_word(uint8_t *ext, unsigned i)
-{
-	return (uint32_t *)(void *)(ext + 4 * i);
-}
-
-static int raw_ext(uint8_t *ext, unsigned i, uint32_t *v)
+/* The raw value of word i of a header or trailer, for a later futex wait
+ * (the futex compares memory as it is). 0 or -EFAULT. */
+static int raw_ext(const uint8_t *ext, unsigned i, uint32_t *v)
 {
 	int r = mm_ext_load(ext, i, v);
 
 	*v = htole32(*v);
 	return r;
+}
+
+/* The same of a pointer word. */
+static int raw_word(const struct mm_dir *d, unsigned i, uint32_t *v)
+{
+	return raw_ext(d->area.base, i, v);
 }
 
 static struct mm_dir *dir_of(struct mm_channel *ch, unsigned dir)
@@ -236,7 +228,7 @@ static void end_stream(struct mm_dir *d, bool cut)
 		mm_ext_store(d->ext2, MM_EXT2_W_EOF_ABORT, cut ? bits | bit : bits & ~bit);
 	}
 	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
-	mm_futex_wake(ext_word(d->ext, MM_EXT_W_CLOSE_SEQ));
+	mm_futex_wake(mm_ext_word(d->ext, MM_EXT_W_CLOSE_SEQ));
 	mm_futex_wake(word_of(d, W_END));	/* where an older reader waits */
 	if (d->bell)
 		wake(d, W_END);		/* the doorbell, if the reader sleeps */
@@ -444,7 +436,7 @@ static int eof_take(struct mm_dir *d)
 	d->eof_ack++;
 	if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
 		return -EFAULT;
-	mm_futex_wake(ext_word(d->ext, MM_EXT_W_EOF_ACK));
+	mm_futex_wake(mm_ext_word(d->ext, MM_EXT_W_EOF_ACK));
 	mm_futex_wake(word_of(d, W_START));	/* where an older writer waits */
 	if (d->bell)
 		wake(d, W_START);	/* the doorbell, if the writer sleeps */
@@ -712,13 +704,13 @@ unsigned mm_stream_poll_words(struct mm_channel *ch, unsigned events,
 		if (raw_word(&ch->rd, W_END, &seen[n]) == 0)
 			words[n++] = word_of(&ch->rd, W_END);
 		if (ch->rd.ext && raw_ext(ch->rd.ext, MM_EXT_W_CLOSE_SEQ, &seen[n]) == 0)
-			words[n++] = ext_word(ch->rd.ext, MM_EXT_W_CLOSE_SEQ);
+			words[n++] = mm_ext_word(ch->rd.ext, MM_EXT_W_CLOSE_SEQ);
 	}
 	if ((events & POLLOUT) && ch->wr.usable) {
 		if (raw_word(&ch->wr, W_START, &seen[n]) == 0)
 			words[n++] = word_of(&ch->wr, W_START);
 		if (ch->wr.ext && raw_ext(ch->wr.ext, MM_EXT_W_EOF_ACK, &seen[n]) == 0)
-			words[n++] = ext_word(ch->wr.ext, MM_EXT_W_EOF_ACK);
+			words[n++] = mm_ext_word(ch->wr.ext, MM_EXT_W_EOF_ACK);
 	}
 	return n;
 }
