@@ -226,9 +226,7 @@ int mm_ring_commit(const struct mm_ring *r, struct mm_ring_pos *p, size_t n)
 	return store(word(r, 1), p->end);
 }
 
-/* The writer in the same lap as its reader, window bytes or more into the
- * ring, with marks in use. */
-static bool past_window(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window)
+bool mm_ring_past_window(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window)
 {
 	return r->mark && p->lap == r->end && p->end >= p->start &&
 	       p->end - MM_RING_HEADER >= window;
@@ -243,13 +241,13 @@ static bool room_before(const struct mm_ring_pos *p, size_t window, uint32_t aga
 bool mm_ring_restart_due(const struct mm_ring *r, const struct mm_ring_pos *p,
 			 size_t window, uint32_t again)
 {
-	return past_window(r, p, window) && room_before(p, window, again);
+	return mm_ring_past_window(r, p, window) && room_before(p, window, again);
 }
 
 bool mm_ring_at_edge(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window,
 		     uint32_t again)
 {
-	return past_window(r, p, window) && !room_before(p, window, again);
+	return mm_ring_past_window(r, p, window) && !room_before(p, window, again);
 }
 
 int mm_ring_restart(const struct mm_ring *r, struct mm_ring_pos *p, uint32_t again)

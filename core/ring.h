@@ -95,6 +95,11 @@ int mm_ring_write_iov(const struct mm_ring *r, const struct mm_ring_pos *p,
  * an end of stream): more than mm_ring_used() if b is not among them. */
 size_t mm_ring_dist(const struct mm_ring *r, const struct mm_ring_pos *p, uint32_t b);
 
+/* Is the writer, about to write at p, in the same lap as its reader and
+ * `window` bytes or more into the ring, with marks in use: where it may be
+ * due to start again, or be at the window's edge (below)? */
+bool mm_ring_past_window(const struct mm_ring *r, const struct mm_ring_pos *p, size_t window);
+
 /* The writer's working window, as it is about to write at p: is it due to
  * start again at `again` (8 or MM_RING_AGAIN: the first `window` bytes of
  * the ring behind its end, and half a window from there to the reader's

@@ -282,7 +282,10 @@ static ssize_t write_begin(struct mm_channel *ch, size_t max, struct mm_slice *s
 		return stream_fail(ch, MM_WR, -EFAULT);
 	r = mm_ring_load(&d->ring, &s->pos);
 	if (r == 0 && d->ring.mark) {
-		uint32_t to = restart_to(d);
+		/* the reader's words (guarded loads) only where the writer may
+		 * start again or hold: not at each write */
+		uint32_t to = mm_ring_past_window(&d->ring, &s->pos, MM_RING_WINDOW) ?
+			      restart_to(d) : 0;
 		uint32_t again = to && mm_ring_restart_due(&d->ring, &s->pos, MM_RING_WINDOW, to) ?
 				 to : 0;
 
