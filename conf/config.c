@@ -554,6 +554,17 @@ int mm_config_parse_peer(const char *s, unsigned *out, struct mm_err *err)
 	return 0;
 }
 
+int mm_config_parse_vectors(const char *s, unsigned *out, struct mm_err *err)
+{
+	uint64_t v;
+
+	if (mm_parse_u64(s, MM_IVSHMEM_VECTORS_MAX, &v) < 0 || v == 0)
+		return mm_fail(err, -EINVAL, "%s: expected a number of vectors, 1..%d", s,
+			       MM_IVSHMEM_VECTORS_MAX);
+	*out = (unsigned)v;
+	return 0;
+}
+
 int mm_config_check_ivshmem(const struct mm_config *c, const char *origin,
 			    struct mm_err *err)
 {
@@ -566,6 +577,9 @@ int mm_config_check_ivshmem(const struct mm_config *c, const char *origin,
 	if (c->ivshmem_server && c->ivshmem_client)
 		return mm_fail(err, -EINVAL, "%s: ivshmem_server and ivshmem_client exclude each "
 			       "other: be the server, or join one", origin);
+	if (c->ivshmem_vectors && !c->ivshmem_server)
+		return mm_fail(err, -EINVAL, "%s: ivshmem_vectors is the server's (ivshmem_server): "
+			       "a client or a guest takes the vectors it is given", origin);
 	return 0;
 }
 
@@ -605,6 +619,13 @@ static int load_ivshmem(struct mm_config *c, const config_setting_t *s, const ch
 			return bad(err, path, s, key, "expected a peer id, 0..65535");
 		snprintf(num, sizeof(num), "%d", config_setting_get_int(s));
 		return mm_config_parse_peer(num, &c->ivshmem_peer, &why) < 0 ?
+		       bad(err, path, s, key, why.msg) : 0;
+	}
+	if (strcmp(key, "ivshmem_vectors") == 0) {
+		if (config_setting_type(s) != CONFIG_TYPE_INT)
+			return bad(err, path, s, key, "expected a number of vectors, 1..32");
+		snprintf(num, sizeof(num), "%d", config_setting_get_int(s));
+		return mm_config_parse_vectors(num, &c->ivshmem_vectors, &why) < 0 ?
 		       bad(err, path, s, key, why.msg) : 0;
 	}
 	return bad(err, path, s, key, "unknown key");

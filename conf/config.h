@@ -62,6 +62,9 @@ struct mm_config {
 					 * Doorbell register rings the host */
 	unsigned ivshmem_peer;		/* guest: the peer id it rings (0: the
 					 * host daemon, as its server) */
+	unsigned ivshmem_vectors;	/* server: eventfds (MSI-X vectors) a
+					 * peer, 1..MM_IVSHMEM_VECTORS_MAX; 0:
+					 * not said, 1 */
 	bool ivshmem_nopoll;		/* debug: waits on a doorbell's areas
 					 * are not rechecked on a timer */
 };
@@ -98,6 +101,10 @@ int mm_config_check_ivshmem(const struct mm_config *c, const char *origin,
 
 /* Parse a peer id: 0..65535. 0 or -EINVAL. */
 int mm_config_parse_peer(const char *s, unsigned *out, struct mm_err *err);
+
+/* Parse ivshmem_vectors: 1..MM_IVSHMEM_VECTORS_MAX. 0 or -EINVAL. */
+#define MM_IVSHMEM_VECTORS_MAX 32
+int mm_config_parse_vectors(const char *s, unsigned *out, struct mm_err *err);
 
 /* Replace a string setting. 0 or -ENOMEM. */
 int mm_config_set_str(char **slot, const char *value);

@@ -95,9 +95,10 @@ struct mm_chunks;
  * its futex cannot reach, across a VM boundary (an ivshmem-doorbell
  * device: an eventfd on the host, the Doorbell register in the guest).
  * ring() must not block: the stream calls it after publishing a pointer
- * when the trailer says the peer may sleep. */
+ * when the trailer says the peer may sleep, with the vector the peer's
+ * trailer words ask for (any value: ring() checks it). */
 struct mm_bell {
-	void (*ring)(const struct mm_bell *b);
+	void (*ring)(const struct mm_bell *b, unsigned vector);
 	bool hears;			/* the peer's rings reach this end too:
 					 * its waits need no futex, no poll */
 };
@@ -119,6 +120,7 @@ struct mm_dir {
 					 * then version 1's; or NULL */
 	const struct mm_bell *bell;	/* the administrator's area has a
 					 * doorbell (opts), or NULL */
+	unsigned bell_vector;		/* the vector that rings us (opts) */
 	/* ch->lock */
 	const void *owner;		/* who holds the claim, or NULL */
 	/* set by the handshake under ch->lock; fixed while claimed */
@@ -169,6 +171,9 @@ struct mm_chan_opts {
 					 * (area.h: leftovers) */
 	const struct mm_bell *read_bell;	/* read_file's and write_file's */
 	const struct mm_bell *write_bell;	/* doorbells, or NULL */
+	unsigned bell_vector;		/* the doorbell's vector that rings this
+					 * end, for both areas: the peer is told
+					 * it in the trailer (docs/PROTOCOL.md) */
 };
 
 struct mm_channel {

@@ -35,7 +35,14 @@
  *                          its writer gets EPIPE
  *   3  creator_epoch       creator: times it failed the channel's streams
  *   4  attacher_epoch      attacher, likewise
- *   5..15                  0 (reserved)
+ *   5  mark                writer: where it left the ring (the working window)
+ *   6  follows             reader: 1, it follows the mark
+ *   7  mark_on             writer: 1, it leaves marks (on at 8), 2 (at 4096)
+ *   8  aligned             reader: 1, it follows a mark to 4096 too
+ *   9  bell_end            reader: 1 + the doorbell vector that wakes it
+ *                          (an ivshmem-doorbell device), 0: vector 0
+ *   10 bell_start          writer: likewise
+ *   11..15                 0 (reserved)
  */
 #ifndef MMAPFS_EXT_H
 #define MMAPFS_EXT_H
@@ -73,6 +80,9 @@ enum mm_ext2_word {
 					 * goes on at 8), 2 (at MM_RING_AGAIN) */
 	MM_EXT2_W_ALIGNED = 8,		/* the reader's: 1, it follows a mark to
 					 * MM_RING_AGAIN too */
+	MM_EXT2_W_BELL_END = 9,		/* the reader's: 1 + the doorbell vector
+					 * it is rung on (0: vector 0) */
+	MM_EXT2_W_BELL_START = 10,	/* the writer's, likewise */
 };
 
 #define MM_EXT_VERIFIED 1u

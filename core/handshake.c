@@ -179,6 +179,7 @@ static int create_dir(struct mm_dir *d, const char *admin, const struct mm_windo
 	d->present = true;
 	d->local = !admin;
 	d->bell = admin ? (admin == o->read_file ? o->read_bell : o->write_bell) : NULL;
+	d->bell_vector = o->bell_vector;
 	r = mm_dir_setup_ring(d, MM_EXT_VERSION);
 	if (r < 0)
 		return mm_fail(err, r, "%s: area too small for a ring", d->area.path);
@@ -322,6 +323,7 @@ static int attach_dir(const struct mm_channel *ch, struct mm_dir *d, const char 
 	d->local = !admin;
 	d->bell = admin ? (admin == ch->opts.read_file ? ch->opts.read_bell
 						       : ch->opts.write_bell) : NULL;
+	d->bell_vector = ch->opts.bell_vector;
 	if (mm_dir_setup_ring(d, ext) < 0)
 		return mm_fail(err, -EINVAL, "%s.size: too small", name);
 	r = check_token(d, c, ext, name, err);

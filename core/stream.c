@@ -47,6 +47,12 @@ static unsigned count_shift(unsigned i)
 	return i == W_END ? MM_EXT_WAIT_END_SHIFT : MM_EXT_WAIT_START_SHIFT;
 }
 
+/* The version-2 word where a sleeper on word i names its doorbell vector. */
+static unsigned bell_word(unsigned i)
+{
+	return i == W_END ? MM_EXT2_W_BELL_END : MM_EXT2_W_BELL_START;
+}
+
 /* Tell the other side that word i of d moved, if it may be asleep on it.
  * With the trailer, the waiters word counts who may (docs/PROTOCOL.md,
  * "Waking"): the move is published, the fence orders it before the load
@@ -64,16 +70,30 @@ static void wake(struct mm_dir *d, unsigned i)
 	if (n)
 		mm_futex_wake(word_of(d, i));
 	/* across a VM the futex reaches nobody: the doorbell, likewise only
-	 * for a peer that may sleep (docs/ivshmem.md, "Doorbells") */
-	if (n && d->bell)
-		d->bell->ring(d->bell);
+	 * for a peer that may sleep (docs/ivshmem.md, "Doorbells"), on the
+	 * vector its word asks for (version 2; 0 if it says none) */
+	if (n && d->bell) {
+		uint32_t v = 0;
+
+		if (d->ext2)
+			mm_ext_load(d->ext2, bell_word(i), &v);
+		d->bell->ring(d->bell, v ? v - 1 : 0);
+	}
 }
 
-/* Count ourselves in (+1) or out (-1) among the sleepers on d's word i. */
+/* Count ourselves in (+1) or out (-1) among the sleepers on d's word i.
+ * One who may sleep across a VM first says which doorbell vector wakes
+ * it: the count's barrier publishes the word before the count. */
 static void sleepers(struct mm_dir *d, unsigned i, int delta)
 {
-	if (d->ext)
-		mm_ext_count(d->ext, MM_EXT_W_WAITERS, count_shift(i), delta);
+	uint32_t v;
+
+	if (!d->ext)
+		return;
+	if (delta > 0 && d->bell && d->ext2 &&
+	    mm_ext_load(d->ext2, bell_word(i), &v) == 0 && v != d->bell_vector + 1)
+		mm_ext_store(d->ext2, bell_word(i), d->bell_vector + 1);
+	mm_ext_count(d->ext, MM_EXT_W_WAITERS, count_shift(i), delta);
 }
 
 void mm_sleepers_reset(struct mm_channel *ch, unsigned dirs)

@@ -416,6 +416,9 @@ void mmfs_ivshmem_stop(struct mmfs *fs);
 /* The doorbell of a declared area's file (the memory the server hands
  * out, a BAR of the guest's device), or NULL. */
 const struct mm_bell *mmfs_ivshmem_bell(struct mmfs *fs, const char *file);
+/* The vector that rings the next channel with a doorbell: the vectors
+ * this daemon hears, shared out in turn. */
+unsigned mmfs_ivshmem_vector(struct mmfs *fs);
 /* status lines of a channel with a doorbell, appended at buf: their
  * length (0 without one). */
 int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len);

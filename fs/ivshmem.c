@@ -57,7 +57,8 @@
 
 #include "fs.h"
 
-#define IVS_VECTORS 1		/* one interrupt for all channels */
+#define IVS_VECTORS_MAX MM_IVSHMEM_VECTORS_MAX	/* eventfds (MSI-X vectors)
+							 * a peer, at most */
 #define IVS_CLIENTS_MAX 16	/* QEMUs connected at once */
 #define IVS_JUNK_MAX 4096	/* bytes a client may send before it is dropped */
 #define IVS_REG_IVPOSITION 2	/* BAR0's registers, as 32-bit words */
@@ -67,7 +68,8 @@
 struct ivs_client {
 	int sock;			/* -1: a free slot */
 	unsigned id;
-	int fds[IVS_VECTORS];		/* its eventfds: peers ring it with them */
+	unsigned nfds;
+	int fds[IVS_VECTORS_MAX];	/* its eventfds, one a vector: ring them */
 	size_t junk;			/* bytes it sent */
 	bool ready;			/* lock: told everything, may be rung */
 };
@@ -90,7 +92,7 @@ struct ivshmem {
 	int memfd;			/* the memory QEMU gets */
 	dev_t mem_dev;
 	ino_t mem_ino;
-	int own[IVS_VECTORS];		/* peer 0's eventfds: ours to read */
+	int own[IVS_VECTORS_MAX];	/* our eventfds: ours to read (host) */
 	int stop;			/* an eventfd: the thread ends */
 	pthread_t thread;
 	bool running;
@@ -105,9 +107,13 @@ struct ivshmem {
 	size_t regs_len;
 	uint32_t doorbell;		/* (peer << 16) | vector */
 	int container, group, vdev;	/* VFIO, or -1 */
-	int irq;			/* MSI-X vector 0's eventfd, or -1 */
+	int irq[IVS_VECTORS_MAX];	/* its eventfds of the MSI-X vectors */
+	/* the vectors we hear (the server's thread: own_n for a client),
+	 * shared out between the channels by next_vector */
+	unsigned nvec;
+	unsigned next_vector;		/* atomic */
 	/* atomic */
-	uint64_t rung, heard;
+	uint64_t rung, heard, heard_v[IVS_VECTORS_MAX];
 	unsigned peers;			/* server: clients; guest, client: our id */
 	unsigned peers_n;		/* client: peers we may ring */
 };
@@ -119,7 +125,9 @@ static struct ivshmem *of_bell(const struct mm_bell *b)
 
 /* ---- ringing ---- */
 
-static void host_ring(const struct mm_bell *b)
+/* vector: what the peer's trailer word asks for; one the peer does not
+ * have is vector 0, which every mmapfs hears */
+static void host_ring(const struct mm_bell *b, unsigned vector)
 {
 	struct ivshmem *v = of_bell(b);
 	uint64_t one = 1;
@@ -127,20 +135,35 @@ static void host_ring(const struct mm_bell *b)
 	pthread_mutex_lock(&v->lock);
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
 		struct ivs_client *c = &v->clients[i];
+		unsigned k = vector < c->nfds ? vector : 0;
 
 		/* nonblocking: a counter full to its top already says "rung" */
-		if (c->ready && write(c->fds[0], &one, sizeof(one)) == sizeof(one))
+		if (c->ready && write(c->fds[k], &one, sizeof(one)) == sizeof(one))
 			__atomic_add_fetch(&v->rung, 1, __ATOMIC_RELAXED);
 	}
 	pthread_mutex_unlock(&v->lock);
 }
 
-static void guest_ring(const struct mm_bell *b)
+static void guest_ring(const struct mm_bell *b, unsigned vector)
 {
 	struct ivshmem *v = of_bell(b);
 
-	v->regs[IVS_REG_DOORBELL] = v->doorbell;
+	/* QEMU ignores a vector the host does not have */
+	v->regs[IVS_REG_DOORBELL] = v->doorbell | (vector <= IVS_ID_MAX ? vector : 0);
 	__atomic_add_fetch(&v->rung, 1, __ATOMIC_RELAXED);
+}
+
+/* One of our vectors rang (its eventfd k readable): count it, and have
+ * the ticker look at the waits. */
+static void heard(struct ivshmem *v, int fd, unsigned k)
+{
+	uint64_t count;
+
+	if (read(fd, &count, sizeof(count)) != sizeof(count))
+		return;
+	__atomic_add_fetch(&v->heard, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&v->heard_v[k], 1, __ATOMIC_RELAXED);
+	mmfs_ticker_kick(v->fs);
 }
 
 /* ---- the server's messages ---- */
@@ -175,12 +198,12 @@ static int send_msg(int sock, int64_t v, int fd)
 	return n == sizeof(le) ? 0 : -EAGAIN;
 }
 
-/* A peer's eventfds, one message each. */
-static int send_peer(int sock, unsigned id, const int *fds)
+/* A peer's n eventfds, one message each. */
+static int send_peer(int sock, unsigned id, const int *fds, unsigned n)
 {
 	int r = 0;
 
-	for (unsigned k = 0; k < IVS_VECTORS && r == 0; k++)
+	for (unsigned k = 0; k < n && r == 0; k++)
 		r = send_msg(sock, id, fds[k]);
 	return r;
 }
@@ -189,11 +212,12 @@ static void close_client(struct ivs_client *c)
 {
 	if (c->sock >= 0)
 		close(c->sock);
-	for (unsigned k = 0; k < IVS_VECTORS; k++) {
+	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++) {
 		if (c->fds[k] >= 0)
 			close(c->fds[k]);
 		c->fds[k] = -1;
 	}
+	c->nfds = 0;
 	c->sock = -1;
 	c->id = 0;
 	c->junk = 0;
@@ -261,7 +285,8 @@ static void join(struct ivshmem *v)
 	c->sock = sock;
 	c->id = v->next_id;
 	c->junk = 0;
-	for (unsigned k = 0; k < IVS_VECTORS; k++)
+	c->nfds = v->nvec;
+	for (unsigned k = 0; k < c->nfds; k++)
 		if ((c->fds[k] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
 			r = -errno;
 	if (r < 0) {
@@ -277,12 +302,12 @@ static void join(struct ivshmem *v)
 	if (r == 0)
 		r = send_msg(sock, -1, v->memfd);
 	if (r == 0)
-		r = send_peer(sock, 0, v->own);
+		r = send_peer(sock, 0, v->own, v->nvec);
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX && r == 0; i++)
 		if (v->clients[i].ready)
-			r = send_peer(sock, v->clients[i].id, v->clients[i].fds);
+			r = send_peer(sock, v->clients[i].id, v->clients[i].fds, v->nvec);
 	if (r == 0)
-		r = send_peer(sock, c->id, c->fds);
+		r = send_peer(sock, c->id, c->fds, c->nfds);
 	if (r < 0) {
 		drop(v, c, "went away during its setup");
 		return;
@@ -297,7 +322,7 @@ static void join(struct ivshmem *v)
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
 		struct ivs_client *o = &v->clients[i];
 
-		if (o != c && o->ready && send_peer(o->sock, c->id, c->fds) < 0)
+		if (o != c && o->ready && send_peer(o->sock, c->id, c->fds, c->nfds) < 0)
 			drop(v, o, "dropped: its socket takes no more messages");
 	}
 }
@@ -326,7 +351,7 @@ static void hear_client(struct ivshmem *v, struct ivs_client *c, short revents)
 static void *serve(void *arg)
 {
 	struct ivshmem *v = arg;
-	struct pollfd p[2 + IVS_VECTORS + IVS_CLIENTS_MAX];
+	struct pollfd p[2 + IVS_VECTORS_MAX + IVS_CLIENTS_MAX];
 	struct ivs_client *who[IVS_CLIENTS_MAX];
 
 	for (;;) {
@@ -334,7 +359,7 @@ static void *serve(void *arg)
 
 		p[n++] = (struct pollfd){ .fd = v->stop, .events = POLLIN };
 		p[n++] = (struct pollfd){ .fd = v->listen, .events = POLLIN };
-		for (unsigned k = 0; k < IVS_VECTORS; k++)
+		for (unsigned k = 0; k < v->nvec; k++)
 			p[n++] = (struct pollfd){ .fd = v->own[k], .events = POLLIN };
 		first = n;
 		for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++)
@@ -347,15 +372,9 @@ static void *serve(void *arg)
 			continue;	/* EINTR */
 		if (p[0].revents)
 			break;
-		for (unsigned k = 0; k < IVS_VECTORS; k++) {
-			uint64_t count;
-
-			if (p[2 + k].revents & POLLIN &&
-			    read(v->own[k], &count, sizeof(count)) == sizeof(count)) {
-				__atomic_add_fetch(&v->heard, 1, __ATOMIC_RELAXED);
-				mmfs_ticker_kick(v->fs);
-			}
-		}
+		for (unsigned k = 0; k < v->nvec; k++)
+			if (p[2 + k].revents & POLLIN)
+				heard(v, v->own[k], k);
 		for (unsigned i = 0; i < nc; i++)
 			if (p[first + i].revents && who[i]->sock == p[first + i].fd)
 				hear_client(v, who[i], p[first + i].revents);
@@ -445,7 +464,8 @@ static int host_setup(struct ivshmem *v, const struct mm_config *c, struct mm_er
 			       (long long)st.st_size);
 	v->mem_dev = st.st_dev;
 	v->mem_ino = st.st_ino;
-	for (unsigned k = 0; k < IVS_VECTORS; k++)
+	v->nvec = c->ivshmem_vectors ? c->ivshmem_vectors : 1;
+	for (unsigned k = 0; k < v->nvec; k++)
 		if ((v->own[k] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
 			return mm_fail(err, -errno, "ivshmem_server: eventfd: %s", strerror(errno));
 	if (!(v->path = strdup(c->ivshmem_server)))
@@ -503,20 +523,20 @@ static int guest_setup(struct ivshmem *v, const struct mm_config *c, struct mm_e
 		return mm_fail(err, -errno, "ivshmem_device: %s: mmap: %s", path,
 			       strerror(errno));
 	v->regs = p;
-	v->doorbell = c->ivshmem_peer << 16;	/* vector 0 */
+	v->doorbell = c->ivshmem_peer << 16;	/* | the vector */
 	v->peers = v->regs[IVS_REG_IVPOSITION];	/* our own id, shown in status */
 	v->bell.ring = guest_ring;
 	r = guest_vfio(v, err);
 	return r < 0 ? r : 0;
 }
 
-/* The guest's interrupts: MSI-X vector 0 through VFIO, where the device
- * is bound to vfio-pci. 0 (set up), 1 (not bound: the guest polls), or
- * -errno with err saying why. */
+/* The guest's interrupts: the device's MSI-X vectors through VFIO, each
+ * to an eventfd, where the device is bound to vfio-pci. 0 (set up), 1 (not
+ * bound: the guest polls), or -errno with err saying why. */
 static int guest_vfio(struct ivshmem *v, struct mm_err *err)
 {
 	union {
-		char buf[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
+		char buf[sizeof(struct vfio_irq_set) + IVS_VECTORS_MAX * sizeof(int32_t)];
 		struct vfio_irq_set set;
 	} u;
 	struct vfio_group_status gs = { .argsz = sizeof(gs) };
@@ -526,7 +546,6 @@ static int guest_vfio(struct ivshmem *v, struct mm_err *err)
 	char path[PATH_MAX], link[PATH_MAX], *base;
 	const char *dev = strrchr(v->device, '/') + 1;
 	uint16_t cmd;
-	int32_t fd;
 	ssize_t n;
 
 	snprintf(path, sizeof(path), "%s/driver", v->device);
@@ -571,16 +590,21 @@ static int guest_vfio(struct ivshmem *v, struct mm_err *err)
 	if (pwrite(v->vdev, &cmd, sizeof(cmd), (off_t)cfg.offset + PCI_COMMAND) != sizeof(cmd))
 		return mm_fail(err, -EIO, "ivshmem_device %s: bus mastering: %s", v->device,
 			       strerror(errno));
-	if ((v->irq = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
-		return mm_fail(err, -errno, "ivshmem_device: eventfd: %s", strerror(errno));
+	/* QEMU's vectors= of the device: as many as it has, up to ours */
+	v->nvec = ii.count < IVS_VECTORS_MAX ? ii.count : IVS_VECTORS_MAX;
 	memset(&u, 0, sizeof(u));
-	u.set.argsz = sizeof(u);
+	for (unsigned k = 0; k < v->nvec; k++) {
+		int32_t fd = v->irq[k] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+		if (fd < 0)
+			return mm_fail(err, -errno, "ivshmem_device: eventfd: %s", strerror(errno));
+		memcpy(u.set.data + k * sizeof(fd), &fd, sizeof(fd));
+	}
+	u.set.argsz = (uint32_t)(sizeof(u.set) + v->nvec * sizeof(int32_t));
 	u.set.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
 	u.set.index = VFIO_PCI_MSIX_IRQ_INDEX;
 	u.set.start = 0;
-	u.set.count = 1;
-	fd = v->irq;
-	memcpy(u.set.data, &fd, sizeof(fd));
+	u.set.count = v->nvec;
 	if (ioctl(v->vdev, VFIO_DEVICE_SET_IRQS, &u.set) < 0)
 		return mm_fail(err, -errno, "ivshmem_device %s: MSI-X through VFIO: %s", v->device,
 			       strerror(errno));
@@ -588,23 +612,22 @@ static int guest_vfio(struct ivshmem *v, struct mm_err *err)
 	return 0;
 }
 
-/* The guest's thread: the host's rings, through VFIO's eventfd. */
+/* The guest's thread: the host's rings, through VFIO's eventfds. */
 static void *hear(void *arg)
 {
 	struct ivshmem *v = arg;
-	struct pollfd p[2] = { { .fd = v->stop, .events = POLLIN },
-			       { .fd = v->irq, .events = POLLIN } };
-	uint64_t count;
+	struct pollfd p[1 + IVS_VECTORS_MAX] = { { .fd = v->stop, .events = POLLIN } };
 
+	for (unsigned k = 0; k < v->nvec; k++)
+		p[1 + k] = (struct pollfd){ .fd = v->irq[k], .events = POLLIN };
 	for (;;) {
-		if (poll(p, 2, -1) < 0)
+		if (poll(p, 1 + v->nvec, -1) < 0)
 			continue;	/* EINTR */
 		if (p[0].revents)
 			break;
-		if ((p[1].revents & POLLIN) && read(v->irq, &count, sizeof(count)) == sizeof(count)) {
-			__atomic_add_fetch(&v->heard, 1, __ATOMIC_RELAXED);
-			mmfs_ticker_kick(v->fs);
-		}
+		for (unsigned k = 0; k < v->nvec; k++)
+			if (p[1 + k].revents & POLLIN)
+				heard(v, v->irq[k], k);
 	}
 	return NULL;
 }
@@ -723,16 +746,18 @@ static void client_hear(struct ivshmem *v, int64_t val, int fd)
 		return;
 	}
 	if ((unsigned)val == v->peers) {		/* our own vectors */
-		if (fd >= 0 && v->own_n < IVS_VECTORS)
-			v->own[v->own_n++] = fd;
+		if (fd >= 0 && v->own_n < IVS_VECTORS_MAX) {
+			v->own[v->own_n] = fd;
+			__atomic_store_n(&v->own_n, v->own_n + 1, __ATOMIC_RELAXED);	/* status */
+		}
 		else if (fd >= 0)
 			close(fd);			/* more vectors than we use */
 		return;
 	}
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
-		if (v->clients[i].fds[0] >= 0 && v->clients[i].id == (unsigned)val)
+		if (v->clients[i].nfds && v->clients[i].id == (unsigned)val)
 			c = &v->clients[i];
-		else if (v->clients[i].fds[0] < 0 && !free_slot)
+		else if (!v->clients[i].nfds && !free_slot)
 			free_slot = &v->clients[i];
 	}
 	if (fd < 0) {					/* a peer left */
@@ -747,13 +772,23 @@ static void client_hear(struct ivshmem *v, int64_t val, int fd)
 		}
 		return;
 	}
-	if (c || !free_slot) {		/* a further vector, or no room: not rung */
+	if (c) {			/* its next vector */
+		pthread_mutex_lock(&v->lock);
+		if (c->nfds < IVS_VECTORS_MAX)
+			c->fds[c->nfds++] = fd;
+		else
+			close(fd);
+		pthread_mutex_unlock(&v->lock);
+		return;
+	}
+	if (!free_slot) {		/* no room: not rung */
 		close(fd);
 		return;
 	}
 	free_slot->id = (unsigned)val;
-	free_slot->fds[0] = fd;
 	pthread_mutex_lock(&v->lock);
+	free_slot->fds[0] = fd;
+	free_slot->nfds = 1;
 	free_slot->ready = true;
 	pthread_mutex_unlock(&v->lock);
 	__atomic_add_fetch(&v->peers_n, 1, __ATOMIC_RELAXED);
@@ -764,28 +799,22 @@ static void client_hear(struct ivshmem *v, int64_t val, int fd)
 static void *serve_client(void *arg)
 {
 	struct ivshmem *v = arg;
-	struct pollfd p[2 + IVS_VECTORS];
+	struct pollfd p[2 + IVS_VECTORS_MAX];
 
 	for (;;) {
-		unsigned n = 0;
+		unsigned n = 0, own_n = v->own_n;
 
 		p[n++] = (struct pollfd){ .fd = v->stop, .events = POLLIN };
 		p[n++] = (struct pollfd){ .fd = v->csock, .events = POLLIN };
-		for (unsigned k = 0; k < IVS_VECTORS; k++)
+		for (unsigned k = 0; k < own_n; k++)
 			p[n++] = (struct pollfd){ .fd = v->own[k], .events = POLLIN };
 		if (poll(p, n, -1) < 0)
 			continue;
 		if (p[0].revents)
 			break;
-		for (unsigned k = 0; k < IVS_VECTORS; k++) {
-			uint64_t count;
-
-			if ((p[2 + k].revents & POLLIN) &&
-			    read(v->own[k], &count, sizeof(count)) == sizeof(count)) {
-				__atomic_add_fetch(&v->heard, 1, __ATOMIC_RELAXED);
-				mmfs_ticker_kick(v->fs);
-			}
-		}
+		for (unsigned k = 0; k < own_n; k++)
+			if (p[2 + k].revents & POLLIN)
+				heard(v, v->own[k], k);
 		if (p[1].revents) {
 			int64_t val;
 			int fd, r;
@@ -818,14 +847,14 @@ int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 	v->client = c->ivshmem_client != NULL;
 	v->host = c->ivshmem_server != NULL || v->client;
 	v->listen = v->memfd = v->stop = v->csock = v->msg_fd = -1;
-	v->container = v->group = v->vdev = v->irq = -1;
-	for (unsigned k = 0; k < IVS_VECTORS; k++)
-		v->own[k] = -1;
+	v->container = v->group = v->vdev = -1;
+	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
+		v->own[k] = v->irq[k] = -1;
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
 		struct ivs_client *slot = &v->clients[i];
 
 		slot->sock = -1;
-		for (unsigned k = 0; k < IVS_VECTORS; k++)
+		for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
 			slot->fds[k] = -1;
 	}
 	pthread_mutex_init(&v->lock, NULL);
@@ -843,7 +872,7 @@ int mmfs_ivshmem_start(struct mmfs *fs)
 	struct ivshmem *v = fs->ivshmem;
 	int r;
 
-	if (!v || (!v->host && v->irq < 0))
+	if (!v || (!v->host && !v->nvec))
 		return 0;
 	r = -pthread_create(&v->thread, NULL, v->client ? serve_client : v->host ? serve : hear,
 			    v);
@@ -871,7 +900,7 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 	if (v->listen >= 0 && lstat(v->path, &st) == 0 && st.st_dev == v->sock_dev &&
 	    st.st_ino == v->sock_ino)
 		unlink(v->path);
-	for (unsigned k = 0; k < IVS_VECTORS; k++)
+	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
 		if (v->own[k] >= 0)
 			close(v->own[k]);
 	if (v->listen >= 0)
@@ -885,8 +914,9 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 	/* VFIO's: the device's first, which ends its interrupts */
 	if (v->vdev >= 0)
 		close(v->vdev);
-	if (v->irq >= 0)
-		close(v->irq);
+	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
+		if (v->irq[k] >= 0)
+			close(v->irq[k]);
 	if (v->group >= 0)
 		close(v->group);
 	if (v->container >= 0)
@@ -896,6 +926,14 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 	free(v->device);
 	free(v);
 	fs->ivshmem = NULL;
+}
+
+unsigned mmfs_ivshmem_vector(struct mmfs *fs)
+{
+	struct ivshmem *v = fs->ivshmem;
+
+	return v && v->nvec > 1 ?
+	       __atomic_fetch_add(&v->next_vector, 1, __ATOMIC_RELAXED) % v->nvec : 0;
 }
 
 const struct mm_bell *mmfs_ivshmem_bell(struct mmfs *fs, const char *file)
@@ -922,6 +960,7 @@ const struct mm_bell *mmfs_ivshmem_bell(struct mmfs *fs, const char *file)
 int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len)
 {
 	const struct mm_bell *b = mc->rd.bell ? mc->rd.bell : mc->wr.bell;
+	unsigned vec = mc->opts.bell_vector;
 	struct ivshmem *v;
 	struct mmfs *fs;
 	int n;
@@ -931,13 +970,17 @@ int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len)
 	v = of_bell(b);
 	fs = v->fs;
 	n = snprintf(buf, len, "doorbell=%s\n%s=%u\ndoorbell.rung=%llu\ndoorbell.heard=%llu\n"
-		     "doorbell.poll=%s\ndoorbell.hears=%s\n",
+		     "doorbell.poll=%s\ndoorbell.hears=%s\ndoorbell.vectors=%u\n"
+		     "doorbell.vector=%u\ndoorbell.vector_heard=%llu\n",
 		     v->client ? "ivshmem-client" : v->host ? "ivshmem-server" : "ivshmem-guest",
 		     v->host && !v->client ? "doorbell.peers" : "doorbell.id",
 		     __atomic_load_n(&v->peers, __ATOMIC_RELAXED),
 		     (unsigned long long)__atomic_load_n(&v->rung, __ATOMIC_RELAXED),
 		     (unsigned long long)__atomic_load_n(&v->heard, __ATOMIC_RELAXED),
 		     fs->cfg.ivshmem_nopoll ? "off" : "on",
-		     v->host ? "eventfd" : v->bell.hears ? "vfio-msix" : "no");
+		     v->host ? "eventfd" : v->bell.hears ? "vfio-msix" : "no",
+		     v->client ? __atomic_load_n(&v->own_n, __ATOMIC_RELAXED) : v->nvec, vec,
+		     vec < IVS_VECTORS_MAX ? (unsigned long long)__atomic_load_n(
+			     &v->heard_v[vec], __ATOMIC_RELAXED) : 0ULL);
 	return n < 0 ? 0 : (size_t)n >= len ? (int)len - 1 : n;
 }

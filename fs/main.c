@@ -74,6 +74,7 @@ struct cmdline {
 	char *ivshmem_device;
 	char *ivshmem_client;
 	char *ivshmem_peer;
+	char *ivshmem_vectors;
 	char *ivshmem_poll;
 	char *ivshmem_group;
 	int allow_other;
@@ -110,6 +111,7 @@ static const struct fuse_opt cmdline_opts[] = {
 	OPT("ivshmem_device=%s", ivshmem_device),
 	OPT("ivshmem_client=%s", ivshmem_client),
 	OPT("ivshmem_peer=%s", ivshmem_peer),
+	OPT("ivshmem_vectors=%s", ivshmem_vectors),
 	OPT("ivshmem_group=%s", ivshmem_group),
 	OPT("ivshmem_poll=%s", ivshmem_poll),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
@@ -169,6 +171,7 @@ static void usage(const char *prog)
 	       "                           host: be the ivshmem server of QEMU's ivshmem-doorbell\n"
 	       "                           devices on SOCKET, handing out FILE as their memory\n"
 	       "    -o ivshmem_group=GROUP the server socket's group (mode 0660), for QEMU's user\n"
+	       "    -o ivshmem_vectors=N   the server's eventfds a peer (1..32; QEMU's vectors=N)\n"
 	       "    -o ivshmem_client=SOCKET\n"
 	       "                           host: join the ivshmem server there instead\n"
 	       "    -o ivshmem_device=DIR  guest: ring the host through the Doorbell register of\n"
@@ -281,6 +284,9 @@ static int configure_ivshmem(struct mmfs *fs, struct cmdline *cl, const char *fi
 	}
 	if (cl->ivshmem_peer && mm_config_parse_peer(cl->ivshmem_peer, &c->ivshmem_peer, &err) < 0)
 		return fprintf(stderr, "mmapfs: -o ivshmem_peer=%s\n", err.msg), 1;
+	if (cl->ivshmem_vectors &&
+	    mm_config_parse_vectors(cl->ivshmem_vectors, &c->ivshmem_vectors, &err) < 0)
+		return fprintf(stderr, "mmapfs: -o ivshmem_vectors=%s\n", err.msg), 1;
 	if (cl->ivshmem_group) {
 		struct group *gr;
 		uint64_t gid;
@@ -562,6 +568,7 @@ out_args:
 	free(cl.ivshmem_device);
 	free(cl.ivshmem_client);
 	free(cl.ivshmem_peer);
+	free(cl.ivshmem_vectors);
 	free(cl.ivshmem_poll);
 	free(cl.ivshmem_group);
 	free(cl.operand[0]);

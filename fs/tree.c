@@ -436,6 +436,8 @@ static struct chan *chan_create(struct mmfs *fs, const char *name, enum mm_chan_
 		o.write_window = decl->write_window;
 		o.read_bell = mmfs_ivshmem_bell(fs, read_file);
 		o.write_bell = mmfs_ivshmem_bell(fs, write_file);
+		if (o.read_bell || o.write_bell)
+			o.bell_vector = mmfs_ivshmem_vector(fs);
 		snprintf(origin, sizeof(origin), "%s:%d", fs->cfg.file ? fs->cfg.file : "?",
 			 decl->line);
 		o.origin = origin;

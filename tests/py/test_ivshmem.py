@@ -214,6 +214,111 @@ def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     g.close()
 
 
+def bell_word(mem, window, word):
+    """Trailer word `word` of version 2 in the window at offset `window`
+    (docs/PROTOCOL.md: 64 bytes before version 1's last 64)."""
+    at = window + WIN - 64 - 64 + 4 * word
+    with open(mem, "rb") as f:
+        f.seek(at)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def set_bell_word(mem, window, word, value):
+    with open(mem, "r+b") as f:
+        f.seek(window + WIN - 128 + 4 * word)
+        f.write(struct.pack("<I", value))
+
+
+BELL_END, BELL_START = 9, 10
+
+
+def test_vectors_shared_out(tmp_path, mount_factory):
+    """ivshmem_vectors = 2: each peer gets two eventfds; the channels take
+    the vectors in turn (status); a sleeper says its vector in the trailer,
+    the host rings a guest on the vector its word asks for (vector 0 for
+    one the guest does not have), and a ring of the host's vector 1 is
+    heard as that channel's."""
+    mem = tmp_path / "ivshmem"
+    with open(mem, "wb") as f:
+        f.truncate(MEM)
+    sock = str(tmp_path / "ivshmem.sock")
+    chans = "".join(f"""{{ name = "{n}";
+            write_file = "{mem}"; write_offset = {w}; write_size = {WIN};
+            read_file = "{mem}"; read_offset = {r}; read_size = {WIN}; }},"""
+                    for n, w, r in (("vm", 0, WIN), ("vm2", 2 * WIN, 3 * WIN)))
+    conf = write_conf(tmp_path / "host.conf", f"""
+        ivshmem_server = "{sock}";
+        ivshmem_memory = "{mem}";
+        ivshmem_vectors = 2;
+        ivshmem_poll = false;
+        channels = ( {chans.rstrip(",")} );
+        """)
+    m = mount_factory("-c", conf)
+    g = connect(sock)
+    g_id, g_mem, g_peers = setup_msgs(g)
+    g_peers[g_id].append(recv_msg(g)[1])        # its second vector
+    assert all(len(v) == 2 for v in g_peers.values()), g_peers
+    st, st2 = m.status("vm"), m.status("vm2")
+    assert (st["doorbell.vectors"], st["doorbell.vector"]) == ("2", "0")
+    assert (st2["doorbell.vectors"], st2["doorbell.vector"]) == ("2", "1")
+
+    # the guest: an attacher on the same memory, both channels
+    gconf = write_conf(tmp_path / "guest.conf", "channels = (" + ",".join(
+        f"""{{ name = "{n}"; role = "attacher";
+            read_file = "{mem}"; read_offset = {r}; read_size = {WIN};
+            write_file = "{mem}"; write_offset = {w}; write_size = {WIN}; }}"""
+        for n, r, w in (("vm", 0, WIN), ("vm2", 2 * WIN, 3 * WIN))) + ");")
+    a = mount_factory("-c", gconf)
+    for n in ("vm", "vm2"):
+        sh(f"cat {m / n}/capabilities > {a / n}/peer")
+        sh(f"cat {a / n}/capabilities > {m / n}/peer")
+        wait_state(m, n, "ready")
+        wait_state(a, n, "ready")
+
+    # the host's reader of vm2 sleeps: its word names vector 1 (+ 1)
+    hr = os.open(m / "vm2/data", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        p = select.poll()
+        p.register(hr, select.POLLIN)
+        assert not p.poll(200)
+        assert bell_word(mem, 3 * WIN, BELL_END) == 2
+    finally:
+        os.close(hr)
+
+    # a guest that asks for vector 1 on vm is rung there, not on 0
+    mine = g_peers[g_id]
+    set_bell_word(mem, 0, BELL_END, 2)
+    rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_to_sleeper(m, rd, mine[1], "the guest's vector 1")
+        assert not select.select([mine[0]], [], [], 0.2)[0], "vector 0 rang too"
+        assert os.read(mine[1], 8)
+        # one it does not have (vector 7): rung on 0
+        got = b""
+        deadline = time.monotonic() + 5
+        while got != b"hello" and time.monotonic() < deadline:
+            try:
+                got += os.read(rd, 64)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert got == b"hello" and os.read(rd, 64) == b""     # and its end
+        set_bell_word(mem, 0, BELL_END, 8)
+        write_to_sleeper(m, rd, mine[0], "the guest's vector 0 (for 7)")
+    finally:
+        os.close(rd)
+
+    # the guest rings the host's vector 1: heard as vm2's
+    before = {n: m.status(n) for n in ("vm", "vm2")}
+    os.write(g_peers[0][1], struct.pack("=Q", 1))
+    deadline = time.monotonic() + 5
+    while m.status("vm2")["doorbell.vector_heard"] == before["vm2"]["doorbell.vector_heard"]:
+        assert time.monotonic() < deadline, "the host did not hear vector 1"
+        time.sleep(0.02)
+    assert m.status("vm")["doorbell.vector_heard"] == before["vm"]["doorbell.vector_heard"]
+    close_all(g_mem, g_peers)
+    g.close()
+
+
 @pytest.mark.parametrize("size", [3 << 20, 4096])
 def test_memory_refused(tmp_path, size):
     """QEMU exits on a BAR whose size is no power of two: refused at start,
@@ -240,6 +345,9 @@ def test_settings_checked(tmp_path):
     for opts, says in ((f"ivshmem_server={tmp_path}/s.sock", "go together"),
                        ("ivshmem_peer=70000", "0..65535"),
                        ("ivshmem_poll=maybe", "on or off"),
+                       (f"ivshmem_server={tmp_path}/s.sock,ivshmem_memory={notdev},"
+                        "ivshmem_vectors=33", "1..32"),
+                       ("ivshmem_vectors=2", "is the server's"),
                        (f"ivshmem_device={notdev}", "not an ivshmem device"),
                        ("ivshmem_device=relative", "not an absolute path"),
                        (f"ivshmem_device={notdev},ivshmem_server={tmp_path}/s.sock,"
@@ -253,6 +361,7 @@ def test_settings_checked(tmp_path):
     ("ivshmem_peer = 70000;", "ivshmem_peer: 70000: expected a peer id"),
     ('ivshmem_server = "rel.sock";', "ivshmem_server: not an absolute path"),
     ('ivshmem_bogus = 1;', "ivshmem_bogus: unknown key"),
+    ("ivshmem_vectors = 0;", "ivshmem_vectors: 0: expected a number of vectors, 1..32"),
 ])
 def test_file_keys_checked(tmp_path, line, says):
     """A bad ivshmem key of the file: its line and key named, nothing mounted."""

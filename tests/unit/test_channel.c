@@ -902,6 +902,78 @@ out:
 	close_pair();
 }
 
+/* Doorbells across a VM (docs/PROTOCOL.md, "Waking"): a sleeper with a
+ * doorbell names in the trailer the vector that wakes it; the other side
+ * rings that vector, and only while someone sleeps. */
+struct fake_bell {
+	struct mm_bell b;		/* first */
+	unsigned rang, vector;
+};
+
+static void fake_ring(const struct mm_bell *b, unsigned vector)
+{
+	struct fake_bell *f = (struct fake_bell *)(void *)b;
+
+	f->rang++;
+	f->vector = vector;
+}
+
+static uint32_t word2(struct mm_dir *d, unsigned w)
+{
+	uint32_t v = 0;
+
+	mm_ext_load(d->ext2, w, &v);
+	return v;
+}
+
+static void test_bell_vectors(void)
+{
+	struct fake_bell to_a = { .b.ring = fake_ring }, to_c = { .b.ring = fake_ring };
+	uint8_t b[8];
+
+	if (!handshake(true))
+		goto out;
+	A.rd.bell = A.wr.bell = &to_c.b;	/* A rings C, */
+	C.rd.bell = C.wr.bell = &to_a.b;	/* C rings A */
+	A.rd.bell_vector = A.wr.bell_vector = 3;
+	C.rd.bell_vector = C.wr.bell_vector = 1;
+	/* A's reader sleeps: it names vector 3; C's write rings it there */
+	mm_stream_sleepers(&A, POLLIN, true);
+	CHECK_U64(word2(&C.wr, MM_EXT2_W_BELL_END), ==, 4);
+	CHECK_U64(word2(&C.wr, MM_EXT2_W_BELL_START), ==, 0);
+	CHECK_INT(mm_stream_write(&C, "x", 1), ==, 1);
+	CHECK_INT(to_a.rang, ==, 1);
+	CHECK_INT(to_a.vector, ==, 3);
+	/* nobody asleep: no ring */
+	mm_stream_sleepers(&A, POLLIN, false);
+	CHECK_INT(mm_stream_write(&C, "y", 1), ==, 1);
+	CHECK_INT(to_a.rang, ==, 1);
+	/* C's writer sleeps for room: vector 1, rung by A's read */
+	mm_stream_sleepers(&C, POLLOUT, true);
+	CHECK_U64(word2(&A.rd, MM_EXT2_W_BELL_START), ==, 2);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 2);
+	CHECK_INT(to_c.rang, ==, 1);
+	CHECK_INT(to_c.vector, ==, 1);
+	/* a word that says nothing is vector 0; any other value goes to
+	 * ring() as it is, to be checked there */
+	mm_ext_store(A.rd.ext2, MM_EXT2_W_BELL_START, 0);
+	CHECK_INT(mm_stream_write(&C, "z", 1), ==, 1);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 1);
+	CHECK_INT(to_c.vector, ==, 0);
+	mm_ext_store(A.rd.ext2, MM_EXT2_W_BELL_START, 0xffffffffu);
+	CHECK_INT(mm_stream_write(&C, "z", 1), ==, 1);
+	CHECK_INT(mm_stream_read(&A, b, sizeof(b)), ==, 1);
+	CHECK_U64(to_c.vector, ==, 0xfffffffeu);
+	mm_stream_sleepers(&C, POLLOUT, false);
+	/* without a doorbell nothing is named */
+	C.rd.bell = NULL;
+	mm_stream_sleepers(&C, POLLIN, true);
+	CHECK_U64(word2(&A.wr, MM_EXT2_W_BELL_END), ==, 0);
+	mm_stream_sleepers(&C, POLLIN, false);
+out:
+	close_pair();
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -1213,6 +1285,7 @@ int main(void)
 		TAP_TEST(test_view),
 		TAP_TEST(test_view_chunks),
 		TAP_TEST(test_waiters),
+		TAP_TEST(test_bell_vectors),
 		TAP_TEST(test_look_behind),
 		TAP_TEST(test_window),
 		TAP_TEST(test_window_restarts),

@@ -90,6 +90,10 @@ class Stop(BaseException):
 # guest rings through the device's BAR0 (ivshmem_device).
 DOORBELL_DEVS = {"one-device": {1}, "two-devices": set(), "doorbell": {0}}
 BELL_SIZE = 4 * MiB
+# The doorbell device's MSI-X vectors (QEMU's vectors=) and the server's
+# eventfds a peer (ivshmem_vectors): each side shares them out between its
+# doorbell channels in the order of its configuration.
+BELL_VECTORS = 2
 
 
 def layout(name):
@@ -105,11 +109,13 @@ def layout(name):
         # One device carrying both directions of "vm" and a second channel,
         # as windows of the device's file (read_offset/read_size,
         # write_offset/write_size).
-        # And a second device, an ivshmem-doorbell one, carrying "bell".
+        # And a second device, an ivshmem-doorbell one, carrying "bell"
+        # and "bell2" (vectors 0 and 1).
         return [256 * MiB, BELL_SIZE], [
             ("vm", (0, 0, 64 * MiB), (0, 64 * MiB, 64 * MiB)),
             ("vm2", (0, 128 * MiB, MiB), (0, 129 * MiB, MiB)),
-            ("bell", (1, 0, MiB), (1, MiB, MiB))]
+            ("bell", (1, 0, MiB), (1, MiB, MiB)),
+            ("bell2", (1, 2 * MiB, MiB), (1, 3 * MiB, MiB))]
     raise SystemExit(f"unknown layout {name!r}")
 
 
@@ -129,7 +135,7 @@ def configs(lay, host_files, guest_bars, host_mmap_dir, bells=(), server=None):
             ["ivshmem_poll = false;"]
         if bell is not None and role == "creator":
             out += [f'ivshmem_server = "{server}";', f'ivshmem_memory = "{files[bell]}";',
-                    *nopoll]
+                    f"ivshmem_vectors = {BELL_VECTORS};", *nopoll]
         elif bell is not None:
             out += [f'ivshmem_device = "{os.path.dirname(files[bell])}";', *nopoll]
         out += ["channels = ("]
@@ -364,7 +370,7 @@ class Guest:
             if i in bells:
                 # the memory comes from the server, the host's daemon
                 cmd += ["-chardev", f"socket,id=ivs{i},path={server}",
-                        "-device", f"ivshmem-doorbell,chardev=ivs{i},vectors=1,addr={4 + i:#x}"]
+                        "-device", f"ivshmem-doorbell,chardev=ivs{i},vectors={BELL_VECTORS},addr={4 + i:#x}"]
                 continue
             cmd += ["-object", f"memory-backend-file,id=shm{i},share=on,mem-path={path},"
                     f"size={size}",
@@ -1000,8 +1006,16 @@ class VMTest:
             if gst.get("doorbell") != "ivshmem-guest" or gst.get("doorbell.id") in (None, "0") \
                     or gst.get("doorbell.hears") != "vfio-msix":
                 raise Fail(f"guest status: {gst}")
+            # both sides share their vectors out in the order of the channels
+            vec = str(self.bell_chans.index(name) % BELL_VECTORS)
+            for who, d in (("host", st), ("guest", gst)):
+                if (d.get("doorbell.vectors"), d.get("doorbell.vector")) != \
+                        (str(BELL_VECTORS), vec):
+                    raise Fail(f"{who}: vectors {d.get('doorbell.vectors')}, this channel's "
+                               f"{d.get('doorbell.vector')}, expected {BELL_VECTORS} and {vec}")
             return (f"host: server of 1 peer, polling off; guest: peer {gst['doorbell.id']}, "
-                    "interrupts by VFIO, polling off")
+                    f"interrupts by VFIO, polling off; both hear it on vector {vec} of "
+                    f"{BELL_VECTORS}")
         rep.check(f"doorbell device: the host serves it, the guest is its peer: {name}", setup)
         rep.check(f"doorbell: guest->host, the host's blocked reader woken with polling "
                   f"off: {name}", self.bell_g2h, name)
@@ -1048,6 +1062,7 @@ class VMTest:
 
     def bell_g2h(self, name):
         heard0 = int(self.host.status(name)["doorbell.heard"])
+        vheard0 = int(self.host.status(name)["doorbell.vector_heard"])
         r = Job.read(os.path.join(self.host.chan(name), "data"))
         time.sleep(1.0)         # parked: nothing but a doorbell wakes it now
         t0 = time.monotonic()
@@ -1058,11 +1073,14 @@ class VMTest:
             raise Fail(f"the host's reader had {r.moved.value} bytes and no end of stream "
                        "10 s after the guest wrote: no doorbell heard")
         heard = int(self.host.status(name)["doorbell.heard"])
-        if res["bytes"] != 4 or res["errno"] or heard <= heard0:
+        vheard = int(self.host.status(name)["doorbell.vector_heard"])
+        if res["bytes"] != 4 or res["errno"] or heard <= heard0 or vheard <= vheard0:
             raise Fail(f"host read {res['bytes']} bytes, errno {errname(res['errno'])}, "
-                       f"doorbells heard {heard0} -> {heard}")
+                       f"doorbells heard {heard0} -> {heard}, on this channel's vector "
+                       f"{vheard0} -> {vheard}")
         return (f"4 bytes and the end of stream {(res['t_end'] - t0) * 1000:.0f} ms after the "
-                f"guest's command was sent; {heard - heard0} rings heard")
+                f"guest's command was sent; {heard - heard0} rings heard, {vheard - vheard0} "
+                "on this channel's vector")
 
     def bell_h2g(self, name):
         g, gc = self.guest, self.gchan(name)
@@ -1070,20 +1088,24 @@ class VMTest:
         time.sleep(1.0)         # the guest's reader waits: its daemon sleeps
         rung0 = int(self.host.status(name)["doorbell.rung"])
         heard0 = self.guest_heard(name)
+        vheard0 = self.guest_heard(name, "vector_heard")
         with open(os.path.join(self.host.chan(name), "data"), "w") as f:
             f.write("pong")
         rc, out = g.sh(f"i=0; until [ \"$(cat /tmp/pong)\" = pong ]; do i=$((i+1)); "
                        "[ $i -le 100 ] || break; sleep 0.1; done; cat /tmp/pong", check=False)
         rung = int(self.host.status(name)["doorbell.rung"])
         heard = self.guest_heard(name)
-        if out.strip() != "pong" or rung <= rung0 or heard <= heard0:
+        vheard = self.guest_heard(name, "vector_heard")
+        if out.strip() != "pong" or rung <= rung0 or heard <= heard0 or vheard <= vheard0:
             raise Fail(f"guest got {out.strip()!r}, the host rang {rung - rung0} times, the "
-                       f"guest heard {heard - heard0}")
+                       f"guest heard {heard - heard0}, {vheard - vheard0} on this channel's "
+                       "vector")
         return (f"pong arrived, polling off in the guest too; the host rang "
-                f"{rung - rung0} times, the guest heard {heard - heard0} (VFIO, MSI-X)")
+                f"{rung - rung0} times, the guest heard {heard - heard0} (VFIO, MSI-X), "
+                f"{vheard - vheard0} on this channel's vector")
 
-    def guest_heard(self, name):
-        _, out = self.guest.sh(f"sed -n 's/^doorbell.heard=//p' {self.gchan(name)}/status")
+    def guest_heard(self, name, key="heard"):
+        _, out = self.guest.sh(f"sed -n 's/^doorbell.{key}=//p' {self.gchan(name)}/status")
         return int(out.strip() or 0)
 
     def streams_running(self, name, guest_read=True, guest_write=True):
