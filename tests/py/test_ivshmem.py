@@ -378,8 +378,9 @@ def test_file_keys_checked(tmp_path, line, says):
 
 def test_join_an_existing_server(tmp_path, mount_factory):
     """ivshmem_client: the daemon joins a server (played here) as a peer:
-    it hears its own eventfd, rings a sleeping peer's, forgets a peer gone,
-    ignores nonsense, and goes on (polling) when the server leaves."""
+    it hears its own eventfds, rings a sleeping peer's on the vector the
+    peer names, forgets a peer gone, ignores nonsense, and goes on
+    (polling) when the server leaves."""
     mem = tmp_path / "ivshmem"
     with open(mem, "wb") as f:
         f.truncate(MEM)
@@ -393,7 +394,7 @@ def test_join_an_existing_server(tmp_path, mount_factory):
             write_file = "{mem}"; write_offset = 0; write_size = {WIN};
             read_file = "{mem}"; read_offset = {WIN}; read_size = {WIN}; }} );
         """)
-    peer0, mine = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    peer0, peer0b, mine, mine2 = (os.eventfd(0, os.EFD_NONBLOCK) for _ in range(4))
     memfd = os.open(mem, os.O_RDWR)
 
     def msg(s, v, fd=None):
@@ -412,18 +413,22 @@ def test_join_an_existing_server(tmp_path, mount_factory):
         msg(c, 0)
         msg(c, 3)                      # its id
         msg(c, -1, memfd)
-        msg(c, 0, peer0)               # peer 0, one vector
-        msg(c, 3, mine)                # its own
+        msg(c, 0, peer0)               # peer 0, two vectors
+        msg(c, 0, peer0b)
+        msg(c, 3, mine)                # its own two
+        msg(c, 3, mine2)
     t = threading.Thread(target=serve)
     t.start()
     m = mount_factory("-c", conf)
     t.join(5)
     c = conns[0]
     deadline = time.monotonic() + 5
-    while m.status("vm").get("doorbell.id") != "3":
+    while m.status("vm").get("doorbell.vectors") != "2":
         assert time.monotonic() < deadline, m.status("vm")
         time.sleep(0.02)
-    assert m.status("vm")["doorbell"] == "ivshmem-client"
+    st = m.status("vm")
+    assert (st["doorbell"], st["doorbell.id"], st["doorbell.vector"]) == \
+        ("ivshmem-client", "3", "0")
     # a ring of ours (the eventfd the server gave us) is heard
     os.write(mine, struct.pack("=Q", 1))
     deadline = time.monotonic() + 5
@@ -435,6 +440,17 @@ def test_join_an_existing_server(tmp_path, mount_factory):
     rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
     try:
         write_to_sleeper(m, rd, peer0, "peer 0")
+        got = b""
+        deadline = time.monotonic() + 5
+        while got != b"hello" and time.monotonic() < deadline:
+            try:
+                got += os.read(rd, 64)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert got == b"hello" and os.read(rd, 64) == b""
+        # the peer asks for its vector 1
+        set_bell_word(mem, 0, BELL_END, 2)
+        write_to_sleeper(m, rd, peer0b, "peer 0's vector 1")
     finally:
         os.close(rd)
     # nonsense, a peer gone, the server gone: logged, the daemon goes on
