@@ -176,6 +176,25 @@ def write_to_sleeper(m, rd, efd, who):
     assert select.select([efd], [], [], 5)[0], f"{who} was not rung"
 
 
+def read_hello(rd):
+    """`hello` and its end of stream from the nonblocking rd, within 5 s."""
+    got = b""
+    deadline = time.monotonic() + 5
+    while got != b"hello" and time.monotonic() < deadline:
+        try:
+            got += os.read(rd, 64)
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert got == b"hello"
+    while True:
+        try:
+            assert os.read(rd, 64) == b"", "more than hello"
+            return
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "no end of stream"
+            time.sleep(0.01)
+
+
 def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     """The host's write rings the guest's eventfd only while its reader
     sleeps; a ring of peer 0 is heard by the host."""
@@ -193,14 +212,7 @@ def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
         write_to_sleeper(m, rd, mine, "the guest's eventfd")
         assert os.read(mine, 8)
         assert int(m.status("vm")["doorbell.rung"]) > rung0
-        deadline = time.monotonic() + 5
-        got = b""
-        while got != b"hello" and time.monotonic() < deadline:
-            try:
-                got += os.read(rd, 64)
-            except BlockingIOError:
-                time.sleep(0.01)
-        assert got == b"hello"
+        read_hello(rd)
     finally:
         os.close(rd)
     # the guest rings peer 0 (QEMU writes the eventfd the server gave it)
@@ -294,14 +306,7 @@ def test_vectors_shared_out(tmp_path, mount_factory):
         assert not select.select([mine[0]], [], [], 0.2)[0], "vector 0 rang too"
         assert os.read(mine[1], 8)
         # one it does not have (vector 7): rung on 0
-        got = b""
-        deadline = time.monotonic() + 5
-        while got != b"hello" and time.monotonic() < deadline:
-            try:
-                got += os.read(rd, 64)
-            except BlockingIOError:
-                time.sleep(0.01)
-        assert got == b"hello" and os.read(rd, 64) == b""     # and its end
+        read_hello(rd)
         set_bell_word(mem, 0, BELL_END, 8)
         write_to_sleeper(m, rd, mine[0], "the guest's vector 0 (for 7)")
     finally:
@@ -440,14 +445,7 @@ def test_join_an_existing_server(tmp_path, mount_factory):
     rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
     try:
         write_to_sleeper(m, rd, peer0, "peer 0")
-        got = b""
-        deadline = time.monotonic() + 5
-        while got != b"hello" and time.monotonic() < deadline:
-            try:
-                got += os.read(rd, 64)
-            except BlockingIOError:
-                time.sleep(0.01)
-        assert got == b"hello" and os.read(rd, 64) == b""
+        read_hello(rd)
         # the peer asks for its vector 1
         set_bell_word(mem, 0, BELL_END, 2)
         write_to_sleeper(m, rd, peer0b, "peer 0's vector 1")

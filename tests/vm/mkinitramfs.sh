@@ -6,15 +6,18 @@
 # with the shared libraries ldd names and the dynamic loader, tests/vm/init
 # and contrib/handshake-serial.sh (the guest's side of the handshake).
 #
-#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER [MODULES]
+#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER [MODULES [STATIC...]]
+#
+# STATIC: further static programs, put in /bin (the benchmark's bellprobe).
 #
 # KVER: the kernel release whose fuse.ko goes in (MODULES/KVER; MODULES is
 # /lib/modules by default, tests/vm/run.sh gives the kernel it unpacked).
 # Nothing outside OUT and a temporary directory next to it is written.
 set -euo pipefail
 
-[ $# -eq 3 ] || [ $# -eq 4 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER [MODULES]" >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER [MODULES [STATIC...]]" >&2; exit 2; }
 out=$1 mmapfs=$2 kver=$3 modules=${4:-/lib/modules}
+shift $(($# < 4 ? $# : 4))
 here=$(cd "$(dirname "$0")" && pwd)
 
 busybox=/bin/busybox
@@ -69,6 +72,10 @@ cp "$mmapfs" "$root/bin/mmapfs"
 for lib in $(ldd "$mmapfs" | grep -o '/[^ ]*'); do
 	mkdir -p "$root$(dirname "$lib")"
 	cp -L "$lib" "$root$lib"
+done
+
+for p in "$@"; do
+	cp "$p" "$root/bin/"
 done
 
 cp "$here/init" "$root/init"
