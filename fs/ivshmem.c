@@ -19,10 +19,17 @@
  *
  * Guest: the daemon rings the host through the Doorbell register of the
  * device's BAR0 (sysfs resource0, mapped: no driver needed), value
- * (peer << 16) | vector. It takes the host's rings, MSI-X vector 0, where
- * the device is bound to vfio-pci (a virtual IOMMU: VFIO's no-IOMMU mode
- * is not in Debian's kernel): VFIO signals an eventfd, which a thread of
- * this file waits on, and kicks the ticker as on the host. Without it the
+ * (peer << 16) | vector. It takes the host's rings, the device's MSI-X
+ * vectors, where the device is bound to vfio-pci (a virtual IOMMU: VFIO's
+ * no-IOMMU mode is not in Debian's kernel): VFIO signals an eventfd for
+ * each, which a thread of this file waits on, and kicks the ticker as on
+ * the host.
+ *
+ * Vectors: the server gives each peer ivshmem_vectors eventfds (QEMU's
+ * vectors= of the device at least as many). Each daemon shares the vectors
+ * it hears out between its doorbell channels (mmfs_ivshmem_vector); a
+ * sleeper names its channel's in the trailer (core/stream.c), and ring()
+ * gets the vector the peer named. Without it the
  * guest's waits poll as before (docs/ivshmem.md says why uio_pci_generic
  * cannot: QEMU's ivshmem-doorbell has no INTx).
  *
@@ -135,10 +142,10 @@ static void host_ring(const struct mm_bell *b, unsigned vector)
 	pthread_mutex_lock(&v->lock);
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
 		struct ivs_client *c = &v->clients[i];
-		unsigned k = vector < c->nfds ? vector : 0;
 
 		/* nonblocking: a counter full to its top already says "rung" */
-		if (c->ready && write(c->fds[k], &one, sizeof(one)) == sizeof(one))
+		if (c->ready && write(c->fds[vector < c->nfds ? vector : 0], &one,
+				      sizeof(one)) == sizeof(one))
 			__atomic_add_fetch(&v->rung, 1, __ATOMIC_RELAXED);
 	}
 	pthread_mutex_unlock(&v->lock);
@@ -749,9 +756,9 @@ static void client_hear(struct ivshmem *v, int64_t val, int fd)
 		if (fd >= 0 && v->own_n < IVS_VECTORS_MAX) {
 			v->own[v->own_n] = fd;
 			__atomic_store_n(&v->own_n, v->own_n + 1, __ATOMIC_RELAXED);	/* status */
-		}
-		else if (fd >= 0)
+		} else if (fd >= 0) {
 			close(fd);			/* more vectors than we use */
+		}
 		return;
 	}
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
