@@ -521,8 +521,15 @@ static void *ticker(void *arg)
 		pthread_mutex_unlock(&fs->lock);
 		r = n > MM_FUTEX_WAITV_MAX ? -ENOSYS :
 		    mm_futex_waitv(words, seen, n, true, timeout_us);
-		if (r == -ENOSYS)
-			usleep(timeout_us > POLL_NAP_US ? POLL_NAP_US : timeout_us);
+		if (r == -ENOSYS) {
+			/* a word no futex can wait on (a PCI BAR): a nap, then
+			 * a look; but on the kick, so that a doorbell, a new
+			 * waiter or the end is heard at once, not after it */
+			unsigned nap = timeout_us > POLL_NAP_US ? POLL_NAP_US : timeout_us;
+
+			if (mm_futex_waitv(words, seen, 1, true, nap) == -ENOSYS)
+				usleep(nap);	/* a kernel without futex_waitv */
+		}
 		moved = r != -ETIMEDOUT;
 		pthread_mutex_lock(&fs->lock);
 	}
