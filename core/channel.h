@@ -113,6 +113,9 @@ struct mm_dir {
 					 * host, not an administrator's path
 					 * (which may be shared with another VM):
 					 * the peer's futex wakes reach us */
+	bool no_futex;			/* atomic: a FUTEX_WAKE on its words
+					 * failed (a PCI BAR has no futex): no
+					 * more are tried */
 	uint8_t *ext;			/* the trailer's version-1 words, or NULL */
 	uint8_t *ext2;			/* its version-2 words, or NULL */
 	uint8_t *tick;			/* a daemon's second mapping of the

@@ -92,9 +92,10 @@ static int futex_result(long rc)
 	return -ENOSYS;
 }
 
-void mm_futex_wake(uint32_t *word)
+int mm_futex_wake(uint32_t *word)
 {
-	syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	return syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0) < 0 &&
+	       errno == EFAULT ? -EFAULT : 0;
 }
 
 int mm_futex_wait(uint32_t *word, uint32_t seen, unsigned timeout_us)

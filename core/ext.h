@@ -149,7 +149,7 @@ int mm_ext_count(uint8_t *ext, unsigned word, unsigned shift, int delta);
  * mapping (an ivshmem BAR): the caller then sleeps instead. */
 #define MM_FUTEX_WAITV_MAX 128
 
-void mm_futex_wake(uint32_t *word);
+int mm_futex_wake(uint32_t *word);	/* -EFAULT: no futex on that mapping */
 int mm_futex_wait(uint32_t *word, uint32_t seen, unsigned timeout_us);
 
 /* The same over several words at once (futex_waitv, Linux 5.16): returns

@@ -53,6 +53,14 @@ static unsigned bell_word(unsigned i)
 	return i == W_END ? MM_EXT2_W_BELL_END : MM_EXT2_W_BELL_START;
 }
 
+/* FUTEX_WAKE on a word of d's, unless d's mapping is known to have no
+ * futex (a PCI BAR, in a guest): there each would be a wasted system call. */
+static void futex_wake(struct mm_dir *d, uint32_t *word)
+{
+	if (!__atomic_load_n(&d->no_futex, __ATOMIC_RELAXED) && mm_futex_wake(word) == -EFAULT)
+		__atomic_store_n(&d->no_futex, true, __ATOMIC_RELAXED);
+}
+
 /* Tell the other side that word i of d moved, if it may be asleep on it.
  * With the trailer, the waiters word counts who may (docs/PROTOCOL.md,
  * "Waking"): the move is published, the fence orders it before the load
@@ -68,7 +76,7 @@ static void wake(struct mm_dir *d, unsigned i)
 			n = (n >> count_shift(i)) & 0xffff;
 	}
 	if (n)
-		mm_futex_wake(word_of(d, i));
+		futex_wake(d, word_of(d, i));
 	/* across a VM the futex reaches nobody: the doorbell, likewise only
 	 * for a peer that may sleep (docs/ivshmem.md, "Doorbells"), on the
 	 * vector its word asks for (version 2; 0 if it says none) */
@@ -248,8 +256,8 @@ static void end_stream(struct mm_dir *d, bool cut)
 		mm_ext_store(d->ext2, MM_EXT2_W_EOF_ABORT, cut ? bits | bit : bits & ~bit);
 	}
 	mm_ext_store(d->ext, MM_EXT_W_CLOSE_SEQ, cs + 1);
-	mm_futex_wake(mm_ext_word(d->ext, MM_EXT_W_CLOSE_SEQ));
-	mm_futex_wake(word_of(d, W_END));	/* where an older reader waits */
+	futex_wake(d, mm_ext_word(d->ext, MM_EXT_W_CLOSE_SEQ));
+	futex_wake(d, word_of(d, W_END));	/* where an older reader waits */
 	if (d->bell)
 		wake(d, W_END);		/* the doorbell, if the reader sleeps */
 }
@@ -459,8 +467,8 @@ static int eof_take(struct mm_dir *d)
 	d->eof_ack++;
 	if (mm_ext_store(d->ext, MM_EXT_W_EOF_ACK, d->eof_ack) < 0)
 		return -EFAULT;
-	mm_futex_wake(mm_ext_word(d->ext, MM_EXT_W_EOF_ACK));
-	mm_futex_wake(word_of(d, W_START));	/* where an older writer waits */
+	futex_wake(d, mm_ext_word(d->ext, MM_EXT_W_EOF_ACK));
+	futex_wake(d, word_of(d, W_START));	/* where an older writer waits */
 	if (d->bell)
 		wake(d, W_START);	/* the doorbell, if the writer sleeps */
 	return 0;
@@ -699,9 +707,9 @@ unsigned mm_stream_wait_max(struct mm_channel *ch, unsigned dir)
 void mm_stream_wake(struct mm_channel *ch)
 {
 	if (ch->rd.present)
-		mm_futex_wake(word_of(&ch->rd, W_END));
+		futex_wake(&ch->rd, word_of(&ch->rd, W_END));
 	if (ch->wr.present)
-		mm_futex_wake(word_of(&ch->wr, W_START));
+		futex_wake(&ch->wr, word_of(&ch->wr, W_START));
 }
 
 void mm_stream_sleepers(struct mm_channel *ch, unsigned events, bool add)
