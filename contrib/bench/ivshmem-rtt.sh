@@ -18,6 +18,13 @@
 # ivshmem_poll = false unless VMTEST_DOORBELL_POLL=on (the default of a
 # real setup: a 10 ms recheck besides the doorbells).
 #
+# Last, the doorbell's own round trip, without mmapfs: the guest's daemon
+# stops, contrib/bench/bellprobe.c (built static with cc, put in the
+# guest's initramfs) takes the device's interrupt through VFIO and rings
+# back; the host joins its daemon's ivshmem server as a further peer, rings
+# the guest and waits. The floor that any doorbell round trip on this VM
+# stands on.
+#
 # VMTEST_ACCEL=kvm|tcg as for the VM test (auto: KVM if it works).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
