@@ -157,6 +157,19 @@ def configs(lay, host_files, guest_bars, host_mmap_dir, bells=(), server=None):
             one("attacher", guest_bars, None, True))
 
 
+def timed_trips(trip, back, idle):
+    """Round trips, trip() -> ms each: 10 to warm up, `back` back to back,
+    then `idle` each after 20 ms idle. -> (back to back, idle), sorted."""
+    for _ in range(10):
+        trip()
+    b2b = sorted(trip() for _ in range(back))
+    idl = []
+    for _ in range(idle):
+        time.sleep(0.02)
+        idl.append(trip())
+    return b2b, sorted(idl)
+
+
 # ---- output ----
 
 class Report:
@@ -920,19 +933,11 @@ class VMTest:
                 return (time.perf_counter() - t0) * 1e3
 
             try:
-                for _ in range(10):
-                    trip()                              # warm up
-                b2b = sorted(trip() for _ in range(back))
-                idl = []
-                for _ in range(idle):
-                    time.sleep(0.02)
-                    idl.append(trip())
-                idl.sort()
+                return timed_trips(trip, back, idle)
             finally:
                 os.close(wfd)
                 g.sh("kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
                 os.close(rfd)
-            return b2b, idl
 
         fifo_rows = []
         for name in self.chans:
@@ -1037,21 +1042,13 @@ class VMTest:
             os.read(mine, 8)
             return (time.perf_counter() - t0) * 1e3
         try:
-            for _ in range(10):
-                trip()
-            b2b = sorted(trip() for _ in range(back))
-            idl = []
-            for _ in range(idle):
-                time.sleep(0.02)
-                idl.append(trip())
-            idl.sort()
+            return timed_trips(trip, back, idle)
         finally:
             g.sh("kill $(cat /tmp/probe.pid)", check=False)
             s.close()
             for fds in peers.values():
                 for fd in fds:
                     os.close(fd)
-        return b2b, idl
 
     @staticmethod
     def cpu_s(pid):
