@@ -81,6 +81,36 @@ def unexpected_log_lines(text):
     return [line for line in text.splitlines() if line.strip() and not _BENIGN.fullmatch(line)]
 
 
+_LEAK = re.compile(r"(?:Direct|Indirect) leak of \d+ byte\(s\) in \d+ object\(s\) allocated from:\n"
+                   r"((?:\s+#\d+ .*\n?)+)")
+
+
+def libfuse_leak_only(rc, log):
+    """libfuse 3.14 keeps an INTERRUPT whose request it cannot find (already
+    answered: the caller's signal crossed the answer) on its session's list,
+    to match a request that may still come, and fuse_session_destroy() never
+    frees that list: LeakSanitizer then reports one struct fuse_req, 128
+    bytes calloc'd by libfuse's request loop, at exit, now and then. The
+    list is libfuse's own, out of mmapfs's reach. -> (True, the log without
+    that report) when that is all the sanitizers said and the exit was
+    theirs (1); a leak with any frame outside libfuse, or any other report,
+    is not."""
+    start = log.find("=================================================================\n")
+    report = log[start:] if start >= 0 else ""
+    if rc != 1 or "ERROR: LeakSanitizer: detected memory leaks" not in report or \
+            "runtime error" in log or "AddressSanitizer: heap" in log:
+        return False, log
+    stacks = _LEAK.findall(report)
+    if not stacks:
+        return False, log
+    for stack in stacks:
+        frames = [f.strip() for f in stack.strip().splitlines()]
+        if not re.search(r"(?:calloc|malloc|realloc)", frames[0]) or \
+                not all("/libfuse3.so" in f for f in frames[1:]) or len(frames) < 2:
+            return False, log
+    return True, log[:start]
+
+
 def mounted(path):
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == path for line in f)
@@ -161,7 +191,8 @@ def unmount(m, timeout=10):
         force_cleanup(m.path, m.proc)
         pytest.fail(f"mmapfs on {m.path} did not exit after unmount:\n{m.log_text()}")
     log = m.log_text()
-    assert rc == 0, f"mmapfs on {m.path} exited with {rc}:\n{log}"
+    libfuse_only, log = libfuse_leak_only(rc, log)
+    assert rc == 0 or libfuse_only, f"mmapfs on {m.path} exited with {rc}:\n{log}"
     bad = unexpected_log_lines(log)
     assert not bad, f"mmapfs on {m.path} logged {bad[0]!r}:\n{log}"
 
