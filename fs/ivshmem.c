@@ -23,15 +23,14 @@
  * vectors, where the device is bound to vfio-pci (a virtual IOMMU: VFIO's
  * no-IOMMU mode is not in Debian's kernel): VFIO signals an eventfd for
  * each, which a thread of this file waits on, and kicks the ticker as on
- * the host.
+ * the host. Without it the guest's waits poll as before (docs/ivshmem.md
+ * says why uio_pci_generic cannot: QEMU's ivshmem-doorbell has no INTx).
  *
  * Vectors: the server gives each peer ivshmem_vectors eventfds (QEMU's
  * vectors= of the device at least as many). Each daemon shares the vectors
  * it hears out between its doorbell channels (mmfs_ivshmem_vector); a
  * sleeper names its channel's in the trailer (core/stream.c), and ring()
- * gets the vector the peer named. Without it the
- * guest's waits poll as before (docs/ivshmem.md says why uio_pci_generic
- * cannot: QEMU's ivshmem-doorbell has no INTx).
+ * gets the vector the peer named.
  *
  * Host, joining an existing server instead (ivshmem_client: QEMU's
  * contrib/ivshmem-server, or another mmapfs): the daemon is one of its
@@ -87,7 +86,6 @@ struct ivshmem {
 	bool host;
 	bool client;			/* host: a client of another server */
 	int csock;			/* client: its connection, or -1 */
-	unsigned own_n;			/* client: own eventfds received */
 	int64_t pending;		/* client: bytes of a message so far */
 	uint8_t msg[8];
 	int msg_fd;
@@ -99,7 +97,6 @@ struct ivshmem {
 	int memfd;			/* the memory QEMU gets */
 	dev_t mem_dev;
 	ino_t mem_ino;
-	int own[IVS_VECTORS_MAX];	/* our eventfds: ours to read (host) */
 	int stop;			/* an eventfd: the thread ends */
 	pthread_t thread;
 	bool running;
@@ -114,9 +111,11 @@ struct ivshmem {
 	size_t regs_len;
 	uint32_t doorbell;		/* (peer << 16) | vector */
 	int container, group, vdev;	/* VFIO, or -1 */
-	int irq[IVS_VECTORS_MAX];	/* its eventfds of the MSI-X vectors */
-	/* the vectors we hear (the server's thread: own_n for a client),
-	 * shared out between the channels by next_vector */
+	/* the vectors we hear, an eventfd each: the server's own (peer 0's),
+	 * a client's own as the server sends them (nvec then atomic: the
+	 * thread's, counted on by status), the guest's VFIO gives for its
+	 * MSI-X vectors; shared out between the channels by next_vector */
+	int own[IVS_VECTORS_MAX];
 	unsigned nvec;
 	unsigned next_vector;		/* atomic */
 	/* atomic */
@@ -601,7 +600,7 @@ static int guest_vfio(struct ivshmem *v, struct mm_err *err)
 	v->nvec = ii.count < IVS_VECTORS_MAX ? ii.count : IVS_VECTORS_MAX;
 	memset(&u, 0, sizeof(u));
 	for (unsigned k = 0; k < v->nvec; k++) {
-		int32_t fd = v->irq[k] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		int32_t fd = v->own[k] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 
 		if (fd < 0)
 			return mm_fail(err, -errno, "ivshmem_device: eventfd: %s", strerror(errno));
@@ -626,7 +625,7 @@ static void *hear(void *arg)
 	struct pollfd p[1 + IVS_VECTORS_MAX] = { { .fd = v->stop, .events = POLLIN } };
 
 	for (unsigned k = 0; k < v->nvec; k++)
-		p[1 + k] = (struct pollfd){ .fd = v->irq[k], .events = POLLIN };
+		p[1 + k] = (struct pollfd){ .fd = v->own[k], .events = POLLIN };
 	for (;;) {
 		if (poll(p, 1 + v->nvec, -1) < 0)
 			continue;	/* EINTR */
@@ -634,7 +633,7 @@ static void *hear(void *arg)
 			break;
 		for (unsigned k = 0; k < v->nvec; k++)
 			if (p[1 + k].revents & POLLIN)
-				heard(v, v->irq[k], k);
+				heard(v, v->own[k], k);
 	}
 	return NULL;
 }
@@ -753,9 +752,9 @@ static void client_hear(struct ivshmem *v, int64_t val, int fd)
 		return;
 	}
 	if ((unsigned)val == v->peers) {		/* our own vectors */
-		if (fd >= 0 && v->own_n < IVS_VECTORS_MAX) {
-			v->own[v->own_n] = fd;
-			__atomic_store_n(&v->own_n, v->own_n + 1, __ATOMIC_RELAXED);	/* status */
+		if (fd >= 0 && v->nvec < IVS_VECTORS_MAX) {
+			v->own[v->nvec] = fd;
+			__atomic_store_n(&v->nvec, v->nvec + 1, __ATOMIC_RELAXED);	/* status */
 		} else if (fd >= 0) {
 			close(fd);			/* more vectors than we use */
 		}
@@ -809,17 +808,17 @@ static void *serve_client(void *arg)
 	struct pollfd p[2 + IVS_VECTORS_MAX];
 
 	for (;;) {
-		unsigned n = 0, own_n = v->own_n;
+		unsigned n = 0, nvec = v->nvec;	/* this thread adds to it */
 
 		p[n++] = (struct pollfd){ .fd = v->stop, .events = POLLIN };
 		p[n++] = (struct pollfd){ .fd = v->csock, .events = POLLIN };
-		for (unsigned k = 0; k < own_n; k++)
+		for (unsigned k = 0; k < nvec; k++)
 			p[n++] = (struct pollfd){ .fd = v->own[k], .events = POLLIN };
 		if (poll(p, n, -1) < 0)
 			continue;
 		if (p[0].revents)
 			break;
-		for (unsigned k = 0; k < own_n; k++)
+		for (unsigned k = 0; k < nvec; k++)
 			if (p[2 + k].revents & POLLIN)
 				heard(v, v->own[k], k);
 		if (p[1].revents) {
@@ -856,7 +855,7 @@ int mmfs_ivshmem_setup(struct mmfs *fs, struct mm_err *err)
 	v->listen = v->memfd = v->stop = v->csock = v->msg_fd = -1;
 	v->container = v->group = v->vdev = -1;
 	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
-		v->own[k] = v->irq[k] = -1;
+		v->own[k] = -1;
 	for (unsigned i = 0; i < IVS_CLIENTS_MAX; i++) {
 		struct ivs_client *slot = &v->clients[i];
 
@@ -907,9 +906,6 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 	if (v->listen >= 0 && lstat(v->path, &st) == 0 && st.st_dev == v->sock_dev &&
 	    st.st_ino == v->sock_ino)
 		unlink(v->path);
-	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
-		if (v->own[k] >= 0)
-			close(v->own[k]);
 	if (v->listen >= 0)
 		close(v->listen);
 	if (v->memfd >= 0)
@@ -922,8 +918,8 @@ void mmfs_ivshmem_stop(struct mmfs *fs)
 	if (v->vdev >= 0)
 		close(v->vdev);
 	for (unsigned k = 0; k < IVS_VECTORS_MAX; k++)
-		if (v->irq[k] >= 0)
-			close(v->irq[k]);
+		if (v->own[k] >= 0)
+			close(v->own[k]);
 	if (v->group >= 0)
 		close(v->group);
 	if (v->container >= 0)
@@ -939,7 +935,8 @@ unsigned mmfs_ivshmem_vector(struct mmfs *fs)
 {
 	struct ivshmem *v = fs->ivshmem;
 
-	return v && v->nvec > 1 ?
+	/* a client's vectors come after its channels: those name vector 0 */
+	return v && !v->client && v->nvec > 1 ?
 	       __atomic_fetch_add(&v->next_vector, 1, __ATOMIC_RELAXED) % v->nvec : 0;
 }
 
@@ -986,7 +983,7 @@ int mmfs_ivshmem_status(const struct mm_channel *mc, char *buf, size_t len)
 		     (unsigned long long)__atomic_load_n(&v->heard, __ATOMIC_RELAXED),
 		     fs->cfg.ivshmem_nopoll ? "off" : "on",
 		     v->host ? "eventfd" : v->bell.hears ? "vfio-msix" : "no",
-		     v->client ? __atomic_load_n(&v->own_n, __ATOMIC_RELAXED) : v->nvec, vec,
+		     __atomic_load_n(&v->nvec, __ATOMIC_RELAXED), vec,
 		     vec < IVS_VECTORS_MAX ? (unsigned long long)__atomic_load_n(
 			     &v->heard_v[vec], __ATOMIC_RELAXED) : 0ULL);
 	return n < 0 ? 0 : (size_t)n >= len ? (int)len - 1 : n;
