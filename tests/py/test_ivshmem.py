@@ -226,18 +226,21 @@ def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     g.close()
 
 
+def word2_at(window, word):
+    """Where trailer word `word` of version 2 lies in the window at offset
+    `window` (docs/PROTOCOL.md: 64 bytes before version 1's last 64)."""
+    return window + WIN - 64 - 64 + 4 * word
+
+
 def bell_word(mem, window, word):
-    """Trailer word `word` of version 2 in the window at offset `window`
-    (docs/PROTOCOL.md: 64 bytes before version 1's last 64)."""
-    at = window + WIN - 64 - 64 + 4 * word
     with open(mem, "rb") as f:
-        f.seek(at)
+        f.seek(word2_at(window, word))
         return struct.unpack("<I", f.read(4))[0]
 
 
 def set_bell_word(mem, window, word, value):
     with open(mem, "r+b") as f:
-        f.seek(window + WIN - 128 + 4 * word)
+        f.seek(word2_at(window, word))
         f.write(struct.pack("<I", value))
 
 
