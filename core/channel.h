@@ -103,6 +103,9 @@ struct mm_bell {
 					 * its waits need no futex, no poll */
 };
 
+#define MM_VIEW_RINGS 1		/* the daemon rings the peer for a view */
+#define MM_VIEW_HEARS 2		/* and hears the peer's rings */
+
 /* One direction, named from this end: rd is the area we read from. */
 struct mm_dir {
 	/* set by the handshake under ch->lock; fixed while claimed (first,
@@ -124,6 +127,9 @@ struct mm_dir {
 	const struct mm_bell *bell;	/* the administrator's area has a
 					 * doorbell (opts), or NULL */
 	unsigned bell_vector;		/* the vector that rings us (opts) */
+	uint8_t view_bell;		/* a view: the daemon's doorbell on the
+					 * area (status's DIR.doorbell): 0 none,
+					 * MM_VIEW_RINGS, MM_VIEW_HEARS */
 	/* ch->lock */
 	const void *owner;		/* who holds the claim, or NULL */
 	/* set by the handshake under ch->lock; fixed while claimed */
@@ -400,6 +406,28 @@ struct mm_ioc_bytes {
 	uint64_t written;
 };
 #define MM_IOC_BYTES _IOW('M', 1, struct mm_ioc_bytes)
+
+/* A view's doorbell, through its daemon (docs/PROTOCOL.md, "Native
+ * access"): the library cannot take a doorbell's interrupt, nor ring one
+ * itself. MM_IOC_WAIT waits, without holding a thread of the daemon, until
+ * the stream's words for `events` (POLLIN: the read direction, POLLOUT:
+ * the write one) are no longer `state` (mm_stream_state(), taken before
+ * the look that found nothing to do); the daemon counts itself among the
+ * sleepers meanwhile, so the peer rings it. It returns 0, or fails with
+ * EINTR (a signal), EPIPE (the peer is dead), EIO (the channel failed),
+ * ENOTCONN (the daemon is stopping) or EINVAL. MM_IOC_RING rings the
+ * doorbell of the area of direction `dir` (MM_RD, MM_WR) on `vector`, as
+ * core's wake() would: EOPNOTSUPP where it has none. */
+struct mm_ioc_wait {
+	uint32_t events;
+	uint32_t state[6];		/* MM_STREAM_STATE_WORDS */
+};
+struct mm_ioc_ring {
+	uint32_t dir;
+	uint32_t vector;
+};
+#define MM_IOC_WAIT _IOW('M', 2, struct mm_ioc_wait)
+#define MM_IOC_RING _IOW('M', 3, struct mm_ioc_ring)
 
 /* Someone else (a library holding dir's claim) says it moved n bytes
  * through dir since its last report: status's counter takes n, but never

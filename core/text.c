@@ -200,6 +200,10 @@ static int status_dir(const char *name, const struct mm_dir *d, char *buf,
 				   name, d->ring.end, name, d->local,
 				   name, (unsigned long long)d->area.dev, name,
 				   (unsigned long long)d->area.ino);
+	/* a doorbell on it, which the daemon rings (and hears) for a library */
+	if (r == 0 && d->usable && d->bell)
+		r = mm_text_append(buf, len, pos, "%s.doorbell=%s\n", name,
+				   d->bell->hears ? "hears" : "rings");
 	if (r == 0 && d->usable && d->area.fd >= 0)
 		r = mm_text_append(buf, len, pos, "%s.fd=/proc/%d/fd/%d\n", name, (int)getpid(),
 				   d->area.fd);

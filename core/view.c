@@ -104,8 +104,8 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 {
 	struct mm_dir *d = dir == MM_RD ? &ch->rd : &ch->wr;
 	const char *name = dir_name(dir);
-	char key[KEY_MAX], path[PATH_MAX], proc[64];
-	uint64_t size, end, local, offset, dev, ino;
+	char key[KEY_MAX], path[PATH_MAX], proc[64], bell[8];
+	uint64_t size, end, local, offset, dev, ino, vector;
 	struct mm_window win;
 	int r, fd;
 
@@ -132,6 +132,13 @@ static int view_dir(struct mm_channel *ch, unsigned dir, const char *text, size_
 		return r;
 	d->present = d->usable = true;
 	d->local = local != 0;
+	/* its daemon's doorbell: rung and heard for us (MM_IOC_RING, _WAIT) */
+	if (status_value(text, len, key_of(key, name, "doorbell"), bell, sizeof(bell)) == 0)
+		d->view_bell = strcmp(bell, "hears") == 0 ? MM_VIEW_HEARS :
+			       strcmp(bell, "rings") == 0 ? MM_VIEW_RINGS : 0;
+	if (d->view_bell && status_u64(text, len, "doorbell.vector", &vector) == 0 &&
+	    vector <= UINT16_MAX)
+		d->bell_vector = (unsigned)vector;	/* what a sleep of ours names */
 	if (mm_dir_setup_ring(d, ch->ext) < 0 || d->ring.end != end)
 		return mm_fail(err, -EPROTO, "%s: ring end %llu, status says %llu", path,
 			       (unsigned long long)d->ring.end, (unsigned long long)end);

@@ -48,6 +48,8 @@ struct parked {
 	char *buf;			/* write: the bytes (a copy) */
 	struct fuse_file_info fi;	/* open: to answer with */
 	uint64_t deadline_ms;		/* open: for a release on its way */
+	uint32_t state[MM_STREAM_STATE_WORDS];	/* wait: the stream's, as the
+						 * library last saw it */
 	/* fs->lock */
 	bool queued;			/* in its queue, else being served */
 	struct parked *next;		/* in its channel's queue */
@@ -77,8 +79,10 @@ void trace_rings(struct mmfs *fs, struct chan *ch, const char *what)
  * ticker must not look at them then). fs->lock held. */
 static void chan_idle(struct mmfs *fs, struct chan *ch)
 {
-	if (!ch->waiting[PARK_READ] && !ch->waiting[PARK_WRITE] && !ch->waiting[PARK_OPEN] &&
-	    !ch->dropping)
+	for (enum park_kind k = 0; k < PARK_KINDS; k++)
+		if (ch->waiting[k])
+			return;
+	if (!ch->dropping)
 		waiter_cancel(fs, &ch->wait);
 }
 
@@ -252,6 +256,8 @@ static void answer(struct mmfs *fs, struct parked *p, int r)
 		open_finish(p->req, p->h, &p->fi, r);
 	else if (p->kind == PARK_WRITE)
 		write_reply(p->req, p->before + p->done, r);
+	else if (p->kind != PARK_READ && r == 0)
+		fuse_reply_ioctl(p->req, 0, NULL, 0);
 	else
 		fuse_reply_err(p->req, -r);
 	parked_free(fs, p);
@@ -623,6 +629,38 @@ static void serve_opens(struct mmfs *fs, struct chan *ch)
 	}
 }
 
+/* A library's waits of kind k (PARK_WAIT_IN, _OUT) that can end: the
+ * stream's words moved from where the library saw them, or the channel
+ * failed, or its peer died. The others go back in order. */
+static void serve_waits(struct mmfs *fs, struct chan *ch, enum park_kind k)
+{
+	unsigned events = k == PARK_WAIT_IN ? POLLIN : POLLOUT;
+	uint32_t now[MM_STREAM_STATE_WORDS];
+	struct parked *p, *waiting = NULL, **tail = &waiting;
+	bool looked = false;
+
+	while ((p = next_parked(fs, ch, k))) {
+		if (!looked)
+			mm_stream_state(&ch->mc, events, now);
+		looked = true;
+		if (mm_channel_state(&ch->mc) != MM_STATE_READY)
+			answer(fs, p, -EIO);
+		else if (mm_channel_peer_state(&ch->mc) == MM_PEER_DEAD)
+			answer(fs, p, -EPIPE);
+		else if (memcmp(now, p->state, sizeof(now)) != 0)
+			answer(fs, p, 0);
+		else {
+			*tail = p;
+			tail = &p->next;
+		}
+	}
+	*tail = NULL;
+	while ((p = waiting)) {
+		waiting = p->next;
+		requeue(fs, p);
+	}
+}
+
 /* The channel's waiter: what it waits for is what is parked, counting
  * the requests another thread is serving (they may have to wait again).
  * fs->lock held. */
@@ -632,9 +670,9 @@ static void chan_arm(struct mmfs *fs, struct chan *ch)
 	bool opens = ch->waiting[PARK_OPEN] > 0;	/* looked at every beat */
 	unsigned events = 0;
 
-	if (ch->waiting[PARK_READ] || ch->dropping)
+	if (ch->waiting[PARK_READ] || ch->waiting[PARK_WAIT_IN] || ch->dropping)
 		events |= POLLIN;
-	if (ch->waiting[PARK_WRITE])
+	if (ch->waiting[PARK_WRITE] || ch->waiting[PARK_WAIT_OUT])
 		events |= POLLOUT;
 	if (!events && !opens)
 		return;
@@ -655,6 +693,8 @@ void data_serve(struct mmfs *fs, struct chan *ch)
 	serve_reads(fs, ch);
 	serve_writes(fs, ch);
 	serve_opens(fs, ch);
+	serve_waits(fs, ch, PARK_WAIT_IN);
+	serve_waits(fs, ch, PARK_WAIT_OUT);
 	fifo_poke(fs, ch);	/* a claim given back may be theirs to take */
 }
 
@@ -757,24 +797,84 @@ void data_release(struct mmfs *fs, struct handle *h)
 /* A library's report (MM_IOC_BYTES): the bytes it moved through the areas
  * since its last, for status, counted only as far as the pointers moved
  * (mm_channel_add_bytes); and the claim is a library's from now on. */
-void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len)
+static void ioc_bytes(fuse_req_t req, struct handle *h, const struct mm_ioc_bytes *b)
 {
 	struct mmfs *fs = fs_of(req);
-	struct mm_ioc_bytes b;
 
-	if (cmd != MM_IOC_BYTES || in_len != sizeof(b)) {
-		fuse_reply_err(req, ENOTTY);
-		return;
-	}
-	memcpy(&b, in, sizeof(b));
 	pthread_mutex_lock(&fs->lock);
 	h->library = true;
 	pthread_mutex_unlock(&fs->lock);
 	if (h->dirs & MM_RD)
-		mm_channel_add_bytes(&h->ch->mc, MM_RD, b.read);
+		mm_channel_add_bytes(&h->ch->mc, MM_RD, b->read);
 	if (h->dirs & MM_WR)
-		mm_channel_add_bytes(&h->ch->mc, MM_WR, b.written);
+		mm_channel_add_bytes(&h->ch->mc, MM_WR, b->written);
 	fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+/* A library waits, across a VM, for what we hear (MM_IOC_WAIT): parked as
+ * a read is, with the state it saw, and answered when the stream moves
+ * from there (serve_waits). */
+static void ioc_wait(fuse_req_t req, struct handle *h, const struct mm_ioc_wait *w)
+{
+	unsigned dir = w->events == POLLIN ? MM_RD : w->events == POLLOUT ? MM_WR : 0;
+	struct parked *p;
+
+	if (!(h->dirs & dir)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	p = parked_new(req, h, dir == MM_RD ? PARK_WAIT_IN : PARK_WAIT_OUT);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	memcpy(p->state, w->state, sizeof(p->state));
+	park(fs_of(req), p);
+}
+
+/* A library rings the peer of its direction across a VM (MM_IOC_RING), as
+ * our stream does after a move the peer may sleep through (the vector:
+ * what the peer asked for in the trailer; the bell checks it). */
+static void ioc_ring(fuse_req_t req, struct handle *h, const struct mm_ioc_ring *r)
+{
+	const struct mm_bell *b = NULL;
+
+	if ((r->dir != MM_RD && r->dir != MM_WR) || !(h->dirs & r->dir)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	b = r->dir == MM_RD ? h->ch->mc.rd.bell : h->ch->mc.wr.bell;
+	if (!b) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	b->ring(b, r->vector);
+	fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+_Static_assert(sizeof(((struct mm_ioc_wait *)0)->state) ==
+	       MM_STREAM_STATE_WORDS * sizeof(uint32_t), "a stream's state");
+
+void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len)
+{
+	union {
+		struct mm_ioc_bytes bytes;
+		struct mm_ioc_wait wait;
+		struct mm_ioc_ring ring;
+	} u;
+
+	if (in_len != _IOC_SIZE(cmd) || in_len > sizeof(u) ||
+	    (cmd != MM_IOC_BYTES && cmd != MM_IOC_WAIT && cmd != MM_IOC_RING)) {
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	memcpy(&u, in, in_len);
+	if (cmd == MM_IOC_BYTES)
+		ioc_bytes(req, h, &u.bytes);
+	else if (cmd == MM_IOC_WAIT)
+		ioc_wait(req, h, &u.wait);
+	else
+		ioc_ring(req, h, &u.ring);
 }
 
 bool data_is_library(struct mmfs *fs, const struct handle *h)

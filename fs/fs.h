@@ -118,8 +118,9 @@ struct waiter {
 	struct waiter *next, *prev;	/* in fs->waiters or fs->due */
 };
 
-/* The kinds of request a channel parks (data.c), one queue each. */
-enum park_kind { PARK_READ, PARK_WRITE, PARK_OPEN, PARK_KINDS };
+/* The kinds of request a channel parks (data.c), one queue each: reads,
+ * writes, opens, and a library's waits for either direction (MM_IOC_WAIT). */
+enum park_kind { PARK_READ, PARK_WRITE, PARK_OPEN, PARK_WAIT_IN, PARK_WAIT_OUT, PARK_KINDS };
 struct parked;
 
 struct chan {
@@ -322,6 +323,7 @@ void data_read(fuse_req_t req, struct handle *h, size_t size, struct fuse_file_i
 void data_write(fuse_req_t req, struct handle *h, const char *buf, size_t size,
 		struct fuse_file_info *fi);
 void data_release(struct mmfs *fs, struct handle *h);
+/* A library's ioctls on its claim: MM_IOC_BYTES, MM_IOC_WAIT, MM_IOC_RING. */
 void data_ioctl(fuse_req_t req, struct handle *h, unsigned cmd, const void *in, size_t in_len);
 /* Is h a library's claim (it said so with MM_IOC_BYTES)? */
 bool data_is_library(struct mmfs *fs, const struct handle *h);

@@ -36,6 +36,15 @@ _Static_assert(MM_CHUNKS_MAX * 22 + 1 <= MMAPFS_CHUNKS_TEXT_MAX, "MMAPFS_CHUNKS_
 #define TELL_MS 250
 #define HOLD_NS 2000000		/* a reader still this long has stopped */
 
+/* A direction's doorbell across a VM, which its daemon rings for us
+ * (MM_IOC_RING): core's wake() calls it after a move the peer may sleep
+ * through. */
+struct lib_bell {
+	struct mm_bell bell;		/* first: what the direction holds */
+	int fd;
+	unsigned dir;
+};
+
 /* What a direction told its daemon last: its own thread's. */
 struct told {
 	uint64_t bytes;
@@ -50,6 +59,10 @@ struct mmapfs_chan {
 	unsigned dirs;
 	uint64_t watched_ms;		/* atomic: the peer's beat last looked at */
 	uint64_t asked_ms;		/* atomic: the daemon last asked */
+	struct lib_bell bells[2];	/* the read area's, the write area's */
+	bool daemon_waits[2];		/* the direction's own thread's: its
+					 * waits go through the daemon, which
+					 * hears the peer's doorbell */
 	/* the reader's */
 	struct mm_slice slice;		/* the last read_begin's, until its end */
 	size_t handed;			/* how much of it the caller has */
@@ -126,6 +139,57 @@ static void tell(struct mmapfs_chan *c, unsigned dir, bool now, size_t next)
 	ioctl(c->fd, MM_IOC_BYTES, &b);
 	t->bytes = moved;
 	t->ms = ms;
+}
+
+static void lib_ring(const struct mm_bell *b, unsigned vector)
+{
+	const struct lib_bell *lb = (const struct lib_bell *)(const void *)b;
+	struct mm_ioc_ring r = { lb->dir, vector };
+
+	ioctl(lb->fd, MM_IOC_RING, &r);
+}
+
+/* Areas with a doorbell, across a VM from their peer (status's
+ * DIR.doorbell): the peer's futex wakes cannot reach us, nor ours it.
+ * Our daemon rings for us, and waits for us where it hears the peer. */
+static void bells(struct mmapfs_chan *c)
+{
+	for (unsigned i = 0; i < 2; i++) {
+		struct mm_dir *d = i == 0 ? &c->ch.rd : &c->ch.wr;
+
+		if (!d->usable || !d->view_bell || d->local)
+			continue;
+		c->bells[i] = (struct lib_bell){
+			.bell = { .ring = lib_ring, .hears = d->view_bell == MM_VIEW_HEARS },
+			.fd = c->fd,
+			.dir = i == 0 ? MM_RD : MM_WR,
+		};
+		d->bell = &c->bells[i].bell;
+		c->daemon_waits[i] = d->view_bell == MM_VIEW_HEARS;
+	}
+}
+
+/* Wait through the daemon (MM_IOC_WAIT) until dir's words move from
+ * state: 0, or -EINTR. A daemon that cannot (one without the call, or out
+ * of memory) leaves the wait to mm_stream_wait(), for step µs; a peer it
+ * found dead, or a channel failed, ends the stream for us too. */
+static int daemon_wait(struct mmapfs_chan *c, unsigned dir, const uint32_t *state,
+		       unsigned step)
+{
+	struct mm_ioc_wait w = { .events = dir == MM_RD ? POLLIN : POLLOUT };
+
+	memcpy(w.state, state, sizeof(w.state));
+	if (ioctl(c->fd, MM_IOC_WAIT, &w) == 0)
+		return 0;
+	if (errno == EINTR)
+		return -EINTR;
+	if (errno == EPIPE || errno == EIO || errno == ENOTCONN) {
+		mm_channel_peer_dead(&c->ch);
+		return 0;
+	}
+	if (errno == ENOTTY || errno == EINVAL)
+		c->daemon_waits[dir == MM_RD ? 0 : 1] = false;
+	return mm_stream_wait(&c->ch, dir, step);
 }
 
 /* Why this thread's last call failed (mmapfs_reason). */
@@ -245,6 +309,7 @@ out:
 	/* a library's claim, from now on: its daemon knows whose the chunk
 	 * lists are (a daemon without the call: ENOTTY, and nothing to tell) */
 	c->tells = ioctl(c->fd, MM_IOC_BYTES, &(struct mm_ioc_bytes){ 0, 0 }) == 0;
+	bells(c);
 	return c;
 }
 
@@ -307,12 +372,18 @@ static bool reader_moving(void *arg)
 static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t len)
 {
 	unsigned dir = op == OP_WRITE ? MM_WR : MM_RD, step = MM_WAIT_MIN_US;
+	uint32_t state[MM_STREAM_STATE_WORDS];
+	bool *by_daemon = &c->daemon_waits[dir == MM_RD ? 0 : 1];
 	uint64_t spin_end = 0;
+	bool sleepy = false;		/* looks before a daemon's wait */
 
 	for (;;) {
 		ssize_t n;
 		int r;
 
+		/* what a wait through the daemon waits to see move */
+		if (sleepy)
+			mm_stream_state(&c->ch, dir == MM_RD ? POLLIN : POLLOUT, state);
 		if (op == OP_WRITE)
 			n = mm_stream_write_hold(&c->ch, buf, len, c->nonblock ? NULL : reader_moving,
 						 c);
@@ -340,7 +411,14 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 				cpu_relax();
 			continue;
 		}
-		r = mm_stream_wait(&c->ch, dir, step);
+		if (*by_daemon && !sleepy) {
+			sleepy = true;	/* look once more, the state first */
+			continue;
+		}
+		if (*by_daemon)
+			r = daemon_wait(c, dir, state, step);
+		else
+			r = mm_stream_wait(&c->ch, dir, step);
 		watch(c, false);
 		tell(c, dir, false, 0);
 		if (r == -EINTR)

@@ -7,15 +7,20 @@ middle of their setup, sending bytes or descriptors the protocol has not)
 cost the daemon nothing. A write on the host rings a guest that sleeps
 (an attacher on the same memory, its reader blocked), and a guest's ring
 of peer 0 is heard."""
+import errno
+import fcntl
 import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
 
 from conftest import sh, wait_state, write_conf
+from test_lib import python_env
 
 MEM = 1 << 20           # the device's memory: a power of two
 WIN = 256 << 10         # each direction's window
@@ -222,6 +227,163 @@ def test_ring_a_sleeping_guest_and_hear_it(server, tmp_path, mount_factory):
     while int(m.status("vm")["doorbell.heard"]) == heard0:
         assert time.monotonic() < deadline, "the host did not hear the ring"
         time.sleep(0.02)
+    close_all(g_mem, g_peers)
+    g.close()
+
+
+LIB_END = r"""
+import sys
+import mmapfs
+
+chan, mode = sys.argv[1:3]
+with mmapfs.open(chan, mode) as ch:
+    print("open", flush=True)
+    if mode == "w":
+        assert ch.write(b"hello") == 5
+        print("written", flush=True)
+        sys.stdin.readline()            # the test has seen the ring
+    else:
+        print(ch.read(64).decode(), flush=True)
+"""
+
+
+def lib_end(chan, mode):
+    """A library end (contrib/python/mmapfs.py) on chan, in a process of its
+    own, past its open."""
+    p = subprocess.Popen([sys.executable, "-c", LIB_END, str(chan), mode], env=python_env(),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline() == "open\n", p.stderr.read()
+    return p
+
+
+def test_library_rings_and_hears_through_its_daemon(server, tmp_path, mount_factory):
+    """A library on the host cannot ring the guest nor hear it: its daemon
+    does both for it (MM_IOC_RING, MM_IOC_WAIT). Its write rings a guest
+    whose reader sleeps; its blocked read sleeps in the daemon, which no
+    futex wake reaches (the peer is across a VM) and which does not poll
+    here: bytes the guest writes without ringing stay unread until the
+    guest rings."""
+    m, sock, mem = server
+    g = connect(sock)
+    g_id, g_mem, g_peers = setup_msgs(g)
+    mine = g_peers[g_id][0]
+    a = attacher_on(m, mem, tmp_path, mount_factory)
+    st = m.status("vm")
+    assert (st["read.doorbell"], st["write.doorbell"]) == ("hears", "hears")
+
+    rd = os.open(a / "vm/data", os.O_RDONLY | os.O_NONBLOCK)
+    w = None
+    try:
+        p = select.poll()
+        p.register(rd, select.POLLIN)
+        assert not p.poll(200)          # the guest's reader sleeps
+        w = lib_end(m / "vm", "w")
+        assert w.stdout.readline() == "written\n"
+        assert select.select([mine], [], [], 5)[0], "the library's write rang nobody"
+        assert os.read(mine, 8)
+        w.stdin.write("\n")
+        w.stdin.flush()
+        assert w.wait(timeout=30) == 0, w.stderr.read()
+        read_hello(rd)
+    finally:
+        os.close(rd)
+        if w and w.poll() is None:
+            w.kill()
+
+    r = lib_end(m / "vm", "r")
+    try:
+        time.sleep(0.2)                 # asleep in the daemon
+        sh(f"printf hello > {a / 'vm/data'}")
+        assert not select.select([r.stdout], [], [], 0.5)[0], \
+            "the library's read was woken without a ring"
+        os.write(g_peers[0][0], struct.pack("=Q", 1))
+        assert select.select([r.stdout], [], [], 5)[0], "the ring did not wake the library"
+        assert r.stdout.readline() == "hello\n"
+        assert r.wait(timeout=30) == 0, r.stderr.read()
+    finally:
+        if r.poll() is None:
+            r.kill()
+            r.wait()
+    close_all(g_mem, g_peers)
+    g.close()
+
+
+# core/channel.h: _IOW('M', 2, struct mm_ioc_wait), _IOW('M', 3, struct mm_ioc_ring)
+MM_IOC_WAIT = (1 << 30) | (28 << 16) | (ord("M") << 8) | 2
+MM_IOC_RING = (1 << 30) | (8 << 16) | (ord("M") << 8) | 3
+MM_RD, MM_WR = 1, 2
+
+INTERRUPTED = r"""
+import signal, sys
+import mmapfs
+
+class Alarm(Exception):
+    pass
+
+def alarm(*_):
+    raise Alarm
+
+signal.signal(signal.SIGALRM, alarm)
+with mmapfs.open(sys.argv[1], "r") as ch:
+    print("open", flush=True)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        ch.read(64)
+        print("read")
+    except Alarm:
+        print("interrupted")
+"""
+
+
+def test_library_waits_interrupted_and_ioctls_checked(server, tmp_path, mount_factory):
+    """A library's wait in the daemon ends at a signal (EINTR) or the
+    caller's death; the ioctls refuse what they cannot mean."""
+    m, sock, mem = server
+    g = connect(sock)
+    g_id, g_mem, g_peers = setup_msgs(g)
+    a = attacher_on(m, mem, tmp_path, mount_factory)
+
+    p = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(m / "vm")], env=python_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, out) == (0, "open\ninterrupted\n"), err
+    k = lib_end(m / "vm", "r")
+    time.sleep(0.3)
+    k.kill()
+    assert k.wait(timeout=30) == -9
+    assert m.status("vm")["state"] == "ready"
+
+    fd = os.open(m / "vm/data", os.O_RDONLY)
+    try:
+        for events in (0, select.POLLOUT, select.POLLIN | select.POLLOUT, 0x8000):
+            with pytest.raises(OSError) as e:
+                fcntl.ioctl(fd, MM_IOC_WAIT, struct.pack("7I", events, *[0] * 6))
+            assert e.value.errno == errno.EINVAL, events
+        # a state the stream is not in: at once
+        fcntl.ioctl(fd, MM_IOC_WAIT, struct.pack("7I", select.POLLIN, *[0xffffffff] * 6))
+        for d in (0, MM_WR, 7):
+            with pytest.raises(OSError) as e:
+                fcntl.ioctl(fd, MM_IOC_RING, struct.pack("2I", d, 0))
+            assert e.value.errno == errno.EINVAL, d
+        # a vector nobody has: vector 0
+        rung = int(m.status("vm")["doorbell.rung"])
+        fcntl.ioctl(fd, MM_IOC_RING, struct.pack("2I", MM_RD, 0xffffffff))
+        assert select.select([g_peers[g_id][0]], [], [], 5)[0]
+        assert int(m.status("vm")["doorbell.rung"]) == rung + 1
+        with pytest.raises(OSError) as e:
+            fcntl.ioctl(fd, MM_IOC_RING + 6, struct.pack("2I", MM_RD, 0))     # 'M', 9
+        assert e.value.errno == errno.ENOTTY
+    finally:
+        os.close(fd)
+    # without a doorbell
+    fd = os.open(a / "vm/data", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            fcntl.ioctl(fd, MM_IOC_RING, struct.pack("2I", MM_RD, 0))
+        assert e.value.errno == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
     close_all(g_mem, g_peers)
     g.close()
 
