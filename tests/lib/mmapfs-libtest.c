@@ -8,6 +8,8 @@
  *                                compared with SRC, then end of file: "ok N"
  *   open CHAN r|w|rw             "ok" or the errno's name
  *   hold CHAN r|w|rw             open, print "open", close at end of stdin
+ *   put CHAN TEXT                write TEXT, print "written", close (the
+ *                                end of stream) at end of stdin: "ok N"
  *   error CHAN r|w               read (or write) until it fails: the errno's
  *                                name, or "eof"
  *   sigbus CHAN                  a SIGBUS outside the library reaches the
@@ -171,6 +173,25 @@ static int cmd_open(const char *chan, const char *mode, bool hold)
 	return mmapfs_close(c) < 0 ? die("close") : 0;
 }
 
+static int cmd_put(const char *chan, const char *text)
+{
+	struct mmapfs_chan *c = mmapfs_open(chan, O_WRONLY);
+	size_t len = strlen(text);
+	char b[64];
+
+	if (!c)
+		return die("open");
+	if (mmapfs_write(c, text, len) != (ssize_t)len)
+		return die("write");
+	printf("written\n");
+	while (read(STDIN_FILENO, b, sizeof(b)) > 0)
+		;
+	if (mmapfs_close(c) < 0)
+		return die("close");
+	printf("ok %zu\n", len);
+	return 0;
+}
+
 static int cmd_error(const char *chan, const char *mode)
 {
 	struct mmapfs_chan *c = mmapfs_open(chan, flags_of(mode));
@@ -245,6 +266,8 @@ int main(int argc, char **argv)
 		return cmd_read(argv[2], argv[3], zc, nb);
 	if ((strcmp(cmd, "open") == 0 || strcmp(cmd, "hold") == 0) && argc == 4)
 		return cmd_open(argv[2], argv[3], cmd[0] == 'h');
+	if (strcmp(cmd, "put") == 0 && argc == 4)
+		return cmd_put(argv[2], argv[3]);
 	if (strcmp(cmd, "error") == 0 && argc == 4)
 		return cmd_error(argv[2], argv[3]);
 	if (strcmp(cmd, "sigbus") == 0 && argc == 3)

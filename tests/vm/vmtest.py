@@ -1088,6 +1088,10 @@ class VMTest:
         rep.check(f"doorbell: guest->host, the host's blocked reader woken with polling "
                   f"off: {name}", self.bell_g2h, name)
         rep.check(f"doorbell: host->guest, the sleeping guest rung: {name}", self.bell_h2g, name)
+        rep.check(f"doorbell: guest->host, the host's library woken by its daemon: {name}",
+                  self.lib_g2h, name)
+        rep.check(f"doorbell: host->guest, the host's library rings through its daemon: "
+                  f"{name}", self.lib_h2g, name)
 
     def host_restart(self, name):
         """docs/ivshmem.md, "Restarts with doorbells": QEMU cannot connect to
@@ -1171,6 +1175,66 @@ class VMTest:
         return (f"pong arrived, polling off in the guest too; the host rang "
                 f"{rung - rung0} times, the guest heard {heard - heard0} (VFIO, MSI-X), "
                 f"{vheard - vheard0} on this channel's vector")
+
+    def libtest(self, *args):
+        """The build's libmmapfs driver (tests/lib/mmapfs-libtest.c) on the
+        host, started."""
+        build = os.path.dirname(os.path.dirname(os.path.abspath(self.args.mmapfs)))
+        return subprocess.Popen([os.path.join(build, "tests", "lib", "mmapfs-libtest"), *args],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def lib_g2h(self, name):
+        """The host's library reads; it waits in its daemon (MM_IOC_WAIT),
+        which only the guest's doorbell wakes (polling off)."""
+        src = os.path.join(self.work, "ping")
+        with open(src, "w") as f:
+            f.write("ping")
+        heard0 = int(self.host.status(name)["doorbell.heard"])
+        r = self.libtest("read", self.host.chan(name), src, "1")
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        self.guest.sh(f"printf ping > {self.gchan(name)}/data")
+        try:
+            out, err = r.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            r.kill()
+            r.communicate()
+            raise Fail("the host's library had no end of stream 10 s after the guest wrote")
+        t = time.monotonic() - t0
+        heard = int(self.host.status(name)["doorbell.heard"])
+        if r.returncode != 0 or out.strip() != "ok 4" or heard <= heard0:
+            raise Fail(f"the library: {out.strip()!r} {err.strip()!r}, exit {r.returncode}; "
+                       f"doorbells heard {heard0} -> {heard}")
+        return f"ping and its end of stream in {t * 1000:.0f} ms; {heard - heard0} rings heard"
+
+    def lib_h2g(self, name):
+        """The host's library writes to the guest's sleeping reader, and holds
+        its claim (no end of stream, no ring of the daemon's own) until the
+        guest has the bytes: its daemon rang for it (MM_IOC_RING)."""
+        g, gc = self.guest, self.gchan(name)
+        g.sh(f"rm -f /tmp/pong; cat {gc}/data > /tmp/pong 2>&1 </dev/null &")
+        time.sleep(1.0)
+        rung0 = int(self.host.status(name)["doorbell.rung"])
+        w = self.libtest("put", self.host.chan(name), "pong")
+        try:
+            line = w.stdout.readline().strip()
+            if line != "written":
+                raise Fail(f"the library: {line!r} {w.stderr.read()!r}")
+            rc, out = g.sh("i=0; until [ \"$(cat /tmp/pong)\" = pong ]; do i=$((i+1)); "
+                           "[ $i -le 100 ] || break; sleep 0.1; done; cat /tmp/pong",
+                           check=False)
+            rung = int(self.host.status(name)["doorbell.rung"])
+            out2, err = w.communicate("", timeout=10)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.communicate()
+        if out.strip() != "pong" or rung <= rung0 or w.returncode != 0 or out2.strip() != "ok 4":
+            raise Fail(f"guest got {out.strip()!r} while the library held its claim; the host "
+                       f"rang {rung - rung0} times; the library: {out2.strip()!r} "
+                       f"{err.strip()!r}, exit {w.returncode}")
+        return f"pong arrived before the library's close; the host rang {rung - rung0} times"
 
     def guest_heard(self, name, key="heard"):
         _, out = self.guest.sh(f"sed -n 's/^doorbell.{key}=//p' {self.gchan(name)}/status")
