@@ -94,9 +94,10 @@ struct mm_chunks;
 /* A doorbell (docs/ivshmem.md, "Doorbells"): how to wake the peer where
  * its futex cannot reach, across a VM boundary (an ivshmem-doorbell
  * device: an eventfd on the host, the Doorbell register in the guest).
- * ring() must not block: the stream calls it after publishing a pointer
- * when the trailer says the peer may sleep, with the vector the peer's
- * trailer words ask for (any value: ring() checks it). */
+ * ring() waits for nothing but its own system call (a library's is a
+ * request its daemon answers at once): the stream calls it after
+ * publishing a pointer when the trailer says the peer may sleep, with the
+ * vector the peer's trailer words ask for (any value: ring() checks it). */
 struct mm_bell {
 	void (*ring)(const struct mm_bell *b, unsigned vector);
 	bool hears;			/* the peer's rings reach this end too:

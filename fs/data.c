@@ -5,7 +5,7 @@
  * No worker waits. A call that has to wait (a read with nothing to read, a
  * write into a full ring, an open that waits for a release on its way, for
  * the reader to take earlier ends of stream, or for an abandoned stream to
- * be dropped) is parked: kept with its request in its channel's queue, one
+ * be dropped; a library's wait for the stream to move, MM_IOC_WAIT) is parked: kept with its request in its channel's queue, one
  * queue per kind, in the order the calls came, and answered by whichever
  * thread sees the stream move: the channel's waiter (fired by the ticker,
  * event.c), a release, an rmdir, or the caller's interrupt (SIGINT,
@@ -837,7 +837,7 @@ static void ioc_wait(fuse_req_t req, struct handle *h, const struct mm_ioc_wait 
  * what the peer asked for in the trailer; the bell checks it). */
 static void ioc_ring(fuse_req_t req, struct handle *h, const struct mm_ioc_ring *r)
 {
-	const struct mm_bell *b = NULL;
+	const struct mm_bell *b;
 
 	if ((r->dir != MM_RD && r->dir != MM_WR) || !(h->dirs & r->dir)) {
 		fuse_reply_err(req, EINVAL);

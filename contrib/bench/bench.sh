@@ -24,7 +24,9 @@
 #     CPU over 10 s, then one line through each.
 # (f) the FIFO entries beside dd | dd at 512 B to 1 MiB with the daemons'
 #     CPU per GiB and the cores busy during each (all of them: the figure
-#     is the machine's, two programs and two pumps sharing its cores), data
+#     is the machine's, two programs and two pumps sharing its cores), and
+#     beside dd | relay | dd (contrib/bench/relay.c: the same three copies
+#     with nothing else, the floor of their rate on the machine), data
 #     at 1 MiB, and tar (10 KiB blocks) through them beside a plain FIFO.
 # (g) the working window: libmmapfs (bench_lib, copying and zero-copy
 #     reads) at 512 B to 1 MiB with the default 64 MiB ring beside a 1 MiB
@@ -40,10 +42,11 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$top/build-release}
 [ -d "$build" ] || meson setup "$build" "$top" --buildtype=release >/dev/null
 ninja -C "$build" fs/mmapfs contrib/bench/pingpong contrib/bench/bench_lib \
-	contrib/examples/mmapfs-cat >/dev/null
+	contrib/bench/relay contrib/examples/mmapfs-cat >/dev/null
 mmapfs=$build/fs/mmapfs
 bench_lib=$build/contrib/bench/bench_lib
 pingpong=$build/contrib/bench/pingpong
+relay=$build/contrib/bench/relay
 GIB=${GIB:-8}
 TRIPS=${TRIPS:-20000}
 RUNS=${RUNS:-3}
@@ -104,6 +107,14 @@ pipe_rate() {	# BS BYTES: dd | dd, GB/s
 	local t0 t1
 	t0=$(now)
 	dd if=/dev/zero bs="$1" count=$(($2 / $1)) 2>/dev/null | dd of=/dev/null bs="$1" 2>/dev/null
+	t1=$(now)
+	gbs "$2" "$t0" "$t1"
+}
+relay_rate() {	# BS BYTES: dd | relay | dd (the FIFO entries' copies alone), GB/s
+	local t0 t1
+	t0=$(now)
+	dd if=/dev/zero bs="$1" count=$(($2 / $1)) 2>/dev/null | "$relay" |
+		dd of=/dev/null bs="$1" 2>/dev/null
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
 }
@@ -258,6 +269,7 @@ for bs in 512 4096 16384 65536 1048576; do
 	fifo_bytes=$((bs < 4096 ? 256 << 20 : 1 << 30))
 	for i in $(seq "$RUNS"); do
 		busy_run "f.$bs.pipe" pipe_rate "$bs" "$fifo_bytes"
+		busy_run "f.$bs.relay" relay_rate "$bs" "$fifo_bytes"
 		newchan
 		a0=$(cpu_ns "${pids[0]}"); b0=$(cpu_ns "${pids[1]}")
 		busy_run "f.$bs.fifos" files_rate "$bs" "$fifo_bytes" send recv

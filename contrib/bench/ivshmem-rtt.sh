@@ -18,6 +18,10 @@
 # ivshmem_poll = false unless VMTEST_DOORBELL_POLL=on (the default of a
 # real setup: a 10 ms recheck besides the doorbells).
 #
+# Then the same round trips with the host's end the build's libmmapfs
+# (contrib/python/mmapfs.py; MMAPFS_LIB names another build of the
+# library), on the doorbell channel: its daemon rings and waits for it.
+#
 # Last, the doorbell's own round trip, without mmapfs: the guest's daemon
 # stops, contrib/bench/bellprobe.c (built static with cc, put in the
 # guest's initramfs) takes the device's interrupt through VFIO and rings

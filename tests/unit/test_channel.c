@@ -974,6 +974,54 @@ out:
 	close_pair();
 }
 
+/* status names each area's doorbell, and a view (the library) takes it:
+ * whether its daemon only rings for it or hears too, and the vector a
+ * sleep of its names; what it cannot read means no doorbell. */
+static void test_view_bells(void)
+{
+	struct fake_bell hears = { .b = { .ring = fake_ring, .hears = true } };
+	struct fake_bell rings = { .b.ring = fake_ring };
+	struct mm_channel V;
+	char st[TEXT];
+	char *at;
+	int n;
+
+	if (!handshake(true))
+		goto out;
+	mm_channel_unclaim(&A, &A);
+	A.rd.bell = &hears.b;
+	A.wr.bell = &rings.b;
+	n = mm_channel_status_text(&A, st, sizeof(st));
+	CHECK_HAS(st, "read.doorbell=hears\n");
+	CHECK_HAS(st, "write.doorbell=rings\n");
+	n += snprintf(st + n, sizeof(st) - (size_t)n, "doorbell.vector=3\n");
+	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), ==,
+		       MM_RD | MM_WR))
+		goto out;
+	CHECK_INT(V.rd.view_bell, ==, MM_VIEW_HEARS);
+	CHECK_INT(V.wr.view_bell, ==, MM_VIEW_RINGS);
+	CHECK_INT(V.rd.bell_vector, ==, 3);
+	CHECK(V.rd.bell == NULL);	/* the library's own, if it wants one */
+	mm_channel_destroy(&V);
+	/* a word it does not know, a vector past the Doorbell register's */
+	at = strstr(st, "read.doorbell=hears");
+	memcpy(at + strlen("read.doorbell="), "heard", 5);
+	at = strstr(st, "doorbell.vector=3");
+	n = (int)(at - st) + snprintf(at, sizeof(st) - (size_t)(at - st), "doorbell.vector=65536\n");
+	if (!CHECK_INT(mm_channel_view(&V, st, (size_t)n, MM_RD | MM_WR, now, &err), ==,
+		       MM_RD | MM_WR))
+		goto out;
+	CHECK_INT(V.rd.view_bell, ==, 0);
+	CHECK_INT(V.wr.bell_vector, ==, 0);
+	mm_channel_destroy(&V);
+	/* no doorbell: no line */
+	A.rd.bell = A.wr.bell = NULL;
+	mm_channel_status_text(&A, st, sizeof(st));
+	CHECK(strstr(st, "doorbell") == NULL);
+out:
+	close_pair();
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -1286,6 +1334,7 @@ int main(void)
 		TAP_TEST(test_view_chunks),
 		TAP_TEST(test_waiters),
 		TAP_TEST(test_bell_vectors),
+		TAP_TEST(test_view_bells),
 		TAP_TEST(test_look_behind),
 		TAP_TEST(test_window),
 		TAP_TEST(test_window_restarts),

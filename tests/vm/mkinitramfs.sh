@@ -6,16 +6,19 @@
 # with the shared libraries ldd names and the dynamic loader, tests/vm/init
 # and contrib/handshake-serial.sh (the guest's side of the handshake).
 #
-#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER [MODULES [STATIC...]]
+#   tests/vm/mkinitramfs.sh OUT.cpio MMAPFS KVER [MODULES [PROGRAM...]]
 #
-# STATIC: further static programs, put in /bin (the benchmark's bellprobe).
+# PROGRAM: further programs. A static one goes in /bin (the benchmark's
+# bellprobe); a dynamic one at its own path, with the libraries ldd names
+# at theirs, so that a RUNPATH relative to it ($ORIGIN: the build's
+# libmmapfs) still finds them (the build's mmapfs-libtest, mmapfs-cat).
 #
 # KVER: the kernel release whose fuse.ko goes in (MODULES/KVER; MODULES is
 # /lib/modules by default, tests/vm/run.sh gives the kernel it unpacked).
 # Nothing outside OUT and a temporary directory next to it is written.
 set -euo pipefail
 
-[ $# -ge 3 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER [MODULES [STATIC...]]" >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: $0 OUT.cpio MMAPFS KVER [MODULES [PROGRAM...]]" >&2; exit 2; }
 out=$1 mmapfs=$2 kver=$3 modules=${4:-/lib/modules}
 shift $(($# < 4 ? $# : 4))
 here=$(cd "$(dirname "$0")" && pwd)
@@ -67,15 +70,27 @@ for m in virt/lib/irqbypass drivers/vfio/vfio drivers/vfio/vfio_iommu_type1 \
 	done
 done
 
-# mmapfs, every library ldd names (at the same path) and the loader
+# every library ldd names for program $1 (at the same path) and the loader
+libs_of() {
+	local lib
+	for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
+}
+
 cp "$mmapfs" "$root/bin/mmapfs"
-for lib in $(ldd "$mmapfs" | grep -o '/[^ ]*'); do
-	mkdir -p "$root$(dirname "$lib")"
-	cp -L "$lib" "$root$lib"
-done
+libs_of "$mmapfs"
 
 for p in "$@"; do
-	cp "$p" "$root/bin/"
+	if ldd "$p" >/dev/null 2>&1; then
+		p=$(realpath "$p")
+		mkdir -p "$root$(dirname "$p")"
+		cp "$p" "$root$p"
+		libs_of "$p"
+	else
+		cp "$p" "$root/bin/"
+	fi
 done
 
 cp "$here/init" "$root/init"

@@ -50,6 +50,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -762,11 +763,15 @@ class VMTest:
         if not os.path.isdir(os.path.join(modules, kver)):
             modules = os.path.join(a.kernel_root, "usr", "lib", "modules")
         initrd = os.path.join(self.work, "initrd.cpio")
-        extra = []
+        # the build's library in the guest: its test driver, and cat
+        build = os.path.dirname(os.path.dirname(os.path.abspath(a.mmapfs)))
+        self.g_libtest = os.path.join(build, "tests", "lib", "mmapfs-libtest")
+        self.g_libcat = os.path.join(build, "contrib", "examples", "mmapfs-cat")
+        extra = [self.g_libtest, self.g_libcat]
         if a.bench:
             # the doorbell's floor, without mmapfs (bench_floor)
             extra.append(os.path.join(self.work, "bellprobe"))
-            subprocess.run(["cc", "-static", "-O2", "-o", extra[0],
+            subprocess.run(["cc", "-static", "-O2", "-o", extra[-1],
                             os.path.join(HERE, "..", "..", "contrib", "bench", "bellprobe.c")],
                            check=True)
         subprocess.run([os.path.join(HERE, "mkinitramfs.sh"), initrd, a.mmapfs, kver, modules,
@@ -964,6 +969,9 @@ class VMTest:
             rows.append((name, kind, med(b2b), b2b[len(b2b) * 9 // 10], med(idl),
                          idl[len(idl) * 9 // 10], (h1 - h0) / secs * 100,
                          (q1 - q0) / secs * 100, (q3 - q2) / secs * 100))
+        lib_rows = [(name, *self.lib_trips(name, back, idle)) for name in self.bell_chans[:1]]
+        lib_rows = [(n, k, *v) for n, both, blocked in lib_rows
+                    for k, v in (("lib-both", both), ("lib-reads", blocked))]
         # the FIFO entries last: from their first use the daemons keep
         # their ends, and a plain channel's keep polling (the CPU above)
         for name in [self.chans[0]] + [n for n in self.bell_chans if n != self.chans[0]]:
@@ -987,6 +995,14 @@ class VMTest:
             m, p9 = (lambda v: v[len(v) // 2]), (lambda v: v[len(v) * 9 // 10])
             print(f"BENCH: {name:8} {kind:9} {m(fb):10.2f} {p9(fb):8.2f} {m(fi):12.2f} "
                   f"{p9(fi):9.2f} {m(fi) / m(fb):8.1f}x", flush=True)
+        print("BENCH: the library on the host (its daemon rings and waits for it; guest: "
+              "cat data > data), ms: lib-both, the library writes and reads; lib-reads, the "
+              "files write, the library reads in a thread (after idle, it has waited 20 ms)",
+              flush=True)
+        for name, kind, fb, fi in lib_rows:
+            m, p9 = (lambda v: v[len(v) // 2]), (lambda v: v[len(v) * 9 // 10])
+            print(f"BENCH: {name:8} {kind:9} {m(fb):10.2f} {p9(fb):8.2f} {m(fi):12.2f} "
+                  f"{p9(fi):9.2f} {m(fi) / m(fb):8.1f}x", flush=True)
         for name in self.bell_chans:
             st = self.host.status(name)
             print(f"BENCH: doorbells: host rang {st.get('doorbell.rung')}, heard "
@@ -1001,6 +1017,75 @@ class VMTest:
             print(f"BENCH: {'-':8} {'doorbell':9} {m(fb):10.3f} {p9(fb):8.3f} {m(fi):12.3f} "
                   f"{p9(fi):9.3f} {m(fi) / m(fb):8.1f}x", flush=True)
         self.rep.ok("benchmark: round trips measured")
+
+    def lib_trips(self, name, back, idle):
+        """64-byte round trips as bench()'s, the host's end being the
+        build's libmmapfs (contrib/python/mmapfs.py; a build without
+        sanitizers, as the bench's is): writing and reading, then reading
+        only, in a thread that stays blocked between trips. -> two pairs
+        (back to back, after idle)."""
+        g, gc = self.guest, self.gchan(name)
+        build = os.path.dirname(os.path.dirname(os.path.abspath(self.args.mmapfs)))
+        os.environ.setdefault("MMAPFS_LIB", os.path.join(build, "core", "lib", "libmmapfs.so"))
+        sys.path.insert(0, os.path.join(TOP, "contrib", "python"))
+        import mmapfs
+        info(f"round trips: the library on {name}")
+        g.sh(f"cat {gc}/data > {gc}/data 2>/tmp/echo.log </dev/null & echo $! > /tmp/echo.pid")
+        time.sleep(0.5)
+        msg = b"m" * 64
+
+        def trip():
+            t0 = time.perf_counter()
+            ch.write(msg)
+            got = 0
+            while got < len(msg):
+                n = len(ch.read(4096))
+                if not n:
+                    raise Fail(f"{name}: the echo ended")
+                got += n
+            return (time.perf_counter() - t0) * 1e3
+
+        ch = mmapfs.open(self.host.chan(name), "rw")
+        try:
+            both = timed_trips(trip, back, idle)
+        finally:
+            ch.close()
+        # the files write, the library reads in a thread of its own: after
+        # idle it has waited the 20 ms (a futex wait's bound grows meanwhile)
+        wfd = os.open(os.path.join(self.host.chan(name), "data"), os.O_WRONLY)
+        ch = mmapfs.open(self.host.chan(name), "r")
+        came = threading.Semaphore(0)
+        times = []
+
+        def reader():
+            got = 0
+            while True:
+                n = len(ch.read(4096))
+                if not n:
+                    return
+                got += n
+                while got >= len(msg):
+                    got -= len(msg)
+                    times.append(time.perf_counter())
+                    came.release()
+
+        def trip_files():
+            t0 = time.perf_counter()
+            os.write(wfd, msg)
+            if not came.acquire(timeout=10):
+                raise Fail(f"{name}: no echo to the library within 10 s")
+            return (times[-1] - t0) * 1e3
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        try:
+            blocked = timed_trips(trip_files, back, idle)
+        finally:
+            os.close(wfd)
+            g.sh("kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
+            t.join(10)
+            ch.close()
+        return both, blocked
 
     def bench_floor(self, back, idle):
         """The floor of a doorbell round trip on this VM: the guest's
@@ -1092,6 +1177,11 @@ class VMTest:
                   self.lib_g2h, name)
         rep.check(f"doorbell: host->guest, the host's library rings through its daemon: "
                   f"{name}", self.lib_h2g, name)
+        if name == self.bell_chans[0]:
+            rep.check(f"doorbell: host->guest, the guest's library woken by its daemon: {name}",
+                      self.glib_reads, name)
+            rep.check(f"doorbell: guest->host, the guest's library rings through its daemon: "
+                      f"{name}", self.glib_writes, name)
 
     def host_restart(self, name):
         """docs/ivshmem.md, "Restarts with doorbells": QEMU cannot connect to
@@ -1235,6 +1325,52 @@ class VMTest:
                        f"rang {rung - rung0} times; the library: {out2.strip()!r} "
                        f"{err.strip()!r}, exit {w.returncode}")
         return f"pong arrived before the library's close; the host rang {rung - rung0} times"
+
+    def glib_reads(self, name):
+        """The guest's library (the build's mmapfs-libtest, mapping the BAR
+        its daemon names) reads what the host writes, waiting in the guest's
+        daemon, which the host's doorbell wakes."""
+        g, gc = self.guest, self.gchan(name)
+        g.sh(f"printf ping > /tmp/ping; rm -f /tmp/libr.out; "
+             f"{self.g_libtest} read {gc} /tmp/ping 1 > /tmp/libr.out 2>&1 </dev/null &")
+        time.sleep(1.0)
+        heard0 = self.guest_heard(name)
+        with open(os.path.join(self.host.chan(name), "data"), "w") as f:
+            f.write("ping")
+        rc, out = g.sh("i=0; until grep -q ok /tmp/libr.out; do i=$((i+1)); [ $i -le 100 ] "
+                       "|| break; sleep 0.1; done; cat /tmp/libr.out", check=False)
+        heard = self.guest_heard(name)
+        if out.strip() != "ok 4" or heard <= heard0:
+            raise Fail(f"the guest's library: {out.strip()!r}; the guest heard {heard0} -> "
+                       f"{heard}")
+        return f"ping and its end of stream; the guest heard {heard - heard0} rings"
+
+    def glib_writes(self, name):
+        """The guest's library writes to the host's blocked reader and holds
+        its claim: the bytes arrive before its close, rung by its daemon
+        (polling off on the host: nothing else wakes the reader)."""
+        g, gc = self.guest, self.gchan(name)
+        heard0 = int(self.host.status(name)["doorbell.heard"])
+        r = Job.read(os.path.join(self.host.chan(name), "data"))
+        time.sleep(1.0)
+        g.sh(f"rm -f /tmp/libw.out; (sleep 6 | {self.g_libtest} put {gc} ping "
+             "> /tmp/libw.out 2>&1 &)")
+        deadline = time.monotonic() + 4.5
+        while r.moved.value < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        early = r.moved.value
+        res = r.result(15)
+        _, out = g.sh("cat /tmp/libw.out", check=False)
+        heard = int(self.host.status(name)["doorbell.heard"])
+        if res is None:
+            r.kill()
+        if early != 4 or res is None or res["bytes"] != 4 or out.split()[-2:] != ["ok", "4"] \
+                or heard <= heard0:
+            raise Fail(f"the host's reader had {early} bytes while the guest's library held "
+                       f"its claim, {res and res['bytes']} at the end; the library: "
+                       f"{out.strip()!r}; the host heard {heard0} -> {heard}")
+        return (f"ping while the library held its claim, then the end of stream; the host "
+                f"heard {heard - heard0} rings")
 
     def guest_heard(self, name, key="heard"):
         _, out = self.guest.sh(f"sed -n 's/^doorbell.{key}=//p' {self.gchan(name)}/status")
