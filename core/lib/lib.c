@@ -171,16 +171,23 @@ static void bells(struct mmapfs_chan *c)
 
 /* Wait through the daemon (MM_IOC_WAIT) until dir's words move from
  * state: 0, or -EINTR. A daemon that cannot (one without the call, or out
- * of memory) leaves the wait to mm_stream_wait(), for step µs; a peer it
- * found dead, or a channel failed, ends the stream for us too. */
+ * of memory) leaves the wait to mm_stream_wait(), for step µs, as does an
+ * answer whose move we cannot see (no turn of the loop goes without a
+ * sleep); a peer it found dead, or a channel failed, ends the stream for
+ * us too. */
 static int daemon_wait(struct mmapfs_chan *c, unsigned dir, const uint32_t *state,
 		       unsigned step)
 {
 	struct mm_ioc_wait w = { .events = dir == MM_RD ? POLLIN : POLLOUT };
+	uint32_t now[MM_STREAM_STATE_WORDS];
 
 	memcpy(w.state, state, sizeof(w.state));
-	if (ioctl(c->fd, MM_IOC_WAIT, &w) == 0)
-		return 0;
+	if (ioctl(c->fd, MM_IOC_WAIT, &w) == 0) {
+		mm_stream_state(&c->ch, w.events, now);
+		if (memcmp(now, state, sizeof(now)) != 0)
+			return 0;
+		return mm_stream_wait(&c->ch, dir, step);
+	}
 	if (errno == EINTR)
 		return -EINTR;
 	if (errno == EPIPE || errno == EIO || errno == ENOTCONN) {
