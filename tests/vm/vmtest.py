@@ -1030,9 +1030,15 @@ class VMTest:
         sys.path.insert(0, os.path.join(TOP, "contrib", "python"))
         import mmapfs
         info(f"round trips: the library on {name}")
-        g.sh(f"cat {gc}/data > {gc}/data 2>/tmp/echo.log </dev/null & echo $! > /tmp/echo.pid")
-        time.sleep(0.5)
         msg = b"m" * 64
+
+        def echo(on):
+            """The guest's echo started, or stopped (its stream then ends,
+            and with it the one our reader left)."""
+            g.sh(f"cat {gc}/data > {gc}/data 2>/tmp/echo.log </dev/null & "
+                 "echo $! > /tmp/echo.pid" if on else
+                 "kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
+            time.sleep(0.5 if on else 0)
 
         def trip():
             t0 = time.perf_counter()
@@ -1045,11 +1051,14 @@ class VMTest:
                 got += n
             return (time.perf_counter() - t0) * 1e3
 
+        echo(True)
         ch = mmapfs.open(self.host.chan(name), "rw")
         try:
             both = timed_trips(trip, back, idle)
         finally:
             ch.close()
+            echo(False)
+        echo(True)
         # the files write, the library reads in a thread of its own: after
         # idle it has waited the 20 ms (a futex wait's bound grows meanwhile)
         wfd = os.open(os.path.join(self.host.chan(name), "data"), os.O_WRONLY)
@@ -1082,7 +1091,7 @@ class VMTest:
             blocked = timed_trips(trip_files, back, idle)
         finally:
             os.close(wfd)
-            g.sh("kill $(cat /tmp/echo.pid) 2>/dev/null; sleep 0.3", check=False)
+            echo(False)
             t.join(10)
             ch.close()
         return both, blocked
