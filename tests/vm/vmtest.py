@@ -969,9 +969,10 @@ class VMTest:
             rows.append((name, kind, med(b2b), b2b[len(b2b) * 9 // 10], med(idl),
                          idl[len(idl) * 9 // 10], (h1 - h0) / secs * 100,
                          (q1 - q0) / secs * 100, (q3 - q2) / secs * 100))
-        lib_rows = [(name, *self.lib_trips(name, back, idle)) for name in self.bell_chans[:1]]
-        lib_rows = [(n, k, *v) for n, both, blocked in lib_rows
-                    for k, v in (("lib-both", both), ("lib-reads", blocked))]
+        lib_rows = []
+        for name in self.bell_chans[:1]:
+            both, reads = self.lib_trips(name, back, idle)
+            lib_rows += [(name, "lib-both", *both), (name, "lib-reads", *reads)]
         # the FIFO entries last: from their first use the daemons keep
         # their ends, and a plain channel's keep polling (the CPU above)
         for name in [self.chans[0]] + [n for n in self.bell_chans if n != self.chans[0]]:
