@@ -11,7 +11,7 @@
 # PROGRAM: further programs. A static one goes in /bin (the benchmark's
 # bellprobe); a dynamic one at its own path, with the libraries ldd names
 # at theirs, so that a RUNPATH relative to it ($ORIGIN: the build's
-# libmmapfs) still finds them (the build's mmapfs-libtest, mmapfs-cat).
+# libmmapfs) still finds them (the build's mmapfs-libtest).
 #
 # KVER: the kernel release whose fuse.ko goes in (MODULES/KVER; MODULES is
 # /lib/modules by default, tests/vm/run.sh gives the kernel it unpacked).

@@ -14,7 +14,9 @@ with the same scripts. An ivshmem-doorbell device (the default layout's
 second) has the host daemon as its ivshmem server and the guest's daemon
 taking its interrupts through vfio-pci (a q35 machine with QEMU's
 intel-iommu), both with polling of its waits off: a message each way
-arrives all the same, so the doorbells are what woke them; it streams both
+arrives all the same, so the doorbells are what woke them, also to and from
+the build's libmmapfs on either side (its daemon rings and waits for it);
+it streams both
 ways, its doorbell is heard after the guest daemon's restart, and the host
 daemon restarts with QEMU left running (the channel goes on by polling).
 
@@ -763,11 +765,10 @@ class VMTest:
         if not os.path.isdir(os.path.join(modules, kver)):
             modules = os.path.join(a.kernel_root, "usr", "lib", "modules")
         initrd = os.path.join(self.work, "initrd.cpio")
-        # the build's library in the guest: its test driver, and cat
+        # the build's library in the guest, with its test driver
         build = os.path.dirname(os.path.dirname(os.path.abspath(a.mmapfs)))
         self.g_libtest = os.path.join(build, "tests", "lib", "mmapfs-libtest")
-        self.g_libcat = os.path.join(build, "contrib", "examples", "mmapfs-cat")
-        extra = [self.g_libtest, self.g_libcat]
+        extra = [self.g_libtest]
         if a.bench:
             # the doorbell's floor, without mmapfs (bench_floor)
             extra.append(os.path.join(self.work, "bellprobe"))
