@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -247,6 +248,23 @@ with mmapfs.open(chan, mode) as ch:
 """
 
 
+def readers_asleep(mem, window):
+    """Who sleeps on data_end of the area at `window`: the low half of the
+    version-1 trailer's waiters word (15; docs/PROTOCOL.md, "Waking")."""
+    with open(mem, "rb") as f:
+        f.seek(window + WIN - 64 + 4 * 15)
+        return struct.unpack("<I", f.read(4))[0] & 0xffff
+
+
+def wait_parked(mem):
+    """Until the host's read area has a sleeper: the daemon, for a library
+    whose read waits in it (MM_IOC_WAIT)."""
+    deadline = time.monotonic() + 10
+    while readers_asleep(mem, WIN) == 0:
+        assert time.monotonic() < deadline, "the library's read never slept"
+        time.sleep(0.01)
+
+
 def lib_end(chan, mode):
     """A library end (contrib/python/mmapfs.py) on chan, in a process of its
     own, past its open."""
@@ -293,7 +311,7 @@ def test_library_rings_and_hears_through_its_daemon(server, tmp_path, mount_fact
 
     r = lib_end(m / "vm", "r")
     try:
-        time.sleep(0.2)                 # asleep in the daemon
+        wait_parked(mem)
         sh(f"printf hello > {a / 'vm/data'}")
         assert not select.select([r.stdout], [], [], 0.5)[0], \
             "the library's read was woken without a ring"
@@ -327,7 +345,6 @@ def alarm(*_):
 signal.signal(signal.SIGALRM, alarm)
 with mmapfs.open(sys.argv[1], "r") as ch:
     print("open", flush=True)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
         ch.read(64)
         print("read")
@@ -346,10 +363,17 @@ def test_library_waits_interrupted_and_ioctls_checked(server, tmp_path, mount_fa
 
     p = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(m / "vm")], env=python_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "open\n"
+    wait_parked(mem)
+    p.send_signal(signal.SIGALRM)
     out, err = p.communicate(timeout=30)
-    assert (p.returncode, out) == (0, "open\ninterrupted\n"), err
+    assert (p.returncode, out) == (0, "interrupted\n"), err
+    deadline = time.monotonic() + 10
+    while readers_asleep(mem, WIN):                 # its wait was answered
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     k = lib_end(m / "vm", "r")
-    time.sleep(0.3)
+    wait_parked(mem)
     k.kill()
     assert k.wait(timeout=30) == -9
     assert m.status("vm")["state"] == "ready"
