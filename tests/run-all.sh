@@ -117,6 +117,9 @@ step "ThreadSanitizer: unit tests and a pytest subset (build-tsan)"
 # which conftest.py scans, says ThreadSanitizer. TSan wants its shadow memory
 # at fixed addresses, which some kernels' mmap randomization gets in the way
 # of ("FATAL: ThreadSanitizer: unexpected memory mapping"): run without it.
+# The library's tests load the TSan build of libmmapfs into a Python child
+# with libtsan preloaded (test_lib.py, asan_runtime); a report there fails
+# the child.
 if [ -d build-tsan ]; then
 	meson setup --reconfigure build-tsan -Db_sanitize=thread
 else
@@ -168,6 +171,8 @@ tsan_tests=(
 	tests/py/test_ivshmem.py::test_hostile_clients
 	tests/py/test_ivshmem.py::test_ring_a_sleeping_guest_and_hear_it
 	tests/py/test_ivshmem.py::test_join_an_existing_server
+	tests/py/test_ivshmem.py::test_library_rings_and_hears_through_its_daemon
+	tests/py/test_ivshmem.py::test_library_waits_interrupted_and_ioctls_checked
 )
 MMAPFS="$top/build-tsan/fs/mmapfs" run_pytest "${no_aslr[@]}" "${pytest[@]}" \
 	"${tsan_tests[@]}" || status=1

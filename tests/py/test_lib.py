@@ -429,11 +429,12 @@ def test_mmapfs_cat(chan, tmp_path):
 
 
 def asan_runtime():
-    """The ASan runtime an ASan build of the library needs loaded first:
-    gcc's libasan, which the library names, or clang's, which it expects
-    from the program (core/meson.build); None for a plain build."""
+    """The sanitizer runtime an ASan (or TSan) build of the library needs
+    loaded first: gcc's libasan (libtsan), which the library names, or
+    clang's, which it expects from the program (core/meson.build); None for
+    a plain build."""
     for line in subprocess.run(["ldd", LIBSO], capture_output=True, text=True).stdout.splitlines():
-        if "libasan" in line and "=>" in line:
+        if ("libasan" in line or "libtsan" in line) and "=>" in line:
             return line.split("=>")[1].split()[0]
     undefined = subprocess.run(["nm", "-D", "--undefined-only", LIBSO], capture_output=True,
                                text=True).stdout
