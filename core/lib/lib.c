@@ -5,9 +5,11 @@
  * gives ENOTCONN, EBUSY, ENXIO and EAGAIN, and its release of that
  * descriptor ends our stream. The areas are found in CHAN/status and
  * mapped as a view (view.c); bytes move with core's stream calls, and a
- * wait watches the peer's heartbeat. With an xpra peer the view's chunk
- * lists (chunks.c) are filled and emptied by the program's calls. Inside:
- * -errno, as in core; -1 and errno only at the public edge. */
+ * wait watches the peer's heartbeat. Across a VM with a doorbell the
+ * daemon rings and waits for us (MM_IOC_RING, MM_IOC_WAIT). With an xpra
+ * peer the view's chunk lists (chunks.c) are filled and emptied by the
+ * program's calls. Inside: -errno, as in core; -1 and errno only at the
+ * public edge. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -375,7 +377,8 @@ static bool reader_moving(void *arg)
  * and being woken cost tens of microseconds on a VM. After that, a futex
  * wait, woken at once by a peer on this host, bounded so that the
  * heartbeat is looked at every beat (and a peer that may be across a VM
- * boundary, which cannot wake us, every 10 ms). */
+ * boundary, which cannot wake us, every 10 ms); or, where our daemon
+ * hears that peer's doorbell, a wait in the daemon (daemon_wait). */
 static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t len)
 {
 	unsigned dir = op == OP_WRITE ? MM_WR : MM_RD, step = MM_WAIT_MIN_US;
