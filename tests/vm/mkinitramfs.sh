@@ -11,7 +11,8 @@
 # PROGRAM: further programs. A static one goes in /bin (the benchmark's
 # bellprobe); a dynamic one at its own path, with the libraries ldd names
 # at theirs, so that a RUNPATH relative to it ($ORIGIN: the build's
-# libmmapfs) still finds them (the build's mmapfs-libtest).
+# libmmapfs) still finds them (the build's mmapfs-libtest); not under /tmp,
+# which the guest mounts over.
 #
 # KVER: the kernel release whose fuse.ko goes in (MODULES/KVER; MODULES is
 # /lib/modules by default, tests/vm/run.sh gives the kernel it unpacked).
@@ -85,6 +86,13 @@ libs_of "$mmapfs"
 for p in "$@"; do
 	if ldd "$p" >/dev/null 2>&1; then
 		p=$(realpath "$p")
+		case $p in
+		/tmp/* | /proc/* | /sys/* | /dev/*)
+			# tests/vm/init mounts over these
+			echo "$0: $p: a dynamic program under a directory the guest" \
+			     "mounts over; build outside /tmp" >&2
+			exit 1 ;;
+		esac
 		mkdir -p "$root$(dirname "$p")"
 		cp "$p" "$root$p"
 		libs_of "$p"
