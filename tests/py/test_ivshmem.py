@@ -6,7 +6,8 @@ own; the others hear of its coming and going. Hostile clients (gone in the
 middle of their setup, sending bytes or descriptors the protocol has not)
 cost the daemon nothing. A write on the host rings a guest that sleeps
 (an attacher on the same memory, its reader blocked), and a guest's ring
-of peer 0 is heard."""
+of peer 0 is heard. A library on the host gets both through its daemon
+(MM_IOC_RING, MM_IOC_WAIT), whose ioctls refuse what they cannot mean."""
 import errno
 import fcntl
 import os
