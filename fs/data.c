@@ -256,7 +256,7 @@ static void answer(struct mmfs *fs, struct parked *p, int r)
 		open_finish(p->req, p->h, &p->fi, r);
 	else if (p->kind == PARK_WRITE)
 		write_reply(p->req, p->before + p->done, r);
-	else if (p->kind != PARK_READ && r == 0)
+	else if ((p->kind == PARK_WAIT_IN || p->kind == PARK_WAIT_OUT) && r == 0)
 		fuse_reply_ioctl(p->req, 0, NULL, 0);
 	else
 		fuse_reply_err(p->req, -r);
@@ -608,6 +608,19 @@ static void serve_writes(struct mmfs *fs, struct chan *ch)
 	pthread_mutex_unlock(&ch->wr_lock);
 }
 
+/* Requests that had their one try and must wait again, each pushed on
+ * the list (the last tried first): back at the head of their queue, so in
+ * the order they were tried. */
+static void requeue_tried(struct mmfs *fs, struct parked *waiting)
+{
+	struct parked *p;
+
+	while ((p = waiting)) {
+		waiting = p->next;
+		requeue(fs, p);
+	}
+}
+
 static void serve_opens(struct mmfs *fs, struct chan *ch)
 {
 	struct parked *p, *waiting = NULL;
@@ -623,10 +636,7 @@ static void serve_opens(struct mmfs *fs, struct chan *ch)
 		}
 		answer(fs, p, r);
 	}
-	while ((p = waiting)) {
-		waiting = p->next;
-		requeue(fs, p);
-	}
+	requeue_tried(fs, waiting);
 }
 
 /* A library's waits of kind k (PARK_WAIT_IN, _OUT) that can end: the
@@ -636,7 +646,7 @@ static void serve_waits(struct mmfs *fs, struct chan *ch, enum park_kind k)
 {
 	unsigned events = k == PARK_WAIT_IN ? POLLIN : POLLOUT;
 	uint32_t now[MM_STREAM_STATE_WORDS];
-	struct parked *p, *waiting = NULL, **tail = &waiting;
+	struct parked *p, *waiting = NULL;
 	bool looked = false;
 
 	while ((p = next_parked(fs, ch, k))) {
@@ -650,15 +660,11 @@ static void serve_waits(struct mmfs *fs, struct chan *ch, enum park_kind k)
 		else if (memcmp(now, p->state, sizeof(now)) != 0)
 			answer(fs, p, 0);
 		else {
-			*tail = p;
-			tail = &p->next;
+			p->next = waiting;
+			waiting = p;
 		}
 	}
-	*tail = NULL;
-	while ((p = waiting)) {
-		waiting = p->next;
-		requeue(fs, p);
-	}
+	requeue_tried(fs, waiting);
 }
 
 /* The channel's waiter: what it waits for is what is parked, counting
