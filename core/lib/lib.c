@@ -61,10 +61,10 @@ struct mmapfs_chan {
 	unsigned dirs;
 	uint64_t watched_ms;		/* atomic: the peer's beat last looked at */
 	uint64_t asked_ms;		/* atomic: the daemon last asked */
-	struct lib_bell bells[2];	/* the read area's, the write area's */
-	bool daemon_waits[2];		/* the direction's own thread's: its
-					 * waits go through the daemon, which
-					 * hears the peer's doorbell */
+	struct lib_bell bells[2];	/* the read area's, the write area's;
+					 * bell.hears (the direction's own
+					 * thread's): its waits go through the
+					 * daemon, which hears the peer's */
 	/* the reader's */
 	struct mm_slice slice;		/* the last read_begin's, until its end */
 	size_t handed;			/* how much of it the caller has */
@@ -167,7 +167,6 @@ static void bells(struct mmapfs_chan *c)
 			.dir = i == 0 ? MM_RD : MM_WR,
 		};
 		d->bell = &c->bells[i].bell;
-		c->daemon_waits[i] = d->view_bell == MM_VIEW_HEARS;
 	}
 }
 
@@ -197,7 +196,7 @@ static int daemon_wait(struct mmapfs_chan *c, unsigned dir, const uint32_t *stat
 		return 0;
 	}
 	if (errno == ENOTTY || errno == EINVAL)
-		c->daemon_waits[dir == MM_RD ? 0 : 1] = false;
+		c->bells[dir == MM_RD ? 0 : 1].bell.hears = false;
 	return mm_stream_wait(&c->ch, dir, step);
 }
 
@@ -383,7 +382,7 @@ static ssize_t stream_call(struct mmapfs_chan *c, enum op op, void *buf, size_t 
 {
 	unsigned dir = op == OP_WRITE ? MM_WR : MM_RD, step = MM_WAIT_MIN_US;
 	uint32_t state[MM_STREAM_STATE_WORDS];
-	bool *by_daemon = &c->daemon_waits[dir == MM_RD ? 0 : 1];
+	const bool *by_daemon = &c->bells[dir == MM_RD ? 0 : 1].bell.hears;
 	uint64_t spin_end = 0;
 	bool sleepy = false;		/* looks before a daemon's wait */
 
