@@ -26,8 +26,10 @@
 #     CPU per GiB and the cores busy during each (all of them: the figure
 #     is the machine's, two programs and two pumps sharing its cores), and
 #     beside dd | relay | dd (contrib/bench/relay.c: the same three copies
-#     with nothing else, the floor of their rate on the machine), data
-#     at 1 MiB, and tar (10 KiB blocks) through them beside a plain FIFO.
+#     with nothing else, the most their rate can be on the machine; and
+#     relay's CPU per GiB beside the daemons'), data at 1 MiB, and tar
+#     (10 KiB blocks) through them beside a plain FIFO; each run's ratios
+#     (fifos/pipe, fifos/relay, fifos/data, tar's) beside its figures.
 # (g) the working window: libmmapfs (bench_lib, copying and zero-copy
 #     reads) at 512 B to 1 MiB with the default 64 MiB ring beside a 1 MiB
 #     ring (a second pair of daemons, -o size=1M), and dd | dd.
@@ -102,6 +104,12 @@ record() {	# KEY VALUE: one measurement, also printed
 	echo "$1 $2" >> "$results"
 	printf '  %-28s %s\n' "$1" "$2"
 }
+nth() {	# KEY I: the I-th value recorded under KEY
+	awk -v k="$1" -v i="$2" '$1 == k && ++n == i { print $2 }' "$results"
+}
+ratio() {	# KEY KEY2 I: run I's value of KEY over its value of KEY2
+	awk -v a="$(nth "$1" "$3")" -v b="$(nth "$2" "$3")" 'BEGIN { printf "%.2f", b ? a / b : 0 }'
+}
 gbs() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.3f", b / (t1 - t0) / 1e9 }'; }
 pipe_rate() {	# BS BYTES: dd | dd, GB/s
 	local t0 t1
@@ -110,10 +118,12 @@ pipe_rate() {	# BS BYTES: dd | dd, GB/s
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
 }
-relay_rate() {	# BS BYTES: dd | relay | dd (the FIFO entries' copies alone), GB/s
-	local t0 t1
+relay_rate() {	# BS BYTES: dd | relay | dd (the FIFO entries' copies alone), GB/s;
+	# relay's own CPU seconds (user system) in $work/relay.cpu
+	local t0 t1 TIMEFORMAT='%U %S'
 	t0=$(now)
-	dd if=/dev/zero bs="$1" count=$(($2 / $1)) 2>/dev/null | "$relay" |
+	dd if=/dev/zero bs="$1" count=$(($2 / $1)) 2>/dev/null |
+		{ time "$relay"; } 2> "$work/relay.cpu" |
 		dd of=/dev/null bs="$1" 2>/dev/null
 	t1=$(now)
 	gbs "$2" "$t0" "$t1"
@@ -270,17 +280,23 @@ for bs in 512 4096 16384 65536 1048576; do
 	for i in $(seq "$RUNS"); do
 		busy_run "f.$bs.pipe" pipe_rate "$bs" "$fifo_bytes"
 		busy_run "f.$bs.relay" relay_rate "$bs" "$fifo_bytes"
+		record "f.$bs.relay-cpu-s-per-GiB" "$(awk -v b="$fifo_bytes" \
+			'{ printf "%.2f", ($1 + $2) / (b / 2^30) }' "$work/relay.cpu")"
 		newchan
 		a0=$(cpu_ns "${pids[0]}"); b0=$(cpu_ns "${pids[1]}")
 		busy_run "f.$bs.fifos" files_rate "$bs" "$fifo_bytes" send recv
 		a1=$(cpu_ns "${pids[0]}"); b1=$(cpu_ns "${pids[1]}")
 		record "f.$bs.fifos-cpu-s-per-GiB" "$(awk -v ns=$((a1 - a0 + b1 - b0)) \
 			-v b="$fifo_bytes" 'BEGIN { printf "%.2f", ns / 1e9 / (b / 2^30) }')"
+		# the run's own ratios: the machine's speed swings between runs
+		record "f.$bs.fifos/pipe" "$(ratio "f.$bs.fifos" "f.$bs.pipe" "$i")"
+		record "f.$bs.fifos/relay" "$(ratio "f.$bs.fifos" "f.$bs.relay" "$i")"
 	done
 done
 for i in $(seq "$RUNS"); do
 	newchan
 	record "f.1048576.data" "$(files_rate 1048576 $((1 << 30)))"
+	record "f.1048576.fifos/data" "$(ratio f.1048576.fifos f.1048576.data "$i")"
 done
 # a tree of 256 MiB in files of 4 KiB to 1 MiB, on the tmpfs: tar's own
 # 10 KiB blocks, through a plain FIFO and through send and recv
@@ -307,6 +323,8 @@ for i in $(seq "$RUNS"); do
 	record "f.tar.plain-fifo" "$(tar_time "$work/plain.fifo" "$work/plain.fifo")"
 	newchan
 	record "f.tar.fifos" "$(tar_time "$A/$c/send" "$B/$c/recv")"
+	# as a rate: the plain FIFO's time over theirs
+	record "f.tar.fifos/plain-fifo" "$(ratio f.tar.plain-fifo f.tar.fifos "$i")"
 done
 rm -rf "$shm/tree" "$shm/out"
 fi
