@@ -92,6 +92,9 @@ struct fifo {
 				 * written under fs->lock: readlink reads it) */
 	int fd;			/* send: our reader end; recv: our writer end */
 	int keeper;		/* recv: a reader end, until a byte is taken */
+	int mid;		/* send: a pipe's reader end holding the
+				 * stream's next bytes, that the area
+				 * refused (a fault); -1 none */
 	bool claimed;		/* send: holds the write direction */
 	enum recv_state rs;
 	size_t inflight;	/* recv: in the FIFO, not yet taken */
@@ -389,12 +392,71 @@ static void send_end(struct mmfs *fs, struct fifo *f, bool end)
 		close_end(fs, &f->fd);
 		next_fifo(fs, f);
 	}
+	if (f->mid >= 0) {
+		close(f->mid);
+		f->mid = -1;
+	}
 	if (f->claimed)
 		mm_channel_unclaim(&f->h.ch->mc, &f->h);
 	f->claimed = false;
 	trace(fs, "%s: send: %s\n", f->h.ch->key.name,
 	      end ? "end of stream" : "stream cut, writers get EPIPE");
 	data_serve(fs, f->h.ch);	/* opens of data waiting for this */
+}
+
+/* The pump's pipe from a send FIFO to the ring; none (-1) if it cannot
+ * have one: it then reads the FIFOs straight into the ring. */
+static void mid_open(struct mmfs *fs)
+{
+	if (pipe2(fs->pump_mid, O_NONBLOCK | O_CLOEXEC) < 0) {
+		fs->pump_mid[0] = fs->pump_mid[1] = -1;
+		return;
+	}
+	fcntl(fs->pump_mid[1], F_SETPIPE_SZ, FIFO_SIZE_MAX);	/* best effort */
+}
+
+/* f's next bytes into the ring's free space sl, at most room: how many,
+ * 0 at the end of its writers, or -errno (-EAGAIN: none yet).
+ *
+ * Not with one readv of the FIFO: a pipe's reader and its writers take
+ * turns under the pipe's lock, so the writers would wait while the pump
+ * copies, and the copy into the FIFO and the copy out of it never ran at
+ * once. splice(2) moves the FIFO's pages, uncopied, into the pump's own
+ * pipe in a moment; the copy into the ring is from there, while the
+ * writers go on. */
+static ssize_t send_take(struct mmfs *fs, struct fifo *f, const struct mm_slice *sl, size_t room)
+{
+	ssize_t n, m;
+	int queued = 0, e;
+
+	if (f->mid >= 0) {
+		/* what the area refused before comes first */
+		m = readv(f->mid, sl->iov, sl->niov);
+		e = errno;
+		if (m >= 0 && (ioctl(f->mid, FIONREAD, &queued) < 0 || queued <= 0)) {
+			close(f->mid);
+			f->mid = -1;
+		}
+		return m < 0 ? -e : m > 0 ? m : -EAGAIN;
+	}
+	if (fs->pump_mid[0] < 0) {
+		n = readv(f->fd, sl->iov, sl->niov);
+		return n < 0 ? -errno : n;
+	}
+	n = splice(f->fd, NULL, fs->pump_mid[1], NULL, room, SPLICE_F_NONBLOCK);
+	if (n <= 0)
+		return n < 0 ? -errno : 0;
+	m = readv(fs->pump_mid[0], sl->iov, sl->niov);
+	if (m == n)
+		return m;
+	/* the area faulted part way: f keeps the pipe, with the rest, until
+	 * the ring takes it (nothing is lost while a full disk waits), and
+	 * the pump makes a new one */
+	e = m < 0 ? errno : EFAULT;
+	f->mid = fs->pump_mid[0];
+	close(fs->pump_mid[1]);
+	mid_open(fs);
+	return m > 0 ? m : -e;
 }
 
 /* The FIFO into the ring, until the FIFO is empty or the ring full. */
@@ -446,7 +508,7 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 			send_end(fs, f, false);	/* the reason is in status */
 			return;
 		}
-		n = readv(f->fd, sl.iov, sl.niov);
+		n = send_take(fs, f, &sl, (size_t)n);
 		if (n > 0) {
 			if (mm_stream_write_end(mc, &sl, (size_t)n) < 0) {
 				send_end(fs, f, false);
@@ -455,7 +517,7 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 			moved += (size_t)n;
 			continue;
 		}
-		if (n < 0 && errno == EFAULT) {
+		if (n == -EFAULT) {
 			/* the area faulted: a pipe keeps what it could not
 			 * copy, so nothing is lost while a full disk waits */
 			if (mm_stream_write_fault(mc) == -ENOSPC) {
@@ -465,7 +527,7 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 			send_end(fs, f, false);
 			return;
 		}
-		if (n < 0 && errno != EAGAIN) {
+		if (n < 0 && n != -EAGAIN) {
 			send_end(fs, f, false);
 			return;
 		}
@@ -722,7 +784,7 @@ static struct fifo *fifo_new(struct mmfs *fs, struct chan *ch, int which)
 	f->h.kind = which == FIFO_SEND ? F_SEND : F_RECV;
 	f->h.dirs = which == FIFO_SEND ? MM_WR : MM_RD;
 	f->which = which;
-	f->fd = f->keeper = -1;
+	f->fd = f->keeper = f->mid = -1;
 	pthread_mutex_init(&f->lock, NULL);
 	if (make_fifo(fs, f, 0) < 0) {
 		pthread_mutex_destroy(&f->lock);
@@ -1117,6 +1179,7 @@ int mmfs_pump_start(struct mmfs *fs)
 
 	fs->fifo_dirfd = -1;
 	fifo_dirs(fs);
+	mid_open(fs);
 	fs->pump_ep = epoll_create1(EPOLL_CLOEXEC);
 	fs->pump_ev = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (fs->pump_ep < 0 || fs->pump_ev < 0 ||
@@ -1127,6 +1190,8 @@ int mmfs_pump_start(struct mmfs *fs)
 		return 0;
 	close(fs->pump_ep);
 	close(fs->pump_ev);
+	close(fs->pump_mid[0]);
+	close(fs->pump_mid[1]);
 	return r;
 }
 
@@ -1143,6 +1208,8 @@ void mmfs_pump_stop(struct mmfs *fs)
 		finish(fs, fs->fifos);
 	close(fs->pump_ep);
 	close(fs->pump_ev);
+	close(fs->pump_mid[0]);
+	close(fs->pump_mid[1]);
 	if (fs->fifo_dirfd >= 0) {
 		close(fs->fifo_dirfd);
 		rmdir(fs->fifo_dir);

@@ -253,6 +253,8 @@ struct mmfs {
 	struct fifo *fifos;		/* lock: the FIFO ends in use */
 	pthread_t pump;
 	int pump_ep, pump_ev;		/* its epoll set, its eventfd */
+	int pump_mid[2];		/* its pipe from a send FIFO to the
+					 * ring (fifo.c, send_take); -1 none */
 	/* doorbells (ivshmem.c): fixed after start-up, or NULL */
 	struct ivshmem *ivshmem;
 };
