@@ -29,7 +29,8 @@
 #     with nothing else, the most their rate can be on the machine; and
 #     relay's CPU per GiB beside the daemons'), data at 1 MiB, and tar
 #     (10 KiB blocks) through them beside a plain FIFO; each run's ratios
-#     (fifos/pipe, fifos/relay, fifos/data, tar's) beside its figures.
+#     (fifos/pipe, fifos/relay, relay/pipe, fifos/data, tar's) beside its
+#     figures.
 # (g) the working window: libmmapfs (bench_lib, copying and zero-copy
 #     reads) at 512 B to 1 MiB with the default 64 MiB ring beside a 1 MiB
 #     ring (a second pair of daemons, -o size=1M), and dd | dd.
@@ -291,6 +292,7 @@ for bs in 512 4096 16384 65536 1048576; do
 		# the run's own ratios: the machine's speed swings between runs
 		record "f.$bs.fifos/pipe" "$(ratio "f.$bs.fifos" "f.$bs.pipe" "$i")"
 		record "f.$bs.fifos/relay" "$(ratio "f.$bs.fifos" "f.$bs.relay" "$i")"
+		record "f.$bs.relay/pipe" "$(ratio "f.$bs.relay" "f.$bs.pipe" "$i")"
 	done
 done
 for i in $(seq "$RUNS"); do
