@@ -415,8 +415,8 @@ static void mid_open(struct mmfs *fs)
 	fcntl(fs->pump_mid[1], F_SETPIPE_SZ, FIFO_SIZE_MAX);	/* best effort */
 }
 
-/* f's next bytes into the ring's free space sl, at most room: how many,
- * 0 at the end of its writers, or -errno (-EAGAIN: none yet).
+/* f's next bytes into the ring's free space sl: how many, 0 at the end
+ * of its writers, or -errno (-EAGAIN: none yet).
  *
  * Not with one readv of the FIFO: a pipe's reader and its writers take
  * turns under the pipe's lock, so the writers would wait while the pump
@@ -424,7 +424,7 @@ static void mid_open(struct mmfs *fs)
  * once. splice(2) moves the FIFO's pages, uncopied, into the pump's own
  * pipe in a moment; the copy into the ring is from there, while the
  * writers go on. */
-static ssize_t send_take(struct mmfs *fs, struct fifo *f, const struct mm_slice *sl, size_t room)
+static ssize_t send_take(struct mmfs *fs, struct fifo *f, const struct mm_slice *sl)
 {
 	ssize_t n, m;
 	int queued = 0, e;
@@ -437,13 +437,14 @@ static ssize_t send_take(struct mmfs *fs, struct fifo *f, const struct mm_slice 
 			close(f->mid);
 			f->mid = -1;
 		}
-		return m < 0 ? -e : m > 0 ? m : -EAGAIN;
+		if (m != 0)
+			return m < 0 ? -e : m;
 	}
 	if (fs->pump_mid[0] < 0) {
 		n = readv(f->fd, sl->iov, sl->niov);
 		return n < 0 ? -errno : n;
 	}
-	n = splice(f->fd, NULL, fs->pump_mid[1], NULL, room, SPLICE_F_NONBLOCK);
+	n = splice(f->fd, NULL, fs->pump_mid[1], NULL, sl->len, SPLICE_F_NONBLOCK);
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
 	m = readv(fs->pump_mid[0], sl->iov, sl->niov);
@@ -508,7 +509,7 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 			send_end(fs, f, false);	/* the reason is in status */
 			return;
 		}
-		n = send_take(fs, f, &sl, (size_t)n);
+		n = send_take(fs, f, &sl);
 		if (n > 0) {
 			if (mm_stream_write_end(mc, &sl, (size_t)n) < 0) {
 				send_end(fs, f, false);
