@@ -97,7 +97,7 @@ static int parse_bytes(const char *s, uint64_t *out, struct mm_err *err)
 
 int mm_config_parse_size(const char *s, uint64_t *out, struct mm_err *err)
 {
-	uint64_t v;
+	uint64_t v = 0;
 
 	if (parse_bytes(s, &v, err) < 0)
 		return mm_fail(err, -EINVAL, "size '%.40s' is not a number with K, M or G", s);
@@ -254,7 +254,7 @@ static int load_window(const config_setting_t *s, const char *path, const char *
 	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
 	bool size = strstr(key, "_size") != NULL;
 	char num[32];
-	const char *text;
+	const char *text = NULL;
 	struct mm_err why;
 	int r = get_bytes_text(s, path, key, num, &text, err);
 
@@ -282,7 +282,7 @@ static int load_allow_dirs(struct mm_config *c, const config_setting_t *s,
 	if (!v)
 		return -ENOMEM;
 	for (int i = 0; i < n; i++) {
-		const char *d;
+		const char *d = NULL;
 		int r = get_abs_path(config_setting_get_elem(s, (unsigned)i), path,
 				     "allow_dirs", &d, err);
 
@@ -396,7 +396,7 @@ static int load_channel(struct mm_chan_decl *d, const config_setting_t *g,
 {
 	gid_t primary = (gid_t)-1;	/* the user key's primary group */
 	bool have_group = false;
-	const char *str;
+	const char *str = NULL;
 	int r;
 
 	d->line = config_setting_source_line(g);
@@ -660,7 +660,7 @@ int mm_config_load(struct mm_config *c, const char *path, struct mm_err *err)
 	root = config_root_setting(&cf);
 	for (int i = 0; r == 0 && i < config_setting_length(root); i++) {
 		config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
-		const char *key = config_setting_name(s), *str;
+		const char *key = config_setting_name(s), *str = NULL;
 
 		if (strcmp(key, "mmap_dir") == 0) {
 			r = get_abs_path(s, path, key, &str, err);
