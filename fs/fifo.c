@@ -72,6 +72,7 @@
 #define NAP_MAX_US 250			/* step moves about */
 #define NAP_BATCH (128 * 1024)		/* bytes */
 #define NAP_TRICKLE 4096		/* less in a step: no nap */
+#define LINE 64				/* send: room taken in whole cache lines */
 
 static const char *const dir_names[2] = { "send", "recv" };
 
@@ -444,7 +445,14 @@ static ssize_t send_take(struct mmfs *fs, struct fifo *f, const struct mm_slice 
 		n = readv(f->fd, sl->iov, sl->niov);
 		return n < 0 ? -errno : n;
 	}
-	n = splice(f->fd, NULL, fs->pump_mid[1], NULL, sl->len, SPLICE_F_NONBLOCK);
+	/* the room in whole cache lines: where the ring's free space is less
+	 * than the FIFO holds (a reader behind; one byte always stays free),
+	 * an odd amount would put every later block off its place in a line
+	 * until the writer starts again, and copies into and out of the ring
+	 * 1 to 31 bytes off run at a tenth of their speed (docs/PROTOCOL.md,
+	 * "The working window") */
+	n = splice(f->fd, NULL, fs->pump_mid[1], NULL, sl->len / LINE * LINE,
+		   SPLICE_F_NONBLOCK);
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
 	m = readv(fs->pump_mid[0], sl->iov, sl->niov);
@@ -501,8 +509,8 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 		mm_stream_state(mc, POLLOUT, seen);	/* before the look */
 		/* straight from the FIFO into the ring's free space */
 		n = mm_stream_write_begin(mc, PUMP_BATCH, &sl);
-		if (n == -EAGAIN) {
-			wait_ring(fs, f, seen);
+		if (n == -EAGAIN || (n >= 0 && n < LINE)) {
+			wait_ring(fs, f, seen);	/* room: send_take */
 			return;
 		}
 		if (n < 0) {
