@@ -393,10 +393,7 @@ static void send_end(struct mmfs *fs, struct fifo *f, bool end)
 		close_end(fs, &f->fd);
 		next_fifo(fs, f);
 	}
-	if (f->mid >= 0) {
-		close(f->mid);
-		f->mid = -1;
-	}
+	close_end(fs, &f->mid);
 	if (f->claimed)
 		mm_channel_unclaim(&f->h.ch->mc, &f->h);
 	f->claimed = false;
@@ -434,10 +431,8 @@ static ssize_t send_take(struct mmfs *fs, struct fifo *f, const struct mm_slice 
 		/* what the area refused before comes first */
 		m = readv(f->mid, sl->iov, sl->niov);
 		e = errno;
-		if (m >= 0 && (ioctl(f->mid, FIONREAD, &queued) < 0 || queued <= 0)) {
-			close(f->mid);
-			f->mid = -1;
-		}
+		if (m >= 0 && (ioctl(f->mid, FIONREAD, &queued) < 0 || queued <= 0))
+			close_end(fs, &f->mid);
 		if (m != 0)
 			return m < 0 ? -e : m;
 	}
@@ -507,7 +502,7 @@ static void send_step(struct mmfs *fs, struct fifo *f)
 			pthread_mutex_unlock(&fs->lock);
 		}
 		mm_stream_state(mc, POLLOUT, seen);	/* before the look */
-		/* straight from the FIFO into the ring's free space */
+		/* from the FIFO into the ring's free space (send_take) */
 		n = mm_stream_write_begin(mc, PUMP_BATCH, &sl);
 		if (n == -EAGAIN || (n >= 0 && n < LINE)) {
 			wait_ring(fs, f, seen);	/* room: send_take */
